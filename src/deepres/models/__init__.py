@@ -1,0 +1,1 @@
+from .registry import create_model, default_input_size, list_models, register_model
