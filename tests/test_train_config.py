@@ -22,7 +22,7 @@ data: {name: cifar10, crop_padding: 4, mean: [0.49, 0.48, 0.45]}
 optim: {lr: 0.1, nesterov: true, weight_decay: 5e-4}
 schedule: {name: multistep, milestones: [32000, 48000]}
 train: {max_iters: 64000}
-expect: {top1: 91.25, note: He et al. 2015 Table 6}
+expect: {accuracy: 91.25, note: He et al. 2015 Table 6}
 """)
 
 
@@ -141,7 +141,7 @@ def test_every_shipped_recipe_loads_and_states_its_expectation():
     from deepres.models import list_models
     for name in names:
         cfg = load_config(name)
-        assert cfg.expect.note.strip() and 0 < cfg.expect.top1 <= 100, name
+        assert cfg.expect.note.strip() and 0 < cfg.expect.accuracy <= 100, name
         assert cfg.run.name == name.replace("/", "-")
         if list_models():  # the zoo lands separately; only then can names be checked
             assert cfg.model.name in list_models(), f"{name}: model {cfg.model.name!r} is not registered"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import math
 import re
 import types
 from dataclasses import dataclass, field
@@ -109,8 +108,9 @@ class RunConfig:
 
 @dataclass
 class ExpectConfig:
-    top1: float = 0.0  # top-1 test accuracy (%) this recipe is expected to reach
-    note: str = ""  # where that number comes from (paper, table, hardware, runs)
+    accuracy: float = 0.0  # test accuracy (%) this recipe is expected to reach, as `metric`
+    metric: Literal["top1", "top5"] = "top1"
+    note: str = ""  # where that number comes from (paper, table, hardware, number of runs)
 
 
 @dataclass
@@ -343,7 +343,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise bad()
+            # YAML reads 224_256 as the int 224256 and yes/no as booleans
+            raise ValueError(f"{where}: {key} expects str, got {value!r} ({type(value).__name__}); "
+                             f"quote it in YAML to keep it as text")
         return value
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
@@ -427,7 +429,7 @@ def validate_config(cfg: Config) -> None:
     need(all(x > 0 for x in cfg.eval.scales), "eval.scales", cfg.eval.scales, "must be positive pixel sizes")
     need("/" not in cfg.run.name and cfg.run.name not in (".", ".."), "run.name", cfg.run.name,
          "must be a plain directory name")
-    need(math.isfinite(cfg.expect.top1), "expect.top1", cfg.expect.top1, "must be a number")
+    need(0.0 <= cfg.expect.accuracy <= 100.0, "expect.accuracy", cfg.expect.accuracy, "must be a percentage")
 
 
 # ----------------------------------------------------------------------------------------- round trip
