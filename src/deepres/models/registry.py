@@ -32,10 +32,22 @@ def default_input_size(name: str) -> tuple[int, int, int]:
     return _default_input_size[name]
 
 
-def create_model(name: str, num_classes: int = 1000, in_chans: int = 3, **overrides) -> nn.Module:
-    """Build a registered model; `overrides` go to the family's constructor (e.g. drop_rate=0.2)."""
+def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None, **overrides) -> nn.Module:
+    """Build a registered model; `overrides` go to the family's constructor (e.g. drop_rate=0.2).
+
+    num_classes / in_chans default to the variant's own (1000 and 3 for ImageNet nets, 10 and 3 for CIFAR nets).
+    """
     _check_known(name)
-    return _model_builders[name](num_classes=num_classes, in_chans=in_chans, **overrides)
+    if num_classes is not None:
+        overrides["num_classes"] = num_classes
+    if in_chans is not None:
+        overrides["in_chans"] = in_chans
+    try:
+        return _model_builders[name](**overrides)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ValueError(f"model {name!r} does not accept option {str(e).split('argument')[-1].strip()}") from None
 
 
 def _check_known(name: str) -> None:
@@ -43,3 +55,14 @@ def _check_known(name: str) -> None:
         close = [n for n in _model_builders if name.split("_")[0] in n][:8]
         hint = f"; similar: {', '.join(close)}" if close else ""
         raise KeyError(f"unknown model {name!r}{hint}. See `deepres models` for the list.")
+
+
+def register_variant(name: str, constructor: Callable[..., nn.Module], *, input_size, doc: str, **settings):
+    """Register `name` as `constructor(**settings)`: a variant is a row of data. Caller keywords win."""
+
+    def build(**overrides):
+        return constructor(**{**settings, **overrides})
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    return register_model(build, input_size=input_size)

@@ -1,0 +1,152 @@
+"""`evaluate`: top-1/top-5 accuracy, loss, per-class accuracy and confusion matrix of a classifier.
+
+Multi-view testing (several square scales, optionally each with its horizontal flip) averages the
+softmax probabilities of all views and predicts from the average, as in the ResNet paper's
+"fully-convolutional form ... averaged over multiple scales". The models end in global average
+pooling, so any input size works.
+"""
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+
+def make_views(images: torch.Tensor, scales: Sequence[int] = (), flip: bool = False) -> list[torch.Tensor]:
+    """The test-time views of a batch: each scale (square, bilinear + antialias) and, with `flip`, its mirror."""
+    if scales:
+        resized = []
+        for size in scales:
+            if tuple(images.shape[-2:]) == (size, size):
+                resized.append(images)  # the native size: the unresized batch
+            else:
+                resized.append(F.interpolate(images, size=(size, size), mode="bilinear",
+                                             align_corners=False, antialias=True))
+    else:
+        resized = [images]
+    if flip:
+        return [v for x in resized for v in (x, x.flip(-1))]
+    return resized
+
+
+def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Sequence[int] = (),
+             flip: bool = False, amp_dtype: torch.dtype | None = None,
+             class_names: Sequence[str] | None = None, max_batches: int = 0) -> dict:
+    """Evaluate `model` on (images, labels) batches; accuracies in percent.
+
+    Returns a dict:
+      top1, top5   accuracy (%); top5 is top-k with k = min(5, num_classes), given as `top5_k`
+      loss         mean cross-entropy (nats). One view: of the logits. Several views (scales/flip):
+                   of the log of the averaged softmax probabilities, i.e. the loss of the prediction made.
+      n            images counted
+      per_class    accuracy (%) per true class; nan for classes absent from the data
+      confusion    (num_classes, num_classes) int64 CPU tensor, rows = true class, cols = predicted
+      class_names  the names given (or "0", "1", ...)
+    `max_batches` > 0 stops after that many batches (0 = the whole loader).
+    """
+    _check_arguments(num_classes, scales, class_names, max_batches)
+    top_k = min(5, num_classes)
+    # Per-module flags, so a model with some submodules deliberately frozen in eval mode comes back unchanged.
+    training_flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    metrics = None
+    try:
+        with torch.inference_mode():
+            for batch_index, (images, labels) in enumerate(loader):
+                if max_batches and batch_index >= max_batches:
+                    break
+                if metrics is None:
+                    metrics = _Accumulators(num_classes, top_k, images.device)
+                labels = labels.to(images.device, non_blocking=True)
+                scores, loss_sum = _predict(model, images, labels, num_classes, scales, flip, amp_dtype)
+                metrics.update(scores, labels, loss_sum)
+    finally:
+        for module, was_training in training_flags:
+            module.train(was_training)
+    if metrics is None or metrics.count == 0:
+        raise ValueError("evaluate: the loader yielded no images")
+    names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+    return metrics.result(top_k, names)
+
+
+def _predict(model, images, labels, num_classes, scales, flip, amp_dtype):
+    """Scores to rank classes by (logits or averaged probabilities) and the batch's summed loss."""
+    views = make_views(images, scales, flip)
+    probs_sum = None
+    for view in views:
+        with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(view)
+        if logits.ndim != 2 or logits.shape != (images.shape[0], num_classes):
+            raise ValueError(f"evaluate: model output has shape {tuple(logits.shape)}, "
+                             f"expected ({images.shape[0]}, {num_classes}) for num_classes={num_classes}")
+        logits = logits.float()
+        if len(views) == 1:
+            return logits, F.cross_entropy(logits, labels.clamp(0, num_classes - 1), reduction="sum")
+        probs = logits.softmax(dim=1)
+        probs_sum = probs if probs_sum is None else probs_sum + probs
+    probs = probs_sum / len(views)
+    # tiny floor: a probability that underflowed to 0 gives a large finite loss instead of inf
+    log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+    return probs, F.nll_loss(log_probs, labels.clamp(0, num_classes - 1), reduction="sum")
+
+
+class _Accumulators:
+    """Running metrics kept on the images' device; nothing synchronises until `result`."""
+
+    def __init__(self, num_classes: int, top_k: int, device: torch.device):
+        self.num_classes = num_classes
+        self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro").to(device)
+        self.topk = MulticlassAccuracy(num_classes, top_k=top_k, average="micro").to(device)
+        self.confusion = MulticlassConfusionMatrix(num_classes).to(device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.bad_labels = torch.zeros((), dtype=torch.int64, device=device)
+        self.count = 0
+
+    def update(self, scores: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        # Out-of-range labels are counted and reported at the end rather than checked per batch (a check
+        # would synchronise the GPU each batch); clamped meanwhile so torchmetrics' one_hot never fails.
+        self.bad_labels += ((labels < 0) | (labels >= self.num_classes)).sum()
+        labels = labels.clamp(0, self.num_classes - 1)
+        self.top1.update(scores, labels)
+        self.topk.update(scores, labels)
+        self.confusion.update(scores, labels)
+        self.loss_sum += loss_sum.double()
+        self.count += labels.shape[0]
+
+    def result(self, top_k: int, class_names: list[str]) -> dict:
+        bad = int(self.bad_labels)
+        if bad:
+            raise ValueError(f"evaluate: {bad} labels outside [0, {self.num_classes - 1}] "
+                             f"(num_classes={self.num_classes})")
+        confusion = self.confusion.compute().cpu().to(torch.int64)
+        return {
+            "top1": 100.0 * float(self.top1.compute()),
+            "top5": 100.0 * float(self.topk.compute()),
+            "top5_k": top_k,
+            "loss": float(self.loss_sum) / self.count,
+            "n": self.count,
+            "per_class": per_class_accuracy(confusion),
+            "confusion": confusion,
+            "class_names": class_names,
+        }
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
+    """Accuracy (%) of each true class (confusion rows); nan where the class has no images."""
+    totals = confusion.sum(dim=1).tolist()
+    correct = confusion.diagonal().tolist()
+    return [100.0 * c / t if t else math.nan for c, t in zip(correct, totals)]
+
+
+def _check_arguments(num_classes, scales, class_names, max_batches) -> None:
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"evaluate: num_classes must be an integer >= 2, got {num_classes!r}")
+    for size in scales:
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"evaluate: scales must be positive integers (pixels), got {list(scales)!r}")
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"evaluate: {len(class_names)} class_names given for num_classes={num_classes}")
+    if not isinstance(max_batches, int) or max_batches < 0:
+        raise ValueError(f"evaluate: max_batches must be an integer >= 0 (0 = all), got {max_batches!r}")

@@ -1,0 +1,92 @@
+"""What every deepres network shares: the classifier head, per-stage features and output-stride bookkeeping."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def stage_strides_and_dilations(strides, stem_stride: int, output_stride: int | None):
+    """Per stage (stride, dilation, first_dilation): stages past `output_stride` dilate instead of striding.
+
+    Same rule as torchvision's replace_stride_with_dilation: the first unit of a dilated stage keeps the previous
+    dilation in its strided conv, later units use the new one.
+    """
+    if output_stride is not None and output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+    out, current, dilation = [], stem_stride, 1
+    for stride in strides:
+        previous = dilation
+        if output_stride is not None and current * stride > output_stride:
+            dilation, stride = dilation * stride, 1
+        else:
+            current *= stride
+        out.append((stride, dilation, previous))
+    return out
+
+
+def init_weights(model: nn.Module) -> None:
+    """He init (fan_out) for convs, unit BN, torchvision's default for the classifier."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class ResidualNetwork(nn.Module):
+    """Base of every family. A subclass sets `stage_names`, `num_features`, `fc` and implements `forward_stem`
+    (and `forward_final` if the last stage needs a final norm, as pre-activation nets do)."""
+
+    stage_names: tuple[str, ...] = ()
+    first_conv = "conv1.weight"  # key of the stem conv, adapted when loading weights for another in_chans
+    classifier = "fc"  # prefix of the classifier keys, dropped when num_classes differs
+
+    def __init__(self, num_classes: int, drop_rate: float = 0.0):
+        super().__init__()
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+
+    def _make_classifier(self, num_features: int) -> None:
+        self.num_features = num_features
+        self.fc = nn.Linear(num_features, self.num_classes) if self.num_classes > 0 else nn.Identity()
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_final(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps after each stage (the last one after any final norm), for segmentation and extract_feat."""
+        x = self.forward_stem(x)
+        features = []
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+            features.append(x)
+        features[-1] = self.forward_final(features[-1])
+        return features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_stages(x)[-1]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        if self.drop_rate > 0:
+            x = F.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a fresh one for `num_classes` (0 = no classifier, pooled features out)."""
+        self.num_classes = num_classes
+        device = next(self.parameters()).device
+        self._make_classifier(self.num_features)
+        self.fc.to(device)
+
+    def zero_init_last(self) -> None:
+        """Make every residual branch start as zero, so each unit starts as the identity (Goyal et al. 2017)."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "zero_init_last"):
+                m.zero_init_last()

@@ -1,0 +1,211 @@
+"""ResNet (He et al. 2015) and its post-activation relatives: ImageNet ResNets, ResNeXt, wide ResNets, the
+Bag-of-Tricks stem/downsampling variants (C, D), CIFAR ResNets, and the block variants studied in
+torch-residual-networks (BN after the addition, no ReLU after the addition).
+
+State-dict keys match torchvision (conv1, bn1, layer1..layer4, fc, downsample.0/1) and timm for the C/D variants
+(conv1.0/1/3/4/6 deep stem, downsample.1/2 after the average pool), so their checkpoints load unchanged.
+"""
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import ResidualNetwork, init_weights, stage_strides_and_dilations
+from .registry import register_variant
+
+
+def conv3x3(in_chs, out_chs, stride=1, groups=1, dilation=1):
+    return nn.Conv2d(in_chs, out_chs, 3, stride, padding=dilation, dilation=dilation, groups=groups, bias=False)
+
+
+def conv1x1(in_chs, out_chs, stride=1):
+    return nn.Conv2d(in_chs, out_chs, 1, stride, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """CIFAR option A: subsample by `stride` and append zero channels; no parameters (He et al. 2015, §4.2)."""
+
+    def __init__(self, out_chs: int, stride: int):
+        super().__init__()
+        self.out_chs, self.stride = out_chs, stride
+
+    def forward(self, x):
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.out_chs - x.shape[1]))
+
+
+def make_shortcut(kind: str, in_chs: int, out_chs: int, stride: int, dilation: int):
+    """The shortcut of a unit whose shape changes: 'A' zero-pad, 'B' 1x1 projection, 'D' avg-pool then 1x1."""
+    if kind == "A":
+        return ZeroPadShortcut(out_chs, stride)
+    if kind == "B":
+        return nn.Sequential(conv1x1(in_chs, out_chs, stride), nn.BatchNorm2d(out_chs))
+    if kind == "D":
+        # Index 0 is the pool even when it is a no-op, so keys stay downsample.1 (conv) and .2 (bn) as in timm.
+        pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+        return nn.Sequential(pool, conv1x1(in_chs, out_chs), nn.BatchNorm2d(out_chs))
+    raise ValueError(f"shortcut must be 'A', 'B' or 'D', got {kind!r}")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs. `bn_after_add` moves the second BN after the addition; `relu_after_add=False` drops the
+    final ReLU (the torch-residual-networks variants)."""
+
+    expansion = 1
+
+    def __init__(self, in_chs, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
+                 first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False):
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock supports only groups=1 and base_width=64")
+        self.conv1 = conv3x3(in_chs, planes, stride, dilation=first_dilation)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, dilation=dilation)
+        self.bn2 = nn.BatchNorm2d(planes)  # before the addition, or after it with bn_after_add
+        self.downsample = downsample
+        self.bn_after_add = bn_after_add
+        self.relu_after_add = relu_after_add
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.conv2(out)
+        out = self.bn2(out + shortcut) if self.bn_after_add else self.bn2(out) + shortcut
+        return F.relu(out) if self.relu_after_add else out
+
+    def zero_init_last(self):
+        # With BN after the addition, zeroing it would zero the shortcut too: leave that variant alone.
+        if not self.bn_after_add:
+            nn.init.zeros_(self.bn2.weight)
+
+
+class Bottleneck(nn.Module):
+    """1x1 - 3x3 - 1x1. Stride on the 3x3 (ResNet v1.5 / B, torchvision's default) or on the first 1x1 (v1)."""
+
+    expansion = 4
+
+    def __init__(self, in_chs, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
+                 first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False):
+        super().__init__()
+        width = int(planes * (base_width / 64.0)) * groups
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = conv1x1(in_chs, width, stride_1x1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = conv3x3(width, width, stride_3x3, groups, first_dilation)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.downsample = downsample
+        self.bn_after_add = bn_after_add
+        self.relu_after_add = relu_after_add
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.conv3(out)
+        out = self.bn3(out + shortcut) if self.bn_after_add else self.bn3(out) + shortcut
+        return F.relu(out) if self.relu_after_add else out
+
+    def zero_init_last(self):
+        if not self.bn_after_add:
+            nn.init.zeros_(self.bn3.weight)
+
+
+def make_stem(kind: str, in_chans: int, width: int) -> tuple[nn.Module, int]:
+    """The stem conv(s) before `bn1`, and the stem's total stride (including the max-pool)."""
+    if kind == "imagenet":  # 7x7/2 conv, then max-pool
+        return nn.Conv2d(in_chans, width, 7, 2, 3, bias=False), 4
+    if kind == "deep":  # ResNet-C: three 3x3 convs (32, 32, width); timm's key layout conv1.0/1/3/4/6
+        mid = width // 2
+        return nn.Sequential(
+            conv3x3(in_chans, mid, 2), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            conv3x3(mid, mid), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            conv3x3(mid, width),
+        ), 4
+    if kind == "cifar":  # one 3x3 conv, no pooling
+        return conv3x3(in_chans, width), 1
+    raise ValueError(f"stem must be 'imagenet', 'deep' or 'cifar', got {kind!r}")
+
+
+class ResNet(ResidualNetwork):
+    """Post-activation ResNet, configured by data: block, units per stage, widths and the stem/shortcut kinds."""
+
+    def __init__(self, block, layers, num_classes=1000, in_chans=3, *, widths=(64, 128, 256, 512),
+                 strides=None, stem="imagenet", shortcut="B", groups=1, width_per_group=64, output_stride=None,
+                 stride_in_1x1=False, bn_after_add=False, relu_after_add=True, drop_rate=0.0,
+                 zero_init_last=False):
+        super().__init__(num_classes, drop_rate)
+        if len(layers) != len(widths):
+            raise ValueError(f"layers {layers} and widths {widths} must have the same length")
+        block = {"basic": BasicBlock, "bottleneck": Bottleneck}.get(block, block)
+        strides = strides or (1,) + (2,) * (len(layers) - 1)
+        stem_width = widths[0] if stem == "cifar" else 64
+        self.conv1, stem_stride = make_stem(stem, in_chans, stem_width)
+        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if stem_stride == 4 else nn.Identity()
+        self.first_conv = "conv1.0.weight" if stem == "deep" else "conv1.weight"
+
+        in_chs = stem_width
+        unit = partial(block, groups=groups, base_width=width_per_group, bn_after_add=bn_after_add,
+                       relu_after_add=relu_after_add, stride_in_1x1=stride_in_1x1)
+        plan = stage_strides_and_dilations(strides, stem_stride, output_stride)
+        self.stage_names = tuple(f"layer{i + 1}" for i in range(len(layers)))
+        for name, n, planes, (stride, dilation, first_dilation) in zip(self.stage_names, layers, widths, plan):
+            out_chs = planes * block.expansion
+            downsample = None
+            if stride != 1 or in_chs != out_chs:
+                downsample = make_shortcut(shortcut, in_chs, out_chs, stride, dilation)
+            units = [unit(in_chs, planes, stride, downsample, dilation=dilation, first_dilation=first_dilation)]
+            units += [unit(out_chs, planes, dilation=dilation, first_dilation=dilation) for _ in range(1, n)]
+            setattr(self, name, nn.Sequential(*units))
+            in_chs = out_chs
+        self._make_classifier(in_chs)
+        init_weights(self)
+        if zero_init_last:
+            self.zero_init_last()
+
+    def forward_stem(self, x):
+        return self.maxpool(F.relu(self.bn1(self.conv1(x))))
+
+
+# ---- The variants: each a row of data -------------------------------------------------------------------------
+
+_IMAGENET = {
+    # name: (block, units per stage, extra settings)
+    "resnet18": ("basic", (2, 2, 2, 2), {}),
+    "resnet34": ("basic", (3, 4, 6, 3), {}),
+    "resnet50": ("bottleneck", (3, 4, 6, 3), {}),
+    "resnet101": ("bottleneck", (3, 4, 23, 3), {}),
+    "resnet152": ("bottleneck", (3, 8, 36, 3), {}),
+    "resnet200": ("bottleneck", (3, 24, 36, 3), {}),
+    "wide_resnet50_2": ("bottleneck", (3, 4, 6, 3), {"width_per_group": 128}),
+    "wide_resnet101_2": ("bottleneck", (3, 4, 23, 3), {"width_per_group": 128}),
+    "resnext50_32x4d": ("bottleneck", (3, 4, 6, 3), {"groups": 32, "width_per_group": 4}),
+    "resnext101_32x8d": ("bottleneck", (3, 4, 23, 3), {"groups": 32, "width_per_group": 8}),
+    "resnext101_64x4d": ("bottleneck", (3, 4, 23, 3), {"groups": 64, "width_per_group": 4}),
+    # Bag of Tricks (He et al. 2019): C = deep 3x3 stem; D = deep stem + avg-pool shortcut downsampling.
+    "resnet18d": ("basic", (2, 2, 2, 2), {"stem": "deep", "shortcut": "D"}),
+    "resnet34d": ("basic", (3, 4, 6, 3), {"stem": "deep", "shortcut": "D"}),
+    "resnet50c": ("bottleneck", (3, 4, 6, 3), {"stem": "deep"}),
+    "resnet50d": ("bottleneck", (3, 4, 6, 3), {"stem": "deep", "shortcut": "D"}),
+    "resnet101c": ("bottleneck", (3, 4, 23, 3), {"stem": "deep"}),
+    "resnet101d": ("bottleneck", (3, 4, 23, 3), {"stem": "deep", "shortcut": "D"}),
+    "resnet152c": ("bottleneck", (3, 8, 36, 3), {"stem": "deep"}),
+    "resnet152d": ("bottleneck", (3, 8, 36, 3), {"stem": "deep", "shortcut": "D"}),
+    "resnet200d": ("bottleneck", (3, 24, 36, 3), {"stem": "deep", "shortcut": "D"}),
+}
+
+# CIFAR (He et al. 2015, §4.2): depth 6n+2, three stages of n basic units, 16/32/64 channels, option A shortcuts.
+_CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
+
+for _name, (_block, _layers, _settings) in _IMAGENET.items():
+    register_variant(_name, ResNet, input_size=(3, 224, 224), doc=f"{_name}: {_block} blocks {_layers} {_settings}",
+                     block=_block, layers=_layers, **_settings)
+for _depth in _CIFAR_DEPTHS:
+    _n = (_depth - 2) // 6
+    register_variant(f"resnet{_depth}", ResNet, input_size=(3, 32, 32),
+                     doc=f"resnet{_depth}: CIFAR ResNet, 3 stages of {_n} basic units, option A shortcuts",
+                     block="basic", layers=(_n, _n, _n), num_classes=10, widths=(16, 32, 64), stem="cifar",
+                     shortcut="A")

@@ -1,0 +1,142 @@
+"""Loading checkpoints into deepres models: .pth/.pt (weights_only) and .safetensors, with key remapping for
+torchvision, timm, mmcls/mmpretrain, DDP (`module.`) and torch.compile (`_orig_mod.`) checkpoints."""
+import logging
+import pickle
+import re
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+# Containers that wrap the state dict in common checkpoint formats (mmcls, timm train, deepres state files).
+_NESTED_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
+# Prefixes added by wrappers or by mmcls/mmpretrain's model layout.
+_STRIP_PREFIXES = ("module.", "_orig_mod.", "backbone.")
+_RENAMES = (
+    (re.compile(r"^head\.fc\."), "fc."),  # mmcls ImageClsHead / LinearClsHead
+    # mmcls ResNetV1c/V1d deep stem: stem.{0,1,2}.{conv,bn} -> timm's conv1.{0,3,6} / conv1.{1,4} / bn1
+    (re.compile(r"^stem\.0\.conv\."), "conv1.0."),
+    (re.compile(r"^stem\.0\.bn\."), "conv1.1."),
+    (re.compile(r"^stem\.1\.conv\."), "conv1.3."),
+    (re.compile(r"^stem\.1\.bn\."), "conv1.4."),
+    (re.compile(r"^stem\.2\.conv\."), "conv1.6."),
+    (re.compile(r"^stem\.2\.bn\."), "bn1."),
+)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from .safetensors or a torch pickle (weights_only=True, never the unsafe fallback)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for bad headers
+            raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as e:
+        raise ValueError(
+            f"{path}: cannot be loaded as plain weights with weights_only=True (it may pickle code or whole "
+            f"modules, or be truncated). Save `model.state_dict()` instead. Loader said: {str(e).splitlines()[0]}"
+        ) from None
+    return unwrap_state_dict(obj, source=str(path))
+
+
+def unwrap_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Find the tensor mapping inside a checkpoint object (bare, or under state_dict/model/...)."""
+    if isinstance(obj, dict):
+        for key in _NESTED_KEYS:
+            if key in obj and isinstance(obj[key], dict):
+                return unwrap_state_dict(obj[key], source)
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    kind = type(obj).__name__
+    keys = f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else ""
+    raise ValueError(f"{source}: not a state dict (found a {kind}{keys}); expected a mapping of names to tensors")
+
+
+def remap_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes and rename mmcls keys to deepres/torchvision names."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _STRIP_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        for pattern, replacement in _RENAMES:
+            key = pattern.sub(replacement, key)
+        if key in out:
+            raise ValueError(f"two checkpoint keys map to {key!r} after prefix remapping")
+        out[key] = value
+    return out
+
+
+def adapt_input_channels(weight: torch.Tensor, in_chans: int, key: str) -> torch.Tensor:
+    """Fit a stem conv trained on 3 channels to `in_chans`: sum over RGB for 1 channel (timm's rule)."""
+    if weight.shape[1] == in_chans:
+        return weight
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    raise ValueError(f"{key}: checkpoint has {weight.shape[1]} input channels, model has {in_chans}; "
+                     "only 3 -> 1 can be adapted (by summing over the input channels)")
+
+
+def load_pretrained(model: nn.Module, path_or_state_dict, strict: bool = True) -> dict:
+    """Load weights into `model`; returns {'dropped': [...]} naming the classifier keys left at their init.
+
+    Mismatched keys or shapes raise ValueError listing them. A classifier for a different number of classes is
+    dropped with a log message, so fine-tuning from ImageNet weights works with one call.
+    """
+    if isinstance(path_or_state_dict, (str, Path)):
+        source = str(path_or_state_dict)
+        state_dict = read_state_dict(path_or_state_dict)
+    else:
+        source = "state dict"
+        state_dict = unwrap_state_dict(path_or_state_dict)
+    state_dict = remap_keys(state_dict)
+    own = model.state_dict()
+
+    first_conv = getattr(model, "first_conv", None)
+    if first_conv in state_dict and first_conv in own:
+        state_dict[first_conv] = adapt_input_channels(state_dict[first_conv], own[first_conv].shape[1], first_conv)
+
+    dropped = []
+    classifier = getattr(model, "classifier", None)
+    if classifier:
+        for key in (f"{classifier}.weight", f"{classifier}.bias"):
+            if key in state_dict and (key not in own or state_dict[key].shape != own[key].shape):
+                dropped.append(key)
+        if dropped:
+            ckpt_classes = state_dict[dropped[0]].shape[0]
+            log.warning("%s: classifier dropped (checkpoint has %d classes, model has %d); %s keep their init",
+                        source, ckpt_classes, getattr(model, "num_classes", -1), ", ".join(dropped))
+            for key in dropped:
+                del state_dict[key]
+
+    missing = [k for k in own if k not in state_dict and k not in dropped]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong_shape = {k: f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                   for k, v in state_dict.items() if k in own and v.shape != own[k].shape}
+    if strict and (missing or unexpected or wrong_shape):
+        raise ValueError(f"{source} does not fit {type(model).__name__}:\n" + "\n".join(
+            _describe(title, items) for title, items in
+            (("missing keys", missing), ("unexpected keys", unexpected),
+             ("shape mismatches", list(wrong_shape.values()))) if items))
+    # Everything left fits; the dropped classifier keys are the only deliberate gap, already checked above.
+    usable = {k: v for k, v in state_dict.items() if k in own and k not in wrong_shape}
+    model.load_state_dict(usable, strict=False)
+    return {"dropped": dropped, "missing": missing, "unexpected": unexpected}
+
+
+def _describe(title: str, items: list[str], limit: int = 20) -> str:
+    shown = "\n".join(f"    {item}" for item in items[:limit])
+    more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"  {len(items)} {title}:\n{shown}{more}"
