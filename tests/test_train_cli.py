@@ -36,7 +36,8 @@ def test_end_to_end_train_stop_resume_and_refuse_overwrite(tmp_path, capsys):
     args = ["train", str(recipe(tmp_path)), "--out", str(tmp_path / "runs"), "--set", "train.seed=1"]
     assert main([*args, "--max-epochs", "1"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert "stopped after epoch 1" in out[-1]
+    assert "stopped after epoch 1 (continue with --resume)" in out[-2]
+    assert out[-1].startswith("final test accuracy: top-1 ")
     assert main([*args, "--resume"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("final test accuracy: top-1 ") and "%" in last

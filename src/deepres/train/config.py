@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import os
 import re
 import types
 from dataclasses import dataclass, field
@@ -21,8 +22,9 @@ import yaml
 
 from deepres.data.config import DataConfig
 
-# Recipes shipped with the repository: <repo>/recipes/<dataset>/<name>.yaml
-RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"
+# Recipes shipped with the repository: <repo>/recipes/<dataset>/<name>.yaml (DEEPRES_RECIPES overrides, e.g.
+# for a non-editable install where the repository is elsewhere)
+RECIPES_DIR = Path(os.environ.get("DEEPRES_RECIPES") or Path(__file__).resolve().parents[3] / "recipes")
 
 
 @dataclass

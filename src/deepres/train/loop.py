@@ -234,9 +234,6 @@ def _run(cfg, device, run_dir, ckpt_dir, saved, train_loader, eval_loader, info,
                   best=is_best and cfg.run.keep == "last+best")
             recorder.plot_curves()
             log(_epoch_line(state, total_iters, iters_per_epoch, record))
-    except NonFiniteLossError as e:
-        log(f"error: {e}")
-        raise
     finally:
         recorder.close()
     return {**metrics, "epoch": state.epoch, "step": state.step, "best_top1": state.best_top1,
