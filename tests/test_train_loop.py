@@ -179,3 +179,29 @@ def test_bf16_channels_last_and_dynamic_bn_run_and_save_plain_weights(tmp_path):
                             "bn1.num_batches_tracked", "fc.weight", "fc.bias"}
     assert int(weights["bn1.num_batches_tracked"]) == 4  # dynamic BN: reset at the epoch start
     assert math.isfinite(result["test_loss"])
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@needs_cuda
+def test_cuda_fp16_with_grad_scaler_trains_saves_and_resumes(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=2, amp="fp16", channels_last=True, ema_decay=0.9)
+    first = fit(cfg, loaders=tiny_loaders(device="cuda"), device="cuda", stop_after_epochs=1, log=quiet)
+    _, state = load_checkpoint(tmp_path / "run" / "checkpoints")
+    assert state["scaler"]["scale"] > 0 and first["epoch"] == 1
+    done = fit(cfg, loaders=tiny_loaders(device="cuda"), device="cuda", resume=True, log=quiet)
+    assert done["finished"] and math.isfinite(done["test_loss"])
+
+
+@needs_cuda
+def test_cuda_deterministic_resume_is_bit_identical(tmp_path):
+    extras = dict(deterministic=True, amp="bf16", ema_decay=0.9, mixup_alpha=0.4, grad_accum_steps=2, epochs=2)
+    fit(tiny_config(tmp_path, "straight", **extras), loaders=tiny_loaders(device="cuda"), device="cuda", log=quiet)
+    fit(tiny_config(tmp_path, "split", **extras), loaders=tiny_loaders(device="cuda"), device="cuda",
+        stop_after_epochs=1, log=quiet)
+    fit(tiny_config(tmp_path, "split", **extras), loaders=tiny_loaders(device="cuda"), device="cuda", resume=True,
+        log=quiet)
+    a, _ = load_checkpoint(tmp_path / "straight" / "checkpoints")
+    b, _ = load_checkpoint(tmp_path / "split" / "checkpoints")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -33,8 +33,8 @@ if TINY_MODEL not in list_models():
 class ListLoader:
     """Batches of in-memory tensors; order and flips depend only on (seed, epoch), as the real loaders'."""
 
-    def __init__(self, images, labels, batch_size, *, seed=0, train=True):
-        self.images, self.labels = images, labels
+    def __init__(self, images, labels, batch_size, *, seed=0, train=True, device="cpu"):
+        self.images, self.labels = images.to(device), labels.to(device)
         self.batch_size, self.seed, self.train, self.epoch = batch_size, seed, train, 0
         self.dataset_size = len(labels)
 
@@ -45,13 +45,14 @@ class ListLoader:
         return math.ceil(self.dataset_size / self.batch_size)
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)  # CPU draws, same on any device
         order = torch.randperm(self.dataset_size, generator=g) if self.train else torch.arange(self.dataset_size)
+        order = order.to(self.images.device)
         for start in range(0, self.dataset_size, self.batch_size):
             idx = order[start:start + self.batch_size]
             x = self.images[idx]
             if self.train:
-                flip = torch.rand(len(idx), generator=g) < 0.5
+                flip = (torch.rand(len(idx), generator=g) < 0.5).to(x.device)
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             yield x, self.labels[idx]
 
@@ -72,8 +73,9 @@ def tiny_data(n_train=64, n_eval=32, num_classes=4, size=8, seed=0):
     return make(n_train), make(n_eval)
 
 
-def tiny_loaders(batch_size=16, seed=0, **kwargs):
+def tiny_loaders(batch_size=16, seed=0, device="cpu", **kwargs):
     (xt, yt), (xe, ye) = tiny_data(**kwargs)
     info = {"num_classes": 4, "in_chans": 1, "classes": ["a", "b", "c", "d"], "train_size": len(yt),
             "eval_size": len(ye)}
-    return ListLoader(xt, yt, batch_size, seed=seed), ListLoader(xe, ye, 32, train=False), info
+    return (ListLoader(xt, yt, batch_size, seed=seed, device=device),
+            ListLoader(xe, ye, 32, train=False, device=device), info)
