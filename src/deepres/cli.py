@@ -7,6 +7,7 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS = {
     "models": ("deepres.models.cli", "list registered models with params and GFLOPs"),
+    "train": ("deepres.train.cli", "train a model from a recipe (YAML) with --set overrides; --resume continues"),
 }
 
 

@@ -1,0 +1,186 @@
+"""Checkpoints: bare-model weights as safetensors, training state as a weights_only-loadable .pt.
+
+A checkpoint `<name>` in a directory is two files:
+  <name>.safetensors  the bare model's state_dict (no DDP `module.` / torch.compile `_orig_mod.` prefixes);
+                      metadata: resolved config (JSON), class names (JSON), model class, step, epoch
+  <name>.state.pt     optimizer, schedule position (step, epoch), EMA weights, GradScaler, RNG states
+                      (torch CPU/CUDA, numpy, python), resolved config, best metric
+Every write goes to a hidden temp file in the same directory, is fsynced, then os.replace()d over the
+final name, so a crash leaves either the old or the new file, never a torn one. Loads read only the final
+names; stray `.<name>...tmp` files are ignored.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import safetensors.torch
+import torch
+import torch.nn as nn
+
+STATE_FORMAT = 1  # bump when the .state.pt layout changes
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model under DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+# ------------------------------------------------------------------------------------------ atomic IO
+
+
+def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write a file through `write(fileobj)` to a temp file beside it, fsync, then rename over `path`."""
+    atomic_write_many([(path, write)])
+
+
+def atomic_write_many(items: list[tuple[str | Path, Callable[[io.BufferedWriter], None]]]) -> None:
+    """Write every file to its own fsynced temp file first, then rename them all, back to back."""
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, write in items:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for directory in {path.parent for _, path in temps}:
+        _fsync_dir(directory)  # make the renames themselves durable
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not supported on this platform
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------ RNG state
+
+
+def capture_rng_state() -> dict:
+    """torch (CPU and every CUDA device), numpy and python RNG states as tensors, lists and numbers."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of `capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------------------ save / load
+
+
+def checkpoint_paths(directory: str | Path, name: str) -> tuple[Path, Path]:
+    directory = Path(directory)
+    return directory / f"{name}.safetensors", directory / f"{name}.state.pt"
+
+
+def save_checkpoint(directory: str | Path, name: str, *, model: nn.Module, state: dict, config: dict,
+                    classes: list[str] | None = None) -> tuple[Path, Path]:
+    """Write `<name>.safetensors` (bare model) and `<name>.state.pt` (`state` + config) atomically.
+
+    `state` must hold only tensors, dicts, lists, numbers, strings and None, and include `step` and `epoch`.
+    """
+    weights_path, state_path = checkpoint_paths(directory, name)
+    bare = unwrap_model(model)
+    # contiguous(): safetensors needs dense row-major tensors (channels_last weights are not)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in bare.state_dict().items()}
+    metadata = {
+        "format": "pt",
+        "config": json.dumps(config),
+        "classes": json.dumps(list(classes) if classes is not None else []),
+        "model_class": f"{type(bare).__module__}.{type(bare).__qualname__}",
+        "step": str(int(state["step"])),
+        "epoch": str(int(state["epoch"])),
+    }
+    blob = safetensors.torch.save(tensors, metadata=metadata)
+    payload = {"format": STATE_FORMAT, **state, "config": config}
+    # Both temp files are complete before either rename; a crash between the two renames (microseconds)
+    # leaves a pair whose steps differ, which load_checkpoint detects.
+    atomic_write_many([(state_path, lambda f: torch.save(payload, f)), (weights_path, lambda f: f.write(blob))])
+    return weights_path, state_path
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state_dict on CPU, metadata with `config` and `classes` decoded from JSON) from a .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file {path}")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        tensors = safetensors.torch.load_file(str(path), device="cpu")
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    for key in ("config", "classes"):
+        if key in metadata:
+            metadata[key] = json.loads(metadata[key])
+    return tensors, metadata
+
+
+def load_checkpoint(directory: str | Path, name: str = "last") -> tuple[dict[str, torch.Tensor], dict]:
+    """(model state_dict, training state) of checkpoint `name`; checks the two files belong together."""
+    weights_path, state_path = checkpoint_paths(directory, name)
+    if not state_path.is_file() or not weights_path.is_file():
+        raise FileNotFoundError(f"no checkpoint {name!r} in {directory} (need {weights_path.name} and "
+                                f"{state_path.name})")
+    tensors, metadata = load_weights(weights_path)
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file
+        raise ValueError(f"{state_path}: not a readable training state ({e})") from None
+    if state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{state_path}: state format {state.get('format')!r}, this version reads {STATE_FORMAT}")
+    if (metadata.get("step"), metadata.get("epoch")) != (str(state["step"]), str(state["epoch"])):
+        raise ValueError(f"checkpoint {name!r} in {directory} is inconsistent: weights are from step "
+                         f"{metadata.get('step')}, state from step {state['step']} (interrupted save?)")
+    return tensors, state

@@ -1,0 +1,40 @@
+"""`deepres train RECIPE [--set k=v ...] [--resume] [--out DIR] [--max-epochs N]`."""
+import argparse
+import sys
+
+from .config import load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe YAML file, or a name under recipes/ (e.g. fashion_mnist/resnet20)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set optim.lr=0.05 --set train.amp=bf16 (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in OUT/run.name exactly from checkpoints/last")
+    parser.add_argument("--out", metavar="DIR", help="parent directory of the run directory (run.out_dir)")
+    parser.add_argument("--max-epochs", type=int, metavar="N",
+                        help="stop once N epochs are complete; the schedule still spans the whole recipe, so "
+                             "--resume continues it (to shorten training itself: --set train.epochs=N)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .loop import NonFiniteLossError, fit  # torch, models, eval: only when actually training
+
+    cfg = load_config(args.recipe, args.overrides)
+    if args.out:
+        cfg.run.out_dir = args.out
+    if args.max_epochs is not None and args.max_epochs < 1:
+        raise ValueError(f"--max-epochs must be >= 1, got {args.max_epochs}")
+    try:
+        result = fit(cfg, resume=args.resume, stop_after_epochs=args.max_epochs)
+    except (FileExistsError, NonFiniteLossError) as e:
+        print(f"deepres train: error: {e}", file=sys.stderr)
+        return 1
+    state = "finished" if result["finished"] else f"stopped after epoch {result['epoch']} (continue with --resume)"
+    if "top1" not in result:
+        print(f"run {result['run_dir']}: {state}; no evaluation yet")
+        return 0
+    print(f"run {result['run_dir']}: {state}; best top-1 {result['best_top1']:.2f}% at epoch {result['best_epoch']}")
+    print(f"final test accuracy: top-1 {result['top1']:.2f}% (error {100 - result['top1']:.2f}%), "
+          f"top-5 {result['top5']:.2f}%")
+    return 0

@@ -1,0 +1,484 @@
+"""The training config: a dataclass tree loaded from a YAML recipe and overridden by `--set a.b=c`.
+
+A recipe is a YAML mapping with the blocks below (model, data, optim, schedule, train, eval, run, expect);
+`base: other.yaml` (a path relative to the recipe, or a recipe name) inherits another recipe first.
+Every key and value is checked against the dataclass field types; unknown keys fail with the full dotted
+key, the file, and close matches. `config_to_dict` / `config_from_dict` round-trip exactly; the resolved
+config is stored in every run directory (config.yaml) and inside every checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import re
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from deepres.data.config import DataConfig
+
+# Recipes shipped with the repository: <repo>/recipes/<dataset>/<name>.yaml (DEEPRES_RECIPES overrides, e.g.
+# for a non-editable install where the repository is elsewhere)
+RECIPES_DIR = Path(os.environ.get("DEEPRES_RECIPES") or Path(__file__).resolve().parents[3] / "recipes")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"  # a registered model (see `deepres models`)
+    num_classes: int = 0  # classifier outputs; 0 = from the data
+    in_chans: int = 0  # input channels; 0 = from the data
+    drop_rate: float = 0.0  # dropout probability before the classifier
+    zero_init_last: bool = False  # zero the last BN gamma in each residual block (Goyal et al. 2017)
+    # BatchNorm momentum for every BN layer: None = the model's own (PyTorch default 0.1), a float in (0, 1],
+    # or "dynamic": cumulative average 1/(1+n) over the batches of the current epoch, reset at each epoch start
+    bn_momentum: float | str | None = None
+    kwargs: dict = field(default_factory=dict)  # extra builder overrides, e.g. {shortcut: B, bn_after_add: true}
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "rmsprop", "adagrad", "adadelta", "adam", "adamw"] = "sgd"
+    # Peak lr for the whole batch (data.batch_size × grad_accum_steps); never rescaled automatically
+    lr: float = 0.1
+    momentum: float = 0.9  # sgd, rmsprop
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 1e-4  # L2 coefficient (adamw: decoupled decay, multiplied by lr)
+    wd_exclude_bn_bias: bool = False  # no weight decay on BN weights and biases (every param with ndim <= 1)
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    eps: float | None = None  # denominator term; None = the optimizer's default (adam 1e-8, adagrad 1e-10, ...)
+    alpha: float | None = None  # squared-gradient smoothing: rmsprop alpha (0.99), adadelta rho (0.9); None = default
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["multistep", "step", "cosine", "linear", "constant"] = "multistep"
+    unit: Literal["iter", "epoch"] = "iter"  # unit of `milestones` and `step_size`: optimizer steps or epochs
+    milestones: list[int] = field(default_factory=list)  # multistep: lr *= gamma at each milestone (in `unit`)
+    step_size: int = 30  # step: lr *= gamma every step_size `unit`s
+    gamma: float = 0.1  # decay factor at each milestone/step
+    warmup_iters: int = 0  # linear warmup, optimizer steps; 0 = off
+    warmup_start_factor: float = 0.1  # warmup starts at lr × this and reaches lr at warmup_iters
+    # ResNet-110 trick (He et al. 2015, sec. 4.2): a constant warm_start_lr for the first warm_start_iters
+    # optimizer steps, then the normal schedule (milestones still count from step 0); 0 = off
+    warm_start_lr: float = 0.0
+    warm_start_iters: int = 0
+    min_lr: float = 0.0  # cosine/linear: lr reached at the last step
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 90  # passes over the training set; ignored when max_iters > 0
+    max_iters: int = 0  # total optimizer steps (0 = epochs decide); the CIFAR paper schedule stops at 64k
+    loss: Literal["ce", "bce"] = "ce"  # softmax cross-entropy, or sigmoid BCE on (mixed) one-hot targets (RSB A3)
+    label_smoothing: float = 0.0  # probability mass spread uniformly over all classes
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of whole images; 0 = off
+    cutmix_alpha: float = 0.0  # Beta(alpha, alpha) box pasting; 0 = off
+    mix_prob: float = 1.0  # probability that a batch is mixed at all (when an alpha > 0)
+    mix_switch_prob: float = 0.5  # with both alphas > 0: probability of cutmix rather than mixup
+    ema_decay: float = 0.0  # exponential moving average of weights and buffers, per optimizer step; 0 = off
+    grad_clip_norm: float = 0.0  # clip the global gradient L2 norm to this; 0 = off
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype; fp16 needs CUDA (GradScaler)
+    channels_last: bool = False  # NHWC memory format for model and inputs
+    compile: bool = False  # torch.compile the model for training (checkpoints store the bare model)
+    seed: int = 0  # seeds torch, numpy, random, the data order and augmentation
+    deterministic: bool = False  # torch.use_deterministic_algorithms; bit-exact resume on CPU
+    nonfinite_patience: int = 5  # stop after this many non-finite losses in a row (those steps are skipped)
+    eval_every_epochs: int = 1  # evaluate every N epochs (and always after the last)
+    log_every_iters: int = 50  # step-level metrics, optimizer steps
+    progress: bool = True  # tqdm bar per epoch (only when stderr is a terminal)
+
+
+@dataclass
+class EvalConfig:
+    scales: list[int] = field(default_factory=list)  # extra test resolutions (pixels) averaged with the base one
+    flip: bool = False  # also average predictions on the horizontally flipped image
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs"  # parent directory of run directories
+    name: str = ""  # run directory name under out_dir; "" = from the recipe name (e.g. cifar10-resnet20)
+    keep: Literal["last", "last+best"] = "last+best"  # checkpoints kept: last, and best by top-1
+    recipe: str = ""  # the recipe file this config was loaded from (set by load_config)
+
+
+@dataclass
+class ExpectConfig:
+    accuracy: float = 0.0  # test accuracy (%) this recipe is expected to reach, as `metric`
+    metric: Literal["top1", "top5"] = "top1"
+    note: str = ""  # where that number comes from (paper, table, hardware, number of runs)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    expect: ExpectConfig = field(default_factory=ExpectConfig)
+
+
+# Keys that may differ between a run and its --resume: they do not change the trained weights.
+RESUME_MAY_DIFFER = ("run", "expect", "eval", "train.progress", "train.log_every_iters",
+                     "train.eval_every_epochs", "data.root", "data.workers", "data.eval_batch_size")
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_config(path_or_name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a recipe (file path or name under recipes/), apply `a.b=c` overrides, type-check, validate."""
+    path = resolve_recipe(path_or_name)
+    raw = _load_recipe_tree(path, chain=())
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_path(raw, key.split("."), value)
+    cfg = _instantiate(Config, _coerce_section(Config, raw, "", str(path)))
+    if not cfg.run.recipe:
+        cfg.run.recipe = str(path)
+    if not cfg.run.name:
+        cfg.run.name = _default_run_name(path)
+    validate_config(cfg)
+    return cfg
+
+
+def resolve_recipe(path_or_name: str | Path) -> Path:
+    """A recipe path as given, or a name like `cifar10/resnet20` under the repository's recipes/ directory."""
+    p = Path(path_or_name)
+    candidates = [p, p.with_name(p.name + ".yaml"), RECIPES_DIR / p, RECIPES_DIR / f"{p}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    close = difflib.get_close_matches(str(path_or_name), list_recipes(), n=3, cutoff=0.5)
+    hint = f"; did you mean: {', '.join(close)}?" if close else f"; recipes: {', '.join(list_recipes()) or 'none'}"
+    raise FileNotFoundError(f"recipe {str(path_or_name)!r} not found (looked in . and {RECIPES_DIR}){hint}")
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped under recipes/ (e.g. 'cifar10/resnet20')."""
+    if not RECIPES_DIR.is_dir():
+        return []
+    return sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.yaml"))
+
+
+def _default_run_name(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(RECIPES_DIR).with_suffix("")).replace("/", "-")
+    except ValueError:
+        return path.stem
+
+
+def _load_recipe_tree(path: Path, chain: tuple[Path, ...]) -> dict:
+    """Read one YAML recipe, check it against the schema, and merge it over its `base` (if any)."""
+    real = path.resolve()
+    if real in chain:
+        raise ValueError(f"recipe base cycle: {' -> '.join(str(p) for p in (*chain, real))}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    _coerce_section(Config, raw, "", str(path))  # unknown keys and bad types name this file
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: 'base' must be a recipe path or name, got {base!r}")
+    base_path = path.parent / base
+    base_path = base_path if base_path.is_file() else resolve_recipe(base)
+    merged = _load_recipe_tree(base_path, (*chain, real))
+    _deep_merge(merged, raw)
+    return merged
+
+
+def _deep_merge(into: dict, new: dict) -> None:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _deep_merge(into[k], v)
+        else:
+            into[k] = copy.deepcopy(v)
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=0.05")
+    tp = _field_type_at(key.split("."), f"--set {item}")
+    value = yaml.safe_load(text) if text.strip() else None
+    if tp is str and not isinstance(value, str) and value is not None:
+        value = text  # a str field takes the text as typed (run.name=2024 stays "2024")
+    if tp is not None:
+        _coerce(value, tp, key, f"--set {item}")
+    return key, value
+
+
+def _field_type_at(parts: list[str], where: str):
+    """The declared type at a dotted path (None inside a free-form dict); unknown keys raise KeyError."""
+    cls: Any = Config
+    for i, name in enumerate(parts):
+        if cls is None or cls is dict or get_origin(cls) is dict:
+            return None  # free-form mapping (model.kwargs, data.extra): any key
+        if not dataclasses.is_dataclass(cls):
+            raise KeyError(f"{where}: {'.'.join(parts[:i])} is a {_type_name(cls)}, it has no key {name!r}")
+        hints = get_type_hints(cls)
+        if name not in hints:
+            _unknown_key(".".join(parts[: i + 1]), list(hints), where)
+        cls = hints[name]
+    return cls
+
+
+def _set_path(raw: dict, parts: list[str], value: Any) -> None:
+    node = raw
+    for name in parts[:-1]:
+        if not isinstance(node.get(name), dict):
+            node[name] = {}
+        node = node[name]
+    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+        _deep_merge(node[parts[-1]], value)
+    else:
+        node[parts[-1]] = value
+
+
+# ------------------------------------------------------------------------------------- type checking
+
+
+def _all_keys(cls=Config, prefix: str = "") -> list[str]:
+    out = []
+    for name, tp in get_type_hints(cls).items():
+        key = f"{prefix}{name}"
+        out += _all_keys(tp, key + ".") if dataclasses.is_dataclass(tp) else [key]
+    return out
+
+
+def _unknown_key(key: str, siblings: list[str], where: str):
+    leaf = key.rsplit(".", 1)[-1]
+    everywhere = _all_keys()
+    same_leaf = [k for k in everywhere if k.rsplit(".", 1)[-1] == leaf]
+    close = same_leaf + [c for c in difflib.get_close_matches(key, everywhere, n=3, cutoff=0.75)
+                         if c not in same_leaf]
+    close += [f"{key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{s}"
+              for s in difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.6)]
+    close = list(dict.fromkeys(close))
+    hint = f"; did you mean: {', '.join(close)}?" if close else f"; valid keys here: {', '.join(siblings)}"
+    raise KeyError(f"{where}: unknown config key {key!r}{hint}")
+
+
+def _coerce_section(cls, raw: Any, prefix: str, where: str) -> dict:
+    """Check a (possibly partial) mapping against dataclass `cls`; return it with values coerced."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: {prefix.rstrip('.') or 'the recipe'} must be a mapping "
+                         f"(a config section), got {raw!r}")
+    hints = get_type_hints(cls)
+    out = {}
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        if name not in hints:
+            _unknown_key(key, list(hints), where)
+        out[name] = _coerce(value, hints[name], key, where)
+    return out
+
+
+def _instantiate(cls, values: dict):
+    kwargs = {}
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        tp = hints[f.name]
+        kwargs[f.name] = _instantiate(tp, values[f.name]) if dataclasses.is_dataclass(tp) else values[f.name]
+    return cls(**kwargs)
+
+
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Return `value` converted to the field type `tp`, or raise ValueError naming key, type and value."""
+    origin, args = get_origin(tp), get_args(tp)
+
+    def bad():
+        return ValueError(f"{where}: {key} expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+    if dataclasses.is_dataclass(tp):
+        return _coerce_section(tp, value, key + ".", where)
+    if tp is Any:
+        return copy.deepcopy(value)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        # str last, so "1e-3" becomes a float when a float is allowed
+        for arm in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
+            try:
+                return _coerce(value, arm, key, where)
+            except ValueError:
+                continue
+        raise bad()
+    if origin is Literal:
+        if value not in args or isinstance(value, bool):
+            raise ValueError(f"{where}: {key} expects one of {', '.join(repr(a) for a in args)}, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if tp is float:
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            # YAML reads 224_256 as the int 224256 and yes/no as booleans
+            raise ValueError(f"{where}: {key} expects str, got {value!r} ({type(value).__name__}); "
+                             f"quote it in YAML to keep it as text")
+        return value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return copy.deepcopy(value)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                raise bad()
+            items = [_coerce(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args))]
+        else:
+            items = [_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a bug in the schema, not user input
+
+
+def _type_name(tp: Any) -> str:
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
+    if origin is list:
+        return f"a list of {_type_name(args[0])}"
+    if tp is type(None):
+        return "null"
+    if tp is dict or origin is dict or dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", repr(tp))
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def validate_config(cfg: Config) -> None:
+    """Range checks the types cannot express; raises ValueError naming the key and the value."""
+
+    def need(ok: bool, key: str, value: Any, rule: str):
+        if not ok:
+            raise ValueError(f"config {key}={value!r}: {rule}")
+
+    m, o, s, t = cfg.model, cfg.optim, cfg.schedule, cfg.train
+    need(bool(m.name), "model.name", m.name, "name a registered model")
+    need(m.num_classes >= 0 and m.in_chans >= 0, "model.num_classes/in_chans", (m.num_classes, m.in_chans),
+         "must be >= 0 (0 = from the data)")
+    need(0.0 <= m.drop_rate < 1.0, "model.drop_rate", m.drop_rate, "must be in [0, 1)")
+    bn = m.bn_momentum
+    need(bn is None or bn == "dynamic" or (isinstance(bn, float) and 0.0 < bn <= 1.0), "model.bn_momentum", bn,
+         'must be null, a float in (0, 1], or "dynamic"')
+    need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
+    need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    need(not o.nesterov or (o.name == "sgd" and o.momentum > 0), "optim.nesterov", o.nesterov,
+         "needs optim.name=sgd and optim.momentum > 0")
+    need(s.milestones == sorted(s.milestones), "schedule.milestones", s.milestones, "must be increasing")
+    need(s.step_size > 0, "schedule.step_size", s.step_size, "must be > 0")
+    need(s.warmup_iters >= 0 and s.warm_start_iters >= 0, "schedule.warmup_iters/warm_start_iters",
+         (s.warmup_iters, s.warm_start_iters), "must be >= 0")
+    need(0.0 <= s.warmup_start_factor <= 1.0, "schedule.warmup_start_factor", s.warmup_start_factor,
+         "must be in [0, 1]")
+    need(s.warm_start_iters == 0 or s.warm_start_lr > 0, "schedule.warm_start_lr", s.warm_start_lr,
+         "must be > 0 when warm_start_iters > 0")
+    need(t.epochs >= 1 or t.max_iters > 0, "train.epochs", t.epochs, "must be >= 1 (or set train.max_iters)")
+    need(t.max_iters >= 0, "train.max_iters", t.max_iters, "must be >= 0 (0 = epochs decide)")
+    need(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", t.label_smoothing, "must be in [0, 1)")
+    need(t.mixup_alpha >= 0 and t.cutmix_alpha >= 0, "train.mixup_alpha/cutmix_alpha",
+         (t.mixup_alpha, t.cutmix_alpha), "must be >= 0 (0 = off)")
+    need(0.0 <= t.mix_prob <= 1.0, "train.mix_prob", t.mix_prob, "must be in [0, 1]")
+    need(0.0 <= t.mix_switch_prob <= 1.0, "train.mix_switch_prob", t.mix_switch_prob, "must be in [0, 1]")
+    need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", t.ema_decay, "must be in [0, 1) (0 = off)")
+    need(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm, "must be >= 0 (0 = off)")
+    need(t.grad_accum_steps >= 1, "train.grad_accum_steps", t.grad_accum_steps, "must be >= 1")
+    need(t.nonfinite_patience >= 1, "train.nonfinite_patience", t.nonfinite_patience, "must be >= 1")
+    need(t.eval_every_epochs >= 1, "train.eval_every_epochs", t.eval_every_epochs, "must be >= 1")
+    need(t.log_every_iters >= 1, "train.log_every_iters", t.log_every_iters, "must be >= 1")
+    need(all(x > 0 for x in cfg.eval.scales), "eval.scales", cfg.eval.scales, "must be positive pixel sizes")
+    need("/" not in cfg.run.name and cfg.run.name not in (".", ".."), "run.name", cfg.run.name,
+         "must be a plain directory name")
+    need(0.0 <= cfg.expect.accuracy <= 100.0, "expect.accuracy", cfg.expect.accuracy, "must be a percentage")
+
+
+# ----------------------------------------------------------------------------------------- round trip
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain dict (lists, not tuples) that YAML, JSON and torch.load(weights_only=True) all accept."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def config_from_dict(d: dict, where: str = "config dict") -> Config:
+    """Inverse of `config_to_dict`, with the same key and type checks as a recipe."""
+    cfg = _instantiate(Config, _coerce_section(Config, d, "", where))
+    validate_config(cfg)
+    return cfg
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False, width=120)
+
+
+def config_diff(a: Config | dict, b: Config | dict, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) for every leaf that differs, skipping keys under `ignore`."""
+    da = a if isinstance(a, dict) else config_to_dict(a)
+    db = b if isinstance(b, dict) else config_to_dict(b)
+    out: list[tuple[str, Any, Any]] = []
+
+    def walk(x, y, prefix):
+        if prefix.rstrip(".") in ignore:
+            return
+        if isinstance(x, dict) and isinstance(y, dict) and not _is_free_dict(prefix):
+            for k in list(dict.fromkeys([*x, *y])):
+                walk(x.get(k), y.get(k), f"{prefix}{k}.")
+        elif x != y:
+            out.append((prefix.rstrip("."), x, y))
+
+    walk(da, db, "")
+    return out
+
+
+def _is_free_dict(prefix: str) -> bool:
+    return prefix.rstrip(".") in ("model.kwargs", "data.extra")

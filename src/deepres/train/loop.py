@@ -1,0 +1,371 @@
+"""The training loop: `train_one_epoch` and `fit`, plain functions.
+
+One optimizer step = `train.grad_accum_steps` micro-batches; `state.step` counts optimizer steps (skipped
+non-finite ones included) and drives the lr schedule. A run directory holds config.yaml, metrics.jsonl,
+TensorBoard events, env.json, curves.png (deepres.runs.RunRecorder) and checkpoints/{last,best}.*.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from deepres.eval import evaluate
+from deepres.models import create_model
+from deepres.runs import RunRecorder
+
+from .bn import reset_bn_running_stats, set_bn_momentum
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .config import RESUME_MAY_DIFFER, Config, config_diff, config_from_dict, config_to_dict
+from .ema import ModelEMA
+from .mixing import classification_loss, mixup_cutmix
+from .optim import create_optimizer
+from .schedules import lr_at
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised after train.nonfinite_patience non-finite losses in a row."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps taken, skipped non-finite ones included
+    epoch: int = 0  # epochs completed
+    best_top1: float = -1.0  # best test top-1 (%) so far; -1 = not evaluated yet
+    best_epoch: int = 0
+    nonfinite_streak: int = 0  # non-finite losses in a row (optimizer steps)
+    last_finite_loss: float = math.nan
+    last_finite_step: int = -1
+
+
+# ---------------------------------------------------------------------------------------------- one epoch
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, cfg: Config,
+                    state: TrainState, num_classes: int, total_iters: int, scaler=None, ema: ModelEMA | None = None,
+                    recorder: RunRecorder | None = None, progress: bool = False) -> dict:
+    """One pass over `loader` (stopping early at total_iters); returns train_loss, images_per_s, time_s, lr."""
+    t, amp_dtype = cfg.train, AMP_DTYPES[cfg.train.amp]
+    device_type = next(model.parameters()).device.type
+    accum, n_batches = t.grad_accum_steps, len(loader)
+    iters_per_epoch = math.ceil(n_batches / accum)
+    rng = np.random.default_rng([t.seed, state.epoch])  # mixing depends only on seed + epoch, like the data order
+    model.train()
+    bar = tqdm(total=max(min(iters_per_epoch, total_iters - state.step), 0), desc=f"epoch {state.epoch + 1}",
+               disable=not progress, leave=False, unit="step", dynamic_ncols=True)
+    epoch_loss, epoch_images, window_loss, window_n = 0.0, 0, 0.0, 0
+    start = time.perf_counter()
+    lr = group_size = group_loss = 0.0
+    for i, (images, labels) in enumerate(loader):
+        if i % accum == 0:  # first micro-batch of an optimizer step
+            if state.step >= total_iters:
+                break
+            group_size, group_ok, group_loss = min(accum, n_batches - i), True, 0.0
+            lr = lr_at(state.step, cfg.schedule, cfg.optim.lr, iters_per_epoch, total_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        if t.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        images, targets, _, _ = mixup_cutmix(images, labels, num_classes=num_classes, mixup_alpha=t.mixup_alpha,
+                                             cutmix_alpha=t.cutmix_alpha, mix_prob=t.mix_prob,
+                                             switch_prob=t.mix_switch_prob, rng=rng)
+        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        loss = classification_loss(logits, targets, kind=t.loss, label_smoothing=t.label_smoothing)
+        loss_value = loss.item()
+        if math.isfinite(loss_value):
+            scaled = loss / group_size
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            group_loss += loss_value / group_size
+            epoch_loss, epoch_images = epoch_loss + loss_value * len(labels), epoch_images + len(labels)
+        else:
+            group_ok = False  # no backward: NaN gradients must not reach the accumulated .grad
+        if i % accum + 1 < group_size:
+            continue
+        ok = optimizer_step(model, optimizer, grad_clip_norm=t.grad_clip_norm, scaler=scaler, ema=ema,
+                            finite=group_ok)
+        _count_nonfinite(state, ok, group_loss, t.nonfinite_patience)
+        state.step += 1
+        window_loss, window_n = (window_loss + group_loss, window_n + 1) if ok else (window_loss, window_n)
+        if state.step % t.log_every_iters == 0 and window_n:
+            elapsed = time.perf_counter() - start
+            if recorder is not None:
+                recorder.log_step(state.step, train_loss=window_loss / window_n, lr=lr,
+                                  images_per_s=epoch_images / max(elapsed, 1e-9))
+            bar.set_postfix(loss=f"{window_loss / window_n:.4f}", lr=f"{lr:.4g}",
+                            img_s=f"{epoch_images / max(elapsed, 1e-9):.0f}", refresh=False)
+            window_loss, window_n = 0.0, 0
+        bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - start
+    return {"train_loss": epoch_loss / epoch_images if epoch_images else math.nan, "lr": lr,
+            "time_s": elapsed, "images": epoch_images, "images_per_s": epoch_images / max(elapsed, 1e-9)}
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_clip_norm: float = 0.0,
+                   scaler=None, ema: ModelEMA | None = None, finite: bool = True) -> bool:
+    """Clip, step and update the EMA; returns False (stepping nothing) if the loss or gradient norm is non-finite."""
+    if finite and grad_clip_norm > 0:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+        # under fp16 inf gradients are the GradScaler's business: it skips the step and lowers the scale
+        finite = scaler is not None or bool(torch.isfinite(norm))
+    if finite:
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if ema is not None:
+            ema.update(model)
+    optimizer.zero_grad(set_to_none=True)
+    return finite
+
+
+def _count_nonfinite(state: TrainState, ok: bool, loss: float, patience: int) -> None:
+    if ok:
+        state.nonfinite_streak, state.last_finite_loss, state.last_finite_step = 0, loss, state.step
+        return
+    state.nonfinite_streak += 1
+    if state.nonfinite_streak >= patience:
+        last = (f"the last finite loss was {state.last_finite_loss:.6g} at step {state.last_finite_step}"
+                if state.last_finite_step >= 0 else "no finite loss was seen in this run")
+        raise NonFiniteLossError(
+            f"stopping at step {state.step} (epoch {state.epoch + 1}): {state.nonfinite_streak} non-finite losses "
+            f"in a row (train.nonfinite_patience={patience}; those steps were skipped); {last}. Try a lower "
+            f"optim.lr, train.grad_clip_norm, or amp=bf16 instead of fp16. Checkpoints were left as they were.")
+
+
+# --------------------------------------------------------------------------------------------------- fit
+
+
+def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = None, device=None, loaders=None,
+        log: Callable[[str], None] = print) -> dict:
+    """Train `cfg` in cfg.run.out_dir/cfg.run.name; returns the final test metrics and where the run lives.
+
+    resume: continue exactly from checkpoints/last (the config may differ only in RESUME_MAY_DIFFER keys).
+    stop_after_epochs: stop once this many epochs are complete (the schedule still spans the whole run),
+    to be continued with resume=True. loaders: (train, eval, info) instead of deepres.data.build_loaders.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    if cfg.train.amp == "fp16" and device.type != "cuda":
+        raise ValueError(f"train.amp='fp16' needs CUDA (torch.amp.GradScaler); this run is on {device.type}: "
+                         f"use train.amp=bf16 or none")
+    if not cfg.run.name:
+        cfg = replace(cfg, run=replace(cfg.run, name=f"{cfg.data.name}-{cfg.model.name}"))
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    ckpt_dir = run_dir / "checkpoints"
+    saved = _load_for_resume(ckpt_dir) if resume else _check_fresh_run_dir(run_dir)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        seed_everything(cfg.train.seed)
+        set_deterministic(cfg.train.deterministic, device)
+        if loaders is None:
+            from deepres.data import build_loaders  # imported here: tests pass their own loaders
+
+            loaders = build_loaders(cfg.data, device, seed=cfg.train.seed)
+        train_loader, eval_loader, info = loaders
+        cfg = resolve_config(cfg, info)
+        if saved is not None:
+            check_resume_config(saved[1]["config"], cfg, ckpt_dir)
+        return _run(cfg, device, run_dir, ckpt_dir, saved, train_loader, eval_loader, info, stop_after_epochs, log)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _run(cfg, device, run_dir, ckpt_dir, saved, train_loader, eval_loader, info, stop_after_epochs, log) -> dict:
+    t = cfg.train
+    num_classes, classes = cfg.model.num_classes, list(_info(info, "classes", []))
+    model = build_model(cfg, device)
+    optimizer = create_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
+    ema = ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None
+    state, metrics = TrainState(), {}
+    if saved is not None:
+        state, metrics = _restore(saved, model, optimizer, scaler, ema)
+    train_model = torch.compile(model) if t.compile else model
+    iters_per_epoch = math.ceil(len(train_loader) / t.grad_accum_steps)
+    total_iters = t.max_iters if t.max_iters > 0 else t.epochs * iters_per_epoch
+    config_dict = config_to_dict(cfg)
+    recorder = RunRecorder(run_dir, config_dict, resume=saved is not None)
+    progress = t.progress and sys.stderr.isatty()
+    try:
+        recorder.write_env()
+        n_params = sum(p.numel() for p in model.parameters())
+        log(f"run {run_dir}: {cfg.model.name} ({n_params / 1e6:.2f}M params) on {device}, amp={t.amp}, "
+            f"{iters_per_epoch} steps/epoch, {total_iters} steps" +
+            (f", resuming after epoch {state.epoch} (step {state.step})" if saved is not None else ""))
+        if saved is not None:
+            restore_rng_state(saved[1]["rng"])  # last: everything above may have drawn random numbers
+        while state.step < total_iters and (stop_after_epochs is None or state.epoch < stop_after_epochs):
+            train_loader.set_epoch(state.epoch)
+            if cfg.model.bn_momentum == "dynamic":
+                reset_bn_running_stats(model)  # running stats = average over this epoch's batches
+            stats = train_one_epoch(train_model, train_loader, optimizer, cfg=cfg, state=state,
+                                    num_classes=num_classes, total_iters=total_iters, scaler=scaler, ema=ema,
+                                    recorder=recorder, progress=progress)
+            state.epoch += 1
+            finishing = state.step >= total_iters or state.epoch == stop_after_epochs
+            record = {"train_loss": stats["train_loss"], "lr": stats["lr"], "epoch_time_s": stats["time_s"],
+                      "images_per_s": stats["images_per_s"], "step": state.step}
+            if state.epoch % t.eval_every_epochs == 0 or finishing:
+                metrics = _evaluate(model, ema, eval_loader, cfg, num_classes)
+                record.update(test_error=100.0 - metrics["top1"], **metrics)
+                is_best = metrics["top1"] > state.best_top1
+                if is_best:
+                    state.best_top1, state.best_epoch = metrics["top1"], state.epoch
+            else:
+                is_best = False
+            recorder.log_epoch(state.epoch, **record)
+            _save(ckpt_dir, model, optimizer, scaler, ema, state, metrics, config_dict, classes,
+                  best=is_best and cfg.run.keep == "last+best")
+            recorder.plot_curves()
+            log(_epoch_line(state, total_iters, iters_per_epoch, record))
+    finally:
+        recorder.close()
+    return {**metrics, "epoch": state.epoch, "step": state.step, "best_top1": state.best_top1,
+            "best_epoch": state.best_epoch, "run_dir": str(run_dir), "finished": state.step >= total_iters}
+
+
+def _evaluate(model, ema, eval_loader, cfg: Config, num_classes: int) -> dict:
+    """top1, top5, test_loss (and ema_top1 with an EMA) on the eval loader."""
+    kwargs = dict(num_classes=num_classes, scales=tuple(cfg.eval.scales), flip=cfg.eval.flip,
+                  amp_dtype=AMP_DTYPES[cfg.train.amp])
+    result = evaluate(model, eval_loader, **kwargs)
+    out = {"top1": result["top1"], "top5": result["top5"], "test_loss": result["loss"]}
+    if ema is not None:
+        out["ema_top1"] = evaluate(ema.module, eval_loader, **kwargs)["top1"]
+    return out
+
+
+def _save(ckpt_dir, model, optimizer, scaler, ema, state: TrainState, metrics: dict, config: dict, classes,
+          best: bool) -> None:
+    payload = {
+        "step": state.step, "epoch": state.epoch, "best_top1": state.best_top1, "best_epoch": state.best_epoch,
+        "last_finite_loss": state.last_finite_loss, "last_finite_step": state.last_finite_step,
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema": ema.state_dict() if ema is not None else None,
+        "rng": capture_rng_state(),
+        "metrics": dict(metrics),
+    }
+    save_checkpoint(ckpt_dir, "last", model=model, state=payload, config=config, classes=classes)
+    if best:
+        save_checkpoint(ckpt_dir, "best", model=model, state=payload, config=config, classes=classes)
+
+
+def _restore(saved, model, optimizer, scaler, ema) -> tuple[TrainState, dict]:
+    tensors, st = saved
+    model.load_state_dict(tensors)
+    optimizer.load_state_dict(st["optimizer"])
+    if scaler is not None and st.get("scaler") is not None:
+        scaler.load_state_dict(st["scaler"])
+    if ema is not None:
+        ema.load_state_dict(st["ema"])
+    state = TrainState(step=st["step"], epoch=st["epoch"], best_top1=st["best_top1"], best_epoch=st["best_epoch"],
+                       last_finite_loss=st["last_finite_loss"], last_finite_step=st["last_finite_step"])
+    return state, dict(st.get("metrics") or {})
+
+
+def _epoch_line(state: TrainState, total_iters: int, iters_per_epoch: int, r: dict) -> str:
+    total_epochs = math.ceil(total_iters / iters_per_epoch)
+    line = (f"epoch {state.epoch}/{total_epochs}  step {state.step}  loss {r['train_loss']:.4f}  lr {r['lr']:.4g}  "
+            f"{r['images_per_s']:.0f} img/s  {r['epoch_time_s']:.1f} s")
+    if "top1" in r:
+        line += f"  test top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%"
+    return line
+
+
+# ------------------------------------------------------------------------------------------ setup helpers
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(enabled: bool, device: torch.device) -> None:
+    """Deterministic kernels (errors on ops that have none), or cuDNN autotuning when off."""
+    if enabled and device.type == "cuda":
+        # cuBLAS needs a fixed workspace for reproducible results; must be set before its first use
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=False)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled and device.type == "cuda"
+
+
+def _info(info, key: str, default=None):
+    if isinstance(info, dict):
+        return info.get(key, default)
+    return getattr(info, key, default)
+
+
+def resolve_config(cfg: Config, info) -> Config:
+    """Fill what the data decides: model.num_classes and model.in_chans when 0."""
+    model = replace(cfg.model, num_classes=cfg.model.num_classes or int(_info(info, "num_classes")),
+                    in_chans=cfg.model.in_chans or int(_info(info, "in_chans")))
+    return replace(cfg, model=model)
+
+
+def build_model(cfg: Config, device: torch.device) -> nn.Module:
+    """The registered model with the config's options, BN momentum, device and memory format."""
+    m = cfg.model
+    overrides = dict(m.kwargs)
+    if m.drop_rate:
+        overrides["drop_rate"] = m.drop_rate
+    if m.zero_init_last:
+        overrides["zero_init_last"] = True
+    try:
+        model = create_model(m.name, num_classes=m.num_classes, in_chans=m.in_chans, **overrides)
+    except TypeError as e:
+        raise ValueError(f"model {m.name!r} rejected the options {sorted(overrides)} "
+                         f"(model.drop_rate/zero_init_last/kwargs): {e}") from None
+    if m.bn_momentum is not None:
+        set_bn_momentum(model, m.bn_momentum)
+    model = model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _check_fresh_run_dir(run_dir: Path) -> None:
+    taken = [name for name in ("checkpoints", "config.yaml", "metrics.jsonl") if (run_dir / name).exists()]
+    if taken:
+        raise FileExistsError(f"run directory {run_dir} already holds a run ({', '.join(taken)}); use --resume "
+                              f"to continue it, or choose another run.name (--set run.name=NAME)")
+
+
+def _load_for_resume(ckpt_dir: Path):
+    try:
+        return load_checkpoint(ckpt_dir, "last")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"nothing to resume: no checkpoint 'last' in {ckpt_dir}") from None
+
+
+def check_resume_config(saved_config: dict, cfg: Config, where) -> None:
+    """Refuse to resume when anything but run/bookkeeping keys differs from the checkpoint's config."""
+    saved = config_from_dict(saved_config, where=f"config stored in {where}")
+    diffs = config_diff(saved, cfg, ignore=RESUME_MAY_DIFFER)
+    if diffs:
+        listed = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in diffs)
+        raise ValueError(f"cannot resume from {where}: the config differs in {listed}. Resume with the same "
+                         f"settings (only {', '.join(RESUME_MAY_DIFFER)} may change) or start a new run.name")

@@ -1,0 +1,72 @@
+"""Batch-level mixup / cutmix and the classification losses that take hard or soft targets."""
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return F.one_hot(labels, num_classes).float()
+
+
+def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A box (y0, y1, x0, x1) of about (1 - lam) of the image area, centred uniformly, clipped to the image."""
+    cut = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * cut), int(width * cut)
+    cy, cx = int(rng.integers(height)), int(rng.integers(width))
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    return y0, y1, x0, x1
+
+
+def mixup_cutmix(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, mixup_alpha: float = 0.0,
+                 cutmix_alpha: float = 0.0, mix_prob: float = 1.0, switch_prob: float = 0.5,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, float, str]:
+    """Mix each image with the batch reversed; returns (images, targets, lam, mode).
+
+    mode is "none" (targets are the int64 labels), "mixup" or "cutmix" (targets are lam·onehot(y) +
+    (1-lam)·onehot(y reversed)). For cutmix, lam is the share of pixels actually kept after the box is
+    clipped at the image border, not the sampled value.
+    """
+    use_mixup, use_cutmix = mixup_alpha > 0, cutmix_alpha > 0
+    if not (use_mixup or use_cutmix) or rng.random() >= mix_prob:
+        return images, labels, 1.0, "none"
+    mode = "cutmix" if use_cutmix and (not use_mixup or rng.random() < switch_prob) else "mixup"
+    lam = float(rng.beta(cutmix_alpha, cutmix_alpha) if mode == "cutmix" else rng.beta(mixup_alpha, mixup_alpha))
+    other = images.flip(0)
+    if mode == "mixup":
+        mixed = images * lam + other * (1.0 - lam)
+    else:
+        h, w = images.shape[-2:]
+        y0, y1, x0, x1 = cutmix_box(h, w, lam, rng)
+        mixed = images.clone()
+        mixed[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+    targets = one_hot(labels, num_classes) * lam + one_hot(labels.flip(0), num_classes) * (1.0 - lam)
+    return mixed, targets, lam, mode
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of -sum_k targets_k · log softmax(logits)_k."""
+    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, *, kind: str = "ce",
+                        label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy ("ce") or sigmoid binary cross-entropy ("bce"); targets are int64 labels or probabilities.
+
+    Computed in float32 whatever the autocast dtype. Label smoothing mixes the targets with the uniform
+    distribution: t·(1-eps) + eps/K (F.cross_entropy does this itself for both target kinds).
+    """
+    logits = logits.float()
+    if kind == "ce":
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    if kind == "bce":
+        num_classes = logits.shape[-1]
+        if targets.dtype == torch.long:
+            targets = one_hot(targets, num_classes)
+        if label_smoothing > 0:
+            targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    raise ValueError(f"train.loss={kind!r}: expected 'ce' or 'bce'")

@@ -1,0 +1,96 @@
+"""Checkpoints: bare-model safetensors + weights_only state, atomic writes, RNG round trip."""
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from deepres.train.checkpoint import (atomic_write, capture_rng_state, checkpoint_paths, load_checkpoint,
+                                      load_weights, restore_rng_state, save_checkpoint, unwrap_model)
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+
+
+def trained_state(model):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 6, 6)).sum().backward()
+    opt.step()
+    return {"step": 7, "epoch": 1, "optimizer": opt.state_dict(), "rng": capture_rng_state(), "best_top1": 55.5,
+            "ema": None}
+
+
+def test_save_load_round_trip_bare_model_and_weights_only_state(tmp_path):
+    model = net()
+    wrapped = torch.compile(model, backend="eager").to(memory_format=torch.channels_last)
+    state = trained_state(model)
+    config = {"model": {"name": "tiny"}, "optim": {"betas": [0.9, 0.999]}}
+    save_checkpoint(tmp_path, "last", model=wrapped, state=state, config=config, classes=["cat", "dog"])
+    tensors, loaded = load_checkpoint(tmp_path, "last")  # torch.load(weights_only=True) inside
+    assert set(tensors) == set(model.state_dict())  # no "_orig_mod." prefix
+    assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
+    assert loaded["step"] == 7 and loaded["epoch"] == 1 and loaded["best_top1"] == 55.5
+    assert loaded["config"] == config
+    assert torch.equal(loaded["optimizer"]["state"][0]["momentum_buffer"],
+                       state["optimizer"]["state"][0]["momentum_buffer"])
+    _, meta = load_weights(tmp_path / "last.safetensors")
+    assert meta["config"] == config and meta["classes"] == ["cat", "dog"]
+    assert meta["model_class"].endswith("Sequential") and meta["step"] == "7"
+    assert unwrap_model(wrapped) is model
+
+
+def test_rng_state_round_trip_reproduces_every_generator(tmp_path):
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    np.random.normal()  # leaves a cached gaussian in the numpy state
+    saved = capture_rng_state()
+    atomic_write(tmp_path / "rng.pt", lambda f: torch.save(saved, f))
+    expected = (torch.rand(3), np.random.rand(3), np.random.normal(), random.random())
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    again = (torch.rand(3), np.random.rand(3), np.random.normal(), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2:] == again[2:]
+
+
+def test_stray_and_truncated_temp_files_are_ignored(tmp_path):
+    model = net()
+    save_checkpoint(tmp_path, "last", model=model, state=trained_state(model), config={})
+    weights, state_file = checkpoint_paths(tmp_path, "last")
+    # what a crash mid-save leaves behind: temp files beside the real ones, one truncated, one garbage
+    (tmp_path / ".last.state.pt.abc123.tmp").write_bytes(state_file.read_bytes()[:100])
+    (tmp_path / ".last.safetensors.xyz.tmp").write_bytes(b"\x00garbage")
+    tensors, state = load_checkpoint(tmp_path, "last")
+    assert state["step"] == 7 and torch.equal(tensors["0.weight"], model[0].weight)
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "file.bin"
+    atomic_write(target, lambda f: f.write(b"old"))
+
+    def crash(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, crash)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_mismatched_or_truncated_pair_is_refused(tmp_path):
+    model = net()
+    state = trained_state(model)
+    save_checkpoint(tmp_path / "a", "last", model=model, state=state, config={})
+    save_checkpoint(tmp_path / "b", "last", model=model, state={**state, "step": 8}, config={})
+    (tmp_path / "a" / "last.safetensors").replace(tmp_path / "b" / "last.safetensors")  # step 7 weights
+    with pytest.raises(ValueError, match="inconsistent"):
+        load_checkpoint(tmp_path / "b", "last")
+    save_checkpoint(tmp_path / "c", "last", model=model, state=state, config={})
+    path = tmp_path / "c" / "last.state.pt"
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ValueError, match="not a readable training state"):
+        load_checkpoint(tmp_path / "c", "last")
+    with pytest.raises(FileNotFoundError, match="no checkpoint 'best'"):
+        load_checkpoint(tmp_path / "c", "best")

@@ -1,0 +1,147 @@
+"""Training config: YAML recipes, --set overrides, type and key errors, exact round trip."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deepres.train.config import (Config, config_diff, config_from_dict, config_to_dict, config_to_yaml,
+                                  list_recipes, load_config)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    return write(tmp_path / "demo.yaml", """
+model: {name: resnet20, kwargs: {shortcut: A}}
+data: {name: cifar10, crop_padding: 4, mean: [0.49, 0.48, 0.45]}
+optim: {lr: 0.1, nesterov: true, weight_decay: 5e-4}
+schedule: {name: multistep, milestones: [32000, 48000]}
+train: {max_iters: 64000}
+expect: {accuracy: 91.25, note: He et al. 2015 Table 6}
+""")
+
+
+def test_yaml_recipe_loads_with_types_and_defaults(recipe):
+    cfg = load_config(recipe)
+    assert cfg.model.name == "resnet20" and cfg.model.kwargs == {"shortcut": "A"}
+    assert cfg.data.mean == (0.49, 0.48, 0.45)  # tuple field from a YAML list
+    assert cfg.optim.weight_decay == 5e-4 and isinstance(cfg.optim.weight_decay, float)  # "5e-4" is a YAML str
+    assert cfg.schedule.milestones == [32000, 48000]
+    assert cfg.train.epochs == Config().train.epochs  # untouched default
+    assert cfg.run.name == "demo" and cfg.run.recipe == str(recipe)
+
+
+def test_set_overrides_parse_values_with_yaml(recipe):
+    cfg = load_config(recipe, ["optim.lr=0.05", "train.amp=bf16", "schedule.milestones=[10, 20]",
+                               "model.kwargs.bn_after_add=true", "model.bn_momentum=dynamic",
+                               "optim.eps=1e-6", "run.name=2024", "train.grad_clip_norm=1", "optim.alpha=null"])
+    assert cfg.optim.lr == 0.05 and cfg.train.amp == "bf16" and cfg.schedule.milestones == [10, 20]
+    assert cfg.model.kwargs == {"shortcut": "A", "bn_after_add": True}  # merged into the free dict
+    assert cfg.model.bn_momentum == "dynamic" and cfg.optim.eps == 1e-6
+    assert cfg.run.name == "2024"  # str field keeps the typed text
+    assert cfg.train.grad_clip_norm == 1.0 and isinstance(cfg.train.grad_clip_norm, float)  # int accepted
+    assert cfg.optim.alpha is None
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.epochs=1.5", ["train.epochs", "int", "1.5"]),
+    ("train.channels_last=1", ["train.channels_last", "bool", "1"]),
+    ("optim.lr=fast", ["optim.lr", "float", "'fast'"]),
+    ("optim.betas=[0.9]", ["optim.betas", "list of 2", "[0.9]"]),
+    ("data.mean=0.5", ["data.mean", "list of float", "0.5"]),
+    ("train.amp=fp32", ["train.amp", "'bf16'", "'fp32'"]),
+    ("model.bn_momentum=[1]", ["model.bn_momentum", "float or str or null"]),
+    ("schedule.milestones=[1, x]", ["schedule.milestones[1]", "int", "'x'"]),
+])
+def test_wrong_types_name_key_type_and_value(recipe, override, words):
+    with pytest.raises(ValueError) as err:
+        load_config(recipe, [override])
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_unknown_set_key_names_dotted_key_and_suggests(recipe):
+    with pytest.raises(KeyError) as err:
+        load_config(recipe, ["optim.weight_decy=0"])
+    msg = str(err.value)
+    assert "optim.weight_decy" in msg and "--set" in msg and "optim.weight_decay" in msg
+    with pytest.raises(KeyError) as err:
+        load_config(recipe, ["train.lr=0.1"])  # right leaf, wrong section
+    assert "optim.lr" in str(err.value)
+    with pytest.raises(KeyError, match="unknown config key 'nope'"):
+        load_config(recipe, ["nope=1"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        load_config(recipe, ["optim.lr"])
+
+
+def test_unknown_yaml_key_at_depth_names_file(tmp_path):
+    bad = write(tmp_path / "bad.yaml", "data:\n  crop_paddng: 4\n")
+    with pytest.raises(KeyError) as err:
+        load_config(bad)
+    msg = str(err.value)
+    assert str(bad) in msg and "data.crop_paddng" in msg and "data.crop_padding" in msg
+    with pytest.raises(ValueError, match="optim must be a mapping"):
+        load_config(write(tmp_path / "flat.yaml", "optim: 0.1\n"))
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(write(tmp_path / "broken.yaml", "model: {name: [\n"))
+
+
+def test_range_validation(recipe):
+    with pytest.raises(ValueError, match="model.bn_momentum='fast'"):
+        load_config(recipe, ["model.bn_momentum=fast"])
+    with pytest.raises(ValueError, match="train.grad_accum_steps"):
+        load_config(recipe, ["train.grad_accum_steps=0"])
+    with pytest.raises(ValueError, match="optim.nesterov"):
+        load_config(recipe, ["optim.momentum=0"])
+
+
+def test_base_inheritance_merges_and_reports_child_file(tmp_path):
+    write(tmp_path / "base.yaml", "optim: {lr: 0.1, momentum: 0.9}\ntrain: {epochs: 10}\n")
+    child = write(tmp_path / "child.yaml", "base: base.yaml\noptim: {lr: 0.02}\n")
+    cfg = load_config(child)
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.train.epochs) == (0.02, 0.9, 10)
+    write(tmp_path / "child2.yaml", "base: base.yaml\ntrain: {epochz: 1}\n")
+    with pytest.raises(KeyError, match="child2.yaml"):
+        load_config(tmp_path / "child2.yaml")
+    write(tmp_path / "a.yaml", "base: b.yaml\n")
+    write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ValueError, match="cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_missing_recipe_is_file_not_found():
+    with pytest.raises(FileNotFoundError, match="no/such/recipe"):
+        load_config("no/such/recipe")
+
+
+def test_round_trip_exact_through_dict_yaml_and_json(recipe):
+    cfg = load_config(recipe, ["model.bn_momentum=0.01", "optim.betas=[0.8, 0.95]", "eval.scales=[224, 256]"])
+    d = config_to_dict(cfg)
+    assert config_from_dict(d) == cfg
+    assert config_from_dict(yaml.safe_load(config_to_yaml(cfg))) == cfg
+    assert config_from_dict(json.loads(json.dumps(d))) == cfg
+    assert config_from_dict(config_to_dict(Config())) == Config()
+
+
+def test_config_diff_lists_changed_leaves(recipe):
+    a = load_config(recipe)
+    b = load_config(recipe, ["optim.lr=0.2", "run.name=other", "model.kwargs.shortcut=B"])
+    assert config_diff(a, b, ignore=("run",)) == [("model.kwargs", {"shortcut": "A"}, {"shortcut": "B"}),
+                                                  ("optim.lr", 0.1, 0.2)]
+
+
+def test_every_shipped_recipe_loads_and_states_its_expectation():
+    names = list_recipes()
+    assert "fashion_mnist/resnet20" in names and "cifar10/resnet110" in names
+    from deepres.models import list_models
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.expect.note.strip() and 0 < cfg.expect.accuracy <= 100, name
+        assert cfg.run.name == name.replace("/", "-")
+        if list_models():  # the zoo lands separately; only then can names be checked
+            assert cfg.model.name in list_models(), f"{name}: model {cfg.model.name!r} is not registered"
