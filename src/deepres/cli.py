@@ -7,6 +7,7 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS = {
     "models": ("deepres.models.cli", "list registered models with params and GFLOPs"),
+    "data": ("deepres.data.cli", "get MNIST / Fashion-MNIST, or verify that every image in a folder decodes"),
 }
 
 
