@@ -181,3 +181,14 @@ def test_verify_clean_folder_exits_zero(tmp_path):
     manifest = tmp_path / "m.csv"
     assert _run_data(["verify", str(tmp_path / "a"), "--manifest", str(manifest), "--quiet"]) == 0
     assert manifest.read_text().splitlines() == ["path,reason"]
+
+
+def test_deepres_command_runs_data_verify(tmp_path, capsys):
+    cli = pytest.importorskip("deepres.cli")
+    pytest.importorskip("deepres.models.cli", reason="the `deepres` dispatcher also imports deepres.models.cli")
+    write_image(tmp_path / "imgs" / "a.png")
+    (tmp_path / "imgs" / "b.jpg").write_bytes(b"")
+    assert cli.main(["data", "verify", str(tmp_path / "imgs"), "--quiet"]) == 1
+    assert "b.jpg: zero bytes" in capsys.readouterr().out
+    assert cli.main(["data", "verify", str(tmp_path / "nowhere")]) == 2  # user error: one clear line
+    assert "image directory not found" in capsys.readouterr().err

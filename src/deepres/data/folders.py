@@ -34,13 +34,14 @@ class _BadImageLedger:
     def is_bad(self, index: int) -> bool:
         return bool(self._marks[index])
 
-    def record(self, index: int) -> int:
-        """Mark a sample bad; returns the number of distinct bad samples so far."""
+    def record(self, index: int) -> tuple[bool, int]:
+        """Mark a sample bad; returns (whether it is newly found, distinct bad samples so far)."""
         with self._count.get_lock():
-            if not self._marks[index]:
+            new = not self._marks[index]
+            if new:
                 self._marks[index] = 1
                 self._count.value += 1
-            return self._count.value
+            return new, self._count.value
 
     @property
     def count(self) -> int:
@@ -103,8 +104,9 @@ class ImageFileDataset:
             return self._substitute(index, error)
 
     def _skip(self, index: int, error: BadImageError) -> None:
-        count = self._ledger.record(index)
-        log.warning("skipping bad image %s (%s); %d skipped so far", error.path, error.reason, count)
+        new, count = self._ledger.record(index)
+        if new:
+            log.warning("skipping bad image %s (%s); %d skipped so far", error.path, error.reason, count)
         if count > self.bad_image_cap:
             raise TooManyBadImagesError(
                 f"{count} bad images skipped, more than data.bad_image_cap={self.bad_image_cap}; the last was "

@@ -59,7 +59,11 @@ def load_image(path, *, exif_rotate: bool = False, max_pixels: int = DEFAULT_MAX
     if size == 0:
         raise BadImageError(path, "zero bytes")
     try:
-        with open(path, "rb") as f, warnings.catch_warnings():
+        f = open(path, "rb")
+    except OSError as e:
+        raise BadImageError(path, f"cannot read file ({e.strerror})") from None
+    try:
+        with f, warnings.catch_warnings():
             # The pixel limit is ours (max_pixels); silence Pillow's warning, map its hard error below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(f)
