@@ -63,7 +63,7 @@ def test_idx_wrong_magic_and_truncation_are_named(tmp_path):
     images_path = tmp_path / "train-images-idx3-ubyte"
     # A labels file where images are expected: magic 0x801 instead of 0x803.
     images_path.write_bytes(labels_path.read_bytes())
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: IDX magic number is 0x00000801, expected 0x00000803"):
+    with pytest.raises(ValueError, match=r"images-idx3-ubyte: IDX magic number is 0x00000801, expected 0x00000803"):
         read_mnist(tmp_path, "train")
     images_path.write_bytes(idx_bytes(np.zeros((12, 28, 28), np.uint8))[:-10])
     with pytest.raises(ValueError, match=r"train-images-idx3-ubyte: header says .* \(truncated"):

@@ -3,7 +3,6 @@ import dataclasses
 
 import pytest
 import torch
-from PIL import Image
 
 from data_helpers import FASHION_MNIST_DIR, write_image, write_mnist
 from deepres.data import DataConfig, TooManyBadImagesError, build_datasets, build_loaders

@@ -14,8 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     get = actions.add_parser("get", help="find or download MNIST / Fashion-MNIST, verified by checksum",
                              description="Use the installed package copy (Debian dataset-fashion-mnist) if "
-                                         "present, otherwise download from the official source; every file "
-                                         "is checked against its published md5.")
+                                         "present, otherwise download from the official source. Downloads are "
+                                         "checked against the published md5s, a package copy against its "
+                                         "package's manifest (Debian re-gzipped the files).")
     get.add_argument("dataset", choices=sorted(DATASETS), help="dataset to get")
     get.add_argument("--dest", type=Path, default=None,
                      help="folder to put the files in (default: use the package copy in place, else data/NAME)")

@@ -273,7 +273,8 @@ def image_list(list_file, image_root=None, *, classes: list[str] | None = None, 
         index = {name: i for i, name in enumerate(classes)}
         for path, name in entries:
             if name not in index:
-                raise ValueError(f"{list_file}: class folder {name!r} of {path!r} is not among the {len(classes)} classes")
+                raise ValueError(f"{list_file}: class folder {name!r} of {path!r} is not among the "
+                                 f"{len(classes)} classes")
         samples = [(str(image_root / (path + suffix)), index[name]) for path, name in entries]
     return ImageFileDataset(samples, classes, **options)
 

@@ -203,8 +203,8 @@ def _luma(x: torch.Tensor) -> torch.Tensor:
 
 def color_jitter(x: torch.Tensor, generator: torch.Generator, brightness: float = 0.0, contrast: float = 0.0,
                  saturation: float = 0.0) -> torch.Tensor:
-    """Per-image brightness, contrast, saturation factors in [1-s, 1+s], applied in that order to a float
-    batch on the 0-255 scale (torchvision shuffles the order; a fixed order keeps this a pure function)."""
+    """Per-image brightness, contrast, saturation factors in [max(0, 1-s), 1+s], applied in that fixed order
+    (torchvision shuffles it) to a float batch on the 0-255 scale; the result is clamped to 0-255."""
     batch, single = _batched(x)
     n = batch.shape[0]
 
