@@ -36,4 +36,16 @@ class DataConfig:
     limit_train: int = 0  # use only the first N training images (0 = all); for smoke runs
     limit_val: int = 0  # use only the first N evaluation images (0 = all)
     synthetic_size: tuple[int, int] = (512, 128)  # synthetic: (train, val) image counts
-    extra: dict = field(default_factory=dict)  # format-specific keys (e.g. ImageNet val ground-truth file)
+    synthetic_image_size: int = 32  # synthetic: image side, pixels
+    max_image_pixels: int = 89_478_485  # width*height above this is a bad image (decompression-bomb guard)
+    # Format-specific; relative paths are taken relative to root
+    # folder/imagenet: folder levels that name a class (1: n01440764/, 2: a/abbey/); 0 = every folder holding images
+    class_depth: int = 0
+    image_root: str = ""  # list: folder the listed paths are relative to; "" = root
+    list_suffix: str = ""  # list: appended to each listed path (".jpg" for Food-101's meta/train.txt)
+    class_names: str = ""  # list: class-name file, "name" or "name index" per line; "" = "0".."K-1"
+    # imagenet with a flat val folder: ILSVRC2012_validation_ground_truth.txt (needs synset_map) or LOC_val_solution.csv
+    val_ground_truth: str = ""
+    synset_map: str = ""  # imagenet with the .txt ground truth: synsets in ILSVRC2012 id order, one per line
+    coarse_labels: bool = False  # cifar100: the 20 superclasses instead of the 100 classes
+    extra: dict = field(default_factory=dict)  # free-form keys for formats added outside deepres.data

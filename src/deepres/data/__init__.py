@@ -1,0 +1,28 @@
+"""Datasets, image decoding, tensor transforms and the train/eval loaders.
+
+Formats (data.name) and the on-disk layouts they read, relative to data.root:
+- fashion_mnist, mnist: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (root "" = Debian's
+  /usr/share/datasets/fashion-mnist for fashion_mnist). Kept 1-channel 28x28.
+- cifar10: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}; cifar100: cifar-100-python/{train,
+  test, meta} (coarse_labels=True for the 20 superclasses). The official pickles; "val" means the test set.
+- folder: root/train_split and root/val_split are class-per-folder trees; class_depth says which folder level
+  names a class (0 = every folder that holds images, e.g. Mini-Places2 "a/abbey"). Classes sorted.
+- imagenet: train as folder; val either as class folders or flat ILSVRC2012_val_NNNNNNNN.JPEG files with
+  val_ground_truth = ILSVRC2012_validation_ground_truth.txt (plus synset_map: synsets in ILSVRC2012 id order,
+  one per line; the devkit's meta.mat is not read) or Kaggle's LOC_val_solution.csv. Labels index the sorted
+  train synsets.
+- list: train_split / val_split are list files of "relative/path label" (or "path", label = parent folder),
+  paths relative to image_root; class_names optionally names the integer labels.
+- synthetic: random images with a learnable per-class template, synthetic_size images of synthetic_image_size.
+"""
+from . import transforms
+from .config import DataConfig
+from .datasets import FORMATS, build_datasets, resolve_root
+from .fetch import ChecksumError, DownloadError, find_local, get_dataset
+from .folders import (ImageFileDataset, TooManyBadImagesError, image_folder, image_list, imagenet_val,
+                      list_image_files, read_class_names, read_synset_map)
+from .formats import (FASHION_MNIST_CLASSES, MNIST_CLASSES, ArrayDataset, make_synthetic, read_cifar10,
+                      read_cifar100, read_fashion_mnist, read_idx, read_mnist)
+from .images import IMAGE_EXTENSIONS, BadImageError, is_image_file, load_image
+from .loaders import Loader, build_loaders
+from .verify import VerifyReport, verify_images, write_manifest

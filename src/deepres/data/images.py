@@ -1,0 +1,92 @@
+"""Decoding one image file into an RGB PIL image, and the errors a bad file raises."""
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Lower-case suffixes treated as images when scanning folders (matched case-insensitively: ".JPEG" counts).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+# Largest accepted image, width * height pixels. Pillow's own bomb limit (89.5 Mpx, ~268 MB as RGB); the
+# largest ImageNet-1k training image is ~31 Mpx, so real datasets stay well below it.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+class BadImageError(ValueError):
+    """A file that cannot be decoded into an image; `.path` names it, `.reason` says why."""
+
+    def __init__(self, path, reason: str = ""):
+        # Single-argument form keeps the class re-creatable from a message (DataLoader workers re-raise
+        # exceptions in the main process as `type(e)(message)`).
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if reason else str(path))
+
+
+def is_image_file(name: str | os.PathLike) -> bool:
+    """True if the file name has an image extension (case-insensitive)."""
+    return str(name).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; alpha is dropped (colours kept, as torchvision's convert('RGB'))."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # Pillow clips 16-bit values to 255 when converting; scale the full 0-65535 range to 0-255 instead.
+        values = np.asarray(img, dtype=np.float64)
+        gray = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if img.mode == "F":
+        gray = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        # Going through RGBA avoids Pillow's "palette with transparency" warning; the alpha is then dropped.
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def load_image(path, *, exif_rotate: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image file into an RGB PIL image; raise BadImageError naming the file and the reason."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise BadImageError(path, "no such file") from None
+    if size == 0:
+        raise BadImageError(path, "zero bytes")
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise BadImageError(path, f"cannot read file ({e.strerror})") from None
+    try:
+        with f, warnings.catch_warnings():
+            # The pixel limit is ours (max_pixels); silence Pillow's warning, map its hard error below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(f)
+            width, height = img.size
+            if width * height > max_pixels:
+                raise BadImageError(path, f"too many pixels ({width}x{height} = {width * height} > {max_pixels})")
+            img.load()
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadImageError(path, f"too many pixels ({e})") from None
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not an image (format not recognised)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports truncated or corrupt data as OSError ("image file is truncated"), SyntaxError
+        # ("broken PNG file") or ValueError depending on the codec.
+        raise BadImageError(path, f"truncated or corrupt ({e})") from None
+    if exif_rotate:
+        img = ImageOps.exif_transpose(img)
+    return _to_rgb(img)
+
+
+def pil_to_tensor(img: Image.Image):
+    """RGB PIL image -> uint8 tensor (3, H, W)."""
+    array = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

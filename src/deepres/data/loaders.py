@@ -1,0 +1,295 @@
+"""Training and evaluation loaders: one iterator interface over two paths.
+
+- In-memory sets (CIFAR, MNIST, synthetic) live on the training device as one uint8 tensor; each batch is
+  gathered and augmented there with tensor ops (airbench style).
+- File datasets (folders, lists, ImageNet) go through a torch DataLoader: workers decode and crop each image
+  to a fixed size, the uint8 batch moves to the device, and the same batch augmentation runs there.
+
+Every random choice comes from a generator seeded by (seed, epoch, rank, ...): the sample order, one seed per
+sample for per-image crops, one seed per batch for flips/pad-crops/jitter. Nothing reads the global RNG, and
+the result does not depend on the number of workers, so an epoch can be replayed exactly after a resume.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import transforms as T
+from .config import DataConfig
+from .datasets import Dataset, build_datasets
+from .formats import ArrayDataset
+
+# Seed streams, so the order, per-item and per-batch draws never share a generator state.
+_ORDER, _ITEM, _BATCH = 0, 1, 2
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from non-negative integers (numpy SeedSequence hashing)."""
+    state = np.random.SeedSequence([int(p) for p in parts]).generate_state(2, dtype=np.uint32)
+    return ((int(state[0]) << 32) | int(state[1])) & ((1 << 63) - 1)
+
+
+def _generator(*parts: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+def shard_indices(num_samples: int, *, train: bool, epoch: int, seed: int, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's sample indices for one epoch.
+
+    train: one permutation per (seed, epoch), shared by all ranks, strided by rank and cut so every rank has
+    num_samples // world_size. eval: contiguous, in order, no padding, so the shards' union is the dataset."""
+    if train:
+        order = torch.randperm(num_samples, generator=_generator(seed, epoch, _ORDER))
+        return order[rank::world_size][: num_samples // world_size]
+    start, stop = rank * num_samples // world_size, (rank + 1) * num_samples // world_size
+    return torch.arange(start, stop)
+
+
+@dataclass(frozen=True)
+class ItemTransform:
+    """Per-image geometry to a fixed square: random resized crop, or shorter side to `resize_to` + centre crop."""
+
+    size: int  # output side, pixels
+    resize_to: int = 0  # shorter side before the centre crop, pixels (unused with random_crop)
+    random_crop: bool = False  # Inception-style random resized crop instead
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.random_crop:
+            return T.random_resized_crop(image, self.size, generator)
+        return T.resize_center_crop(image, self.resize_to, self.size)
+
+
+@dataclass(frozen=True)
+class BatchTransform:
+    """uint8 batch on the device -> augmented, normalised float32 batch."""
+
+    in_chans: int
+    normalize: str  # "meanstd" or "mean"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int = 0  # pixels
+    hflip: bool = False
+    color_jitter: float = 0.0
+    pca_lighting: float = 0.0
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = images
+        if self.crop_padding:
+            x = T.pad_random_crop(x, self.crop_padding, generator)
+        if self.hflip:
+            x = T.random_hflip(x, generator)
+        x = T.adapt_channels(x, self.in_chans).float()
+        if self.color_jitter:
+            x = T.color_jitter(x, generator, self.color_jitter, self.color_jitter, self.color_jitter)
+        if self.pca_lighting:
+            x = T.pca_lighting(x, generator, self.pca_lighting)
+        if self.normalize == "mean":
+            return T.subtract_mean(x, self.mean)
+        return T.normalize(x, self.mean, self.std)
+
+
+class _ItemSource(torch.utils.data.Dataset):
+    """What DataLoader workers index: key (sample index, per-item seed) -> (uint8 image, label)."""
+
+    def __init__(self, dataset: Dataset, transform: ItemTransform | None):
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key
+        image, label = self.dataset[index]
+        if self.transform is not None:
+            generator = torch.Generator().manual_seed(seed) if self.transform.random_crop else None
+            image = self.transform(image, generator)
+        return image.contiguous(), label
+
+
+class _PlannedBatches:
+    """DataLoader batch sampler that replays its loader's plan for the current epoch."""
+
+    def __init__(self, loader: "Loader"):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        order, seeds = self.loader._plan()
+        size = self.loader.batch_size
+        pairs = list(zip(order.tolist(), seeds.tolist()))
+        for start in range(0, len(pairs), size):
+            yield pairs[start:start + size]
+
+
+def _init_worker(worker_id: int) -> None:
+    # Decoding is the parallel axis; intra-op threads in every worker would oversubscribe the CPU.
+    torch.set_num_threads(1)
+
+
+class Loader:
+    """Iterates (images float32 (N, C, H, W) normalised, labels int64 (N,)), both on `device`.
+
+    Train: shuffled per epoch, last incomplete batch dropped. Eval: in order, every sample of this rank's
+    shard exactly once. Call set_epoch(epoch) before iterating; a given (seed, epoch, rank) always yields
+    the same batches."""
+
+    def __init__(self, dataset: Dataset, *, batch_size: int, device: torch.device, train: bool, seed: int,
+                 rank: int, world_size: int, item_transform: ItemTransform | None, batch_transform: BatchTransform,
+                 on_device: bool, workers: int):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.dataset_size = len(dataset)
+        self.device = device
+        self.train = train
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.item_transform = item_transform
+        self.batch_transform = batch_transform
+        self.epoch = 0
+        self.on_device = on_device
+        if on_device:
+            self._images = dataset.images.to(device)
+            self._labels = dataset.labels.to(device)
+        else:
+            self._loader = DataLoader(
+                _ItemSource(dataset, item_transform), batch_sampler=_PlannedBatches(self), num_workers=workers,
+                pin_memory=device.type == "cuda", persistent_workers=workers > 0, worker_init_fn=_init_worker,
+                # DataLoader draws its workers' base seed from this, not from the global RNG.
+                generator=torch.Generator().manual_seed(seed))
+
+    @property
+    def shard_size(self) -> int:
+        """Samples this rank sees per epoch before batching."""
+        if self.train:
+            return self.dataset_size // self.world_size
+        n, r, w = self.dataset_size, self.rank, self.world_size
+        return (r + 1) * n // w - r * n // w
+
+    def __len__(self) -> int:
+        if self.train:
+            return self.shard_size // self.batch_size
+        return math.ceil(self.shard_size / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration replays."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+
+    def _plan(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sample indices, per-item seeds) for this rank and epoch, full batches only when training."""
+        order = shard_indices(self.dataset_size, train=self.train, epoch=self.epoch, seed=self.seed,
+                              rank=self.rank, world_size=self.world_size)
+        if self.train:
+            order = order[: len(self) * self.batch_size]
+        if self.item_transform is not None and self.item_transform.random_crop:
+            generator = _generator(self.seed, self.epoch, self.rank, _ITEM)
+            seeds = torch.randint(0, 2**62, (len(order),), generator=generator)
+        else:
+            seeds = torch.zeros(len(order), dtype=torch.int64)
+        return order, seeds
+
+    def _batch_generator(self, batch_index: int) -> torch.Generator | None:
+        if not self.train:
+            return None
+        return _generator(self.seed, self.epoch, self.rank, _BATCH, batch_index)
+
+    def _transform_items(self, images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+        transform = self.item_transform
+        if not transform.random_crop:
+            return transform(images)
+        return torch.stack([transform(image, torch.Generator().manual_seed(int(seed)))
+                            for image, seed in zip(images, seeds)])
+
+    def __iter__(self):
+        if not self.on_device:
+            for batch_index, (images, labels) in enumerate(self._loader):
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                yield self.batch_transform(images, self._batch_generator(batch_index)), labels
+            return
+        order, seeds = self._plan()
+        order_on_device = order.to(self.device)
+        for batch_index in range(len(self)):
+            batch = slice(batch_index * self.batch_size, (batch_index + 1) * self.batch_size)
+            index = order_on_device[batch]
+            images, labels = self._images[index], self._labels[index]
+            if self.item_transform is not None:
+                images = self._transform_items(images, seeds[batch])
+            yield self.batch_transform(images, self._batch_generator(batch_index)), labels
+
+
+# ---------------------------------------------------------------------------------------------- building
+_CHOICES = {"on_device": ("auto", "yes", "no"), "normalize": ("meanstd", "mean"), "on_bad_image": ("error", "skip")}
+
+
+def _check_config(cfg: DataConfig, seed: int, rank: int, world_size: int) -> None:
+    for key, allowed in _CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise ValueError(f"data.{key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+    for key in ("batch_size", "eval_batch_size", "image_size"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"data.{key} must be >= 1, got {getattr(cfg, key)}")
+    for key in ("workers", "crop_padding", "color_jitter", "pca_lighting", "num_classes", "in_chans"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"data.{key} must be >= 0, got {getattr(cfg, key)}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size={world_size})")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+
+
+def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, world_size: int = 1):
+    """(train_loader, eval_loader, info) for the config; info: num_classes, in_chans, classes, train_size,
+    eval_size (whole dataset sizes, after limit_train / limit_val)."""
+    _check_config(cfg, seed, rank, world_size)
+    device = torch.device(device)
+    eval_resize = T.parse_eval_preset(cfg.eval_preset, cfg.image_size)
+    train_set, eval_set = build_datasets(cfg)
+
+    num_classes = train_set.num_classes
+    if cfg.num_classes:
+        if cfg.num_classes < num_classes:
+            raise ValueError(f"data.num_classes={cfg.num_classes} but the dataset has {num_classes} classes")
+        num_classes = cfg.num_classes
+    in_chans = cfg.in_chans or train_set.in_chans
+    if in_chans not in (1, 3) and in_chans != train_set.in_chans:
+        raise ValueError(f"data.in_chans={in_chans}: images have {train_set.in_chans} channels; "
+                         "only 1 <-> 3 conversion is supported")
+    if cfg.pca_lighting and in_chans != 3:
+        raise ValueError(f"data.pca_lighting needs RGB input, but in_chans={in_chans}")
+
+    in_memory = isinstance(train_set, ArrayDataset)
+    if cfg.on_device == "yes" and not in_memory:
+        raise ValueError(f"data.on_device=yes needs an in-memory dataset (cifar10, cifar100, mnist, fashion_mnist, "
+                         f"synthetic); data.name={cfg.name} is decoded per image, use auto or no")
+    on_device = in_memory and cfg.on_device != "no"
+
+    # File datasets need a fixed size per batch; in-memory sets keep their stored size unless asked.
+    fixed = ItemTransform(size=cfg.image_size, resize_to=cfg.image_size) if not in_memory else None
+    if cfg.random_resized_crop:
+        train_items = ItemTransform(size=cfg.image_size, random_crop=True)
+    else:
+        train_items = fixed
+    eval_items = ItemTransform(size=eval_resize[1], resize_to=eval_resize[0]) if eval_resize else fixed
+
+    common = dict(in_chans=in_chans, normalize=cfg.normalize, mean=tuple(cfg.mean), std=tuple(cfg.std))
+    BatchTransform(**common)(torch.zeros(1, train_set.in_chans, 1, 1, dtype=torch.uint8))  # mean/std vs channels
+    train_batches = BatchTransform(crop_padding=cfg.crop_padding, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
+                                   pca_lighting=cfg.pca_lighting, **common)
+    loader_args = dict(device=device, seed=seed, rank=rank, world_size=world_size, on_device=on_device,
+                       workers=cfg.workers)
+    train_loader = Loader(train_set, batch_size=cfg.batch_size, train=True, item_transform=train_items,
+                          batch_transform=train_batches, **loader_args)
+    if len(train_loader) == 0:
+        raise ValueError(f"data.batch_size={cfg.batch_size} exceeds the {train_loader.shard_size} training images "
+                         f"per process ({len(train_set)} in all, world_size={world_size}); no full batch")
+    eval_loader = Loader(eval_set, batch_size=cfg.eval_batch_size, train=False, item_transform=eval_items,
+                         batch_transform=BatchTransform(**common), **loader_args)
+    info = dict(num_classes=num_classes, in_chans=in_chans, classes=list(train_set.classes),
+                train_size=len(train_set), eval_size=len(eval_set))
+    return train_loader, eval_loader, info

@@ -1,0 +1,203 @@
+"""build_loaders: batches, determinism per (seed, epoch, rank), eval coverage, sharding, both loading paths."""
+import dataclasses
+
+import pytest
+import torch
+
+from data_helpers import FASHION_MNIST_DIR, write_image, write_mnist
+from deepres.data import DataConfig, TooManyBadImagesError, build_datasets, build_loaders
+
+# Raw pixel values out: plain mean subtraction with a zero mean.
+RAW = dict(normalize="mean", mean=(0.0,), std=(1.0,))
+
+
+def synthetic(**overrides) -> DataConfig:
+    base = dict(name="synthetic", synthetic_size=(100, 37), synthetic_image_size=8, batch_size=16,
+                eval_batch_size=10, workers=0)
+    return DataConfig(**{**base, **overrides})
+
+
+def epoch(loader, number):
+    loader.set_epoch(number)
+    batches = list(loader)
+    return torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+
+
+def keys(images: torch.Tensor) -> list[bytes]:
+    """One hashable key per image, to recognise samples in the loader's output."""
+    return [bytes(image.to(torch.uint8).flatten().tolist()) for image in images]
+
+
+# ------------------------------------------------------------------------------------------ in-memory path
+def test_batches_info_and_lengths():
+    train, val, info = build_loaders(synthetic(crop_padding=2), "cpu", seed=3)
+    assert info == dict(num_classes=10, in_chans=3, classes=[f"class_{i}" for i in range(10)], train_size=100,
+                        eval_size=37)
+    assert (len(train), len(val)) == (6, 4)  # train drops the last 4 images; eval keeps a last batch of 7
+    assert (train.batch_size, train.dataset_size, val.dataset_size) == (16, 100, 37)
+    images, labels = next(iter(train))
+    assert images.shape == (16, 3, 8, 8) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert images.device.type == "cpu" and labels.device.type == "cpu"
+    assert [len(y) for _, y in val] == [10, 10, 10, 7]
+
+
+def test_same_epoch_replays_exactly_and_epochs_differ():
+    cfg = synthetic(crop_padding=2, hflip=True, color_jitter=0.2, pca_lighting=0.1)
+    train, _, _ = build_loaders(cfg, "cpu", seed=5)
+    x0, y0 = epoch(train, 0)
+    x1, y1 = epoch(train, 1)
+    torch.manual_seed(12345)  # global RNG state must not matter
+    x0_again, y0_again = epoch(train, 0)
+    assert torch.equal(x0, x0_again) and torch.equal(y0, y0_again)
+    assert not torch.equal(y0, y1)
+    fresh, _, _ = build_loaders(cfg, "cpu", seed=5)  # a resumed run builds new loaders
+    assert torch.equal(epoch(fresh, 1)[0], x1)
+    other_seed, _, _ = build_loaders(cfg, "cpu", seed=6)
+    assert not torch.equal(epoch(other_seed, 0)[1], y0)
+
+
+def test_iteration_leaves_global_rng_alone():
+    train, val, _ = build_loaders(synthetic(crop_padding=1, random_resized_crop=True, image_size=6), "cpu")
+    state = torch.get_rng_state()
+    epoch(train, 2)
+    epoch(val, 0)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_eval_yields_every_sample_once_in_order():
+    cfg = synthetic(limit_val=33, **RAW)
+    _, val, info = build_loaders(cfg, "cpu")
+    _, dataset = build_datasets(cfg)
+    images, labels = epoch(val, 0)
+    assert info["eval_size"] == 33
+    assert torch.equal(images, dataset.images.float()) and torch.equal(labels, dataset.labels)
+
+
+def test_train_epoch_is_a_permutation_without_repeats():
+    cfg = synthetic(hflip=False, **RAW)
+    train, _, _ = build_loaders(cfg, "cpu")
+    dataset, _ = build_datasets(cfg)
+    images, _ = epoch(train, 0)
+    seen = keys(images)
+    assert len(set(seen)) == 96 and set(seen) <= set(keys(dataset.images))
+
+
+def test_two_ranks_get_disjoint_complete_shards():
+    cfg = synthetic(hflip=False, **RAW)
+    dataset, eval_set = build_datasets(cfg)
+    train_keys, eval_images = [], []
+    for rank in range(2):
+        train, val, _ = build_loaders(cfg, "cpu", rank=rank, world_size=2)
+        assert len(train) == 50 // 16
+        train_keys.append(set(keys(epoch(train, 4)[0])))
+        eval_images.append(epoch(val, 4)[0])
+    assert not train_keys[0] & train_keys[1]
+    assert (train_keys[0] | train_keys[1]) <= set(keys(dataset.images))
+    # Eval: contiguous shards, no padding duplicates: their concatenation is exactly the dataset.
+    assert [len(e) for e in eval_images] == [18, 19]
+    assert torch.equal(torch.cat(eval_images), eval_set.images.float())
+
+
+def test_device_path_and_dataloader_path_give_identical_batches():
+    cfg = synthetic(crop_padding=2, hflip=True, random_resized_crop=True, image_size=6, eval_preset="crop_pct:0.75")
+    on_device = build_loaders(dataclasses.replace(cfg, on_device="yes"), "cpu", seed=1)
+    via_workers = build_loaders(dataclasses.replace(cfg, on_device="no", workers=2), "cpu", seed=1)
+    for a, b in zip(on_device[:2], via_workers[:2]):
+        xa, ya = epoch(a, 3)
+        xb, yb = epoch(b, 3)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert xa.shape[-2:] == (6, 6)  # eval: shorter side 8 -> centre 6
+
+
+def test_mnist_style_sets_stay_one_channel(tmp_path):
+    write_mnist(tmp_path, num_train=20, num_test=6)
+    cfg = DataConfig(name="mnist", root=str(tmp_path), batch_size=4, eval_batch_size=4, mean=(0.1307,),
+                     std=(0.3081,))
+    train, val, info = build_loaders(cfg, "cpu")
+    assert info["in_chans"] == 1 and info["train_size"] == 20 and info["eval_size"] == 6
+    assert next(iter(train))[0].shape == (4, 1, 28, 28)
+    _, val, info3 = build_loaders(dataclasses.replace(cfg, in_chans=3, mean=(0.5,)), "cpu")
+    assert info3["in_chans"] == 3 and next(iter(val))[0].shape == (4, 3, 28, 28)
+    with pytest.raises(ValueError, match="data.num_classes=5 but the dataset has 10 classes"):
+        build_loaders(dataclasses.replace(cfg, num_classes=5), "cpu")
+
+
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+def test_default_config_loads_real_fashion_mnist():
+    train, val, info = build_loaders(DataConfig(batch_size=500), "cpu")
+    assert (info["train_size"], info["eval_size"], info["in_chans"], info["num_classes"]) == (60000, 10000, 1, 10)
+    assert (len(train), len(val)) == (120, 40)
+    images, labels = next(iter(val))
+    assert images.shape == (256, 1, 28, 28) and labels.max() < 10
+
+
+# ------------------------------------------------------------------------------------------- folder path
+@pytest.fixture
+def folder_root(tmp_path):
+    for split, count in (("train", 6), ("val", 3)):
+        for cls in ("cat", "dog"):
+            for i in range(count):
+                size = (30 + 7 * i, 24 + 3 * i)  # varied sizes, as in real folders
+                write_image(tmp_path / split / cls / f"{i}.jpg", size=size, seed=i)
+    return tmp_path
+
+
+def test_folder_loader_crops_to_size_and_ignores_worker_count(folder_root):
+    cfg = DataConfig(name="folder", root=str(folder_root), image_size=16, random_resized_crop=True,
+                     eval_preset="crop_pct:0.8", batch_size=4, eval_batch_size=5, workers=0)
+    train0, val0, info = build_loaders(cfg, "cpu", seed=2)
+    train2, val2, _ = build_loaders(dataclasses.replace(cfg, workers=2), "cpu", seed=2)
+    assert info["classes"] == ["cat", "dog"] and info["in_chans"] == 3 and (len(train0), len(val0)) == (3, 2)
+    x0, y0 = epoch(train0, 1)
+    x2, y2 = epoch(train2, 1)
+    assert x0.shape == (12, 3, 16, 16) and torch.equal(x0, x2) and torch.equal(y0, y2)
+    assert not torch.equal(epoch(train2, 2)[0], x2)
+    v0, labels = epoch(val0, 0)
+    assert v0.shape == (6, 3, 16, 16) and labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert torch.equal(epoch(val2, 0)[0], v0)
+
+
+def test_skip_policy_counts_bad_images_across_workers(folder_root):
+    (folder_root / "val" / "cat" / "1.jpg").write_bytes(b"")
+    (folder_root / "val" / "dog" / "2.jpg").write_bytes(b"GIF89a but not really")
+    cfg = DataConfig(name="folder", root=str(folder_root), image_size=8, batch_size=2, eval_batch_size=1,
+                     workers=2, on_bad_image="skip", bad_image_cap=5)
+    _, val, _ = build_loaders(cfg, "cpu")
+    _, labels = epoch(val, 0)
+    assert len(labels) == 6  # every position still yields an image (substituted)
+    assert labels.tolist() == [0, 0, 0, 1, 1, 0]  # 1.jpg -> next cat; dog/2.jpg wraps to cat/0.jpg
+    assert val.dataset.bad_image_count == 2
+    _, strict, _ = build_loaders(dataclasses.replace(cfg, bad_image_cap=1), "cpu")
+    with pytest.raises(TooManyBadImagesError, match="more than data.bad_image_cap=1"):  # re-raised from a worker
+        epoch(strict, 0)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("overrides, message", [
+    (dict(batch_size=200), "exceeds the 100 training images"),
+    (dict(normalize="zscore"), "data.normalize must be one of"),
+    (dict(on_device="always"), "data.on_device must be one of"),
+    (dict(eval_preset="center"), "unknown data.eval_preset"),
+    (dict(mean=(0.1, 0.2)), "data.mean has 2 values"),
+    (dict(name="imagenet21k"), "unknown data.name"),
+])
+def test_bad_config_values_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_loaders(synthetic(**overrides), "cpu")
+
+
+def test_rank_and_on_device_errors(folder_root):
+    with pytest.raises(ValueError, match="rank 2 is not in 0..world_size-1"):
+        build_loaders(synthetic(), "cpu", rank=2, world_size=2)
+    with pytest.raises(ValueError, match="on_device=yes needs an in-memory dataset"):
+        build_loaders(DataConfig(name="folder", root=str(folder_root), on_device="yes"), "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batches_land_on_cuda(folder_root):
+    for cfg in (synthetic(crop_padding=2), DataConfig(name="folder", root=str(folder_root), image_size=8,
+                                                       batch_size=4, workers=0)):
+        train, val, _ = build_loaders(cfg, "cuda")
+        for loader in (train, val):
+            images, labels = next(iter(loader))
+            assert images.is_cuda and labels.is_cuda and images.dtype == torch.float32
