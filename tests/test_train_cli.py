@@ -1,7 +1,4 @@
 """`deepres train`: errors as one clear line, and an end-to-end run with --max-epochs and --resume."""
-import importlib.util
-
-import pytest
 from train_fakes import TINY_MODEL
 
 from deepres.cli import main
@@ -30,8 +27,6 @@ def test_unknown_key_and_bad_value_are_one_line_errors(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepres.data.loaders") is None,
-                    reason="deepres.data loaders not merged into this branch yet")
 def test_end_to_end_train_stop_resume_and_refuse_overwrite(tmp_path, capsys):
     args = ["train", str(recipe(tmp_path)), "--out", str(tmp_path / "runs"), "--set", "train.seed=1"]
     assert main([*args, "--max-epochs", "1"]) == 0

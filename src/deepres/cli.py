@@ -8,6 +8,7 @@ import sys
 SUBCOMMANDS = {
     "models": ("deepres.models.cli", "list registered models with params and GFLOPs"),
     "train": ("deepres.train.cli", "train a model from a recipe (YAML) with --set overrides; --resume continues"),
+    "eval": ("deepres.eval.cli", "evaluate a checkpoint on a dataset (multi-scale and flip testing optional)"),
     "data": ("deepres.data.cli", "get MNIST / Fashion-MNIST, or verify that every image in a folder decodes"),
 }
 

@@ -138,10 +138,7 @@ RESUME_MAY_DIFFER = ("run", "expect", "eval", "train.progress", "train.log_every
 def load_config(path_or_name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a recipe (file path or name under recipes/), apply `a.b=c` overrides, type-check, validate."""
     path = resolve_recipe(path_or_name)
-    raw = _load_recipe_tree(path, chain=())
-    for item in overrides:
-        key, value = _parse_override(item)
-        _set_path(raw, key.split("."), value)
+    raw = _apply_overrides(_load_recipe_tree(path, chain=()), overrides)
     cfg = _instantiate(Config, _coerce_section(Config, raw, "", str(path)))
     if not cfg.run.recipe:
         cfg.run.recipe = str(path)
@@ -435,6 +432,18 @@ def validate_config(cfg: Config) -> None:
 
 
 # ----------------------------------------------------------------------------------------- round trip
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """A copy of `cfg` with `a.b=c` overrides applied, type-checked and validated (as for a recipe)."""
+    return config_from_dict(_apply_overrides(config_to_dict(cfg), overrides), where="--set")
+
+
+def _apply_overrides(raw: dict, overrides) -> dict:
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_path(raw, key.split("."), value)
+    return raw
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -1,0 +1,113 @@
+"""`deepres eval CHECKPOINT`: evaluate a checkpoint on a dataset (any supported layout), with optional
+multi-scale and flip testing; prints top-1/top-5 and writes metrics, per-class accuracy and the confusion matrix."""
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a deepres run directory or .safetensors checkpoint (config inside), "
+                                           "or any .pth/.safetensors state dict together with --model")
+    parser.add_argument("--model", help="registered model name (needed for checkpoints without a deepres config)")
+    parser.add_argument("--dataset", help="data.name: fashion_mnist, mnist, cifar10, cifar100, folder, imagenet, "
+                                          "list, synthetic (default: the checkpoint's)")
+    parser.add_argument("--data", metavar="ROOT", help="data.root: the dataset directory")
+    parser.add_argument("--split", help="data.val_split: the split to evaluate (e.g. test, val)")
+    parser.add_argument("--eval-preset", help="data.eval_preset: none, 224_256, 224_256a, crop_pct:0.875")
+    parser.add_argument("--test-scales", default="", metavar="S1,S2,...",
+                        help="average softmax over these square test sizes, pixels (e.g. 224,256,320)")
+    parser.add_argument("--flip", action="store_true", help="also average over horizontally flipped images")
+    parser.add_argument("--batch-size", type=int, help="data.eval_batch_size")
+    parser.add_argument("--amp", choices=("none", "bf16"), default="none",
+                        help="autocast for evaluation (default none: fp32, the reference numbers)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other config override, e.g. --set data.limit_val=1000")
+    parser.add_argument("--out", metavar="DIR", help="write metrics.json, per_class.csv, confusion.csv/png here")
+    parser.add_argument("--force", action="store_true", help="allow --out to be a non-empty directory")
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A run directory -> its best (else last) weights; a checkpoints/ directory likewise; a file as is."""
+    p = Path(path)
+    if p.is_dir():
+        for folder in (p / "checkpoints", p):
+            for name in ("best.safetensors", "last.safetensors"):
+                if (folder / name).is_file():
+                    return folder / name
+        raise FileNotFoundError(f"{p}: no checkpoints/best.safetensors or last.safetensors in this directory")
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    return p
+
+
+def load_for_eval(path: Path, model_name: str | None):
+    """(config, state dict, class names) of a checkpoint; configs come from deepres safetensors metadata."""
+    from deepres.models import read_state_dict
+    from deepres.train.checkpoint import load_weights
+    from deepres.train.config import Config, config_from_dict
+
+    cfg, classes = None, None
+    if path.suffix == ".safetensors":
+        state_dict, metadata = load_weights(path)
+        if metadata.get("config"):
+            cfg = config_from_dict(metadata["config"], where=f"{path} metadata")
+            classes = metadata.get("classes") or None
+    else:
+        state_dict = read_state_dict(path)
+    if cfg is None:
+        if not model_name:
+            raise ValueError(f"{path} holds no deepres config: name the architecture with --model (and the data "
+                             f"with --dataset/--data)")
+        cfg = Config()
+    if model_name:
+        cfg.model.name = model_name
+    return cfg, state_dict, classes
+
+
+def run(args: argparse.Namespace) -> int:
+    from deepres.data import build_loaders
+    from deepres.eval import evaluate, write_confusion_matrix
+    from deepres.models import load_pretrained
+    from deepres.train.config import apply_overrides
+    from deepres.train.loop import build_model, default_device, resolve_config
+
+    out = Path(args.out) if args.out else None
+    if out is not None and out.is_dir() and any(out.iterdir()) and not args.force:
+        raise ValueError(f"--out {out} is not empty; choose another directory or pass --force")
+    scales = [int(s) for s in args.test_scales.split(",") if s.strip()] if args.test_scales else []
+
+    path = resolve_checkpoint(args.checkpoint)
+    cfg, state_dict, classes = load_for_eval(path, args.model)
+    overrides = [f"data.{key}={value}" for key, value in (
+        ("name", args.dataset), ("root", args.data), ("val_split", args.split), ("eval_preset", args.eval_preset),
+        ("eval_batch_size", args.batch_size)) if value is not None]
+    # Evaluation runs in the checkpoint's layout, fp32 unless asked; training-only options do not matter here.
+    cfg = apply_overrides(cfg, [*overrides, "train.compile=false", f"train.amp={args.amp}", *args.overrides])
+
+    device = default_device()
+    _, eval_loader, info = build_loaders(cfg.data, device, seed=cfg.train.seed)
+    cfg = resolve_config(cfg, info)
+    model = build_model(cfg, device)
+    report = load_pretrained(model, state_dict)
+    if report["dropped"]:
+        raise ValueError(f"{path}: its classifier does not fit the {cfg.model.num_classes} classes of "
+                         f"{cfg.data.name} (keys {', '.join(report['dropped'])}); evaluate on the dataset it "
+                         f"was trained for")
+    class_names = list(info["classes"]) if len(info["classes"]) == cfg.model.num_classes else classes
+    result = evaluate(model, eval_loader, num_classes=cfg.model.num_classes, scales=scales, flip=args.flip,
+                      amp_dtype=torch.bfloat16 if args.amp == "bf16" else None, class_names=class_names)
+
+    views = f"scales {scales}" if scales else "single scale"
+    print(f"{path}: {cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, {views}"
+          f"{', flip' if args.flip else ''}, {'bf16' if args.amp == 'bf16' else 'fp32'})")
+    print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+    if out is not None:
+        write_confusion_matrix(result["confusion"], result["class_names"], out)
+        metrics = {k: result[k] for k in ("top1", "top5", "top5_k", "loss", "n")}
+        metrics.update(checkpoint=str(path), model=cfg.model.name, dataset=cfg.data.name,
+                       split=cfg.data.val_split, scales=scales, flip=args.flip, amp=args.amp)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(f"wrote {out}/metrics.json, per_class.csv, confusion.csv, confusion.png")
+    return 0
