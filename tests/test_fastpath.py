@@ -1,0 +1,210 @@
+"""Fast CPU inference: BatchNorm folding for every model family, each fast path against the plain fp32 model
+(random weights for the logit error, a ResNet-20 trained on real Fashion-MNIST images for top-1 agreement)."""
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import deepres.fastpath as fastpath
+from deepres.fastpath import fold_batchnorm, prepare_for_inference
+from deepres.models import create_model
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BN non-trivial statistics and affine parameters, so folding has something to get wrong."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 0.6 - 0.3)
+    return model.eval()
+
+
+def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max())
+
+
+def bn_count(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+# (model, overrides, input side, BNs that must stay: those not directly after a conv)
+FAMILIES = [
+    ("resnet18", {}, 64, 0),
+    ("resnet18", {"bn_after_add": True, "relu_after_add": False}, 64, 8),  # bn2 after the addition, every block
+    ("resnet50d", {}, 64, 0),  # deep stem conv1.0/1/3/4/6 + bn1, avg-pool downsample (pool, conv, bn)
+    ("resnet20", {}, 32, 0),  # option A: zero-pad shortcut
+    ("resnet20", {"shortcut": "B"}, 32, 0),  # projection shortcut Sequential(conv, bn)
+    ("preact_resnet18", {}, 64, 9),  # each unit's bn1 (on its input) and bn_final stay
+    ("wrn_16_8", {}, 32, 7),
+    ("resnet38_a1", {}, 64, 17),  # pre-activation units; the stem conv1a absorbs b2's first BN
+]
+
+
+@pytest.mark.parametrize("name,overrides,size,kept", FAMILIES,
+                         ids=[f"{n}-{'-'.join(f'{k}={v}' for k, v in o.items()) or 'default'}"
+                              for n, o, _, _ in FAMILIES])
+def test_fold_batchnorm_matches_unfolded_model(name, overrides, size, kept):
+    model = randomize_bn(create_model(name, **overrides))
+    before = copy.deepcopy(model.state_dict())
+    folded, report = fold_batchnorm(model)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = model(x), folded(x)
+    assert max_error(got, expected) <= 1e-4 * max(1.0, float(expected.abs().max()))
+    assert len(report.kept) == kept and bn_count(folded) == kept
+    assert len(report.folded) == bn_count(model) - kept > 0
+    # the user's model is untouched: same weights, still every BN
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_fold_reports_why_a_bn_stays():
+    _, report = fold_batchnorm(create_model("preact_resnet18"))
+    assert "layer1.0.bn1" in report.kept and "bn_final" in report.kept
+    assert "layer1.0.bn2" in report.folded  # BN-ReLU after a conv inside the unit does fold
+    assert "pre-activation" in report.kept["layer1.0.bn1"]
+
+
+def test_fold_keeps_bn_when_the_conv_output_is_used_twice():
+    class TwoUsers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # folding would change the second use of y
+
+    model = randomize_bn(TwoUsers())
+    folded, report = fold_batchnorm(model)
+    assert report.folded == [] and "bn" in report.kept
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.allclose(folded(x), model(x))
+
+
+# ------------------------------------------------------------------------------------------ fast paths
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    return randomize_bn(create_model("resnet20"), seed=3)
+
+
+@pytest.mark.parametrize("mode,bound", [("eager", 0.0), ("fp32", 1e-4), ("bf16", 0.1)])
+def test_fast_paths_match_fp32_on_any_batch_size(resnet20, mode, bound):
+    runner, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode=mode)
+    scale = 0.0
+    for batch in (1, 3, 8):
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            expected = resnet20(x)
+        got = runner(x)
+        assert got.dtype == torch.float32 and got.shape == expected.shape
+        scale = max(1.0, float(expected.abs().max()))
+        assert max_error(got, expected) <= bound * scale, (mode, batch)
+    assert info.max_abs_error is not None and info.max_abs_error <= bound * scale
+    assert info.dtype == {"eager": "fp32"}.get(mode, mode)
+    assert (info.bn_folded > 0) == (mode != "eager") and info.channels_last == (mode != "eager")
+
+
+def test_switches_override_the_mode(resnet20):
+    runner, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32", fold_bn=False,
+                                         channels_last=False)
+    assert info.bn_folded == 0 and not info.channels_last and info.steps == []
+    assert info.max_abs_error == 0.0
+
+
+def test_auto_picks_bf16_only_with_native_support(resnet20, monkeypatch):
+    monkeypatch.setattr(fastpath, "cpu_has_native_bf16", lambda: True)
+    assert prepare_for_inference(resnet20, example_input_size=(3, 32, 32), verify=False)[1].dtype == "bf16"
+    monkeypatch.setattr(fastpath, "cpu_has_native_bf16", lambda: False)
+    assert prepare_for_inference(resnet20, example_input_size=(3, 32, 32), verify=False)[1].dtype == "fp32"
+
+
+def test_bad_arguments_are_named(resnet20):
+    with pytest.raises(ValueError, match="mode must be one of"):
+        prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp16")
+    with pytest.raises(ValueError, match="example_input_size"):
+        prepare_for_inference(resnet20, example_input_size=(32, 32))
+    with pytest.raises(ValueError, match="calibration"):
+        prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="int8")
+    runner, _ = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32", verify=False)
+    with pytest.raises(ValueError, match="NCHW"):
+        runner(torch.randn(3, 32, 32))
+
+
+def test_compile_path_matches_and_handles_new_batch_sizes():
+    torch.manual_seed(0)
+    tiny = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)))
+    runner, info = prepare_for_inference(tiny, example_input_size=(3, 8, 8), mode="fp32", compile=True)
+    assert info.compiled and info.compile_seconds > 0
+    for batch in (2, 5):  # 5 compiles a second graph
+        x = torch.randn(batch, 3, 8, 8)
+        with torch.no_grad():
+            assert max_error(runner(x), tiny(x)) <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------ real data
+
+
+@pytest.fixture(scope="module")
+def trained_fashion_mnist(tmp_path_factory):
+    """ResNet-20 trained for one epoch on 2000 Fashion-MNIST images (about 74% test top-1), 1000 real test images
+    (normalised) and 128 training images for int8 calibration."""
+    if not (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST IDX files not found in {FASHION_MNIST} (Debian package fashion-mnist)")
+    from deepres.data import build_loaders
+    from deepres.train.checkpoint import load_weights
+    from deepres.train.config import load_config
+    from deepres.train.loop import build_model, fit
+
+    tmp = tmp_path_factory.mktemp("fm")
+    recipe = tmp / "fm_tiny.yaml"
+    recipe.write_text(f"""
+model: {{name: resnet20}}
+data: {{name: fashion_mnist, val_split: test, image_size: 28, hflip: false, mean: [0.2860], std: [0.3530],
+        batch_size: 32, eval_batch_size: 500, limit_train: 2000, limit_val: 1000}}
+optim: {{name: adam, lr: 0.003, weight_decay: 5.0e-4}}
+schedule: {{name: cosine, warmup_iters: 5}}
+train: {{epochs: 1, amp: bf16, channels_last: true, progress: false}}
+run: {{out_dir: {tmp / 'runs'}, name: fm}}
+""")
+    cfg = load_config(recipe)
+    fit(cfg, log=lambda line: None)
+    state_dict, metadata = load_weights(tmp / "runs" / "fm" / "checkpoints" / "last.safetensors")
+    from deepres.train.config import config_from_dict
+
+    cfg = config_from_dict(metadata["config"])
+    model = build_model(cfg, torch.device("cpu")).eval()
+    model.load_state_dict(state_dict)
+    model = model.to(memory_format=torch.contiguous_format)
+    train_loader, eval_loader, _ = build_loaders(cfg.data, torch.device("cpu"), seed=0)
+    images = torch.cat([x.float() for x, _ in eval_loader])
+    labels = torch.cat([y for _, y in eval_loader])
+    calibration = [x.float() for _, (x, _) in zip(range(4), train_loader)]
+    return model, images, labels, calibration, tmp / "runs" / "fm"
+
+
+# int8: 97%, not 99%, because this briefly trained model has small logit margins (98.7% measured); on the fully
+# trained demo model int8 agrees on 99.9% of the test set (README, `deepres bench --agreement-checkpoint`).
+@pytest.mark.parametrize("mode,min_agreement", [("fp32", 99.9), ("bf16", 99.0), ("int8", 97.0)])
+def test_fast_paths_agree_with_fp32_on_real_images(trained_fashion_mnist, mode, min_agreement):
+    model, images, labels, calibration, _ = trained_fashion_mnist
+    with torch.no_grad():
+        expected = model(images)
+    accuracy = (expected.argmax(1) == labels).float().mean().item() * 100
+    assert accuracy > 50, "the fixture model should have learned something"
+    runner, _ = prepare_for_inference(model, example_input_size=tuple(images.shape[1:]), mode=mode,
+                                      calibration=calibration)
+    got = torch.cat([runner(images[i:i + 250]) for i in range(0, len(images), 250)])
+    agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item() * 100
+    assert len(images) == 1000 and agreement >= min_agreement, f"{mode}: {agreement:.1f}% agreement"
