@@ -27,11 +27,10 @@ def synthetic_run(tmp_path_factory):
     return run
 
 
-def test_bench_times_every_path_and_writes_json(synthetic_run, tmp_path, capsys):
+def test_bench_times_every_path_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "--case", "resnet20:16:1", "--case", "resnet20:16:3", "--paths", ",".join(ROW_PATHS),
-            "--agreement-images", "4", "--agreement-checkpoint", str(synthetic_run), "--agreement-limit", "40",
-            "--out", str(out), *TINY]
+            "--agreement-images", "4", "--out", str(out), *TINY]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     rows = report["rows"]
@@ -42,11 +41,19 @@ def test_bench_times_every_path_and_writes_json(synthetic_run, tmp_path, capsys)
     eager = [r for r in rows if r["path"] == "eager_fp32"]
     assert all(r["agreement"] == 100 and r["max_abs_error"] == 0 for r in eager)
     assert {r["path"] for r in rows if r["default"]} in ({"bf16"}, {"fp32"})
-    real = report["checkpoint_agreement"]
-    assert [r["path"] for r in real] == ROW_PATHS and all(r["n"] == 40 for r in real)
-    assert real[0]["agreement"] == 100
-    table = capsys.readouterr().out
-    assert "| resnet20 | 16 | 3 | onnxruntime_fp32 |" in table and "On real data" in table
+    assert report["environment"]["threads"] == torch.get_num_threads() and report["checkpoint_agreement"] == []
+    assert "| resnet20 | 16 | 3 | onnxruntime_fp32 |" in capsys.readouterr().out
+
+
+def test_bench_agreement_on_a_checkpoints_test_set(synthetic_run, capsys):
+    paths = ["eager_fp32", "fp32", "bf16"]
+    assert main(["bench", "--case", "resnet20:16:2", "--paths", ",".join(paths), "--agreement-images", "2",
+                 "--agreement-checkpoint", str(synthetic_run), "--agreement-limit", "40", *TINY]) == 0
+    table = capsys.readouterr().out.split("On real data")[1]
+    lines = [line for line in table.splitlines() if line.startswith("| ") and "path" not in line]
+    assert [line.split("|")[1].strip() for line in lines] == paths
+    assert all(line.rstrip(" |").endswith("40") for line in lines)  # the limit: 40 test images
+    assert "| eager_fp32 |" in table and "| 100.00% |" in table
 
 
 def test_bench_refuses_bad_input(tmp_path):

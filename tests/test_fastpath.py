@@ -191,20 +191,20 @@ run: {{out_dir: {tmp / 'runs'}, name: fm}}
     images = torch.cat([x.float() for x, _ in eval_loader])
     labels = torch.cat([y for _, y in eval_loader])
     calibration = [x.float() for _, (x, _) in zip(range(4), train_loader)]
-    return model, images, labels, calibration, tmp / "runs" / "fm"
+    with torch.no_grad():
+        expected = model(images)
+    return model, images, labels, expected, calibration
 
 
 # int8: 97%, not 99%, because this briefly trained model has small logit margins (98.7% measured); on the fully
 # trained demo model int8 agrees on 99.9% of the test set (README, `deepres bench --agreement-checkpoint`).
 @pytest.mark.parametrize("mode,min_agreement", [("fp32", 99.9), ("bf16", 99.0), ("int8", 97.0)])
 def test_fast_paths_agree_with_fp32_on_real_images(trained_fashion_mnist, mode, min_agreement):
-    model, images, labels, calibration, _ = trained_fashion_mnist
-    with torch.no_grad():
-        expected = model(images)
+    model, images, labels, expected, calibration = trained_fashion_mnist
     accuracy = (expected.argmax(1) == labels).float().mean().item() * 100
     assert accuracy > 50, "the fixture model should have learned something"
     runner, _ = prepare_for_inference(model, example_input_size=tuple(images.shape[1:]), mode=mode,
-                                      calibration=calibration)
-    got = torch.cat([runner(images[i:i + 250]) for i in range(0, len(images), 250)])
+                                      calibration=calibration, verify=False)
+    got = torch.cat([runner(images[i:i + 500]) for i in range(0, len(images), 500)])
     agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item() * 100
     assert len(images) == 1000 and agreement >= min_agreement, f"{mode}: {agreement:.1f}% agreement"

@@ -124,12 +124,11 @@ class InferenceRunner:
     without autograd, and returns float32 outputs. Works for every batch size."""
 
     def __init__(self, module: Callable, *, device: torch.device, input_dtype: torch.dtype = torch.float32,
-                 channels_last: bool = False, autocast_dtype: torch.dtype | None = None):
-        self.module = module
+                 channels_last: bool = False):
+        self.module = module  # the prepared nn.Module, or its torch.compile wrapper
         self.device = device
         self.input_dtype = input_dtype
         self.channels_last = channels_last
-        self.autocast_dtype = autocast_dtype
 
     def prepare_input(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.ndim != 4:
@@ -139,8 +138,7 @@ class InferenceRunner:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = self.prepare_input(batch)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                                                     enabled=self.autocast_dtype is not None):
+        with torch.inference_mode():
             out = self.module(x)
         return out.float()
 
@@ -198,10 +196,10 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
         prepared = prepared.to(memory_format=torch.channels_last)
         info.steps.append("channels_last")
 
-    input_dtype, autocast_dtype = torch.float32, None
+    input_dtype = torch.float32
     if dtype == "bf16":
-        # Weights stored in bf16 rather than autocast: no per-call weight casts, and oneDNN runs bf16 convs
-        # end to end. The logits come back as float32.
+        # Weights stored in bf16 rather than autocast: no per-call weight casts (as fast as autocast on ResNet-50,
+        # measured), simpler to compile and export. The logits come back as float32.
         prepared = prepared.to(torch.bfloat16)
         input_dtype = torch.bfloat16
         info.steps.append("bf16 weights and activations")
@@ -213,8 +211,7 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
     if compile:
         module = _compile_frozen(prepared)
         info.compiled = True
-    runner = InferenceRunner(module, device=device, input_dtype=input_dtype, channels_last=channels_last,
-                             autocast_dtype=autocast_dtype)
+    runner = InferenceRunner(module, device=device, input_dtype=input_dtype, channels_last=channels_last)
     if compile:
         start = time.perf_counter()
         runner(example)  # compiles for this batch size; later sizes compile on their first call
@@ -231,12 +228,10 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
 
 
 def _compile_frozen(module: nn.Module) -> Callable:
-    """torch.compile with inductor's freezing: weights become constants, so oneDNN can pre-pack them and fold
-    conv + bias + ReLU + add. Recompiles for each new batch size (static shapes run fastest)."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
-    return torch.compile(module, dynamic=False)
+    """torch.compile with inductor's freezing: weights become constants, so oneDNN can pre-pack them and fuse
+    conv + bias + ReLU + add. Static shapes, compiled once per batch size: on ResNet-50 bf16 a dynamic batch
+    dimension gave back most of the gain (measured: 1.05x ONNX Runtime instead of 1.5x)."""
+    return torch.compile(module, dynamic=False, options={"freezing": True})
 
 
 # ----------------------------------------------------------------------------------------- int8
