@@ -141,16 +141,20 @@ def test_bad_arguments_are_named(resnet20):
         runner(torch.randn(3, 32, 32))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # raised inside torch.compile
 def test_compile_path_matches_and_handles_new_batch_sizes():
     torch.manual_seed(0)
     tiny = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
                                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)))
     runner, info = prepare_for_inference(tiny, example_input_size=(3, 8, 8), mode="fp32", compile=True)
     assert info.compiled and info.compile_seconds > 0
-    for batch in (2, 5):  # 5 compiles a second graph
+    for batch in (2, 5, 2):  # 5 compiles a second graph; 2 again reuses the first
         x = torch.randn(batch, 3, 8, 8)
         with torch.no_grad():
             assert max_error(runner(x), tiny(x)) <= 1e-4
+    assert sorted(runner.compile_seconds) == [(2, 3, 8, 8), (5, 3, 8, 8)]
+    with pytest.raises(ValueError, match="int8"):
+        prepare_for_inference(tiny, example_input_size=(3, 8, 8), mode="int8", compile=True, calibration=[x])
 
 
 # ------------------------------------------------------------------------------------------ real data

@@ -55,9 +55,10 @@ class BenchRow:
 
 
 def build_path(path: str, model: nn.Module, input_size: tuple[int, int, int], *,
-               calibration: list[torch.Tensor] | None = None, workdir: Path | None = None,
+               calibration: list[torch.Tensor] | None = None, workdir: Path | None = None, batch_size: int = 2,
                ) -> tuple[Callable[[torch.Tensor], torch.Tensor], InferenceInfo | None, float]:
-    """(runner, info, seconds to build) for one benchmark path; every runner maps a float batch to float logits."""
+    """(runner, info, seconds to build, compiling excluded) for one benchmark path; every runner maps a float
+    batch to float logits. A compiled path is compiled for `batch_size` here."""
     start = time.perf_counter()
     info = None
     if path == "onnxruntime_fp32":
@@ -70,8 +71,8 @@ def build_path(path: str, model: nn.Module, input_size: tuple[int, int, int], *,
             calibration = [torch.randn(16, *input_size, generator=torch.Generator().manual_seed(1))]
         runner, info = prepare_for_inference(model, example_input_size=input_size, mode=mode,
                                              compile=path == "bf16_compile", calibration=calibration,
-                                             device="cpu", verify=False)
-    return runner, info, time.perf_counter() - start - (info.compile_seconds if info else 0.0)
+                                             device="cpu", verify=False, example_batch_size=batch_size)
+    return runner, info, time.perf_counter() - start - (sum(runner.compile_seconds.values()) if info else 0.0)
 
 
 def onnxruntime_runner(model: nn.Module, input_size, workdir: Path) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -151,20 +152,20 @@ def benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, seco
             torch.manual_seed(seed)
             model = create_model(name).eval()
             input_size = (3, size, size)
-            images = torch.randn(agreement_images, *input_size, generator=generator)
+            # Agreement images go through in chunks of the largest batch (a whole number of them), so a compiled
+            # path sees no input shape beyond the timed ones.
+            chunk = max(batches)
+            images = torch.randn(-(-agreement_images // chunk) * chunk, *input_size, generator=generator)
             inputs = {b: torch.randn(b, *input_size, generator=generator) for b in batches}
-            chunk = max(1, min(16, agreement_images))
             reference = run_batches(lambda x: model(x), images, chunk)
             for path in paths:
-                runner, info, prepare_s = build_path(path, model, input_size, workdir=Path(tmp))
+                runner, info, prepare_s = build_path(path, model, input_size, workdir=Path(tmp), batch_size=chunk)
                 agree, error = agreement(run_batches(runner, images, chunk), reference)
                 for batch in batches:
                     compile_s = 0.0
                     if info is not None and info.compiled:  # compile for this batch size outside the timing
-                        t = time.perf_counter()
-                        with torch.inference_mode():
-                            runner(inputs[batch])
-                        compile_s = time.perf_counter() - t
+                        runner(inputs[batch])
+                        compile_s = runner.compile_seconds.get(tuple(inputs[batch].shape), 0.0)
                     times = time_calls(runner, inputs[batch], warmup=warmup, seconds=seconds,
                                        min_iterations=min_iterations, max_iterations=max_iterations)
                     row = BenchRow(model=name, image_size=size, batch_size=batch, path=path,
@@ -291,7 +292,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-iterations", type=int, default=5, help="timed calls at least (default 5)")
     parser.add_argument("--max-iterations", type=int, default=200, help="timed calls at most (default 200)")
     parser.add_argument("--agreement-images", type=int, default=32,
-                        help="random images per model for the agreement column (default 32)")
+                        help="random images per model for the agreement column, rounded up to a multiple of the "
+                             "model's largest batch (default 32)")
     parser.add_argument("--agreement-checkpoint", metavar="RUN_DIR",
                         help="also measure top-1 and agreement of each path on the test set of this trained model")
     parser.add_argument("--agreement-limit", type=int, default=0, metavar="N",

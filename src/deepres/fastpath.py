@@ -121,14 +121,17 @@ def auto_dtype(device: torch.device) -> str:
 
 class InferenceRunner:
     """Calls a prepared model: moves a float NCHW batch to the model's device, dtype and memory format, runs it
-    without autograd, and returns float32 outputs. Works for every batch size."""
+    without autograd, and returns float32 outputs. Works for every batch size; a compiled model compiles on the
+    first call with each new input shape, and `compile_seconds` records how long each took."""
 
     def __init__(self, module: Callable, *, device: torch.device, input_dtype: torch.dtype = torch.float32,
-                 channels_last: bool = False):
+                 channels_last: bool = False, compiled: bool = False):
         self.module = module  # the prepared nn.Module, or its torch.compile wrapper
         self.device = device
         self.input_dtype = input_dtype
         self.channels_last = channels_last
+        self.compiled = compiled
+        self.compile_seconds: dict[tuple[int, ...], float] = {}  # input shape -> first-call (compile) seconds
 
     def prepare_input(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.ndim != 4:
@@ -138,8 +141,12 @@ class InferenceRunner:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = self.prepare_input(batch)
+        first_of_shape = self.compiled and tuple(x.shape) not in self.compile_seconds
+        start = time.perf_counter()
         with torch.inference_mode():
             out = self.module(x)
+        if first_of_shape:
+            self.compile_seconds[tuple(x.shape)] = time.perf_counter() - start
         return out.float()
 
 
@@ -153,24 +160,25 @@ class InferenceInfo:
     bn_kept: dict[str, str] = field(default_factory=dict)  # BatchNorm layers left as they are, and why
     channels_last: bool = False
     compiled: bool = False
-    compile_seconds: float = 0.0  # torch.compile: time of the first (compiling) call on the example batch
+    compile_seconds: float = 0.0  # torch.compile: first (compiling) call on the example batch; see the runner's
     max_abs_error: float | None = None  # largest |logit - fp32 eager logit| on a random example batch
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # why auto chose what it did
 
 
 def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int], mode: str = "auto",
                           fold_bn: bool | None = None, channels_last: bool | None = None,
                           compile: bool = False, calibration: Iterable[torch.Tensor] | None = None,
                           device: torch.device | str | None = None, verify: bool = True,
-                          ) -> tuple[InferenceRunner, InferenceInfo]:
+                          example_batch_size: int = 2) -> tuple[InferenceRunner, InferenceInfo]:
     """A runner for fast inference with `model` (left unchanged) and an InferenceInfo saying what was applied.
 
     mode: "eager" (the model as is, fp32), "fp32" (BN folded + channels_last), "bf16" (that, in bfloat16),
     "int8" (post-training quantization, FX graph mode with the x86 backend; CPU only, needs `calibration`
     batches), "auto" (bf16 where the hardware computes it natively, else fp32). fold_bn / channels_last override
     the mode's choice. compile: torch.compile (inductor, frozen weights) on top; it compiles once per batch size.
-    example_input_size: (C, H, W) of one image, for the compile warm-up and the self-check.
-    verify: compare with the fp32 eager model on a random example batch and record the error in info.
+    example_input_size: (C, H, W) of one image; a random batch of `example_batch_size` such images is the compile
+    warm-up (use the batch size you will run) and the self-check.
+    verify: compare with the fp32 eager model on that example batch and record the error in info.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -180,11 +188,20 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
     dtype = auto_dtype(device) if mode == "auto" else {"eager": "fp32"}.get(mode, mode)
     if dtype == "int8" and device.type != "cpu":
         raise ValueError(f"mode='int8' runs on the CPU only (x86 quantized kernels), not on {device}")
+    if dtype == "int8" and compile:
+        raise ValueError("compile=True is not available with mode='int8' (FX-quantized models run eagerly on the "
+                         "x86 quantized kernels)")
+    if example_batch_size < 1:
+        raise ValueError(f"example_batch_size must be >= 1, got {example_batch_size}")
     fast = mode != "eager"
     fold_bn = fast and dtype != "int8" if fold_bn is None else fold_bn  # int8 fuses conv-BN(-ReLU) itself
     channels_last = fast if channels_last is None else channels_last
     info = InferenceInfo(mode=mode, dtype=dtype, device=str(device), channels_last=channels_last)
-    example = torch.randn(2, *example_input_size, device=device, generator=None)
+    if mode == "auto":
+        native = "natively (AVX-512 BF16 / AMX, or a CUDA GPU with bf16)"
+        info.notes.append(f"auto: {dtype} because this {device.type} {'computes' if dtype == 'bf16' else 'lacks'} "
+                          f"bf16 {native}")
+    example = torch.randn(example_batch_size, *example_input_size, device=device)
 
     reference = model
     prepared = copy.deepcopy(model).eval().to(device)
@@ -207,16 +224,14 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
         prepared = quantize_int8(prepared, calibration, example)
         info.steps.append("int8 (FX graph mode, x86 backend, per-channel weights)")
 
-    module = prepared
+    module = _compile_frozen(prepared) if compile else prepared
+    runner = InferenceRunner(module, device=device, input_dtype=input_dtype, channels_last=channels_last,
+                             compiled=compile)
     if compile:
-        module = _compile_frozen(prepared)
-        info.compiled = True
-    runner = InferenceRunner(module, device=device, input_dtype=input_dtype, channels_last=channels_last)
-    if compile:
-        start = time.perf_counter()
-        runner(example)  # compiles for this batch size; later sizes compile on their first call
-        info.compile_seconds = time.perf_counter() - start
-        info.steps.append(f"torch.compile (inductor, freezing; {info.compile_seconds:.1f} s for batch 2)")
+        runner(example)  # compiles for this batch size; other sizes compile on their first call
+        info.compiled, info.compile_seconds = True, runner.compile_seconds[tuple(example.shape)]
+        info.steps.append(f"torch.compile (inductor, freezing; {info.compile_seconds:.1f} s for batch "
+                          f"{example_batch_size})")
     if verify:
         was_training = reference.training
         reference.eval()
