@@ -46,7 +46,7 @@ class BenchRow:
     agreement_n: int
     max_abs_error: float | None  # largest |logit - eager fp32 logit| on those images
     prepare_s: float  # seconds to build the path (fold, quantize, export...), compile excluded
-    compile_s: float = 0.0  # torch.compile seconds (first call, for this batch size)
+    compile_s: float = 0.0  # torch.compile seconds (first call for this batch size, inductor caches disabled)
     default: bool = False  # the path prepare_for_inference(mode="auto") picks on this machine
     steps: list[str] = field(default_factory=list)
 
@@ -140,6 +140,11 @@ def benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, seco
     if unknown:
         raise ValueError(f"unknown benchmark path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
     default_path = auto_dtype(torch.device("cpu"))  # what mode="auto" picks here
+    if "bf16_compile" in paths:
+        # Report cold compile times (a fresh machine's first run), not a warm on-disk inductor cache's.
+        import torch._inductor.config as inductor_config
+
+        inductor_config.force_disable_caches = True
     rows: list[BenchRow] = []
     by_model: dict[tuple[str, int], list[int]] = {}
     for name, size, batch in cases:
