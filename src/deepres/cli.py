@@ -10,6 +10,8 @@ SUBCOMMANDS = {
     "train": ("deepres.train.cli", "train a model from a recipe (YAML) with --set overrides; --resume continues"),
     "eval": ("deepres.eval.cli", "evaluate a checkpoint on a dataset (multi-scale and flip testing optional)"),
     "data": ("deepres.data.cli", "get MNIST / Fashion-MNIST, or verify that every image in a folder decodes"),
+    "study": ("deepres.studies.cli", "train every (variant, seed) of a study file, resumably; report mean ± std"),
+    "compare": ("deepres.studies.compare", "compare finished runs: table (mean ± std over seeds) and curves"),
 }
 
 
