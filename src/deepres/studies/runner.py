@@ -104,8 +104,8 @@ def run_study(runs: list[PlannedRun], *, parallel: int = 1, threads: int | None 
     outcomes = []
     for run in runs:
         before = run_state(run.run_dir)
-        if before in (FINISHED, INTERRUPTED):
-            check_same_settings(run)
+        if before in (FINISHED, INTERRUPTED, DIVERGED):
+            check_same_settings(run)  # before anything trains: a wrong --out fails at once
         outcomes.append(RunOutcome(run.variant, run.seed, run.run_dir, before, before))
     todo = [(run, out) for run, out in zip(runs, outcomes) if out.before in (NEW, INTERRUPTED, INCOMPLETE)]
     for out in outcomes:
