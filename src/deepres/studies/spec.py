@@ -21,7 +21,7 @@ from typing import Any, Literal, get_type_hints
 
 import yaml
 
-from deepres.train.config import RECIPES_DIR, Config, _coerce, load_config, resolve_recipe
+from deepres.train.config import RECIPES_DIR, Config, coerce_value, load_config, resolve_recipe
 
 # Studies shipped with the repository: <repo>/studies/<name>.yaml (DEEPRES_STUDIES overrides)
 STUDIES_DIR = Path(os.environ.get("DEEPRES_STUDIES") or RECIPES_DIR.parent / "studies")
@@ -132,7 +132,7 @@ def _check_section(cls, raw: Any, prefix: str, where: str) -> dict:
                 hint += f" (training config keys go in `overrides:` or a variant as {key}.KEY=VALUE)"
             raise KeyError(f"{where}: unknown study key {prefix + str(key)!r}; {hint}")
         tp = hints[key]
-        out[key] = value if dataclasses.is_dataclass(tp) else _coerce(value, tp, prefix + key, where)
+        out[key] = value if dataclasses.is_dataclass(tp) else coerce_value(value, tp, prefix + key, where)
     return out
 
 

@@ -217,7 +217,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if tp is str and not isinstance(value, str) and value is not None:
         value = text  # a str field takes the text as typed (run.name=2024 stays "2024")
     if tp is not None:
-        _coerce(value, tp, key, f"--set {item}")
+        coerce_value(value, tp, key, f"--set {item}")
     return key, value
 
 
@@ -283,7 +283,7 @@ def _coerce_section(cls, raw: Any, prefix: str, where: str) -> dict:
         key = f"{prefix}{name}"
         if name not in hints:
             _unknown_key(key, list(hints), where)
-        out[name] = _coerce(value, hints[name], key, where)
+        out[name] = coerce_value(value, hints[name], key, where)
     return out
 
 
@@ -301,7 +301,7 @@ def _instantiate(cls, values: dict):
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+def coerce_value(value: Any, tp: Any, key: str, where: str) -> Any:
     """Return `value` converted to the field type `tp`, or raise ValueError naming key, type and value."""
     origin, args = get_origin(tp), get_args(tp)
 
@@ -318,7 +318,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         # str last, so "1e-3" becomes a float when a float is allowed
         for arm in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
             try:
-                return _coerce(value, arm, key, where)
+                return coerce_value(value, arm, key, where)
             except ValueError:
                 continue
         raise bad()
@@ -356,9 +356,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
             if len(value) != len(args):
                 raise bad()
-            items = [_coerce(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args))]
+            items = [coerce_value(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args))]
         else:
-            items = [_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
+            items = [coerce_value(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a bug in the schema, not user input
 
