@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "train": ("deepres.train.cli", "train a model from a recipe (YAML) with --set overrides; --resume continues"),
     "eval": ("deepres.eval.cli", "evaluate a checkpoint on a dataset (multi-scale and flip testing optional)"),
     "data": ("deepres.data.cli", "get MNIST / Fashion-MNIST, or verify that every image in a folder decodes"),
+    "predict": ("deepres.inference.cli", "classify images or folders with a trained or published model; CSV out"),
 }
 
 
