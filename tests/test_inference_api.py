@@ -149,6 +149,7 @@ def test_extract_feat_shapes_and_values(model):
     with torch.no_grad():
         expected = model.forward_head(model.forward_features(x), pre_logits=True)
     torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=1e-4)
+    torch.nn.Linear(64, 2)(pooled).sum().backward()  # features can train a linear probe
     stages = extract_feat(model, images[0], stage="stages")
     assert [tuple(s.shape) for s in stages] == [(1, 16, 32, 32), (1, 32, 16, 16), (1, 64, 8, 8)]
     with pytest.raises(ValueError, match="stage"):
@@ -235,11 +236,12 @@ def test_fashion_mnist_predictions_equal_the_eval_loader_path(fashion_run):
 def test_fashion_mnist_checkpoint_file_and_recipe_give_the_same_model(fashion_run):
     run_dir, folder, _ = fashion_run
     weights = run_dir / "checkpoints" / "last.safetensors"
-    reference = inference_model(init_model(run_dir), folder)
+    images = sorted(folder.iterdir())[:16]
+    reference = inference_model(init_model(run_dir), images)
     for model in (init_model(weights), init_model("fashion_mnist/resnet20", checkpoint=weights),
                   init_model("resnet20", checkpoint=weights)):
         assert model.class_names == FASHION_MNIST_CLASSES and model.preprocess.in_chans == 1
-        results = inference_model(model, folder)
+        results = inference_model(model, images)
         assert [r["pred_label"] for r in results] == [r["pred_label"] for r in reference]
     with pytest.raises(ValueError, match="resnet20, not resnet32"):
         init_model("resnet32", checkpoint=weights)

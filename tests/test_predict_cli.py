@@ -91,3 +91,5 @@ def test_predict_user_errors_are_one_line(run_dir, images, tmp_path, capsys):
     assert "--top-k" in capsys.readouterr().err
     assert main(["predict", str(images), "--model", "resnet50.no_such_tag"]) == 2
     assert "resnet50.tv_in1k" in capsys.readouterr().err
+    assert main(["predict", str(images), "--model", str(run_dir), "--device", "toaster"]) == 2
+    assert "--device 'toaster'" in capsys.readouterr().err

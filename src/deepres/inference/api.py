@@ -49,7 +49,8 @@ def _format_defaults(data) -> tuple[int, int, list[str] | None] | None:
 # ---------------------------------------------------------------------------------------------- init_model
 def init_model(model_or_recipe, checkpoint=None, device="cpu", *, preprocess: Preprocess | None = None,
                class_names: list[str] | None = None) -> nn.Module:
-    """A classifier in eval mode on `device`, with `model.preprocess`, `model.class_names`, `model.pretrained_cfg`.
+    """A classifier in eval mode on `device`, with `model.preprocess` (Preprocess), `model.class_names` and
+    `model.pretrained_cfg` (where the weights came from).
 
     model_or_recipe: a deepres run directory or .safetensors checkpoint (config and classes inside), a weights
     name "arch.tag" (list_pretrained(); downloaded and verified), a registered model name (random weights unless
@@ -412,7 +413,8 @@ def extract_feat(model: nn.Module, inputs, stage: str = "pre_logits", batch_size
     pp = _preprocess_of(model)
     device = _model_device(model)
     outputs = []
-    with _EvalMode(model), torch.inference_mode():
+    # no_grad, not inference_mode: features may feed a trainable head (e.g. a linear probe) afterwards
+    with _EvalMode(model), torch.no_grad():
         for chunk in _batches(items, batch_size):
             x = torch.stack([preprocess_image(item, pp) for item in chunk]).to(device)
             if stage == "pre_logits":

@@ -6,6 +6,7 @@ import io
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 
@@ -59,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
 
-    model = init_model(args.model, args.checkpoint, device=args.device or default_device())
+    try:
+        device = torch.device(args.device) if args.device else default_device()
+    except RuntimeError as e:
+        raise ValueError(f"--device {args.device!r}: {e}") from None
+    model = init_model(args.model, args.checkpoint, device=device)
     pp = model.preprocess
     print(f"{args.model}: {len(model.class_names)} classes, shorter side {pp.resize} -> centre {pp.crop_size} px "
           f"({pp.interpolation}), {pp.in_chans} channel(s)", file=sys.stderr)
