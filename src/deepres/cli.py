@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "data": ("deepres.data.cli", "get MNIST / Fashion-MNIST, or verify that every image in a folder decodes"),
     "study": ("deepres.studies.cli", "train every (variant, seed) of a study file, resumably; report mean ± std"),
     "compare": ("deepres.studies.compare", "compare finished runs: table (mean ± std over seeds) and curves"),
+    "predict": ("deepres.inference.cli", "classify images or folders with a trained or published model; CSV out"),
 }
 
 
