@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DataConfig:
-    # Dataset format: fashion_mnist | mnist | cifar10 | cifar100 | folder | imagenet | list | synthetic
+    # Dataset format: fashion_mnist | mnist | cifar10 | cifar100 | folder | imagenet | list | packed | synthetic
     name: str = "fashion_mnist"
     root: str = ""  # dataset directory; "" = the format's default location (e.g. the Debian Fashion-MNIST path)
     train_split: str = "train"  # folder/list: sub-folder or list file (relative to root) for training
