@@ -60,30 +60,31 @@ def folder_cfg(root, **kw):
 
 def test_raw_pack_is_pixel_identical_to_the_resized_source(tmp_path):
     src = write_folder(tmp_path / "src")
-    reports = pack_dataset(folder_cfg(src), tmp_path / "packed", progress=False,
+    reports = pack_dataset(folder_cfg(src), tmp_path / "packed", progress=False, val_size=20,
                            options=PackOptions(size=24, encoding="raw", shard_bytes=4000))
     assert [(r.split, r.images) for r in reports] == [("train", 9), ("val", 6)]
     assert reports[0].shards >= 3  # several shards at 4000 bytes each
-    for split in ("train", "val"):
+    for split, size in (("train", 24), ("val", 20)):
         source = image_folder(src / split)
         packed = read_packed(tmp_path / "packed" / split)
         assert len(packed) == len(source) and packed.classes == source.classes == ["cat", "dog", "emu"]
         assert packed.targets == source.targets and packed.in_chans == 3
         for i, (path, label) in enumerate(source.samples):
             image, packed_label = packed[i]
-            expected = source_image(path, 24)
+            expected = source_image(path, size)
             assert packed_label == label and image.dtype == torch.uint8
             assert torch.equal(image, expected), path
-            assert min(image.shape[-2:]) == min(24, *source[i][0].shape[-2:])  # never enlarged
+            assert min(image.shape[-2:]) == min(size, *source[i][0].shape[-2:])  # never enlarged
     pack = json.loads((tmp_path / "packed" / "pack.json").read_text())
-    assert pack["splits"] == {"train": {"source_split": "train"}, "val": {"source_split": "val"}}
-    assert (pack["size"], pack["encoding"], pack["source_format"]) == (24, "raw", "folder")
+    assert pack["splits"] == {"train": {"source_split": "train", "size": 24},
+                              "val": {"source_split": "val", "size": 20}}
+    assert (pack["encoding"], pack["source_format"]) == ("raw", "folder")
 
 
 def test_jpeg_pack_decodes_to_its_own_bytes_and_stays_close_to_the_source(tmp_path):
     src = write_folder(tmp_path / "src", splits=("train",), sizes=[(120, 90), (90, 120)])
-    pack_dataset(folder_cfg(src), tmp_path / "packed", splits=["train"], progress=False,
-                 options=PackOptions(size=60, encoding="jpeg", quality=90))
+    pack_dataset(folder_cfg(src), tmp_path / "packed", splits=["train"], progress=False, val_size=100,
+                 options=PackOptions(size=60, encoding="jpeg", quality=90))  # no val folder: train alone
     split = tmp_path / "packed" / "train"
     packed, source = read_packed(split), image_folder(src / "train")
     records = np.load(split / "samples.npy")
@@ -161,7 +162,8 @@ def test_bad_source_images_are_skipped_and_listed(tmp_path):
     reports = pack_dataset(folder_cfg(src), tmp_path / "packed", skip_bad=True, progress=False,
                            options=PackOptions(size=24, encoding="jpeg"))
     assert reports[0].images == 9 and reports[0].skipped == [(str(src / "train" / "dog" / "5.png"), "zero bytes")]
-    assert (tmp_path / "packed" / "train" / "skipped.txt").read_text() == f"{src / 'train' / 'dog' / '5.png'}\tzero bytes\n"
+    listed = (tmp_path / "packed" / "train" / "skipped.txt").read_text()
+    assert listed == f"{src / 'train' / 'dog' / '5.png'}\tzero bytes\n"
     assert not (tmp_path / "packed" / "val" / "skipped.txt").exists()
 
 

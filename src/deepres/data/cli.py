@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pack.add_argument("--size", type=int, default=160,
                       help="shorter side, pixels: larger images are resized down to it, smaller kept (0 = keep all). "
                            "Choose at least the largest size training or evaluation resizes to (256 for 224_256)")
+    pack.add_argument("--val-size", type=int, default=None,
+                      help="the val split's shorter side when it should differ from --size (e.g. train at 160, "
+                           "evaluate with the 224_256 preset: --val-size 256)")
     pack.add_argument("--format", choices=ENCODINGS, default="jpeg",
                       help="jpeg: re-encoded at --quality; raw: uint8 pixels, exact (small images)")
     pack.add_argument("--quality", type=int, default=90, help="JPEG quality 1-95 (default 90)")
@@ -114,8 +117,8 @@ def _pack(args) -> int:
 
     options = PackOptions(size=args.size, encoding=args.format, quality=args.quality, shard_bytes=args.shard_size)
     reports = pack_dataset(_source_config(args), args.out, splits=args.split or SPLITS, options=options,
-                           workers=args.workers, skip_bad=args.on_bad_image == "skip", force=args.force,
-                           progress=not args.quiet)
+                           val_size=args.val_size, workers=args.workers, skip_bad=args.on_bad_image == "skip",
+                           force=args.force, progress=not args.quiet)
     for report in reports:
         print(report.summary())
         for path, reason in report.skipped:

@@ -7,7 +7,7 @@ loaders as a folder, with the same sample order, so shuffling, set_epoch, worker
 bad-image policy work unchanged.
 
 Layout of OUT:
-  pack.json              what was packed: source, dataset format, splits, size, encoding, quality, version
+  pack.json              what was packed: source, dataset format, splits and their sizes, encoding, quality
   <split>/index.json     encoding, size, class names, shard files with their byte sizes, number of images
   <split>/samples.npy    one record per image (RECORD_DTYPE): shard, offset, length (bytes), label, height, width
   <split>/sources.txt    the source file of each image, one per line (error messages, provenance)
@@ -234,15 +234,21 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def pack_dataset(cfg: DataConfig, out, *, splits: Sequence[str] = SPLITS, options: PackOptions = PackOptions(),
-                 workers: int = 0, skip_bad: bool = False, force: bool = False,
+                 val_size: int | None = None, workers: int = 0, skip_bad: bool = False, force: bool = False,
                  progress: bool = True) -> list[SplitReport]:
     """Pack the file dataset `cfg` describes (folder, imagenet, list; data.root = the source) into `out`.
+
+    val_size: the val split's shorter side (pixels) when it should differ from options.size, e.g. 256 for
+    a 224_256 evaluation of a model trained on 160-pixel crops.
 
     Everything is written into a hidden temporary folder beside `out`, fsynced, then renamed to `out`; an
     existing `out` is replaced only with force=True, only if it is itself a pack, and only at that rename."""
     from .datasets import build_datasets, build_train_dataset  # datasets imports this module (data.name=packed)
 
     _check_options(options, splits, workers)
+    if val_size is not None and val_size < 0:
+        raise ValueError(f"val size {val_size}: expected a shorter side in pixels >= 1, or 0 to keep sizes")
+    split_options = {"train": options, "val": options if val_size is None else replace(options, size=val_size)}
     if cfg.name not in SOURCE_FORMATS:
         raise ValueError(f"data.name={cfg.name}: packing reads file datasets ({', '.join(SOURCE_FORMATS)}); "
                          f"in-memory sets (CIFAR, MNIST) load fast as they are")
@@ -254,12 +260,13 @@ def pack_dataset(cfg: DataConfig, out, *, splits: Sequence[str] = SPLITS, option
     out.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.packing-"))
     try:
-        reports = [_pack_split(train if split == "train" else val, temp / split, split, options,
+        reports = [_pack_split(train if split == "train" else val, temp / split, split, split_options[split],
                                skip_bad=skip_bad, workers=workers, progress=progress) for split in splits]
         source_splits = {"train": cfg.train_split, "val": cfg.val_split}
         pack = {"format": "deepres-packed", "version": PACK_VERSION, "source": str(Path(cfg.root).resolve()),
-                "source_format": cfg.name, "splits": {s: {"source_split": source_splits[s]} for s in splits},
-                "size": options.size, "encoding": options.encoding, "quality": options.quality,
+                "source_format": cfg.name,
+                "splits": {s: {"source_split": source_splits[s], "size": split_options[s].size} for s in splits},
+                "encoding": options.encoding, "quality": options.quality,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _write_file(temp / PACK_FILE, (json.dumps(pack, indent=1) + "\n").encode())
         _check_out(out, force)  # again: something may have appeared there while packing

@@ -78,6 +78,8 @@ def _device_for(device: torch.device, local_rank: int) -> torch.device:
     if device.type != "cuda" or device.index is not None:
         return device
     count = torch.cuda.device_count()
+    if count == 1:
+        return torch.device("cuda", 0)  # the launcher gave each process its own GPU (CUDA_VISIBLE_DEVICES)
     if local_rank >= count:
         raise ValueError(f"LOCAL_RANK={local_rank} but only {count} CUDA device(s) are visible; start at most "
                          f"{count} processes per node (torchrun --nproc-per-node {count})")

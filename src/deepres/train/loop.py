@@ -289,8 +289,8 @@ def _run(cfg, device, run_dir, ckpt_dir, saved, train_loader, eval_loader, info,
             f"{iters_per_epoch} steps/epoch, {total_iters} steps" +
             (f", resuming after epoch {state.epoch} (step {state.step})" if saved is not None else ""))
         log(_batch_line(cfg, dist_info, global_batch, peak_lr))
-        if saved is not None:
-            _restore_rng(saved[1]["rng"], device)  # last: everything above may have drawn random numbers
+        if saved is not None:  # last: everything above may have drawn random numbers
+            _restore_rng(saved[1]["rng"], device, dist_info.enabled)
         while state.step < total_iters and (stop_after_epochs is None or state.epoch < stop_after_epochs):
             train_loader.set_epoch(state.epoch)
             if cfg.model.bn_momentum == "dynamic":
@@ -374,11 +374,13 @@ def _save(ckpt_dir, model, optimizer, scaler, ema, state: TrainState, metrics: d
         save_checkpoint(ckpt_dir, "best", model=model, state=payload, config=config, classes=classes)
 
 
-def _restore_rng(rng: dict, device: torch.device) -> None:
+def _restore_rng(rng: dict, device: torch.device, distributed: bool) -> None:
     """Restore rank 0's saved RNG states on this rank.
 
     Every rank seeds the same way and draws the same random numbers (dropout masks of equal shapes; data
     randomness comes from the loaders' own (seed, epoch, rank) generators), so rank 0's state is every rank's."""
+    if distributed and "cuda_device" in rng:
+        rng = {k: v for k, v in rng.items() if k != "cuda"}  # another node may see other devices: own one only
     restore_rng_state(rng)
     if device.type == "cuda" and "cuda_device" in rng:
         torch.cuda.set_rng_state(rng["cuda_device"], device)
