@@ -162,13 +162,12 @@ class SplitReport:
 
 
 def _pack_split(dataset: ImageFileDataset, directory: Path, split: str, options: PackOptions, *, skip_bad: bool,
-                workers: int, progress: bool) -> SplitReport:
+                pool, progress: bool) -> SplitReport:
     directory.mkdir()
     report, start = SplitReport(split), time.perf_counter()
     records, sources = [], []
     writer = _ShardWriter(directory, options.shard_bytes)
     items = [(path, options) for path, _ in dataset.samples]
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_encoder) if workers > 0 else None
     try:
         encoded = pool.imap(_encode_or_error, items, chunksize=16) if pool else map(_encode_or_error, items)
         bar = tqdm(encoded, total=len(items), desc=f"pack {split}", unit="img", disable=not progress)
@@ -185,8 +184,6 @@ def _pack_split(dataset: ImageFileDataset, directory: Path, split: str, options:
                 raise ValueError(f"{path!r}: a file name with a line break cannot be listed in sources.txt")
             sources.append(path)
     finally:
-        if pool is not None:
-            pool.terminate()
         shards = writer.close()
     if not records:
         raise ValueError(f"split {split}: no decodable image among the {len(items)} source images")
@@ -259,9 +256,10 @@ def pack_dataset(cfg: DataConfig, out, *, splits: Sequence[str] = SPLITS, option
     train, val = build_datasets(cfg) if "val" in splits else (build_train_dataset(cfg), None)
     out.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.packing-"))
+    pool = mp.get_context("spawn").Pool(workers, initializer=_init_encoder) if workers > 0 else None
     try:
         reports = [_pack_split(train if split == "train" else val, temp / split, split, split_options[split],
-                               skip_bad=skip_bad, workers=workers, progress=progress) for split in splits]
+                               skip_bad=skip_bad, pool=pool, progress=progress) for split in splits]
         source_splits = {"train": cfg.train_split, "val": cfg.val_split}
         pack = {"format": "deepres-packed", "version": PACK_VERSION, "source": str(Path(cfg.root).resolve()),
                 "source_format": cfg.name,
@@ -280,6 +278,9 @@ def pack_dataset(cfg: DataConfig, out, *, splits: Sequence[str] = SPLITS, option
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+    finally:
+        if pool is not None:
+            pool.terminate()
     return reports
 
 
