@@ -43,8 +43,12 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: Literal["sgd", "rmsprop", "adagrad", "adadelta", "adam", "adamw"] = "sgd"
-    # Peak lr for the whole batch (data.batch_size × grad_accum_steps); never rescaled automatically
+    # Peak lr. lr_scaling "none": for the global batch as the recipe runs it (data.batch_size × processes ×
+    # grad_accum_steps); "linear": for lr_base_batch images, multiplied by global batch / lr_base_batch
+    # (Goyal et al. 2017), so the same recipe keeps its meaning on 1 or 64 GPUs
     lr: float = 0.1
+    lr_scaling: Literal["none", "linear"] = "none"
+    lr_base_batch: int = 256  # images the lr is given for when lr_scaling is "linear"
     momentum: float = 0.9  # sgd, rmsprop
     nesterov: bool = False  # sgd only
     weight_decay: float = 1e-4  # L2 coefficient (adamw: decoupled decay, multiplied by lr)
@@ -85,6 +89,7 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype; fp16 needs CUDA (GradScaler)
     channels_last: bool = False  # NHWC memory format for model and inputs
+    sync_bn: bool = False  # with several processes (CUDA): BatchNorm statistics over the global batch (SyncBatchNorm)
     compile: bool = False  # torch.compile the model for training (checkpoints store the bare model)
     seed: int = 0  # seeds torch, numpy, random, the data order and augmentation
     deterministic: bool = False  # torch.use_deterministic_algorithms; bit-exact resume on CPU
@@ -421,6 +426,7 @@ def validate_config(cfg: Config) -> None:
     need(0.0 <= t.mix_switch_prob <= 1.0, "train.mix_switch_prob", t.mix_switch_prob, "must be in [0, 1]")
     need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", t.ema_decay, "must be in [0, 1) (0 = off)")
     need(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm, "must be >= 0 (0 = off)")
+    need(o.lr_base_batch >= 1, "optim.lr_base_batch", o.lr_base_batch, "must be >= 1 (images)")
     need(t.grad_accum_steps >= 1, "train.grad_accum_steps", t.grad_accum_steps, "must be >= 1")
     need(t.nonfinite_patience >= 1, "train.nonfinite_patience", t.nonfinite_patience, "must be >= 1")
     need(t.eval_every_epochs >= 1, "train.eval_every_epochs", t.eval_every_epochs, "must be >= 1")
