@@ -41,7 +41,7 @@ from tqdm import tqdm
 from . import transforms as T
 from .config import DataConfig
 from .folders import ImageFileDataset
-from .images import DEFAULT_MAX_PIXELS, BadImageError, _to_rgb, load_image, pil_to_tensor
+from .images import DEFAULT_MAX_PIXELS, BadImageError, to_rgb, load_image, pil_to_tensor
 
 PACK_VERSION = 1
 PACK_FILE = "pack.json"
@@ -361,7 +361,7 @@ class PackedDataset(ImageFileDataset):
         if image.size != (width, height):
             raise BadImageError(self._where(index), f"decoded {image.size[0]}x{image.size[1]}, the index says "
                                                     f"{width}x{height}")
-        return pil_to_tensor(_to_rgb(image)), label
+        return pil_to_tensor(to_rgb(image)), label
 
 
 def read_packed(directory, **options) -> PackedDataset:
