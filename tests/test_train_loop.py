@@ -29,7 +29,7 @@ def quiet(_):
 
 
 def test_one_epoch_fit_writes_the_run_directory(tmp_path):
-    result = fit(tiny_config(tmp_path, epochs=1), loaders=tiny_loaders(), log=quiet)
+    result = fit(tiny_config(tmp_path, epochs=1), loaders=tiny_loaders(), device="cpu", log=quiet)
     run = tmp_path / "run"
     assert result["epoch"] == 1 and result["step"] == 4 and result["finished"] and result["run_dir"] == str(run)
     assert 0 <= result["top1"] <= 100 and result["best_top1"] == result["top1"]
@@ -50,17 +50,19 @@ def test_one_epoch_fit_writes_the_run_directory(tmp_path):
 
 
 def test_training_learns_the_tiny_task(tmp_path):
-    result = fit(tiny_config(tmp_path, epochs=6), loaders=tiny_loaders(), log=quiet)
+    result = fit(tiny_config(tmp_path, epochs=6), loaders=tiny_loaders(), device="cpu", log=quiet)
     assert result["top1"] >= 90.0
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     extras = dict(deterministic=True, ema_decay=0.9, mixup_alpha=0.4, cutmix_alpha=1.0, label_smoothing=0.1,
                   grad_accum_steps=2, grad_clip_norm=5.0, epochs=3)
-    straight = fit(tiny_config(tmp_path, "straight", **extras), loaders=tiny_loaders(), log=quiet)
-    first = fit(tiny_config(tmp_path, "split", **extras), loaders=tiny_loaders(), stop_after_epochs=1, log=quiet)
+    straight = fit(tiny_config(tmp_path, "straight", **extras), loaders=tiny_loaders(), device="cpu", log=quiet)
+    first = fit(tiny_config(tmp_path, "split", **extras), loaders=tiny_loaders(), device="cpu", stop_after_epochs=1,
+                log=quiet)
     assert first["epoch"] == 1 and not first["finished"]
-    resumed = fit(tiny_config(tmp_path, "split", **extras), loaders=tiny_loaders(), resume=True, log=quiet)
+    resumed = fit(tiny_config(tmp_path, "split", **extras), loaders=tiny_loaders(), device="cpu", resume=True,
+                  log=quiet)
     assert resumed["epoch"] == 3 and resumed["step"] == straight["step"] == 6
 
     a_weights, a_state = load_checkpoint(tmp_path / "straight" / "checkpoints")
@@ -77,28 +79,28 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 
 
 def test_resume_refuses_a_changed_config_but_allows_bookkeeping(tmp_path):
-    fit(tiny_config(tmp_path, epochs=2), loaders=tiny_loaders(), stop_after_epochs=1, log=quiet)
+    fit(tiny_config(tmp_path, epochs=2), loaders=tiny_loaders(), device="cpu", stop_after_epochs=1, log=quiet)
     changed = tiny_config(tmp_path, epochs=2)
     changed.optim.lr = 0.05
     changed.train.label_smoothing = 0.1
     with pytest.raises(ValueError) as err:
-        fit(changed, loaders=tiny_loaders(), resume=True, log=quiet)
+        fit(changed, loaders=tiny_loaders(), device="cpu", resume=True, log=quiet)
     assert "optim.lr: checkpoint 0.2, now 0.05" in str(err.value) and "train.label_smoothing" in str(err.value)
     fine = tiny_config(tmp_path, epochs=2, log_every_iters=1)  # bookkeeping only
-    assert fit(fine, loaders=tiny_loaders(), resume=True, log=quiet)["epoch"] == 2
+    assert fit(fine, loaders=tiny_loaders(), device="cpu", resume=True, log=quiet)["epoch"] == 2
 
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
-        fit(tiny_config(tmp_path), loaders=tiny_loaders(), resume=True, log=quiet)
+        fit(tiny_config(tmp_path), loaders=tiny_loaders(), device="cpu", resume=True, log=quiet)
 
 
 def test_existing_run_dir_is_never_overwritten(tmp_path):
-    fit(tiny_config(tmp_path, epochs=1), loaders=tiny_loaders(), log=quiet)
+    fit(tiny_config(tmp_path, epochs=1), loaders=tiny_loaders(), device="cpu", log=quiet)
     ckpt = tmp_path / "run" / "checkpoints" / "last.safetensors"
     before = ckpt.read_bytes(), (tmp_path / "run" / "metrics.jsonl").read_bytes()
     with pytest.raises(FileExistsError, match="--resume.*run.name"):
-        fit(tiny_config(tmp_path, epochs=1), loaders=tiny_loaders(), log=quiet)
+        fit(tiny_config(tmp_path, epochs=1), loaders=tiny_loaders(), device="cpu", log=quiet)
     assert (ckpt.read_bytes(), (tmp_path / "run" / "metrics.jsonl").read_bytes()) == before
 
 
@@ -107,7 +109,7 @@ def test_nonfinite_losses_stop_the_run_after_patience(tmp_path):
     cfg.optim = OptimConfig(name="sgd", lr=1e30, momentum=0.0)
     cfg.schedule = ScheduleConfig(name="constant")
     with pytest.raises(NonFiniteLossError) as err:
-        fit(cfg, loaders=tiny_loaders(), log=quiet)
+        fit(cfg, loaders=tiny_loaders(), device="cpu", log=quiet)
     msg = str(err.value)
     assert "3 non-finite losses in a row" in msg and "stopping at step" in msg
     assert "the last finite loss was" in msg and "at step 0" in msg  # the first step was still finite
@@ -157,23 +159,22 @@ def test_gradient_clipping_bounds_the_update():
 
 
 def test_max_iters_stops_mid_epoch_and_grad_accumulation_counts_steps(tmp_path):
-    result = fit(tiny_config(tmp_path, max_iters=5), loaders=tiny_loaders(), log=quiet)
+    result = fit(tiny_config(tmp_path, max_iters=5), loaders=tiny_loaders(), device="cpu", log=quiet)
     assert result["step"] == 5 and result["epoch"] == 2 and result["finished"] and "top1" in result
-    accum = fit(tiny_config(tmp_path, "accum", epochs=1, grad_accum_steps=3), loaders=tiny_loaders(), log=quiet)
+    accum = fit(tiny_config(tmp_path, "accum", epochs=1, grad_accum_steps=3), loaders=tiny_loaders(), device="cpu",
+                log=quiet)
     assert accum["step"] == 2  # 4 micro-batches: one step of 3, one of the last 1
 
 
-def test_fp16_without_cuda_is_refused(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA; fp16 is allowed there")
+def test_fp16_on_cpu_is_refused(tmp_path):
     with pytest.raises(ValueError, match="fp16.*CUDA"):
-        fit(tiny_config(tmp_path, amp="fp16"), loaders=tiny_loaders(), log=quiet)
+        fit(tiny_config(tmp_path, amp="fp16"), loaders=tiny_loaders(), device="cpu", log=quiet)
 
 
 def test_bf16_channels_last_and_dynamic_bn_run_and_save_plain_weights(tmp_path):
     cfg = tiny_config(tmp_path, epochs=1, amp="bf16", channels_last=True)
     cfg.model.bn_momentum = "dynamic"
-    result = fit(cfg, loaders=tiny_loaders(), log=quiet)
+    result = fit(cfg, loaders=tiny_loaders(), device="cpu", log=quiet)
     weights = safetensors.torch.load_file(tmp_path / "run" / "checkpoints" / "last.safetensors")
     assert set(weights) == {"conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var",
                             "bn1.num_batches_tracked", "fc.weight", "fc.bias"}

@@ -10,6 +10,9 @@ SUBCOMMANDS = {
     "train": ("deepres.train.cli", "train a model from a recipe (YAML) with --set overrides; --resume continues"),
     "eval": ("deepres.eval.cli", "evaluate a checkpoint on a dataset (multi-scale and flip testing optional)"),
     "data": ("deepres.data.cli", "get MNIST / Fashion-MNIST, or verify that every image in a folder decodes"),
+    "study": ("deepres.studies.cli", "train every (variant, seed) of a study file, resumably; report mean ± std"),
+    "compare": ("deepres.studies.compare", "compare finished runs: table (mean ± std over seeds) and curves"),
+    "predict": ("deepres.inference.cli", "classify images or folders with a trained or published model; CSV out"),
     "export": ("deepres.export", "export a checkpoint to ONNX, TorchScript or torch.export, checked against PyTorch"),
     "bench": ("deepres.bench", "CPU inference speed: eager, deepres fast paths and ONNX Runtime side by side"),
 }

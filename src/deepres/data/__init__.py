@@ -13,6 +13,8 @@ Formats (data.name) and the on-disk layouts they read, relative to data.root:
   train synsets.
 - list: train_split / val_split are list files of "relative/path label" (or "path", label = parent folder),
   paths relative to image_root; class_names optionally names the integer labels.
+- packed: root/train and root/val written by `deepres data pack` (a folder/list/imagenet set as a few large
+  shard files of pre-resized images plus an index; see deepres.data.packed); read like a folder, faster.
 - synthetic: random images with a learnable per-class template, synthetic_size images of synthetic_image_size.
 """
 from . import transforms
@@ -25,4 +27,5 @@ from .formats import (FASHION_MNIST_CLASSES, MNIST_CLASSES, ArrayDataset, make_s
                       read_cifar100, read_fashion_mnist, read_idx, read_mnist)
 from .images import IMAGE_EXTENSIONS, BadImageError, is_image_file, load_image
 from .loaders import Loader, build_loaders
+from .packed import PackedDataset, PackOptions, pack_dataset, read_packed
 from .verify import VerifyReport, verify_images, write_manifest

@@ -1,4 +1,4 @@
-"""`deepres data get NAME` and `deepres data verify DIR`."""
+"""`deepres data get NAME`, `deepres data verify DIR` and `deepres data pack SRC OUT`."""
 import argparse
 import sys
 from pathlib import Path
@@ -6,7 +6,15 @@ from pathlib import Path
 from .fetch import DATASETS, DownloadError, canonical_name, get_dataset
 from .formats import read_mnist
 from .images import DEFAULT_MAX_PIXELS
+from .packed import ENCODINGS, SOURCE_FORMATS, SPLITS, parse_byte_size
 from .verify import verify_images, write_manifest
+
+
+def _byte_size(text: str) -> int:
+    try:
+        return parse_byte_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +44,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images with more pixels (width*height) count as bad")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    pack = actions.add_parser(
+        "pack", help="rewrite a folder/list/imagenet dataset as a few large shard files of pre-resized images",
+        description="Decode every image of SRC (read as --dataset, with data.* --set options), resize its shorter "
+                    "side down to --size, and write the images back to back into shard files plus an index, "
+                    "as OUT/train and OUT/val. Train from it with data.name=packed data.root=OUT. OUT is "
+                    "written in a temporary folder and renamed into place when complete.")
+    pack.add_argument("src", type=Path, help="the dataset root (data.root)")
+    pack.add_argument("out", type=Path, help="output folder (must not exist, or be a pack and --force)")
+    pack.add_argument("--dataset", choices=SOURCE_FORMATS, default="folder", help="data.name of SRC (default folder)")
+    pack.add_argument("--split", action="append", choices=SPLITS, default=None,
+                      help="split to pack (repeatable; default both): train = data.train_split, val = data.val_split")
+    pack.add_argument("--size", type=int, default=160,
+                      help="shorter side, pixels: larger images are resized down to it, smaller kept (0 = keep all). "
+                           "Choose at least the largest size training or evaluation resizes to (256 for 224_256)")
+    pack.add_argument("--val-size", type=int, default=None,
+                      help="the val split's shorter side when it should differ from --size (e.g. train at 160, "
+                           "evaluate with the 224_256 preset: --val-size 256)")
+    pack.add_argument("--format", choices=ENCODINGS, default="jpeg",
+                      help="jpeg: re-encoded at --quality; raw: uint8 pixels, exact (small images)")
+    pack.add_argument("--quality", type=int, default=90, help="JPEG quality 1-95 (default 90)")
+    pack.add_argument("--shard-size", type=_byte_size, default="256MB", metavar="SIZE",
+                      help="largest shard file, e.g. 256MB (default), 1GB, 64MiB")
+    pack.add_argument("--workers", type=int, default=0, help="encoding processes (0 = this process)")
+    pack.add_argument("--on-bad-image", choices=("error", "skip"), default="error",
+                      help="an undecodable source image stops the pack (error) or is left out and listed in "
+                           "OUT/SPLIT/skipped.txt (skip)")
+    pack.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="how to read SRC, any data.* key: e.g. --set val_split=test --set class_depth=2 "
+                           "--set val_ground_truth=LOC_val_solution.csv --set limit_train=1000")
+    pack.add_argument("--force", action="store_true", help="replace OUT if it is an existing pack")
+    pack.add_argument("--quiet", action="store_true", help="no progress bars")
+
 
 def _get(args) -> int:
     name = canonical_name(args.dataset)
@@ -61,9 +101,36 @@ def _verify(args) -> int:
     return 1 if report.bad else 0
 
 
+def _source_config(args):
+    """The DataConfig that reads SRC: --dataset, root=SRC, then the --set overrides, type-checked."""
+    from deepres.train.config import Config, apply_overrides
+
+    from .config import DataConfig
+
+    cfg = Config(data=DataConfig(name=args.dataset, root=str(args.src)))
+    keys = [item if item.startswith("data.") else f"data.{item}" for item in args.overrides]
+    return apply_overrides(cfg, keys).data
+
+
+def _pack(args) -> int:
+    from .packed import PackOptions, pack_dataset
+
+    options = PackOptions(size=args.size, encoding=args.format, quality=args.quality, shard_bytes=args.shard_size)
+    reports = pack_dataset(_source_config(args), args.out, splits=args.split or SPLITS, options=options,
+                           val_size=args.val_size, workers=args.workers, skip_bad=args.on_bad_image == "skip",
+                           force=args.force, progress=not args.quiet)
+    for report in reports:
+        print(report.summary())
+        for path, reason in report.skipped:
+            print(f"skipped: {path}: {reason}")
+    print(f"packed into {args.out}; train from it with data.name=packed data.root={args.out}")
+    return 0
+
+
 def run(args) -> int:
+    commands = {"get": _get, "verify": _verify, "pack": _pack}
     try:
-        return _get(args) if args.data_command == "get" else _verify(args)
+        return commands[args.data_command](args)
     except (DownloadError, FileExistsError) as e:
         print(f"deepres data {args.data_command}: error: {e}", file=sys.stderr)
         return 1

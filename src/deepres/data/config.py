@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DataConfig:
-    # Dataset format: fashion_mnist | mnist | cifar10 | cifar100 | folder | imagenet | list | synthetic
+    # Dataset format: fashion_mnist | mnist | cifar10 | cifar100 | folder | imagenet | list | packed | synthetic
     name: str = "fashion_mnist"
     root: str = ""  # dataset directory; "" = the format's default location (e.g. the Debian Fashion-MNIST path)
     train_split: str = "train"  # folder/list: sub-folder or list file (relative to root) for training
@@ -26,7 +26,7 @@ class DataConfig:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # per channel, 0-1 scale
     std: tuple[float, ...] = (0.229, 0.224, 0.225)  # per channel, 0-1 scale
     # Loading
-    batch_size: int = 128  # per process
+    batch_size: int = 128  # per process; global batch = batch_size × processes × train.grad_accum_steps
     eval_batch_size: int = 256
     workers: int = 2  # DataLoader worker processes for folder datasets
     on_device: str = "auto"  # "auto": small sets (CIFAR/MNIST-sized) live on the training device as uint8; "yes"/"no"

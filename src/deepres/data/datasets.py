@@ -6,7 +6,7 @@ from .fetch import DATASETS
 from .folders import ImageFileDataset, image_folder, image_list, imagenet_val, read_class_names
 from .formats import ArrayDataset, make_synthetic, read_cifar10, read_cifar100, read_fashion_mnist, read_mnist
 
-FORMATS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "folder", "imagenet", "list", "synthetic")
+FORMATS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "folder", "imagenet", "list", "packed", "synthetic")
 
 Dataset = ArrayDataset | ImageFileDataset
 
@@ -37,6 +37,23 @@ def _file_options(cfg: DataConfig) -> dict:
                 max_pixels=cfg.max_image_pixels)
 
 
+def _file_train_split(cfg: DataConfig, root: Path) -> ImageFileDataset:
+    """The training split of a folder, imagenet or list dataset (it alone decides the class list)."""
+    options = _file_options(cfg)
+    if cfg.name == "list":
+        classes = read_class_names(_under(root, cfg.class_names)) if cfg.class_names else None
+        image_root = _under(root, cfg.image_root) or root
+        return image_list(root / cfg.train_split, image_root, classes=classes, suffix=cfg.list_suffix, **options)
+    return image_folder(root / cfg.train_split, class_depth=cfg.class_depth, **options)
+
+
+def build_train_dataset(cfg: DataConfig) -> ImageFileDataset:
+    """Only the training split of a file dataset (folder, imagenet, list), cut to limit_train."""
+    if cfg.name not in ("folder", "imagenet", "list"):
+        raise ValueError(f"build_train_dataset reads folder, imagenet or list datasets, not data.name={cfg.name}")
+    return _file_train_split(cfg, resolve_root(cfg)).subset(cfg.limit_train)
+
+
 def _read_pair(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     name = cfg.name
     if name == "synthetic":
@@ -55,7 +72,7 @@ def _read_pair(cfg: DataConfig) -> tuple[Dataset, Dataset]:
                 read_cifar100(root, cfg.val_split, coarse=cfg.coarse_labels))
     options = _file_options(cfg)
     if name == "folder":
-        train = image_folder(root / cfg.train_split, class_depth=cfg.class_depth, **options)
+        train = _file_train_split(cfg, root)
         val = image_folder(root / cfg.val_split, class_depth=cfg.class_depth, **options)
         if val.classes != train.classes:
             missing = sorted(set(train.classes) ^ set(val.classes))
@@ -63,14 +80,21 @@ def _read_pair(cfg: DataConfig) -> tuple[Dataset, Dataset]:
                              f"(e.g. {missing[:3]}); both splits need the same classes")
         return train, val
     if name == "imagenet":
-        train = image_folder(root / cfg.train_split, class_depth=cfg.class_depth, **options)
+        train = _file_train_split(cfg, root)
         val = imagenet_val(root / cfg.val_split, train.classes, ground_truth=_under(root, cfg.val_ground_truth),
                            synset_map=_under(root, cfg.synset_map), **options)
         return train, val
+    if name == "packed":
+        from .packed import read_packed
+
+        train, val = read_packed(root / cfg.train_split, **options), read_packed(root / cfg.val_split, **options)
+        if val.classes != train.classes:
+            raise ValueError(f"packed splits {root / cfg.train_split} and {root / cfg.val_split} have different "
+                             f"class lists; pack both splits from one source in one `deepres data pack` run")
+        return train, val
     if name == "list":
-        classes = read_class_names(_under(root, cfg.class_names)) if cfg.class_names else None
         image_root = _under(root, cfg.image_root) or root
-        train = image_list(root / cfg.train_split, image_root, classes=classes, suffix=cfg.list_suffix, **options)
+        train = _file_train_split(cfg, root)
         val = image_list(root / cfg.val_split, image_root, classes=train.classes, suffix=cfg.list_suffix,
                          **options)
         return train, val

@@ -31,7 +31,7 @@ def is_image_file(name: str | os.PathLike) -> bool:
     return str(name).lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB; alpha is dropped (colours kept, as torchvision's convert('RGB'))."""
     if img.mode == "RGB":
         return img
@@ -83,7 +83,7 @@ def load_image(path, *, exif_rotate: bool = False, max_pixels: int = DEFAULT_MAX
         raise BadImageError(path, f"truncated or corrupt ({e})") from None
     if exif_rotate:
         img = ImageOps.exif_transpose(img)
-    return _to_rgb(img)
+    return to_rgb(img)
 
 
 def pil_to_tensor(img: Image.Image):

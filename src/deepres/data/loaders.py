@@ -10,6 +10,7 @@ sample for per-image crops, one seed per batch for flips/pad-crops/jitter. Nothi
 the result does not depend on the number of workers, so an epoch can be replayed exactly after a resume.
 """
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,7 +114,9 @@ class _PlannedBatches:
     """DataLoader batch sampler that replays its loader's plan for the current epoch."""
 
     def __init__(self, loader: "Loader"):
-        self.loader = loader
+        # A weak reference: a cycle Loader -> DataLoader -> sampler -> Loader would leave the workers to the
+        # cyclic garbage collector, which tears their queues down first and then waits 5 s per worker to exit.
+        self.loader = weakref.proxy(loader)
 
     def __len__(self) -> int:
         return len(self.loader)

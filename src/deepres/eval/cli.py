@@ -28,20 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="allow --out to be a non-empty directory")
 
 
-def resolve_checkpoint(path: str) -> Path:
-    """A run directory -> its best (else last) weights; a checkpoints/ directory likewise; a file as is."""
-    p = Path(path)
-    if p.is_dir():
-        for folder in (p / "checkpoints", p):
-            for name in ("best.safetensors", "last.safetensors"):
-                if (folder / name).is_file():
-                    return folder / name
-        raise FileNotFoundError(f"{p}: no checkpoints/best.safetensors or last.safetensors in this directory")
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    return p
-
-
 def load_for_eval(path: Path, model_name: str | None):
     """(config, state dict, class names) of a checkpoint; configs come from deepres safetensors metadata."""
     from deepres.models import read_state_dict
@@ -68,6 +54,7 @@ def load_for_eval(path: Path, model_name: str | None):
 
 def run(args: argparse.Namespace) -> int:
     from deepres.data import build_loaders
+    from deepres.train.checkpoint import resolve_checkpoint
     from deepres.eval import evaluate, write_confusion_matrix
     from deepres.models import load_pretrained
     from deepres.train.config import apply_overrides

@@ -4,11 +4,16 @@ Multi-view testing (several square scales, optionally each with its horizontal f
 softmax probabilities of all views and predicts from the average, as in the ResNet paper's
 "fully-convolutional form ... averaged over multiple scales". The models end in global average
 pooling, so any input size works.
+
+Distributed evaluation: each rank evaluates its own disjoint shard (the eval loaders shard contiguously, no
+padding), and the counts (confusion matrix, top-k hits, loss sum, images) are summed over ranks with
+all_reduce before anything is computed from them, so N ranks give exactly the numbers of one process.
 """
 import math
 from collections.abc import Iterable, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -33,7 +38,8 @@ def make_views(images: torch.Tensor, scales: Sequence[int] = (), flip: bool = Fa
 
 def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Sequence[int] = (),
              flip: bool = False, amp_dtype: torch.dtype | None = None,
-             class_names: Sequence[str] | None = None, max_batches: int = 0) -> dict:
+             class_names: Sequence[str] | None = None, max_batches: int = 0,
+             distributed: bool | None = None) -> dict:
     """Evaluate `model` on (images, labels) batches; accuracies in percent.
 
     Returns a dict:
@@ -45,6 +51,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
       confusion    (num_classes, num_classes) int64 CPU tensor, rows = true class, cols = predicted
       class_names  the names given (or "0", "1", ...)
     `max_batches` > 0 stops after that many batches (0 = the whole loader).
+    `distributed`: sum the counts over all ranks, each having evaluated its own shard (every rank must call
+    evaluate, and all get the same result); None = whenever a process group of more than one is initialised.
     """
     _check_arguments(num_classes, scales, class_names, max_batches)
     top_k = min(5, num_classes)
@@ -65,6 +73,12 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
     finally:
         for module, was_training in training_flags:
             module.train(was_training)
+    if distributed is None:
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    if distributed:
+        if metrics is None:  # a rank whose shard is empty still takes part in the sums
+            metrics = _Accumulators(num_classes, top_k, _model_device(model))
+        metrics.all_reduce()
     if metrics is None or metrics.count == 0:
         raise ValueError("evaluate: the loader yielded no images")
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
@@ -83,13 +97,27 @@ def _predict(model, images, labels, num_classes, scales, flip, amp_dtype):
                              f"expected ({images.shape[0]}, {num_classes}) for num_classes={num_classes}")
         logits = logits.float()
         if len(views) == 1:
-            return logits, F.cross_entropy(logits, labels.clamp(0, num_classes - 1), reduction="sum")
+            return logits, _summed(F.cross_entropy(logits, labels.clamp(0, num_classes - 1), reduction="none"))
         probs = logits.softmax(dim=1)
         probs_sum = probs if probs_sum is None else probs_sum + probs
     probs = probs_sum / len(views)
     # tiny floor: a probability that underflowed to 0 gives a large finite loss instead of inf
     log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
-    return probs, F.nll_loss(log_probs, labels.clamp(0, num_classes - 1), reduction="sum")
+    return probs, _summed(F.nll_loss(log_probs, labels.clamp(0, num_classes - 1), reduction="none"))
+
+
+def _summed(per_image_loss: torch.Tensor) -> torch.Tensor:
+    # Summed in float64: the float32 per-image values then add up exactly in practice, so the total does not
+    # depend on how images are grouped into batches or shared between ranks.
+    return per_image_loss.double().sum()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
 
 
 class _Accumulators:
@@ -97,12 +125,15 @@ class _Accumulators:
 
     def __init__(self, num_classes: int, top_k: int, device: torch.device):
         self.num_classes = num_classes
-        self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro").to(device)
-        self.topk = MulticlassAccuracy(num_classes, top_k=top_k, average="micro").to(device)
-        self.confusion = MulticlassConfusionMatrix(num_classes).to(device)
+        # sync_on_compute=False: torchmetrics would otherwise gather across ranks on its own whenever a process
+        # group exists, summing shards that were never split; all_reduce below does it when asked.
+        self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro", sync_on_compute=False).to(device)
+        self.topk = MulticlassAccuracy(num_classes, top_k=top_k, average="micro", sync_on_compute=False).to(device)
+        self.confusion = MulticlassConfusionMatrix(num_classes, sync_on_compute=False).to(device)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.bad_labels = torch.zeros((), dtype=torch.int64, device=device)
         self.count = 0
+        self.device = device
 
     def update(self, scores: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor) -> None:
         # Out-of-range labels are counted and reported at the end rather than checked per batch (a check
@@ -114,6 +145,16 @@ class _Accumulators:
         self.confusion.update(scores, labels)
         self.loss_sum += loss_sum.double()
         self.count += labels.shape[0]
+
+    def all_reduce(self) -> None:
+        """Sum every count over all ranks (collective: every rank must call it)."""
+        # All of these metrics' states are counts summed over updates (torchmetrics dist_reduce_fx="sum":
+        # tp/fp/tn/fn, confmat), so the sum over ranks is the state of one metric that saw every image.
+        states = [s for metric in (self.top1, self.topk, self.confusion) for s in metric.metric_state.values()]
+        counts = torch.stack([self.bad_labels, torch.tensor(self.count, dtype=torch.int64, device=self.device)])
+        for tensor in (*states, counts, self.loss_sum):
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        self.bad_labels, self.count = counts[0], int(counts[1])
 
     def result(self, top_k: int, class_names: list[str]) -> dict:
         bad = int(self.bad_labels)

@@ -184,3 +184,17 @@ def load_checkpoint(directory: str | Path, name: str = "last") -> tuple[dict[str
         raise ValueError(f"checkpoint {name!r} in {directory} is inconsistent: weights are from step "
                          f"{metadata.get('step')}, state from step {state['step']} (interrupted save?)")
     return tensors, state
+
+
+def resolve_checkpoint(path: str) -> Path:
+    """A run directory -> its best (else last) weights; a checkpoints/ directory likewise; a file as is."""
+    p = Path(path)
+    if p.is_dir():
+        for folder in (p / "checkpoints", p):
+            for name in ("best.safetensors", "last.safetensors"):
+                if (folder / name).is_file():
+                    return folder / name
+        raise FileNotFoundError(f"{p}: no checkpoints/best.safetensors or last.safetensors in this directory")
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    return p

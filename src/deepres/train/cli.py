@@ -18,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .distributed import is_main_process
     from .loop import NonFiniteLossError, fit  # torch, models, eval: only when actually training
 
     cfg = load_config(args.recipe, args.overrides)
@@ -25,11 +26,20 @@ def run(args: argparse.Namespace) -> int:
         cfg.run.out_dir = args.out
     if args.max_epochs is not None and args.max_epochs < 1:
         raise ValueError(f"--max-epochs must be >= 1, got {args.max_epochs}")
+    # Under torchrun every rank gets the same result or error; rank 0 alone prints it.
+    main = is_main_process()
     try:
         result = fit(cfg, resume=args.resume, stop_after_epochs=args.max_epochs)
     except (FileExistsError, NonFiniteLossError) as e:
-        print(f"deepres train: error: {e}", file=sys.stderr)
+        if main:
+            print(f"deepres train: error: {e}", file=sys.stderr)
         return 1
+    except (FileNotFoundError, KeyError, ValueError):
+        if main:
+            raise  # deepres.cli prints it as a user error
+        return 2
+    if not main:
+        return 0
     state = "finished" if result["finished"] else f"stopped after epoch {result['epoch']} (continue with --resume)"
     if "top1" not in result:
         print(f"run {result['run_dir']}: {state}; no evaluation yet")

@@ -43,8 +43,12 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: Literal["sgd", "rmsprop", "adagrad", "adadelta", "adam", "adamw"] = "sgd"
-    # Peak lr for the whole batch (data.batch_size × grad_accum_steps); never rescaled automatically
+    # Peak lr. lr_scaling "none": for the global batch as the recipe runs it (data.batch_size × processes ×
+    # grad_accum_steps); "linear": for lr_base_batch images, multiplied by global batch / lr_base_batch
+    # (Goyal et al. 2017), so the same recipe keeps its meaning on 1 or 64 GPUs
     lr: float = 0.1
+    lr_scaling: Literal["none", "linear"] = "none"
+    lr_base_batch: int = 256  # images the lr is given for when lr_scaling is "linear"
     momentum: float = 0.9  # sgd, rmsprop
     nesterov: bool = False  # sgd only
     weight_decay: float = 1e-4  # L2 coefficient (adamw: decoupled decay, multiplied by lr)
@@ -85,6 +89,7 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype; fp16 needs CUDA (GradScaler)
     channels_last: bool = False  # NHWC memory format for model and inputs
+    sync_bn: bool = False  # with several processes (CUDA): BatchNorm statistics over the global batch (SyncBatchNorm)
     compile: bool = False  # torch.compile the model for training (checkpoints store the bare model)
     seed: int = 0  # seeds torch, numpy, random, the data order and augmentation
     deterministic: bool = False  # torch.use_deterministic_algorithms; bit-exact resume on CPU
@@ -217,7 +222,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if tp is str and not isinstance(value, str) and value is not None:
         value = text  # a str field takes the text as typed (run.name=2024 stays "2024")
     if tp is not None:
-        _coerce(value, tp, key, f"--set {item}")
+        coerce_value(value, tp, key, f"--set {item}")
     return key, value
 
 
@@ -283,7 +288,7 @@ def _coerce_section(cls, raw: Any, prefix: str, where: str) -> dict:
         key = f"{prefix}{name}"
         if name not in hints:
             _unknown_key(key, list(hints), where)
-        out[name] = _coerce(value, hints[name], key, where)
+        out[name] = coerce_value(value, hints[name], key, where)
     return out
 
 
@@ -301,7 +306,7 @@ def _instantiate(cls, values: dict):
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+def coerce_value(value: Any, tp: Any, key: str, where: str) -> Any:
     """Return `value` converted to the field type `tp`, or raise ValueError naming key, type and value."""
     origin, args = get_origin(tp), get_args(tp)
 
@@ -318,7 +323,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         # str last, so "1e-3" becomes a float when a float is allowed
         for arm in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
             try:
-                return _coerce(value, arm, key, where)
+                return coerce_value(value, arm, key, where)
             except ValueError:
                 continue
         raise bad()
@@ -356,9 +361,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
             if len(value) != len(args):
                 raise bad()
-            items = [_coerce(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args))]
+            items = [coerce_value(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args))]
         else:
-            items = [_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
+            items = [coerce_value(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a bug in the schema, not user input
 
@@ -421,6 +426,7 @@ def validate_config(cfg: Config) -> None:
     need(0.0 <= t.mix_switch_prob <= 1.0, "train.mix_switch_prob", t.mix_switch_prob, "must be in [0, 1]")
     need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", t.ema_decay, "must be in [0, 1) (0 = off)")
     need(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm, "must be >= 0 (0 = off)")
+    need(o.lr_base_batch >= 1, "optim.lr_base_batch", o.lr_base_batch, "must be >= 1 (images)")
     need(t.grad_accum_steps >= 1, "train.grad_accum_steps", t.grad_accum_steps, "must be >= 1")
     need(t.nonfinite_patience >= 1, "train.nonfinite_patience", t.nonfinite_patience, "must be >= 1")
     need(t.eval_every_epochs >= 1, "train.eval_every_epochs", t.eval_every_epochs, "must be >= 1")

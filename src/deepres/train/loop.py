@@ -3,6 +3,11 @@
 One optimizer step = `train.grad_accum_steps` micro-batches; `state.step` counts optimizer steps (skipped
 non-finite ones included) and drives the lr schedule. A run directory holds config.yaml, metrics.jsonl,
 TensorBoard events, env.json, curves.png (deepres.runs.RunRecorder) and checkpoints/{last,best}.*.
+
+Under torchrun (deepres.train.distributed) the same code runs once per process: the model is wrapped in
+DistributedDataParallel, each rank reads its own shard of every epoch, and rank 0 alone logs, records and
+writes checkpoints while the others wait. The global batch is data.batch_size x world_size x
+train.grad_accum_steps; optim.lr_scaling decides whether the lr follows it.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import os
 import random
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -27,9 +33,11 @@ from deepres.runs import RunRecorder
 from .bn import reset_bn_running_stats, set_bn_momentum
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import RESUME_MAY_DIFFER, Config, config_diff, config_from_dict, config_to_dict
+from .distributed import (DistInfo, all_reduce_sum, broadcast_buffers, find_ddp, is_distributed, process_group,
+                          raise_if_any_failed, same_on_all_ranks)
 from .ema import ModelEMA
 from .mixing import classification_loss, mixup_cutmix
-from .optim import create_optimizer
+from .optim import create_optimizer, scaled_lr
 from .schedules import lr_at
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -55,12 +63,19 @@ class TrainState:
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, *, cfg: Config,
                     state: TrainState, num_classes: int, total_iters: int, scaler=None, ema: ModelEMA | None = None,
-                    recorder: RunRecorder | None = None, progress: bool = False) -> dict:
-    """One pass over `loader` (stopping early at total_iters); returns train_loss, images_per_s, time_s, lr."""
+                    recorder: RunRecorder | None = None, progress: bool = False,
+                    peak_lr: float | None = None) -> dict:
+    """One pass over `loader` (stopping early at total_iters); returns train_loss, images_per_s, time_s, lr.
+
+    peak_lr: the lr the schedule starts from (default cfg.optim.lr; fit passes it scaled by the global batch).
+    Under DDP the returned loss and images/s are over all ranks."""
     t, amp_dtype = cfg.train, AMP_DTYPES[cfg.train.amp]
+    peak_lr = cfg.optim.lr if peak_lr is None else peak_lr
     device_type = next(model.parameters()).device.type
     accum, n_batches = t.grad_accum_steps, len(loader)
     iters_per_epoch = math.ceil(n_batches / accum)
+    ddp = find_ddp(model)
+    world_size = torch.distributed.get_world_size() if is_distributed() else 1
     rng = np.random.default_rng([t.seed, state.epoch])  # mixing depends only on seed + epoch, like the data order
     model.train()
     bar = tqdm(total=max(min(iters_per_epoch, total_iters - state.step), 0), desc=f"epoch {state.epoch + 1}",
@@ -73,7 +88,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             if state.step >= total_iters:
                 break
             group_size, group_ok, group_loss = min(accum, n_batches - i), True, 0.0
-            lr = lr_at(state.step, cfg.schedule, cfg.optim.lr, iters_per_epoch, total_iters)
+            lr = lr_at(state.step, cfg.schedule, peak_lr, iters_per_epoch, total_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr
         if t.channels_last:
@@ -81,18 +96,21 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         images, targets, _, _ = mixup_cutmix(images, labels, num_classes=num_classes, mixup_alpha=t.mixup_alpha,
                                              cutmix_alpha=t.cutmix_alpha, mix_prob=t.mix_prob,
                                              switch_prob=t.mix_switch_prob, rng=rng)
-        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images)
-        loss = classification_loss(logits, targets, kind=t.loss, label_smoothing=t.label_smoothing)
-        loss_value = loss.item()
-        if math.isfinite(loss_value):
-            scaled = loss / group_size
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            group_loss += loss_value / group_size
-            epoch_loss, epoch_images = epoch_loss + loss_value * len(labels), epoch_images + len(labels)
-        else:
-            group_ok = False  # no backward: NaN gradients must not reach the accumulated .grad
-        if i % accum + 1 < group_size:
+        steps_now = i % accum + 1 >= group_size
+        # DDP: gradients are averaged over ranks only in the backward of the micro-batch that steps
+        with ddp.no_sync() if ddp is not None and not steps_now else nullcontext():
+            with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(images)
+            loss = classification_loss(logits, targets, kind=t.loss, label_smoothing=t.label_smoothing)
+            loss_value, finite = _loss_on_all_ranks(loss, world_size)
+            if finite:
+                scaled = loss / group_size
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                group_loss += loss_value / group_size
+                epoch_loss, epoch_images = epoch_loss + loss_value * len(labels), epoch_images + len(labels)
+            else:
+                group_ok = False  # no backward: NaN gradients must not reach the accumulated .grad
+        if not steps_now:
             continue
         ok = optimizer_step(model, optimizer, grad_clip_norm=t.grad_clip_norm, scaler=scaler, ema=ema,
                             finite=group_ok)
@@ -100,18 +118,34 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         state.step += 1
         window_loss, window_n = (window_loss + group_loss, window_n + 1) if ok else (window_loss, window_n)
         if state.step % t.log_every_iters == 0 and window_n:
-            elapsed = time.perf_counter() - start
+            images_per_s = epoch_images * world_size / max(time.perf_counter() - start, 1e-9)
             if recorder is not None:
-                recorder.log_step(state.step, train_loss=window_loss / window_n, lr=lr,
-                                  images_per_s=epoch_images / max(elapsed, 1e-9))
-            bar.set_postfix(loss=f"{window_loss / window_n:.4f}", lr=f"{lr:.4g}",
-                            img_s=f"{epoch_images / max(elapsed, 1e-9):.0f}", refresh=False)
+                recorder.log_step(state.step, train_loss=window_loss / window_n, lr=lr, images_per_s=images_per_s)
+            bar.set_postfix(loss=f"{window_loss / window_n:.4f}", lr=f"{lr:.4g}", img_s=f"{images_per_s:.0f}",
+                            refresh=False)
             window_loss, window_n = 0.0, 0
         bar.update(1)
     bar.close()
     elapsed = time.perf_counter() - start
+    images = epoch_images * world_size  # train shards are equal, full batches only
     return {"train_loss": epoch_loss / epoch_images if epoch_images else math.nan, "lr": lr,
-            "time_s": elapsed, "images": epoch_images, "images_per_s": epoch_images / max(elapsed, 1e-9)}
+            "time_s": elapsed, "images": images, "images_per_s": images / max(elapsed, 1e-9)}
+
+
+def _loss_on_all_ranks(loss: torch.Tensor, world_size: int) -> tuple[float, bool]:
+    """(loss value, finite) of this micro-batch; under DDP the mean over ranks, finite only if finite on all.
+
+    One host sync per micro-batch either way (single process: loss.item()). Under DDP it is one all_reduce
+    of two numbers, before backward: a rank that skips backward while the others run it would leave them
+    waiting in DDP's gradient all-reduce, so all ranks must agree to skip together."""
+    if world_size == 1:
+        value = loss.item()
+        return value, math.isfinite(value)
+    loss = loss.detach().double()
+    finite = torch.isfinite(loss)
+    stats = torch.stack([(~finite).double(), torch.where(finite, loss, torch.zeros_like(loss))])
+    nonfinite_ranks, loss_sum = all_reduce_sum(stats).tolist()
+    return loss_sum / world_size, nonfinite_ranks == 0
 
 
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, grad_clip_norm: float = 0.0,
@@ -159,6 +193,8 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
     resume: continue exactly from checkpoints/last (the config may differ only in RESUME_MAY_DIFFER keys).
     stop_after_epochs: stop once this many epochs are complete (the schedule still spans the whole run),
     to be continued with resume=True. loaders: (train, eval, info) instead of deepres.data.build_loaders.
+    Under torchrun every process calls fit (see deepres.train.distributed); `loaders` must then hold this
+    rank's shards, and every rank returns the same metrics.
     """
     device = torch.device(device) if device is not None else default_device()
     if cfg.train.amp == "fp16" and device.type != "cuda":
@@ -168,76 +204,142 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
         cfg = replace(cfg, run=replace(cfg.run, name=f"{cfg.data.name}-{cfg.model.name}"))
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     ckpt_dir = run_dir / "checkpoints"
-    saved = _load_for_resume(ckpt_dir) if resume else _check_fresh_run_dir(run_dir)
     was_deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        seed_everything(cfg.train.seed)
-        set_deterministic(cfg.train.deterministic, device)
-        if loaders is None:
-            from deepres.data import build_loaders  # imported here: tests pass their own loaders
+    with process_group(device) as (dist_info, device):
+        if not dist_info.is_main:
+            log = _silent
+        try:
+            prepared, error = None, None
+            try:
+                prepared = _prepare(cfg, resume, device, loaders, dist_info, run_dir, ckpt_dir)
+            except Exception as e:  # every rank must learn of it, or the others wait forever
+                error = e
+            raise_if_any_failed(error)
+            cfg, saved, (train_loader, eval_loader, info) = prepared
+            same_on_all_ranks(len(train_loader), "batches per epoch (len(train_loader))")
+            return _run(cfg, device, run_dir, ckpt_dir, saved, train_loader, eval_loader, info, stop_after_epochs,
+                        log, dist_info)
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
 
-            loaders = build_loaders(cfg.data, device, seed=cfg.train.seed)
-        train_loader, eval_loader, info = loaders
-        cfg = resolve_config(cfg, info)
-        if saved is not None:
-            check_resume_config(saved[1]["config"], cfg, ckpt_dir)
-        return _run(cfg, device, run_dir, ckpt_dir, saved, train_loader, eval_loader, info, stop_after_epochs, log)
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic)
+
+def _silent(_: str) -> None:
+    pass
 
 
-def _run(cfg, device, run_dir, ckpt_dir, saved, train_loader, eval_loader, info, stop_after_epochs, log) -> dict:
+def _prepare(cfg: Config, resume: bool, device, loaders, dist_info: DistInfo, run_dir: Path, ckpt_dir: Path):
+    """Everything before the model: checkpoint, seeds, data, the resolved config; may fail on one rank only."""
+    saved = None
+    if resume:
+        saved = _load_for_resume(ckpt_dir, dist_info)  # every rank reads it
+    elif dist_info.is_main:  # rank 0 alone creates the run directory
+        _check_fresh_run_dir(run_dir)
+    seed_everything(cfg.train.seed)
+    set_deterministic(cfg.train.deterministic, device)
+    if cfg.train.sync_bn and dist_info.enabled and device.type != "cuda":
+        raise ValueError(f"train.sync_bn needs CUDA (torch.nn.SyncBatchNorm); this run is on {device.type}: "
+                         f"set train.sync_bn=false")
+    if loaders is None:
+        from deepres.data import build_loaders  # imported here: tests pass their own loaders
+
+        loaders = build_loaders(cfg.data, device, seed=cfg.train.seed, rank=dist_info.rank,
+                                world_size=dist_info.world_size)
+    cfg = resolve_config(cfg, loaders[2])
+    if saved is not None:
+        check_resume_config(saved[1]["config"], cfg, ckpt_dir)
+        saved_world_size = int(saved[1].get("world_size", 1))
+        if saved_world_size != dist_info.world_size:
+            raise ValueError(f"cannot resume from {ckpt_dir}: it was trained by {saved_world_size} process(es), "
+                             f"this run has {dist_info.world_size}; the data shards and the global batch depend "
+                             f"on it, so resume with the same number of processes")
+    return cfg, saved, loaders
+
+
+def _run(cfg, device, run_dir, ckpt_dir, saved, train_loader, eval_loader, info, stop_after_epochs, log,
+         dist_info: DistInfo) -> dict:
     t = cfg.train
     num_classes, classes = cfg.model.num_classes, list(_info(info, "classes", []))
     model = build_model(cfg, device)
+    if t.sync_bn and dist_info.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys as BatchNorm
     optimizer = create_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
     ema = ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None
     state, metrics = TrainState(), {}
     if saved is not None:
         state, metrics = _restore(saved, model, optimizer, scaler, ema)
-    train_model = torch.compile(model) if t.compile else model
+    train_model = model
+    if dist_info.enabled:  # checkpoints and evaluation use the bare `model`
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        train_model = torch.compile(train_model)
     iters_per_epoch = math.ceil(len(train_loader) / t.grad_accum_steps)
     total_iters = t.max_iters if t.max_iters > 0 else t.epochs * iters_per_epoch
+    global_batch = cfg.data.batch_size * dist_info.world_size * t.grad_accum_steps
+    peak_lr = scaled_lr(cfg.optim, global_batch)
     config_dict = config_to_dict(cfg)
-    recorder = RunRecorder(run_dir, config_dict, resume=saved is not None)
-    progress = t.progress and sys.stderr.isatty()
+    recorder = RunRecorder(run_dir, config_dict, resume=saved is not None) if dist_info.is_main else None
+    progress = t.progress and sys.stderr.isatty() and dist_info.is_main
     try:
-        recorder.write_env()
+        if recorder is not None:
+            recorder.write_env()
         n_params = sum(p.numel() for p in model.parameters())
         log(f"run {run_dir}: {cfg.model.name} ({n_params / 1e6:.2f}M params) on {device}, amp={t.amp}, "
             f"{iters_per_epoch} steps/epoch, {total_iters} steps" +
             (f", resuming after epoch {state.epoch} (step {state.step})" if saved is not None else ""))
-        if saved is not None:
-            restore_rng_state(saved[1]["rng"])  # last: everything above may have drawn random numbers
+        log(_batch_line(cfg, dist_info, global_batch, peak_lr))
+        if saved is not None:  # last: everything above may have drawn random numbers
+            _restore_rng(saved[1]["rng"], device, dist_info.enabled)
         while state.step < total_iters and (stop_after_epochs is None or state.epoch < stop_after_epochs):
             train_loader.set_epoch(state.epoch)
             if cfg.model.bn_momentum == "dynamic":
                 reset_bn_running_stats(model)  # running stats = average over this epoch's batches
             stats = train_one_epoch(train_model, train_loader, optimizer, cfg=cfg, state=state,
                                     num_classes=num_classes, total_iters=total_iters, scaler=scaler, ema=ema,
-                                    recorder=recorder, progress=progress)
+                                    recorder=recorder, progress=progress, peak_lr=peak_lr)
             state.epoch += 1
             finishing = state.step >= total_iters or state.epoch == stop_after_epochs
             record = {"train_loss": stats["train_loss"], "lr": stats["lr"], "epoch_time_s": stats["time_s"],
                       "images_per_s": stats["images_per_s"], "step": state.step}
+            # Every rank evaluates and saves rank 0's BatchNorm statistics (each rank's own last batch is in its own).
+            broadcast_buffers(model)
+            if ema is not None:
+                broadcast_buffers(ema.module)
             if state.epoch % t.eval_every_epochs == 0 or finishing:
-                metrics = _evaluate(model, ema, eval_loader, cfg, num_classes)
+                metrics = _evaluate(model, ema, eval_loader, cfg, num_classes)  # all ranks, summed over ranks
                 record.update(test_error=100.0 - metrics["top1"], **metrics)
                 is_best = metrics["top1"] > state.best_top1
                 if is_best:
                     state.best_top1, state.best_epoch = metrics["top1"], state.epoch
             else:
                 is_best = False
-            recorder.log_epoch(state.epoch, **record)
-            _save(ckpt_dir, model, optimizer, scaler, ema, state, metrics, config_dict, classes,
-                  best=is_best and cfg.run.keep == "last+best")
-            recorder.plot_curves()
+            error = None
+            if recorder is not None:
+                try:
+                    recorder.log_epoch(state.epoch, **record)
+                    _save(ckpt_dir, model, optimizer, scaler, ema, state, metrics, config_dict, classes,
+                          best=is_best and cfg.run.keep == "last+best", device=device,
+                          world_size=dist_info.world_size)
+                    recorder.plot_curves()
+                except Exception as e:
+                    error = e
+            raise_if_any_failed(error)  # the other ranks wait here until rank 0's checkpoint is written
             log(_epoch_line(state, total_iters, iters_per_epoch, record))
     finally:
-        recorder.close()
+        if recorder is not None:
+            recorder.close()
     return {**metrics, "epoch": state.epoch, "step": state.step, "best_top1": state.best_top1,
             "best_epoch": state.best_epoch, "run_dir": str(run_dir), "finished": state.step >= total_iters}
+
+
+def _batch_line(cfg: Config, dist_info: DistInfo, global_batch: int, peak_lr: float) -> str:
+    o = cfg.optim
+    line = (f"global batch {global_batch} = {cfg.data.batch_size} per process x {dist_info.world_size} "
+            f"process(es) x {cfg.train.grad_accum_steps} accumulation step(s); peak lr {peak_lr:.6g}")
+    if o.lr_scaling == "linear":
+        line += f" = {o.lr:g} x {global_batch} / {o.lr_base_batch} (optim.lr_scaling=linear)"
+    return line
 
 
 def _evaluate(model, ema, eval_loader, cfg: Config, num_classes: int) -> dict:
@@ -252,19 +354,36 @@ def _evaluate(model, ema, eval_loader, cfg: Config, num_classes: int) -> dict:
 
 
 def _save(ckpt_dir, model, optimizer, scaler, ema, state: TrainState, metrics: dict, config: dict, classes,
-          best: bool) -> None:
+          best: bool, device: torch.device, world_size: int = 1) -> None:
+    rng = capture_rng_state()
+    if device.type == "cuda":
+        # This process's own device: under DDP, rank k restores it into its device k (see _restore_rng).
+        rng["cuda_device"] = torch.cuda.get_rng_state(device)
     payload = {
         "step": state.step, "epoch": state.epoch, "best_top1": state.best_top1, "best_epoch": state.best_epoch,
         "last_finite_loss": state.last_finite_loss, "last_finite_step": state.last_finite_step,
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "ema": ema.state_dict() if ema is not None else None,
-        "rng": capture_rng_state(),
+        "rng": rng,
         "metrics": dict(metrics),
+        "world_size": world_size,  # processes that trained it; a resume must use as many
     }
     save_checkpoint(ckpt_dir, "last", model=model, state=payload, config=config, classes=classes)
     if best:
         save_checkpoint(ckpt_dir, "best", model=model, state=payload, config=config, classes=classes)
+
+
+def _restore_rng(rng: dict, device: torch.device, distributed: bool) -> None:
+    """Restore rank 0's saved RNG states on this rank.
+
+    Every rank seeds the same way and draws the same random numbers (dropout masks of equal shapes; data
+    randomness comes from the loaders' own (seed, epoch, rank) generators), so rank 0's state is every rank's."""
+    if distributed and "cuda_device" in rng:
+        rng = {k: v for k, v in rng.items() if k != "cuda"}  # another node may see other devices: own one only
+    restore_rng_state(rng)
+    if device.type == "cuda" and "cuda_device" in rng:
+        torch.cuda.set_rng_state(rng["cuda_device"], device)
 
 
 def _restore(saved, model, optimizer, scaler, ema) -> tuple[TrainState, dict]:
@@ -354,11 +473,13 @@ def _check_fresh_run_dir(run_dir: Path) -> None:
                               f"to continue it, or choose another run.name (--set run.name=NAME)")
 
 
-def _load_for_resume(ckpt_dir: Path):
+def _load_for_resume(ckpt_dir: Path, dist_info: DistInfo = DistInfo()):
     try:
         return load_checkpoint(ckpt_dir, "last")
     except FileNotFoundError:
-        raise FileNotFoundError(f"nothing to resume: no checkpoint 'last' in {ckpt_dir}") from None
+        shared = (" (every process reads it: with several nodes, run.out_dir must be on a filesystem they all "
+                  "share)" if dist_info.enabled else "")
+        raise FileNotFoundError(f"nothing to resume: no checkpoint 'last' in {ckpt_dir}{shared}") from None
 
 
 def check_resume_config(saved_config: dict, cfg: Config, where) -> None:

@@ -35,3 +35,12 @@ def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimize
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, **eps)
     raise ValueError(f"optim.name={cfg.name!r}: expected sgd, rmsprop, adagrad, adadelta, adam or adamw")
+
+
+def scaled_lr(cfg: OptimConfig, global_batch: int) -> float:
+    """The peak lr used: cfg.lr, or with lr_scaling="linear" cfg.lr x global_batch / lr_base_batch (Goyal et al.)."""
+    if cfg.lr_scaling == "linear":
+        return cfg.lr * global_batch / cfg.lr_base_batch
+    if cfg.lr_scaling != "none":
+        raise ValueError(f"optim.lr_scaling={cfg.lr_scaling!r}: expected 'none' or 'linear'")
+    return cfg.lr

@@ -1,0 +1,395 @@
+"""Packed datasets: a file dataset rewritten as a few large shard files of pre-resized images plus an index.
+
+Training from a folder opens, reads and decodes one full-size file per image; from a pack it reads images
+that are already small, back to back from a few memory-mapped files (neon's "macrobatches", FFCV's .beton).
+`deepres data pack SRC OUT` writes one; `data.name: packed` with `data.root: OUT` reads it through the same
+loaders as a folder, with the same sample order, so shuffling, set_epoch, workers, rank sharding and the
+bad-image policy work unchanged.
+
+Layout of OUT:
+  pack.json              what was packed: source, dataset format, splits and their sizes, encoding, quality
+  <split>/index.json     encoding, size, class names, shard files with their byte sizes, number of images
+  <split>/samples.npy    one record per image (RECORD_DTYPE): shard, offset, length (bytes), label, height, width
+  <split>/sources.txt    the source file of each image, one per line (error messages, provenance)
+  <split>/skipped.txt    source files left out as undecodable (with --on-bad-image skip), "path<TAB>reason"
+  <split>/shard-NNNNN.bin  images back to back: JPEG files, or raw uint8 (3, H, W) arrays
+Splits are named "train" and "val" whatever the source calls them (data.train_split / val_split defaults).
+Images whose shorter side exceeds `size` are resized down (deepres.data.transforms.resize_shorter, the
+resize training uses); smaller ones are kept as they are, never enlarged.
+"""
+from __future__ import annotations
+
+import io
+import json
+import mmap
+import multiprocessing as mp
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from . import transforms as T
+from .config import DataConfig
+from .folders import ImageFileDataset
+from .images import DEFAULT_MAX_PIXELS, BadImageError, to_rgb, load_image, pil_to_tensor
+
+PACK_VERSION = 1
+PACK_FILE = "pack.json"
+ENCODINGS = ("jpeg", "raw")
+SPLITS = ("train", "val")
+SOURCE_FORMATS = ("folder", "imagenet", "list")  # the file datasets deepres.data decodes per image
+RECORD_DTYPE = np.dtype([("shard", "<u4"), ("offset", "<u8"), ("length", "<u8"), ("label", "<i8"),
+                         ("height", "<u4"), ("width", "<u4")])
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_byte_size(text: str) -> int:
+    """'256MB' -> 256_000_000; units B, KB, MB, GB (powers of 10) and KiB, MiB, GiB; a plain number is bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?I?B?)\s*", str(text).upper())
+    if not match or match.group(2) not in _SIZE_UNITS or float(match.group(1)) <= 0:
+        raise ValueError(f"shard size {text!r}: expected a positive size such as 256MB, 1GB or 64MiB")
+    return max(int(float(match.group(1)) * _SIZE_UNITS[match.group(2)]), 1)
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+@dataclass(frozen=True)
+class PackOptions:
+    size: int = 160  # shorter side after packing, pixels; larger images are resized down; 0 = keep all sizes
+    encoding: str = "jpeg"  # "jpeg" (re-encoded) or "raw" (uint8 arrays: exact, for small images)
+    quality: int = 90  # JPEG quality, 1-95
+    shard_bytes: int = 256 * 10**6  # a new shard starts before one would grow past this, bytes
+    exif_rotate: bool = False  # apply EXIF orientation while packing (data.exif_rotate)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images count as bad (data.max_image_pixels)
+
+
+def encode_image(path: str, options: PackOptions) -> tuple[bytes, int, int]:
+    """(encoded bytes, height, width) of one source image, resized as the pack says; raises BadImageError."""
+    image = pil_to_tensor(load_image(path, exif_rotate=options.exif_rotate, max_pixels=options.max_pixels))
+    height, width = image.shape[-2:]
+    if options.size and min(height, width) > options.size:
+        image = T.resize_shorter(image, options.size)
+        height, width = image.shape[-2:]
+    if options.encoding == "raw":
+        return image.numpy().tobytes(), height, width
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=options.quality)
+    return buffer.getvalue(), height, width
+
+
+def _encode_or_error(item: tuple[str, PackOptions]):
+    path, options = item
+    try:
+        return encode_image(path, options)
+    except BadImageError as e:
+        return e
+
+
+def _init_encoder() -> None:
+    torch.set_num_threads(1)  # the processes are the parallel axis
+
+
+class _ShardWriter:
+    """Appends records to shard-00000.bin, shard-00001.bin, ... in `directory`, each at most shard_bytes
+    (a single record larger than that gets a shard of its own)."""
+
+    def __init__(self, directory: Path, shard_bytes: int):
+        self.directory, self.shard_bytes = directory, shard_bytes
+        self.shards: list[tuple[str, int]] = []  # (file name, bytes) of closed shards
+        self.file = None
+        self.size = 0
+
+    def add(self, data: bytes) -> tuple[int, int]:
+        """Write one record; returns (shard number, byte offset)."""
+        if self.file is None or (self.size and self.size + len(data) > self.shard_bytes):
+            self._close_shard()
+            self.file = open(self.directory / f"shard-{len(self.shards):05d}.bin", "wb")
+            self.size = 0
+        offset = self.size
+        self.file.write(data)
+        self.size += len(data)
+        return len(self.shards), offset
+
+    def _close_shard(self) -> None:
+        if self.file is not None:
+            _fsync_close(self.file)
+            self.shards.append((Path(self.file.name).name, self.size))
+            self.file = None
+
+    def close(self) -> list[tuple[str, int]]:
+        self._close_shard()
+        return self.shards
+
+
+def _fsync_close(f) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@dataclass
+class SplitReport:
+    split: str
+    images: int = 0
+    bytes: int = 0  # shard bytes
+    shards: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source path, reason)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        per_image = self.bytes / max(self.images, 1) / 1e3
+        return (f"{self.split}: {self.images} images in {self.shards} shard(s), {self.bytes / 1e6:.1f} MB "
+                f"({per_image:.1f} kB/image), {len(self.skipped)} skipped, {self.seconds:.1f} s "
+                f"({self.images / max(self.seconds, 1e-9):.0f} images/s)")
+
+
+def _pack_split(dataset: ImageFileDataset, directory: Path, split: str, options: PackOptions, *, skip_bad: bool,
+                pool, progress: bool) -> SplitReport:
+    directory.mkdir()
+    report, start = SplitReport(split), time.perf_counter()
+    records, sources = [], []
+    writer = _ShardWriter(directory, options.shard_bytes)
+    items = [(path, options) for path, _ in dataset.samples]
+    try:
+        encoded = pool.imap(_encode_or_error, items, chunksize=16) if pool else map(_encode_or_error, items)
+        bar = tqdm(encoded, total=len(items), desc=f"pack {split}", unit="img", disable=not progress)
+        for (path, label), result in zip(dataset.samples, bar):
+            if isinstance(result, BadImageError):
+                if not skip_bad:
+                    raise result
+                report.skipped.append((path, result.reason))
+                continue
+            data, height, width = result
+            shard, offset = writer.add(data)
+            records.append((shard, offset, len(data), label, height, width))
+            if "\n" in path:
+                raise ValueError(f"{path!r}: a file name with a line break cannot be listed in sources.txt")
+            sources.append(path)
+    finally:
+        shards = writer.close()
+    if not records:
+        raise ValueError(f"split {split}: no decodable image among the {len(items)} source images")
+    array = np.array(records, dtype=RECORD_DTYPE)
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    _write_file(directory / "samples.npy", buffer.getvalue())
+    _write_file(directory / "sources.txt", "".join(f"{s}\n" for s in sources).encode())
+    if report.skipped:
+        _write_file(directory / "skipped.txt", "".join(f"{p}\t{r}\n" for p, r in report.skipped).encode())
+    index = {"version": PACK_VERSION, "encoding": options.encoding, "size": options.size,
+             "quality": options.quality if options.encoding == "jpeg" else None, "channels": 3,
+             "num_images": len(records), "classes": list(dataset.classes),
+             "shards": [{"file": name, "bytes": size} for name, size in shards]}
+    _write_file(directory / "index.json", (json.dumps(index, indent=1) + "\n").encode())
+    report.images, report.shards, report.bytes = len(records), len(shards), sum(size for _, size in shards)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _check_options(options: PackOptions, splits: Sequence[str], workers: int) -> None:
+    if options.encoding not in ENCODINGS:
+        raise ValueError(f"pack format {options.encoding!r}: expected one of {', '.join(ENCODINGS)}")
+    if not 1 <= options.quality <= 95:
+        raise ValueError(f"JPEG quality {options.quality}: expected 1-95 (Pillow: above 95 only grows files)")
+    if options.size < 0:
+        raise ValueError(f"size {options.size}: expected a shorter side in pixels >= 1, or 0 to keep sizes")
+    if options.shard_bytes < 1:
+        raise ValueError(f"shard size {options.shard_bytes}: expected a positive number of bytes")
+    if not splits or len(set(splits)) != len(splits) or any(s not in SPLITS for s in splits):
+        raise ValueError(f"splits {list(splits)}: expected one or both of {', '.join(SPLITS)}, each once")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if not out.exists():
+        return
+    if not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it (only a packed dataset is "
+                              f"replaced, and only once the new one is complete)")
+    if not (out / PACK_FILE).is_file():
+        raise FileExistsError(f"{out} exists and is not a packed dataset (no {PACK_FILE}); refusing to replace "
+                              f"it even with --force: choose another OUT")
+
+
+def pack_dataset(cfg: DataConfig, out, *, splits: Sequence[str] = SPLITS, options: PackOptions = PackOptions(),
+                 val_size: int | None = None, workers: int = 0, skip_bad: bool = False, force: bool = False,
+                 progress: bool = True) -> list[SplitReport]:
+    """Pack the file dataset `cfg` describes (folder, imagenet, list; data.root = the source) into `out`.
+
+    val_size: the val split's shorter side (pixels) when it should differ from options.size, e.g. 256 for
+    a 224_256 evaluation of a model trained on 160-pixel crops.
+
+    Everything is written into a hidden temporary folder beside `out`, fsynced, then renamed to `out`; an
+    existing `out` is replaced only with force=True, only if it is itself a pack, and only at that rename."""
+    from .datasets import build_datasets, build_train_dataset  # datasets imports this module (data.name=packed)
+
+    _check_options(options, splits, workers)
+    if val_size is not None and val_size < 0:
+        raise ValueError(f"val size {val_size}: expected a shorter side in pixels >= 1, or 0 to keep sizes")
+    split_options = {"train": options, "val": options if val_size is None else replace(options, size=val_size)}
+    if cfg.name not in SOURCE_FORMATS:
+        raise ValueError(f"data.name={cfg.name}: packing reads file datasets ({', '.join(SOURCE_FORMATS)}); "
+                         f"in-memory sets (CIFAR, MNIST) load fast as they are")
+    out = Path(out)
+    _check_out(out, force)
+    options = replace(options, exif_rotate=cfg.exif_rotate, max_pixels=cfg.max_image_pixels)
+    # val alone still needs train (imagenet and list val take the train classes)
+    train, val = build_datasets(cfg) if "val" in splits else (build_train_dataset(cfg), None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.packing-"))
+    pool = mp.get_context("spawn").Pool(workers, initializer=_init_encoder) if workers > 0 else None
+    try:
+        reports = [_pack_split(train if split == "train" else val, temp / split, split, split_options[split],
+                               skip_bad=skip_bad, pool=pool, progress=progress) for split in splits]
+        source_splits = {"train": cfg.train_split, "val": cfg.val_split}
+        pack = {"format": "deepres-packed", "version": PACK_VERSION, "source": str(Path(cfg.root).resolve()),
+                "source_format": cfg.name,
+                "splits": {s: {"source_split": source_splits[s], "size": split_options[s].size} for s in splits},
+                "encoding": options.encoding, "quality": options.quality,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _write_file(temp / PACK_FILE, (json.dumps(pack, indent=1) + "\n").encode())
+        _check_out(out, force)  # again: something may have appeared there while packing
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.replaced-"))
+            os.replace(out, old / out.name)
+            os.replace(temp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(temp, out)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+    return reports
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+class _PackedSamples(Sequence):
+    """(source path, label) pairs; the paths are read from sources.txt only when first needed."""
+
+    def __init__(self, directory: Path, labels: np.ndarray):
+        self.directory, self.labels = directory, labels
+        self._sources: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if self._sources is None:
+            self._sources = (self.directory / "sources.txt").read_text().splitlines()
+        return self._sources[index], int(self.labels[index])
+
+
+class PackedDataset(ImageFileDataset):
+    """One split of a pack: item i is (uint8 tensor (3, H, W), label), decoded from memory-mapped shards."""
+
+    def __init__(self, directory, index: dict, records: np.ndarray, **options):
+        super().__init__(_PackedSamples(Path(directory), records["label"]), index["classes"], **options)
+        self.directory, self.index, self.records = Path(directory), index, records
+        self._maps: dict[int, mmap.mmap] = {}  # opened lazily in each process (DataLoader workers)
+
+    @property
+    def targets(self) -> list[int]:
+        return self.records["label"].tolist()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def subset(self, n: int) -> "PackedDataset":
+        """The first n samples (all if n <= 0)."""
+        records = self.records[:n] if n > 0 else self.records
+        return PackedDataset(self.directory, self.index, records, on_bad_image=self.on_bad_image,
+                             bad_image_cap=self.bad_image_cap, exif_rotate=self.exif_rotate,
+                             max_pixels=self.max_pixels)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_maps"] = {}  # memory maps do not travel to spawned workers; each maps the shards itself
+        return state
+
+    def _shard(self, number: int) -> mmap.mmap:
+        if number not in self._maps:
+            with open(self.directory / self.index["shards"][number]["file"], "rb") as f:
+                self._maps[number] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return self._maps[number]
+
+    def _where(self, index: int) -> str:
+        shard = self.index["shards"][int(self.records[index]["shard"])]["file"]
+        return f"{self.directory / shard} at byte {int(self.records[index]['offset'])} (packed from " \
+               f"{self.samples[index][0]})"
+
+    def _decode(self, index: int) -> tuple[torch.Tensor, int]:
+        shard, offset, length, label, height, width = self.records[index].tolist()
+        if height * width > self.max_pixels:
+            raise BadImageError(self._where(index), f"too many pixels ({width}x{height} > {self.max_pixels})")
+        data = self._shard(shard)
+        if self.index["encoding"] == "raw":
+            pixels = np.frombuffer(data, dtype=np.uint8, count=length, offset=offset).reshape(3, height, width)
+            return torch.from_numpy(pixels.copy()), label
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data[offset:offset + length]))
+                image.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise BadImageError(self._where(index), f"corrupt packed JPEG ({e})") from None
+        if image.size != (width, height):
+            raise BadImageError(self._where(index), f"decoded {image.size[0]}x{image.size[1]}, the index says "
+                                                    f"{width}x{height}")
+        return pil_to_tensor(to_rgb(image)), label
+
+
+def read_packed(directory, **options) -> PackedDataset:
+    """Open one split of a pack (OUT/train or OUT/val), checking that its files are complete."""
+    directory = Path(directory)
+    index_path = directory / "index.json"
+    if not index_path.is_file():
+        parent = directory.parent
+        found = sorted(p.parent.name for p in parent.glob("*/index.json")) if parent.is_dir() else []
+        hint = f"; packed splits in {parent}: {', '.join(found)}" if found else \
+            " (write one with `deepres data pack SRC OUT`)"
+        raise FileNotFoundError(f"{directory}: not a packed split, no index.json{hint}")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{index_path}: not valid JSON ({e})") from None
+    if index.get("version") != PACK_VERSION or index.get("encoding") not in ENCODINGS:
+        raise ValueError(f"{index_path}: pack version {index.get('version')!r} / encoding {index.get('encoding')!r}; "
+                         f"this deepres reads version {PACK_VERSION} ({', '.join(ENCODINGS)})")
+    records = np.load(directory / "samples.npy", allow_pickle=False)
+    if records.dtype != RECORD_DTYPE or len(records) != index["num_images"]:
+        raise ValueError(f"{directory / 'samples.npy'}: {len(records)} records of {records.dtype}, index.json "
+                         f"says {index['num_images']} of {RECORD_DTYPE}; re-pack with --force")
+    for shard in index["shards"]:
+        path = directory / shard["file"]
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != shard["bytes"]:
+            found = "missing" if actual is None else f"{actual} bytes"
+            raise ValueError(f"{path}: {found}, index.json says {shard['bytes']} bytes; the pack is incomplete or "
+                             f"damaged, re-pack with `deepres data pack ... --force`")
+    return PackedDataset(directory, index, records, **options)

@@ -1,0 +1,131 @@
+"""What a classifier expects as input, and turning one image of any accepted kind into that input.
+
+The steps and their order are those of deepres' evaluation loaders, so a trained model sees the same numbers
+as in `deepres eval`: decode to RGB (deepres.data.load_image) -> uint8 (C, H, W) -> shorter side to `resize`
+and centre crop to `crop_size` (antialiased bilinear, rounded back to uint8) -> 1 <-> 3 channels
+(deepres.data.transforms.adapt_channels: gray repeated, RGB to ITU-R 601 luma) -> float -> normalise.
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from deepres.data import transforms as T
+from deepres.data.images import load_image, pil_to_tensor, to_rgb
+from deepres.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Eval transform of a classifier: shorter side to `resize`, centre `crop_size` square, normalise."""
+
+    resize: int = 256  # shorter side before the centre crop, pixels
+    crop_size: int = 224  # side of the square the model sees, pixels
+    interpolation: str = "bilinear"  # antialiased "bilinear" (deepres training) or "bicubic" (timm weights)
+    mean: tuple[float, ...] = IMAGENET_MEAN  # per channel, 0-1 scale (3 values on a 1-channel model: averaged)
+    std: tuple[float, ...] = IMAGENET_STD  # per channel, 0-1 scale
+    in_chans: int = 3  # channels the model takes; images are converted to it (gray <-> RGB)
+    normalize: str = "meanstd"  # "meanstd": (x/255 - mean)/std; "mean": x - mean*255 (plain mean subtraction)
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.resize < 1 or self.crop_size < 1:
+            raise ValueError(f"preprocess resize and crop_size must be >= 1 pixel, got {self.resize}, {self.crop_size}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"preprocess interpolation must be bilinear or bicubic, got {self.interpolation!r}")
+        if self.normalize not in ("meanstd", "mean"):
+            raise ValueError(f"preprocess normalize must be meanstd or mean, got {self.normalize!r}")
+        if self.in_chans not in (1, 3):
+            raise ValueError(f"preprocess in_chans must be 1 or 3, got {self.in_chans}")
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) of one model input."""
+        return self.in_chans, self.crop_size, self.crop_size
+
+    @property
+    def crop_pct(self) -> float:
+        return self.crop_size / self.resize
+
+
+# ------------------------------------------------------------------------------------------ input kinds
+def input_path(item) -> str | None:
+    """The file path of an input given as a path, else None."""
+    return str(item) if isinstance(item, (str, os.PathLike)) else None
+
+
+def to_image_tensor(item) -> torch.Tensor:
+    """One image -> tensor (C, H, W), C in {1, 3}: uint8 (0-255), or float32 on the 0-255 scale.
+
+    Accepted: a file path (decoded by deepres.data.load_image; BadImageError names an unreadable file), a PIL
+    image (any mode, converted to RGB as files are), a numpy uint8 array HxWx3 (RGB), HxWx4 (alpha dropped),
+    HxWx1 or HxW (gray), or a torch tensor (C, H, W) with C in {1, 3}: uint8 0-255, or floating point 0-1.
+    """
+    if isinstance(item, (str, os.PathLike)):
+        return pil_to_tensor(load_image(Path(item)))
+    if isinstance(item, Image.Image):
+        return pil_to_tensor(to_rgb(item))
+    if isinstance(item, np.ndarray):
+        return _array_to_tensor(item)
+    if isinstance(item, torch.Tensor):
+        return _tensor_to_image(item)
+    raise TypeError(f"cannot use a {type(item).__name__} as an image; give a file path, PIL image, numpy uint8 "
+                    "array (HxWx3 or HxW) or tensor (C, H, W)")
+
+
+def _array_to_tensor(array: np.ndarray) -> torch.Tensor:
+    if array.dtype != np.uint8:
+        raise ValueError(f"numpy images must be uint8 (0-255), got dtype {array.dtype}; for float data pass a "
+                         "torch tensor (C, H, W) on the 0-1 scale")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"numpy images must be HxW (gray) or HxWxC with C in 1, 3, 4; got shape {array.shape}")
+    array = array[:, :, :3]  # RGBA: alpha dropped, as load_image does
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+
+
+def _tensor_to_image(tensor: torch.Tensor) -> torch.Tensor:
+    if tensor.dim() != 3 or tensor.shape[0] not in (1, 3):
+        raise ValueError(f"image tensors must be (C, H, W) with C in 1, 3; got shape {tuple(tensor.shape)}")
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.uint8:
+        return tensor
+    if not tensor.is_floating_point():
+        raise ValueError(f"image tensors must be uint8 (0-255) or floating point (0-1), got {tensor.dtype}")
+    low, high = tensor.min().item(), tensor.max().item()
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise ValueError(f"float image tensors must be on the 0-1 scale, got values in [{low:.3g}, {high:.3g}]; "
+                         "pass uint8 for 0-255 data, and do not normalise (init_model's preprocess does)")
+    return tensor.float() * 255.0
+
+
+# ------------------------------------------------------------------------------------------ transform
+def _resize_bicubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == size:
+        return x
+    out = F.interpolate(x[None].float(), size=size, mode="bicubic", antialias=True, align_corners=False)[0]
+    out = out.clamp_(0, 255)  # bicubic overshoots at edges
+    return out.round_().to(torch.uint8) if x.dtype == torch.uint8 else out
+
+
+def resize_and_crop(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
+    """Shorter side to pp.resize, then the centre pp.crop_size square (same dtype as the input)."""
+    if pp.interpolation == "bilinear":
+        return T.resize_center_crop(image, pp.resize, pp.crop_size)  # the eval loaders' own function
+    size = T.shorter_side_size(image.shape[-2], image.shape[-1], pp.resize)
+    return T.center_crop(_resize_bicubic(image, size), pp.crop_size)
+
+
+def preprocess_image(item, pp: Preprocess) -> torch.Tensor:
+    """One image of any accepted kind -> normalised float32 tensor pp.input_size."""
+    x = resize_and_crop(to_image_tensor(item), pp)
+    x = T.adapt_channels(x, pp.in_chans).float()
+    if pp.normalize == "mean":
+        return T.subtract_mean(x, pp.mean)
+    return T.normalize(x, pp.mean, pp.std)

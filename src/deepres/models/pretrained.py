@@ -1,0 +1,268 @@
+"""Known published ImageNet-1k checkpoints for deepres architectures, and a verified download cache.
+
+Each checkpoint is a typed record named `arch.tag` (timm's naming: `resnet50.tv_in1k` is torchvision's first
+ResNet-50 weights, `tv2` its 2021 recipe, `a1` the "ResNet strikes back" A1 recipe). Facts and their sources:
+- URLs, top-1/top-5 and recipes of torchvision weights: the weight enums of torchvision/models/resnet.py
+  (the same numbers as the table of torchvision's model docs), evaluated at the transform given here.
+- timm weights: URL and eval transform from timm's pretrained cfgs (timm/models/resnet.py), accuracy from the
+  table in timm's model cards (results-imagenet.csv), at timm's test size (test_input_size, test_crop_pct).
+- Hashes: torch.hub file names end in the first 8 hex digits of the file's sha256 (`resnet50-0676ba61.pth`);
+  that prefix is checked. A full sha256 is stored only where it is known for certain (none yet).
+
+Downloads go to the cache directory ($DEEPRES_CACHE/checkpoints, default ~/.cache/deepres/checkpoints) through a
+temporary file that is renamed only after its hash matches; a cached file is re-checked on every use.
+DEEPRES_OFFLINE=1 never touches the network.
+"""
+import hashlib
+import http.client
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+from urllib.parse import urlparse
+
+from tqdm import tqdm
+
+from deepres.data.fetch import ChecksumError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # 0-1 scale
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsUnavailableError(FileNotFoundError):
+    """Weights that are not in the cache and cannot be downloaded (offline, or the network failed)."""
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """One published checkpoint: where it lives, how to check it, how it was evaluated and what it reached."""
+
+    name: str  # "arch.tag"; arch is a registered deepres model
+    url: str
+    license: str
+    top1: float  # reported ImageNet-1k val top-1 (%), with the eval transform below
+    top5: float  # reported top-5 (%)
+    accuracy_source: str  # where top1/top5 are published
+    sha256: str = ""  # full hex digest of the file, when known for certain
+    sha256_prefix: str = ""  # leading hex digits of the sha256 (torch.hub file-name convention), when no full one
+    recipe: str = ""  # how the weights were trained (link)
+    categories: str = "imagenet-1k"  # label set: class index i is ImageNet-1k class i (sorted synsets)
+    num_classes: int = 1000
+    # Eval transform: shorter side to `resize`, centre `crop_size` square (crop_pct = crop_size / resize)
+    resize: int = 256  # pixels
+    crop_size: int = 224  # pixels
+    interpolation: str = "bilinear"  # bilinear | bicubic
+    mean: tuple[float, ...] = IMAGENET_MEAN  # per channel, 0-1 scale
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self):
+        arch, dot, tag = self.name.partition(".")
+        if not (arch and dot and tag) or "." in tag:
+            raise ValueError(f"pretrained weights name {self.name!r} must be 'arch.tag', e.g. 'resnet50.tv_in1k'")
+        if not (self.sha256 or self.sha256_prefix):
+            raise ValueError(f"pretrained weights {self.name}: give sha256 or sha256_prefix, so downloads are checked")
+        for field_name in ("sha256", "sha256_prefix"):
+            value = getattr(self, field_name)
+            if value and (value != value.lower() or any(c not in "0123456789abcdef" for c in value)):
+                raise ValueError(f"pretrained weights {self.name}: {field_name} {value!r} is not lower-case hex")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"pretrained weights {self.name}: interpolation must be bilinear or bicubic")
+
+    @property
+    def arch(self) -> str:
+        return self.name.partition(".")[0]
+
+    @property
+    def tag(self) -> str:
+        return self.name.partition(".")[2]
+
+    @property
+    def filename(self) -> str:
+        """The cached file's name: the URL's last path component (e.g. resnet50-0676ba61.pth)."""
+        return Path(urlparse(self.url).path).name
+
+    @property
+    def crop_pct(self) -> float:
+        return self.crop_size / self.resize
+
+
+_registry: dict[str, PretrainedWeights] = {}
+
+
+def register_pretrained(record: PretrainedWeights, *, replace_existing: bool = False) -> PretrainedWeights:
+    """Add a record (e.g. a private mirror of a checkpoint); an existing name needs replace_existing=True."""
+    if record.name in _registry and not replace_existing:
+        raise ValueError(f"pretrained weights {record.name!r} are already registered")
+    _registry[record.name] = record
+    return record
+
+
+def list_pretrained(pattern: str = "*") -> list[str]:
+    """Names of the known checkpoints matching a shell-style `pattern` (e.g. "resnet50*"), sorted."""
+    return sorted(name for name in _registry if fnmatch(name, pattern))
+
+
+def get_pretrained(name: str) -> PretrainedWeights:
+    """The record for `name`; KeyError naming the known tags of the same architecture."""
+    if name not in _registry:
+        arch = name.partition(".")[0]
+        same_arch = list_pretrained(f"{arch}.*")
+        hint = f"; known for {arch}: {', '.join(same_arch)}" if same_arch else "; see list_pretrained()"
+        raise KeyError(f"unknown pretrained weights {name!r}{hint}")
+    return _registry[name]
+
+
+def is_pretrained_name(name: str) -> bool:
+    return name in _registry
+
+
+# ------------------------------------------------------------------------------------------- cache / download
+def default_cache_dir() -> Path:
+    """$DEEPRES_CACHE/checkpoints, else ~/.cache/deepres/checkpoints."""
+    root = os.environ.get("DEEPRES_CACHE")
+    return Path(root).expanduser() / "checkpoints" if root else Path.home() / ".cache" / "deepres" / "checkpoints"
+
+
+def sha256sum(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hash_matches(record: PretrainedWeights, actual: str) -> bool:
+    return actual == record.sha256 if record.sha256 else actual.startswith(record.sha256_prefix)
+
+
+def _expected(record: PretrainedWeights) -> str:
+    return f"sha256 {record.sha256}" if record.sha256 else f"sha256 starting {record.sha256_prefix}"
+
+
+# What a failed connection or an interrupted transfer raises (URLError also covers HTTP error statuses).
+_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
+
+
+def _offline() -> bool:
+    return os.environ.get("DEEPRES_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def load_pretrained_weights(name: str, cache_dir: str | os.PathLike | None = None, *, progress: bool = False,
+                            timeout: float = 60.0) -> Path:
+    """Path of the verified checkpoint file for `name`, downloading it into the cache first if needed."""
+    record = get_pretrained(name)
+    path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    path = path / record.filename
+    if path.is_file():
+        actual = sha256sum(path)
+        if not _hash_matches(record, actual):
+            # Not deleted: it may be a file the user placed by hand; they decide what to do with it.
+            raise ChecksumError(f"{name}: cached file {path} has sha256 {actual}, expected {_expected(record)}; "
+                                f"delete it to download {record.url} again")
+        return path
+    if _offline():
+        raise WeightsUnavailableError(f"{name}: not in the cache and DEEPRES_OFFLINE is set; download {record.url} "
+                                      f"by hand and place it at {path}")
+    try:
+        _download_verified(record, path, progress=progress, timeout=timeout)
+    except _NETWORK_ERRORS as e:  # disk errors (no space, permissions) are not caught: they mean something else
+        reason = getattr(e, "reason", None) or e
+        raise WeightsUnavailableError(f"{name}: could not download {record.url} ({reason}); download it by hand "
+                                      f"and place it at {path}") from None
+    log.info("downloaded %s to %s", record.url, path)
+    return path
+
+
+def _download_verified(record: PretrainedWeights, path: Path, *, progress: bool, timeout: float) -> None:
+    """Stream `record.url` to a temp file beside `path`, hashing as it goes; rename only if the hash matches."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(record.url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=path.name, disable=not progress) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        actual = digest.hexdigest()
+        if not _hash_matches(record, actual):
+            raise ChecksumError(f"{record.name}: download from {record.url} has sha256 {actual}, expected "
+                                f"{_expected(record)}; the file was deleted")
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+# -------------------------------------------------------------------------------------------------- records
+_TV_DOCS = "torchvision/models/resnet.py weight enums (torchvision model docs table)"
+_TV_RECIPE = "https://github.com/pytorch/vision/tree/main/references/classification#resnet"
+_TV_RECIPE_V2 = "https://github.com/pytorch/vision/issues/3995#new-recipe"
+_TV_BASE = "https://download.pytorch.org/models/"
+_TIMM_TABLE = "timm model card table / results-imagenet.csv (timm test size)"
+
+
+def _tv(name: str, file: str, top1: float, top5: float, *, v2: bool = False, recipe: str = "") -> PretrainedWeights:
+    """A torchvision record; the hash prefix is the file name's suffix. v2 weights are evaluated at 232 -> 224."""
+    return PretrainedWeights(
+        name=name, url=_TV_BASE + file, license="BSD-3-Clause (torchvision)", top1=top1, top5=top5,
+        accuracy_source=_TV_DOCS, sha256_prefix=file.rsplit("-", 1)[1].split(".")[0],
+        recipe=recipe or (_TV_RECIPE_V2 if v2 else _TV_RECIPE), resize=232 if v2 else 256)
+
+
+for _record in (
+    _tv("resnet18.tv_in1k", "resnet18-f37072fd.pth", 69.758, 89.078),
+    _tv("resnet34.tv_in1k", "resnet34-b627a593.pth", 73.314, 91.420),
+    _tv("resnet50.tv_in1k", "resnet50-0676ba61.pth", 76.130, 92.862),
+    _tv("resnet50.tv2_in1k", "resnet50-11ad3fa6.pth", 80.858, 95.434, v2=True,
+        recipe="https://github.com/pytorch/vision/issues/3995#issuecomment-1013906621"),
+    _tv("resnet101.tv_in1k", "resnet101-63fe2227.pth", 77.374, 93.546),
+    _tv("resnet101.tv2_in1k", "resnet101-cd907fc2.pth", 81.886, 95.780, v2=True),
+    _tv("resnet152.tv_in1k", "resnet152-394f9c45.pth", 78.312, 94.046),
+    _tv("resnet152.tv2_in1k", "resnet152-f82ba261.pth", 82.284, 96.002, v2=True),
+    _tv("wide_resnet50_2.tv_in1k", "wide_resnet50_2-95faca4d.pth", 78.468, 94.086,
+        recipe="https://github.com/pytorch/vision/pull/912#issue-445437439"),
+    _tv("wide_resnet50_2.tv2_in1k", "wide_resnet50_2-9ba9bcbe.pth", 81.602, 95.758, v2=True,
+        recipe="https://github.com/pytorch/vision/issues/3995#new-recipe-with-fixres"),
+    _tv("wide_resnet101_2.tv_in1k", "wide_resnet101_2-32ee1156.pth", 78.848, 94.284,
+        recipe="https://github.com/pytorch/vision/pull/912#issue-445437439"),
+    _tv("wide_resnet101_2.tv2_in1k", "wide_resnet101_2-d733dc28.pth", 82.510, 96.020, v2=True),
+    _tv("resnext50_32x4d.tv_in1k", "resnext50_32x4d-7cdf4587.pth", 77.618, 93.698,
+        recipe="https://github.com/pytorch/vision/tree/main/references/classification#resnext"),
+    _tv("resnext50_32x4d.tv2_in1k", "resnext50_32x4d-1a0047aa.pth", 81.198, 95.340, v2=True),
+    _tv("resnext101_32x8d.tv_in1k", "resnext101_32x8d-8ba56ff5.pth", 79.312, 94.526,
+        recipe="https://github.com/pytorch/vision/tree/main/references/classification#resnext"),
+    _tv("resnext101_32x8d.tv2_in1k", "resnext101_32x8d-110c445d.pth", 82.834, 96.228, v2=True,
+        recipe="https://github.com/pytorch/vision/issues/3995#new-recipe-with-fixres"),
+    # torchvision's only ResNeXt-101 64x4d weights (IMAGENET1K_V1) were trained with the new recipe: 232 -> 224
+    _tv("resnext101_64x4d.tv_in1k", "resnext101_64x4d-173b62eb.pth", 83.246, 96.454, v2=True,
+        recipe="https://github.com/pytorch/vision/pull/5935"),
+    # timm "ResNet strikes back" A1 (Wightman et al. 2021, arXiv:2110.00476): 600 epochs, LAMB, BCE loss.
+    # Evaluated at timm's test size: 288 px, crop_pct 1.0, bicubic (80.38 / 94.6 at 224 px, crop_pct 0.95).
+    PretrainedWeights(
+        name="resnet50.a1_in1k", license="Apache-2.0 (timm model card)",
+        url="https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-rsb-weights/"
+            "resnet50_a1_0-14fe96d1.pth",
+        top1=81.22, top5=95.11, accuracy_source=_TIMM_TABLE, sha256_prefix="14fe96d1",
+        recipe="https://arxiv.org/abs/2110.00476", resize=288, crop_size=288, interpolation="bicubic"),
+    # timm ResNet-50-D, RandAugment recipe "ra2"; test size 288 px at crop_pct 0.95 -> shorter side 303.
+    PretrainedWeights(
+        name="resnet50d.ra2_in1k", license="Apache-2.0 (timm model card)",
+        url="https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
+            "resnet50d_ra2-464e36ba.pth",
+        top1=81.37, top5=95.74, accuracy_source=_TIMM_TABLE, sha256_prefix="464e36ba",
+        recipe="https://github.com/huggingface/pytorch-image-models", resize=303, crop_size=288,
+        interpolation="bicubic"),
+):
+    register_pretrained(_record)
+del _record
+

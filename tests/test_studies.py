@@ -1,0 +1,251 @@
+"""`deepres study` and `deepres compare`: statistics checked against the runs' own metrics.jsonl, the report
+files, resume without redoing finished runs, --parallel, divergence as a result, and study-file errors."""
+import csv
+import json
+import statistics
+
+import matplotlib.image
+import pytest
+import yaml
+from train_fakes import TINY_MODEL, TinyNet
+
+from deepres.cli import main
+from deepres.studies import load_study, plan_study, run_state, run_study
+from deepres.studies.runner import DIVERGED_FILE
+from deepres.train.loop import fit
+
+SHIPPED = ["block_variants", "solvers", "bn_momentum", "depth"]
+
+
+def write_recipe(directory, model=TINY_MODEL, epochs=2):
+    path = directory / "tiny.yaml"
+    path.write_text(f"""
+model: {{name: {model}}}
+data: {{name: synthetic, synthetic_size: [64, 32], synthetic_image_size: 8, batch_size: 16, eval_batch_size: 32}}
+optim: {{lr: 0.1}}
+schedule: {{name: cosine}}
+train: {{epochs: {epochs}, log_every_iters: 2}}
+""")
+    return path
+
+
+def write_study(directory, text):
+    path = directory / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+TINY_STUDY = """
+base: tiny.yaml
+description: width of the tiny net
+seeds: [0, 1]
+overrides: [train.epochs=1]
+variants:
+  narrow: [model.kwargs.width=4]
+  wide: {model.kwargs.width: 8}
+  diverges: [optim.lr=.inf, train.nonfinite_patience=1]
+report: {best_epoch: true}
+"""
+
+
+def final_error(run_dir):
+    """100 - top-1 of the last epoch record, read straight from metrics.jsonl."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return 100.0 - [r for r in records if r["kind"] == "epoch"][-1]["top1"]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return {row["variant"]: row for row in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """The tiny study (3 variants x 2 seeds), run once through the CLI: (study folder, study file)."""
+    directory = tmp_path_factory.mktemp("study")
+    write_recipe(directory)
+    study = write_study(directory, TINY_STUDY)
+    out = directory / "out"
+    assert main(["study", str(study), "--out", str(out)]) == 0
+    return out, study
+
+
+def test_study_report_statistics_and_files(tiny_study):
+    out, study = tiny_study
+    rows = read_csv(out / "report" / "results.csv")
+    assert list(rows) == ["narrow", "wide", "diverges"]  # the study's order
+    for variant, width in (("narrow", 4), ("wide", 8)):
+        errors = [final_error(out / variant / f"seed{s}") for s in (0, 1)]
+        row = rows[variant]
+        assert row["n"] == "2"
+        assert float(row["top1_error_mean"]) == pytest.approx(statistics.mean(errors), abs=1e-4)
+        assert float(row["top1_error_std"]) == pytest.approx(statistics.stdev(errors), abs=1e-4)  # ddof=1
+        assert float(row["top1_error_min"]) == pytest.approx(min(errors), abs=1e-4)
+        assert float(row["top1_error_max"]) == pytest.approx(max(errors), abs=1e-4)
+        assert row["top1_errors"] == ";".join(f"{s}:{e:.4f}" for s, e in zip((0, 1), errors))
+        assert int(row["params"]) == sum(p.numel() for p in TinyNet(10, 3, width=width).parameters())
+        assert float(row["gmacs"]) > 0 and row["epochs"] == "1"
+        total_time = [sum(json.loads(line).get("epoch_time_s", 0.0) for line in
+                          (out / variant / f"seed{s}" / "metrics.jsonl").read_text().splitlines()) for s in (0, 1)]
+        assert float(row["train_time_s"]) == pytest.approx(statistics.mean(total_time), abs=0.06)
+    # the diverged runs are reported, and kept out of the statistics
+    assert rows["diverges"]["n"] == "0" and rows["diverges"]["top1_error_mean"] == ""
+    assert rows["diverges"]["left_out"] == "2 diverged"
+    assert (out / "diverges" / "seed0" / DIVERGED_FILE).is_file()
+    runs = list(csv.DictReader(open(out / "report" / "runs.csv", newline="")))
+    assert [(r["variant"], r["seed"], r["status"]) for r in runs] == [
+        ("narrow", "0", "finished"), ("narrow", "1", "finished"), ("wide", "0", "finished"),
+        ("wide", "1", "finished"), ("diverges", "0", "diverged"), ("diverges", "1", "diverged")]
+
+    md = (out / "report" / "results.md").read_text()
+    mean, std = float(rows["wide"]["top1_error_mean"]), float(rows["wide"]["top1_error_std"])
+    assert f"| wide | 2 | {mean:.2f} ± {std:.2f} |" in md
+    assert "ddof=1" in md and "not the best epoch" in md and "optimistic" in md and "![" in md
+
+    png = out / "report" / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.image.imread(png).shape[2] in (3, 4)
+    page = (out / "report" / "report.html").read_text()
+    assert "<table>" in page and "<td>wide</td>" in page and "data:image/png;base64," in page
+    assert "http://" not in page and "https://" not in page and "<link" not in page and "<script" not in page
+
+    stored = yaml.safe_load((out / "study.yaml").read_text())
+    assert stored["seeds"] == [0, 1] and list(stored["variants"]) == ["narrow", "wide", "diverges"]
+    assert stored["base"].endswith("tiny.yaml")
+
+
+def test_rerun_from_stored_study_skips_finished_and_diverged_runs(tiny_study, capsys):
+    out, _ = tiny_study
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "report" not in p.parts}
+    assert main(["study", str(out / "study.yaml"), "--out", str(out)]) == 0  # the resolved copy continues it
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier: skipped") == 4 and printed.count("diverged earlier") == 2
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_compare_groups_by_config_or_parent(tiny_study, tmp_path, capsys):
+    out, _ = tiny_study
+    runs = [str(out / v / f"seed{s}") for v in ("narrow", "wide") for s in (0, 1)]
+    study_rows = read_csv(out / "report" / "results.csv")
+    assert main(["compare", *runs, "--out", str(tmp_path / "by_config")]) == 0
+    rows = read_csv(tmp_path / "by_config" / "results.csv")
+    assert set(rows) == {"model.kwargs.width=4", "model.kwargs.width=8"}
+    assert rows["model.kwargs.width=8"]["top1_error_mean"] == study_rows["wide"]["top1_error_mean"]
+    assert rows["model.kwargs.width=4"]["top1_error_std"] == study_rows["narrow"]["top1_error_std"]
+    assert main(["compare", *runs, "--group-by-parent", "--out", str(tmp_path / "by_parent")]) == 0
+    rows = read_csv(tmp_path / "by_parent" / "results.csv")
+    assert set(rows) == {"narrow", "wide"} and rows["narrow"]["n"] == "2"
+    assert (tmp_path / "by_parent" / "curves.png").is_file() and (tmp_path / "by_parent" / "report.html").is_file()
+    # a single run: n = 1, no standard deviation
+    assert main(["compare", runs[0], "--out", str(tmp_path / "one")]) == 0
+    (row,) = read_csv(tmp_path / "one" / "results.csv").values()
+    assert row["n"] == "1" and row["top1_error_std"] == ""
+    assert float(row["top1_error_mean"]) == pytest.approx(final_error(out / "narrow" / "seed0"), abs=1e-4)
+    assert "± –" in (tmp_path / "one" / "results.md").read_text()
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path, capsys):
+    write_recipe(tmp_path)
+    study = load_study(write_study(tmp_path, """
+base: tiny.yaml
+variants: {a: [], b: [optim.lr=0.05], c: [optim.lr=0.02]}
+"""))
+    plan = plan_study(study, tmp_path / "out")
+    outcomes = run_study(plan, max_runs=1, log=lambda line: None)  # a study stopped after one run
+    assert [o.after for o in outcomes] == ["finished", "new", "new"]
+    fit(plan[1].config, stop_after_epochs=1, log=lambda line: None)  # the second killed after its first epoch
+    (plan[2].run_dir).mkdir(parents=True)
+    (plan[2].run_dir / "metrics.jsonl").write_text("")  # the third killed before its first checkpoint
+    assert [run_state(r.run_dir) for r in plan] == ["finished", "interrupted", "incomplete"]
+    finished = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in plan[0].run_dir.rglob("*") if p.is_file()}
+    first_epoch = (plan[1].run_dir / "metrics.jsonl").read_text()
+
+    lines = []
+    outcomes = run_study(plan, log=lines.append)
+    assert [(o.before, o.after) for o in outcomes] == [("finished", "finished"), ("interrupted", "finished"),
+                                                       ("incomplete", "finished")]
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in finished} == finished
+    resumed = (plan[1].run_dir / "metrics.jsonl").read_text()
+    assert resumed.startswith(first_epoch)  # epoch 1 kept, epoch 2 appended: resumed, not restarted
+    assert [json.loads(line)["epoch"] for line in resumed.splitlines() if '"epoch"' in line] == [1, 2]
+    assert any("resuming" in line and "b/seed0" in line for line in lines)
+    assert (tmp_path / "out" / "c" / "seed0.incomplete1" / "metrics.jsonl").is_file()  # set aside, not deleted
+
+    # same folder, other settings: refused instead of mixing results
+    changed = plan_study(load_study(write_study(tmp_path, """
+base: tiny.yaml
+variants: {a: [optim.lr=0.2], b: [optim.lr=0.05], c: [optim.lr=0.02]}
+""")), tmp_path / "out")
+    with pytest.raises(ValueError, match=r"holds a run made with other settings \(optim.lr: stored 0.1, now 0.2"):
+        run_study(changed, log=lambda line: None)
+
+
+def test_parallel_gives_the_same_table_as_sequential(tmp_path):
+    write_recipe(tmp_path, model="resnet20", epochs=1)  # a registered model: the spawned workers know it
+    study = write_study(tmp_path, """
+base: tiny.yaml
+seeds: [1]
+variants: {plain: [], bn_after_add: [model.kwargs.bn_after_add=true]}
+""")
+    # one torch thread per run in both, so the arithmetic is the same
+    assert main(["study", str(study), "--out", str(tmp_path / "p1"), "--threads", "1"]) == 0
+    assert main(["study", str(study), "--out", str(tmp_path / "p2"), "--parallel", "2", "--threads", "1"]) == 0
+    sequential, parallel = read_csv(tmp_path / "p1/report/results.csv"), read_csv(tmp_path / "p2/report/results.csv")
+    for row in (*sequential.values(), *parallel.values()):
+        del row["train_time_s"]
+    assert parallel == sequential
+    assert json.loads((tmp_path / "p2/plain/seed1/env.json").read_text())["num_threads"] == 1
+
+
+def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
+    write_recipe(tmp_path)
+    study = write_study(tmp_path, "base: tiny.yaml\nseeds: [3]\nvariants: {a: [], b: [optim.lr=0.05]}\n")
+    assert main(["study", str(study), "--out", str(tmp_path / "out"), "--dry-run", "--set", "train.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs" in out and "new         a/seed3" in out and "b/seed3: optim.lr=0.05" in out
+    assert "train.epochs=1" in out
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, args, message", [
+    ("base: tiny.yaml\nvariants: {a: []}\nseed: [1]\n", [], "unknown study key 'seed'; did you mean: seeds?"),
+    ("base: tiny.yaml\nvariants: {a: []}\noptim: {lr: 1}\n", [], "training config keys go in `overrides:`"),
+    ("base: tiny.yaml\nvariants: {a: []}\nreport: {metrc: top1}\n", [], "'report.metrc'; did you mean: report.metric"),
+    ("base: tiny.yaml\nvariants: {a: []}\nreport: {columns: [flops]}\n", [], "report.columns: unknown 'flops'"),
+    ("base: tiny.yaml\nvariants: {a: [optim.lrr=1]}\n", [], "variant 'a': --set optim.lrr=1: unknown config key"),
+    ("base: tiny.yaml\nvariants: {a: []}\nseeds: [0, 0]\n", [], "all different"),
+    ("base: tiny.yaml\nvariants: {a: []}\n", ["--set", "train.seed=3"], "the study sets train.seed itself"),
+    ("base: tiny.yaml\nvariants: {a: []}\n", ["--data", "imagenet"], "not a data preset; presets: cifar10"),
+    ("base: tiny.yaml\nvariants: {a: []}\n", ["--budget", "gpu"], "budget='gpu': not in budgets"),
+    ("base: tiny.yaml\nvariants: {a: []}\n", ["--variants", "b"], "--variants: b not in"),
+    ("base: nothere.yaml\nvariants: {a: []}\n", [], "base: recipe 'nothere.yaml' not found"),
+    ("base: tiny.yaml\nvariants: {a/b: []}\n", [], "must be a plain folder name"),
+])
+def test_study_errors_name_the_key_and_file(tmp_path, capsys, text, args, message):
+    write_recipe(tmp_path)
+    study = write_study(tmp_path, text)
+    assert main(["study", str(study), "--out", str(tmp_path / "out"), "--dry-run", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    if "--set" not in args and "--variants" not in args and "--data" not in args and "--budget" not in args:
+        assert str(study) in err
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_studies_plan_on_fashion_mnist(name, tmp_path):
+    """Every shipped study's runs are valid configs, with the data preset and the CPU budget applied."""
+    from deepres.studies import with_selection
+
+    study = with_selection(load_study(name), data="fashion_mnist", budget="cpu", seeds=[0, 1])
+    plan = plan_study(study, tmp_path)
+    assert len(plan) == 2 * len(study.variants)
+    cfg = plan[0].config
+    assert (cfg.data.name, cfg.data.image_size, cfg.data.mean, cfg.train.epochs, cfg.train.max_iters) == \
+        ("fashion_mnist", 28, (0.286,), 6, 0)
+    assert len({str(p.run_dir) for p in plan}) == len(plan)
+    assert [p.config.train.seed for p in plan[:2]] == [0, 1]
+    default = plan_study(load_study(name), tmp_path)  # as shipped: the base recipe's data and schedule
+    assert default[0].config.data.name == "cifar10" and default[0].config.train.max_iters == 64000
