@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from deepres.cli import main
-from deepres.export import read_metadata
+from deepres.export import load_model, preprocess_from_metadata, read_metadata
 from deepres.models import create_model
 from deepres.train.checkpoint import save_checkpoint
 from deepres.train.config import Config, config_to_dict
 
 CLASSES = [f"class_{i}" for i in range(10)]
+# torch 2.13 deprecates torch.jit; these tests load TorchScript files on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,9 @@ def test_onnx_export_has_dynamic_batch_and_metadata(run_dir, tmp_path, capsys):
     meta = read_metadata(out)
     assert meta["class_names"] == CLASSES and meta["input_size"] == [1, 28, 28]
     assert meta["mean"] == [0.2860] and meta["std"] == [0.3530] and meta["normalize"] == "meanstd"
-    assert meta["resize_shorter"] is None and meta["center_crop"] is None and meta["model"] == "resnet20"
+    assert meta["resize"] == 28 and meta["crop_size"] == 28 and meta["model"] == "resnet20"
+    pp = preprocess_from_metadata(meta)  # the same transform deepres predict applies to this checkpoint
+    assert pp == load_model(run).preprocess
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "export"])
@@ -88,7 +92,8 @@ def test_plain_state_dict_needs_model_name(tmp_path, capsys):
     assert "--model" in capsys.readouterr().err
     assert main(["export", str(weights), "--model", "resnet20", "--exporter", "legacy"]) == 0
     meta = read_metadata(tmp_path / "plain.onnx")  # default name: beside the checkpoint
-    assert meta["input_size"] == [3, 32, 32] and meta["num_classes"] == 7 and meta["class_names"] == []
+    assert meta["input_size"] == [3, 32, 32] and meta["num_classes"] == 7
+    assert meta["class_names"] == [str(i) for i in range(7)] and meta["resize"] == meta["crop_size"] == 32
 
 
 def test_read_metadata_rejects_foreign_files(tmp_path):

@@ -192,10 +192,17 @@ def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: 
     (its first `limit` images; 0 = all). int8 calibrates on `calibration_images` training images."""
     from deepres.data import build_loaders
     from deepres.export import load_model
-    from deepres.train.config import apply_overrides
+    from deepres.train.checkpoint import load_weights, resolve_checkpoint
+    from deepres.train.config import apply_overrides, config_from_dict
 
-    model, cfg, _, path = load_model(checkpoint)
+    path = resolve_checkpoint(str(checkpoint))
+    metadata = load_weights(path)[1] if path.suffix == ".safetensors" else {}
+    if not metadata.get("config"):
+        raise ValueError(f"--agreement-checkpoint {checkpoint}: no deepres config inside {path}, so the test set "
+                         f"is unknown; give a deepres run directory or .safetensors checkpoint")
+    cfg = config_from_dict(metadata["config"], where=f"{path} metadata")
     cfg = apply_overrides(cfg, [f"data.eval_batch_size={batch_size}", f"data.limit_val={limit}"])
+    model = load_model(path)
     train_loader, eval_loader, _ = build_loaders(cfg.data, torch.device("cpu"), seed=cfg.train.seed)
     images, labels = [], []
     for x, y in eval_loader:

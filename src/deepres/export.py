@@ -27,65 +27,55 @@ import torch.nn as nn
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "export": ".pt2"}
 METADATA_FILE = "deepres.json"  # extra file inside TorchScript and .pt2 archives
-# Every metadata key; values are JSON. A reader applies: resize shorter side to `resize_shorter` (if not null),
-# center-crop `center_crop` (if not null), then `normalize` ("meanstd": (x/255 - mean)/std; "mean": x - 255*mean).
-METADATA_KEYS = ("model", "input_size", "resize_shorter", "center_crop", "normalize", "mean", "std", "class_names",
-                 "num_classes", "input_layout", "deepres_format")
+# Every metadata key; values are JSON. They are deepres.inference.Preprocess's fields: shorter side to `resize`,
+# centre `crop_size` square, then `normalize` ("meanstd": (x/255 - mean)/std; "mean": x - 255*mean).
+METADATA_KEYS = ("model", "input_size", "resize", "crop_size", "interpolation", "normalize", "mean", "std",
+                 "class_names", "num_classes", "input_layout", "deepres_format")
 DEFAULT_TOLERANCE = 1e-4  # max |exported - PyTorch| logit error allowed, times max(1, largest |logit|)
 
 
 # ---------------------------------------------------------------------------------- checkpoint -> model
 
 
-def load_model(checkpoint: str | Path, model_name: str | None = None, overrides: list[str] | tuple[str, ...] = ()):
-    """(eval-mode fp32 CPU model, resolved Config, class names or None, weights path) of a deepres run directory,
-    a deepres .safetensors checkpoint (config inside), or a plain state dict together with `model_name`."""
-    from deepres.eval.cli import load_for_eval, resolve_checkpoint
-    from deepres.models import create_model, default_input_size, load_pretrained
-    from deepres.models.weights import remap_keys
-    from deepres.train.config import apply_overrides
-    from deepres.train.loop import build_model
+def load_model(checkpoint: str | Path, model_name: str | None = None) -> nn.Module:
+    """The fp32 CPU classifier of a deepres run directory or checkpoint (config inside), published weights
+    (arch.tag), or a plain state dict together with `model_name`; with `.preprocess` and `.class_names`
+    (deepres.inference.init_model)."""
+    from deepres.inference import init_model
 
-    path = resolve_checkpoint(str(checkpoint))
-    cfg, state_dict, classes = load_for_eval(path, model_name)
-    if not cfg.model.num_classes or not cfg.model.in_chans:
-        # A plain state dict: its classifier and stem conv say how many classes and input channels it has, and
-        # the registry gives the model's default resolution (override with --set data.image_size=...).
-        probe = create_model(cfg.model.name)
-        keys = remap_keys(dict(state_dict))
-        classifier, first_conv = f"{probe.classifier}.weight", probe.first_conv
-        cfg.model.num_classes = int(keys[classifier].shape[0]) if classifier in keys else probe.num_classes
-        cfg.model.in_chans = int(keys[first_conv].shape[1]) if first_conv in keys else 3
-        cfg.data.image_size = default_input_size(cfg.model.name)[1]
-    cfg = apply_overrides(cfg, [*overrides, "train.channels_last=false"])
-    model = build_model(cfg, torch.device("cpu"))
-    report = load_pretrained(model, state_dict)
-    if report["dropped"]:
-        raise ValueError(f"{path}: its classifier ({', '.join(report['dropped'])}) does not fit "
-                         f"model.num_classes={cfg.model.num_classes}")
-    return model.eval(), cfg, classes, path
+    if model_name:
+        return init_model(model_name, checkpoint=checkpoint, device="cpu")
+    return init_model(str(checkpoint), device="cpu")
 
 
-def preprocessing_metadata(cfg, classes: list[str] | None) -> dict:
-    """What an image must go through before the exported model sees it, from the config's data block."""
-    from deepres.data.transforms import parse_eval_preset
-
-    d = cfg.data
-    resize_crop = parse_eval_preset(d.eval_preset, d.image_size)
-    side = resize_crop[1] if resize_crop else d.image_size
+def preprocessing_metadata(model: nn.Module) -> dict:
+    """What an image goes through before the exported model sees it (the model's Preprocess), and its classes."""
+    pp = model.preprocess
+    source = getattr(model, "pretrained_cfg", {}) or {}
     return {
-        "model": cfg.model.name,
-        "input_size": [cfg.model.in_chans, side, side],
-        "resize_shorter": resize_crop[0] if resize_crop else None,
-        "center_crop": resize_crop[1] if resize_crop else None,
-        "normalize": d.normalize,
-        "mean": list(d.mean),
-        "std": list(d.std),
-        "class_names": list(classes) if classes else [],
-        "num_classes": cfg.model.num_classes,
-        "input_layout": "NCHW float32, RGB (or gray for 1 channel), pixel values 0-255 before normalisation",
+        "model": source.get("model") or source.get("name") or type(model).__name__,
+        "input_size": list(pp.input_size),
+        "resize": pp.resize,
+        "crop_size": pp.crop_size,
+        "interpolation": pp.interpolation,
+        "normalize": pp.normalize,
+        "mean": list(pp.mean),
+        "std": list(pp.std),
+        "class_names": list(model.class_names),
+        "num_classes": len(model.class_names),
+        "input_layout": "float32 NCHW: shorter side to resize, centre crop_size square (antialiased "
+                        "interpolation), then meanstd (x/255 - mean)/std or mean x - 255*mean, x on 0-255",
         "deepres_format": 1,
     }
+
+
+def preprocess_from_metadata(metadata: dict):
+    """The deepres.inference.Preprocess recorded in an exported file's metadata (see read_metadata)."""
+    from deepres.inference import Preprocess
+
+    return Preprocess(resize=metadata["resize"], crop_size=metadata["crop_size"],
+                      interpolation=metadata["interpolation"], mean=tuple(metadata["mean"]),
+                      std=tuple(metadata["std"]), in_chans=metadata["input_size"][0], normalize=metadata["normalize"])
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -261,8 +251,9 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a deepres run directory or .safetensors checkpoint (config inside), or "
-                                           "any .pth/.safetensors state dict together with --model")
+    parser.add_argument("checkpoint", help="a deepres run directory or .safetensors checkpoint (config inside), "
+                                           "published weights arch.tag, or any .pth/.safetensors state dict "
+                                           "together with --model")
     parser.add_argument("--format", choices=tuple(FORMATS), default="onnx",
                         help="onnx (dynamic batch, checked with ONNX Runtime), torchscript (torch.jit.trace), or "
                              "export (torch.export .pt2)")
@@ -275,15 +266,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(TorchScript-based, deprecated)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="max |exported - PyTorch| logit error allowed, times max(1, largest |logit|)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. --set data.eval_preset=224_256 for a plain state dict")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
 
+def default_output(checkpoint: str, format: str) -> Path:
+    """Beside the checkpoint file (a run directory's best/last weights), named after it: best.onnx, ..."""
+    from deepres.train.checkpoint import resolve_checkpoint
+
+    path = Path(checkpoint)
+    if not path.exists():  # published weights or a model name: the current directory
+        return Path(checkpoint.replace("/", "_") + FORMATS[format])
+    path = resolve_checkpoint(checkpoint)
+    return path.with_name(path.name.split(".")[0] + FORMATS[format])
+
+
 def run(args: argparse.Namespace) -> int:
-    model, cfg, classes, path = load_model(args.checkpoint, args.model, args.overrides)
-    metadata = preprocessing_metadata(cfg, classes)
-    out = Path(args.out) if args.out else path.with_name(path.name.split(".")[0] + FORMATS[args.format])
+    model = load_model(args.checkpoint, args.model)
+    metadata = preprocessing_metadata(model)
+    out = Path(args.out) if args.out else default_output(args.checkpoint, args.format)
     try:
         result = export_model(model, out, format=args.format, metadata=metadata, opset=args.opset,
                               exporter=args.exporter, force=args.force, tolerance=args.tolerance)
@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"deepres export: error: {e}", file=sys.stderr)
         return 1
     c, h, w = metadata["input_size"]
-    print(f"wrote {result['path']} ({cfg.model.name}, input [batch, {c}, {h}, {w}], {args.format}); max abs "
+    print(f"wrote {result['path']} ({metadata['model']}, input [batch, {c}, {h}, {w}], {args.format}); max abs "
           f"logit error vs PyTorch {result['max_abs_error']:.3g} on batches "
           f"{', '.join(map(str, result['errors']))}")
     return 0
