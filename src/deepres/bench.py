@@ -132,7 +132,7 @@ def run_batches(runner: Callable, images: torch.Tensor, batch_size: int) -> torc
 # ------------------------------------------------------------------------------------------ the benchmark
 
 
-def benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, seconds: float = 3.0,
+def benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, seconds: float = 2.0,
               min_iterations: int = 5, max_iterations: int = 200, agreement_images: int = 32, seed: int = 0,
               log=print) -> list[BenchRow]:
     """Time every path on every case; paths of one model share the prepared runners across batch sizes."""
@@ -300,7 +300,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="also time bf16_compile (torch.compile, inductor "
                                                                "with freezing; compile time reported apart)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="time each path for about this long (s)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time each path and batch for about this long, s "
+                        "(default 2)")
     parser.add_argument("--min-iterations", type=int, default=5, help="timed calls at least (default 5)")
     parser.add_argument("--max-iterations", type=int, default=200, help="timed calls at most (default 200)")
     parser.add_argument("--agreement-images", type=int, default=32,
