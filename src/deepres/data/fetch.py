@@ -70,12 +70,9 @@ def canonical_name(name: str) -> str:
 
 
 def md5sum(path) -> str:
-    """Hex md5 of a file, read in 1 MiB chunks."""
-    digest = hashlib.md5()
+    """Hex md5 of a file."""
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def package_md5s(source: Source) -> dict[str, str]:

@@ -130,12 +130,9 @@ def default_cache_dir() -> Path:
 
 
 def sha256sum(path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+    """Hex sha256 of a file."""
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _hash_matches(record: PretrainedWeights, actual: str) -> bool:
