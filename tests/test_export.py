@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from deepres.cli import main
-from deepres.export import load_model, preprocess_from_metadata, read_metadata
+from deepres.export import export_model, load_model, preprocess_from_metadata, preprocessing_metadata, read_metadata
 from deepres.models import create_model
 from deepres.train.checkpoint import save_checkpoint
 from deepres.train.config import Config, config_to_dict
@@ -103,3 +103,14 @@ def test_read_metadata_rejects_foreign_files(tmp_path):
     torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.randn(1, 2)), str(plain))
     with pytest.raises(KeyError, match="deepres.json"):
         read_metadata(plain)
+
+
+def test_export_model_leaves_the_model_as_it_was(run_dir, tmp_path):
+    _, model = run_dir
+    model.train()
+    try:
+        metadata = preprocessing_metadata(load_model(run_dir[0]))
+        result = export_model(model, tmp_path / "m.pt", format="torchscript", metadata=metadata, log=lambda s: None)
+        assert model.training and result["max_abs_error"] <= 1e-5  # exported in eval mode, from a copy
+    finally:
+        model.eval()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -84,7 +85,8 @@ def preprocess_from_metadata(metadata: dict):
 def export_model(model: nn.Module, out: str | Path, *, format: str, metadata: dict, opset: int | None = None,
                  exporter: str = "dynamo", force: bool = False, tolerance: float = DEFAULT_TOLERANCE,
                  check_batch_sizes: tuple[int, ...] = (1, 3), log=print) -> dict:
-    """Export `model` (fp32, eval) to `out`, check the file against PyTorch, and return {path, max_abs_error, ...}.
+    """Export `model` in eval mode, fp32, on the CPU (a copy if it is not so already; the model is never changed)
+    to `out`, check the file against PyTorch, and return {path, max_abs_error, ...}.
 
     The file is written beside `out` under a temporary name and renamed only after the check passes, so a failed
     export leaves nothing behind; an existing `out` is refused unless `force`.
@@ -100,7 +102,7 @@ def export_model(model: nn.Module, out: str | Path, *, format: str, metadata: di
         raise ValueError(f"--out {out}: torch.export archives must end in .pt2 (torch.export.load requires it)")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output directory {out.parent} does not exist")
-    model = model.eval().float().cpu()
+    model = _fp32_cpu_eval(model)
     c, h, w = metadata["input_size"]
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, c, h, w, generator=generator)
@@ -141,6 +143,14 @@ def export_model(model: nn.Module, out: str | Path, *, format: str, metadata: di
         tmp.unlink(missing_ok=True)
     return {"path": str(out), "format": format, "max_abs_error": max(errors.values()), "errors": errors,
             "exporter": exporter if format == "onnx" else None}
+
+
+def _fp32_cpu_eval(model: nn.Module) -> nn.Module:
+    tensors = list(model.parameters()) + list(model.buffers())
+    ready = all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point()) for t in tensors)
+    if ready and not any(m.training for m in model.modules()):
+        return model
+    return copy.deepcopy(model).eval().float().cpu()
 
 
 def _write_onnx(model, example, path: Path, metadata: dict, opset: int | None, exporter: str) -> None:
