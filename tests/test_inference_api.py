@@ -2,6 +2,7 @@
 
 The Fashion-MNIST test trains a ResNet-20 for a few steps on the real data and checks that inference_model on
 PNG files gives exactly the predictions of the evaluation loader path (`deepres eval`)."""
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 from deepres import extract_feat, inference_model, init_model
 from deepres.data import BadImageError, FASHION_MNIST_CLASSES, build_loaders, read_fashion_mnist
 from deepres.data.imagenet_classes import imagenet_class_names, imagenet_synsets
+from deepres.fastpath import auto_dtype
 from deepres.inference import Preprocess
 from deepres.models import create_model
 
@@ -161,7 +163,7 @@ def test_init_model_from_pth_checkpoint_reads_classes_and_channels(tmp_path):
     trained = create_model("resnet20", num_classes=7, in_chans=1).eval()
     path = tmp_path / "gray7.pth"
     torch.save({"state_dict": trained.state_dict()}, path)
-    model = init_model("resnet20", checkpoint=path)
+    model = init_model("resnet20", checkpoint=path, fast=False)  # fp32 as is: compared at 1e-5
     assert model.num_classes == 7 and model.preprocess.in_chans == 1 and len(model.class_names) == 7
     image = random_pixels(32, 32, channels=1, seed=3)
     x = (torch.from_numpy(image)[None, None].float() / 255 - np.mean(model.preprocess.mean)) / np.mean(
@@ -188,6 +190,82 @@ def test_imagenet_class_names_file():
     assert synsets[0] == "n01440764" and synsets[999] == "n15075141" and synsets == sorted(synsets)
     assert names[134] == "crane bird" and names[517] == "crane"  # the duplicated lemma, told apart
     assert init_model("resnet18").class_names == names  # any 1000-class model gets the ImageNet names
+
+
+# ------------------------------------------------------------------------------------ the fast path
+def probabilities(result) -> dict[int, float]:
+    return dict(zip(result["top_k_labels"], result["top_k_scores"]))
+
+
+def assert_close_probabilities(result, reference, atol):
+    got, want = probabilities(result), probabilities(reference)
+    assert got.keys() == want.keys()
+    for label in want:
+        assert abs(got[label] - want[label]) <= atol, (label, got[label], want[label])
+
+
+def test_default_fast_path_is_prepared_on_use_and_follows_the_weights():
+    torch.manual_seed(0)
+    model = init_model("resnet20")
+    assert model.fast_path.mode == "auto" and model.fast_path.runner is None  # nothing prepared yet
+    exact = init_model("resnet20", fast=False)
+    assert exact.fast_path is None
+    exact.load_state_dict(model.state_dict())
+    image = random_pixels(32, 32, seed=4)
+
+    result = inference_model(model, image, top_k=10)
+    runner, info = model.fast_path.runner, model.fast_path.info
+    assert info.dtype == auto_dtype(torch.device("cpu")) and info.channels_last
+    assert info.bn_folded == 19 and not info.bn_kept  # ResNet-20: stem + 9 blocks x 2, option-A shortcuts
+    assert_close_probabilities(result, inference_model(exact, image, top_k=10), atol=0.02)
+    inference_model(model, [image, image])
+    assert model.fast_path.runner is runner  # same weights: not prepared again
+
+    with torch.no_grad():  # an in-place change of the weights
+        model.fc.bias[3] += 100
+    assert inference_model(model, image)["pred_label"] == 3
+    assert model.fast_path.runner is not runner
+
+    torch.manual_seed(5)  # new weights through load_state_dict
+    other = create_model("resnet20").eval()
+    model.load_state_dict(other.state_dict())
+    exact.load_state_dict(other.state_dict())
+    assert_close_probabilities(inference_model(model, image, top_k=10), inference_model(exact, image, top_k=10),
+                               atol=0.02)
+
+    twin = copy.deepcopy(model)  # a copy keeps the setting, not the prepared runner
+    assert twin.fast_path.mode == "auto" and twin.fast_path.runner is None
+    assert inference_model(twin, image)["pred_label"] == inference_model(model, image)["pred_label"]
+
+
+def test_fast_path_options_and_their_errors(tmp_path):
+    model = init_model("resnet20", fast="fp32")
+    image = random_pixels(32, 32, seed=6)
+    exact = init_model("resnet20", fast=False)
+    exact.load_state_dict(model.state_dict())
+    assert_close_probabilities(inference_model(model, image, top_k=10), inference_model(exact, image, top_k=10),
+                               atol=1e-5)  # fp32: BN folding and channels_last only
+    assert model.fast_path.info.dtype == "fp32"
+    with pytest.raises(ValueError, match="fast must be one of"):
+        init_model("resnet20", fast="fp16")
+    with pytest.raises(ValueError, match="needs calibration images"):
+        init_model("resnet20", fast="int8")
+    with pytest.raises(ValueError, match="fast='int8' only"):
+        init_model("resnet20", calibration=[image])
+    with pytest.raises(ValueError, match="compile=True needs a fast path"):
+        init_model("resnet20", fast=False, compile=True)
+
+
+def test_int8_calibrates_on_images_and_samples_large_sets(tmp_path):
+    folder = tmp_path / "calibration"
+    paths = [write_image(folder / f"{i:02d}.png", size=(36, 36), seed=i) for i in range(8)]
+    model = init_model("resnet20", fast="int8", calibration=folder)
+    assert model.fast_path.calibration == paths
+    results = inference_model(model, paths)
+    assert len(results) == 8 and all(0 <= r["pred_label"] < 10 for r in results)
+    assert model.fast_path.info.dtype == "int8" and "int8" in model.fast_path.info.steps[-1]
+    many = init_model("resnet20", fast="int8", calibration=list(range(1000)))  # sampled, not all kept
+    assert many.fast_path.calibration == [int(i * 1000 / 256) for i in range(256)]
 
 
 # ------------------------------------------------------------------------------------ Fashion-MNIST check
@@ -218,7 +296,7 @@ def fashion_run(tmp_path_factory):
 
 def test_fashion_mnist_predictions_equal_the_eval_loader_path(fashion_run):
     run_dir, folder, cfg = fashion_run
-    model = init_model(run_dir)
+    model = init_model(run_dir, fast=False)  # the fp32 model as is: the eval loader's numbers to 1e-5
     assert model.class_names == FASHION_MNIST_CLASSES
     assert model.preprocess == Preprocess(resize=28, crop_size=28, mean=(0.2860,), std=(0.3530,), in_chans=1)
     assert model.conv1.weight.is_contiguous()  # channels_last of the training run did not leak
@@ -231,6 +309,15 @@ def test_fashion_mnist_predictions_equal_the_eval_loader_path(fashion_run):
     got = torch.tensor([r["pred_score"] for r in results])
     torch.testing.assert_close(got, loader_probs.max(1).values, atol=1e-5, rtol=0)
     assert len(set(r["pred_label"] for r in results)) > 1  # the model learned something beyond one class
+
+    # The default fast path (bf16 on this CPU): the same predictions up to bf16 rounding. A label may differ
+    # only where fp32's top two probabilities are within the rounding.
+    fast = inference_model(init_model(run_dir), folder, top_k=3, batch_size=32)
+    top2 = loader_probs.topk(2, dim=1).values
+    for i, (result, exact) in enumerate(zip(fast, results)):
+        assert abs(result["pred_score"] - exact["pred_score"]) < 0.03, i
+        close_call = top2[i, 0] - top2[i, 1] < 0.03
+        assert result["pred_label"] == exact["pred_label"] or close_call, i
 
 
 def test_fashion_mnist_checkpoint_file_and_recipe_give_the_same_model(fashion_run):

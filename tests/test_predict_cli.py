@@ -84,6 +84,29 @@ def test_predict_bad_images_stop_or_are_marked_failed(run_dir, images, tmp_path,
     assert len(rows) == 5 and len(failed) == 1 and "not an image" in failed[0][-1] and failed[0][1] == ""
 
 
+def test_predict_precision_switches(run_dir, images, tmp_path, capsys):
+    assert main(["predict", str(images), "--model", str(run_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "fast path: " in err and "fold_bn" in err  # the default: bf16 or fp32 by CPU, BN folded either way
+    assert main(["predict", str(images), "--model", str(run_dir), "--precision", "eager"]) == 0
+    out, err = capsys.readouterr()
+    assert "fast path" not in err
+    exact = inference_model(init_model(run_dir, fast=False), images, top_k=1)
+    assert [line.split("\t")[0] for line in out.strip().splitlines()] == [r["path"] for r in exact]
+    assert [float(line.split("\t")[2]) for line in out.strip().splitlines()] == pytest.approx(
+        [r["pred_score"] for r in exact], abs=1e-4)
+    assert main(["predict", str(images), "--model", str(run_dir), "--precision", "int8",
+                 "--calibration", str(images)]) == 0
+    assert "fast path: int8" in capsys.readouterr().err
+    assert main(["predict", str(images), "--model", str(run_dir), "--precision", "int8"]) == 2
+    assert "--calibration" in capsys.readouterr().err
+    assert main(["predict", str(images), "--model", str(run_dir), "--calibration", str(images)]) == 2
+    assert "--precision int8 only" in capsys.readouterr().err
+    assert main(["predict", str(images), "--model", str(run_dir), "--precision", "int8", "--calibration",
+                 str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
 def test_predict_user_errors_are_one_line(run_dir, images, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "nope.png"), "--model", str(run_dir)]) == 2
     assert "no such file or folder" in capsys.readouterr().err

@@ -45,8 +45,8 @@ def load_model(checkpoint: str | Path, model_name: str | None = None) -> nn.Modu
     from deepres.inference import init_model
 
     if model_name:
-        return init_model(model_name, checkpoint=checkpoint, device="cpu")
-    return init_model(str(checkpoint), device="cpu")
+        return init_model(model_name, checkpoint=checkpoint, device="cpu", fast=False)
+    return init_model(str(checkpoint), device="cpu", fast=False)
 
 
 def preprocessing_metadata(model: nn.Module) -> dict:

@@ -19,6 +19,8 @@ import torch.fx
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from deepres.models.base import module_device
+
 MODES = ("auto", "eager", "fp32", "bf16", "int8")
 
 
@@ -184,7 +186,7 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if len(example_input_size) != 3:
         raise ValueError(f"example_input_size must be (channels, height, width), got {tuple(example_input_size)}")
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else module_device(model)
     dtype = auto_dtype(device) if mode == "auto" else {"eager": "fp32"}.get(mode, mode)
     if dtype == "int8" and device.type != "cpu":
         raise ValueError(f"mode='int8' runs on the CPU only (x86 quantized kernels), not on {device}")
@@ -236,17 +238,10 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
         was_training = reference.training
         reference.eval()
         with torch.inference_mode():
-            expected = reference(example.to(_device_of(reference))).float().to(device)
+            expected = reference(example.to(module_device(reference))).float().to(device)
         reference.train(was_training)
         info.max_abs_error = float((runner(example) - expected).abs().max())
     return runner, info
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    tensor = next(model.parameters(), None)
-    if tensor is None:
-        tensor = next(model.buffers(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def _compile_frozen(module: nn.Module) -> Callable:

@@ -18,6 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from deepres.models.base import module_device
+
 
 def make_views(images: torch.Tensor, scales: Sequence[int] = (), flip: bool = False) -> list[torch.Tensor]:
     """The test-time views of a batch: each scale (square, bilinear + antialias) and, with `flip`, its mirror."""
@@ -77,7 +79,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     if distributed:
         if metrics is None:  # a rank whose shard is empty still takes part in the sums
-            metrics = _Accumulators(num_classes, top_k, _model_device(model))
+            metrics = _Accumulators(num_classes, top_k, module_device(model))
         metrics.all_reduce()
     if metrics is None or metrics.count == 0:
         raise ValueError("evaluate: the loader yielded no images")
@@ -110,14 +112,6 @@ def _summed(per_image_loss: torch.Tensor) -> torch.Tensor:
     # Summed in float64: the float32 per-image values then add up exactly in practice, so the total does not
     # depend on how images are grouped into batches or shared between ranks.
     return per_image_loss.double().sum()
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 class _Accumulators:

@@ -1,12 +1,15 @@
 """mmpretrain-style inference: `init_model` builds a classifier with its preprocessing and class names,
 `inference_model` classifies images, `extract_feat` returns pooled or per-stage features.
 
-Every forward pass goes through `forward_batch`, the one place a faster path (folded BN, channels_last, bf16,
-an exported graph) can be plugged in.
+Every classification forward pass goes through `forward_batch`. By default it runs deepres's CPU/GPU fast path
+(deepres.fastpath: BatchNorm folded into the convolutions, channels_last, bf16 where the hardware computes it
+natively), prepared on first use from the model's current weights and prepared again whenever those weights,
+their device or dtype change. `init_model(..., fast=False)` (or `set_fast_path(model, False)`) runs the model as
+it is, in fp32.
 """
 import logging
 import os
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,7 +21,8 @@ from deepres.data.formats import FASHION_MNIST_CLASSES, MNIST_CLASSES
 from deepres.data.images import IMAGE_EXTENSIONS, BadImageError
 from deepres.data.imagenet_classes import imagenet_class_names
 from deepres.data import transforms as T
-from deepres.models import create_model, default_input_size, list_models, load_pretrained, read_state_dict
+from deepres.models import create_model, default_input_size, list_models, load_pretrained, module_device, \
+    read_state_dict
 from deepres.models.pretrained import get_pretrained, is_pretrained_name, load_pretrained_weights
 from deepres.models.weights import remap_keys
 
@@ -48,9 +52,16 @@ def _format_defaults(data) -> tuple[int, int, list[str] | None] | None:
 
 # ---------------------------------------------------------------------------------------------- init_model
 def init_model(model_or_recipe, checkpoint=None, device="cpu", *, preprocess: Preprocess | None = None,
-               class_names: list[str] | None = None) -> nn.Module:
+               class_names: list[str] | None = None, fast: bool | str = "auto", compile: bool = False,
+               calibration=None) -> nn.Module:
     """A classifier in eval mode on `device`, with `model.preprocess` (Preprocess), `model.class_names` and
     `model.pretrained_cfg` (where the weights came from).
+
+    fast: how inference_model runs it (see set_fast_path): "auto" (default; bf16 where the CPU/GPU computes it
+    natively, else fp32, BN folded and channels_last either way), "fp32", "bf16", "int8" (CPU; needs
+    `calibration`: a few hundred images of any kind inference_model takes), or False (the model as is, fp32).
+    compile: add torch.compile (compiles once per batch size: worth it for large jobs). The model itself keeps
+    its fp32 weights: extract_feat, export and training use it unchanged.
 
     model_or_recipe: a deepres run directory or .safetensors checkpoint (config and classes inside), a weights
     name "arch.tag" (list_pretrained(); downloaded and verified), a registered model name (random weights unless
@@ -76,7 +87,9 @@ def init_model(model_or_recipe, checkpoint=None, device="cpu", *, preprocess: Pr
     if num_classes and len(names) != num_classes:
         raise ValueError(f"{len(names)} class names for a model with {num_classes} classes")
     model.preprocess, model.class_names, model.pretrained_cfg = pp, list(names), source
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    set_fast_path(model, fast, compile=compile, calibration=calibration)
+    return model
 
 
 def _resolve(spec: str, checkpoint):
@@ -275,19 +288,104 @@ def _load_strict(model: nn.Module, state_dict, where: str) -> None:
                          f"dropped); inference needs the trained classifier")
 
 
+# ------------------------------------------------------------------------------------------ the fast path
+MAX_CALIBRATION_IMAGES = 256  # int8 calibration: more images than this are sampled evenly
+
+
+@dataclass
+class FastPath:
+    """How forward_batch runs a model (deepres.fastpath.prepare_for_inference options) and, once prepared, the
+    runner with the weights it was prepared from: `info` says what was applied."""
+
+    mode: str
+    compile: bool = False
+    calibration: list | None = None  # int8: the images to calibrate on (any kind inference_model takes)
+    runner: object = None
+    info: object = None
+    prepared_from: tuple = field(default=(), repr=False)  # (tensor identity, version, device, dtype) of the weights
+
+    def __deepcopy__(self, memo):  # a copied model keeps the setting and prepares its own runner
+        return FastPath(self.mode, self.compile, self.calibration)
+
+    def __getstate__(self):  # torch.save(model) / pickling: the setting, not the prepared copy
+        return {**self.__dict__, "runner": None, "info": None, "prepared_from": ()}
+
+
+def set_fast_path(model: nn.Module, fast: bool | str = "auto", *, compile: bool = False, calibration=None) -> None:
+    """Choose how inference_model / forward_batch run `model`: fast = "auto" | "fp32" | "bf16" | "int8" (see
+    deepres.fastpath.prepare_for_inference), or False / "eager" for the model as is. The fast runner is a
+    prepared copy, made on the next forward pass and made again when the model's weights change (in place, by
+    load_state_dict, or by moving the model), so it never runs stale weights."""
+    from deepres.fastpath import MODES
+
+    mode = "auto" if fast is True else "eager" if fast is False or fast is None else fast
+    if mode not in MODES:
+        raise ValueError(f"fast must be one of {', '.join(MODES)} or True/False, got {fast!r}")
+    if mode == "int8":
+        if calibration is None:
+            raise ValueError("fast='int8' needs calibration images (a few hundred real images of the kind you will "
+                             "classify: paths, a folder, PIL images, arrays or tensors): pass calibration=...")
+        calibration, _ = expand_inputs(calibration)
+        if not calibration:
+            raise ValueError("fast='int8': the calibration images are empty")
+        if len(calibration) > MAX_CALIBRATION_IMAGES:  # evenly spaced, so a sorted class-folder tree mixes classes
+            step = len(calibration) / MAX_CALIBRATION_IMAGES
+            calibration = [calibration[int(i * step)] for i in range(MAX_CALIBRATION_IMAGES)]
+    elif calibration is not None:
+        raise ValueError(f"calibration images are used by fast='int8' only, not fast={fast!r}")
+    if compile and mode in ("eager", "int8"):
+        raise ValueError(f"compile=True needs a fast path to compile (fast='auto', 'fp32' or 'bf16'), not {fast!r}")
+    if not isinstance(getattr(model, "preprocess", None), Preprocess):
+        raise ValueError("set_fast_path needs model.preprocess (the input size); build the model with init_model()")
+    model.fast_path = None if mode == "eager" else FastPath(mode, compile, calibration)
+
+
+def _weights_signature(model: nn.Module) -> tuple:
+    # Tensor version counters move on every in-place write (load_state_dict, an optimizer step, copy_), and
+    # .to() makes new tensors: any of these makes the prepared copy stale.
+    return tuple((id(t), t._version, t.device, t.dtype) for t in (*model.parameters(), *model.buffers()))
+
+
+def _fast_runner(model: nn.Module, batch_size: int):
+    """The prepared fast-path runner of `model`, made (again) when its weights changed; None: run it as is."""
+    state = getattr(model, "fast_path", None)
+    if state is None:
+        return None
+    signature = _weights_signature(model)
+    if state.runner is not None and state.prepared_from == signature:
+        return state.runner
+    from deepres.fastpath import prepare_for_inference
+
+    pp = _preprocess_of(model)
+    calibration = None
+    if state.mode == "int8":
+        calibration = [torch.stack([preprocess_image(item, pp) for item in chunk])
+                       for chunk in _batches(state.calibration, 32)]
+    options = dict(example_input_size=(pp.in_chans, pp.crop_size, pp.crop_size), mode=state.mode,
+                   compile=state.compile, calibration=calibration, device=module_device(model),
+                   example_batch_size=batch_size if state.compile else 2)
+    try:
+        state.runner, state.info = prepare_for_inference(model, **options)
+    except ValueError as error:
+        if "cannot trace" not in str(error):
+            raise
+        log.warning("fast path without BatchNorm folding: %s", error)
+        state.runner, state.info = prepare_for_inference(model, fold_bn=False, **options)
+    state.prepared_from = signature
+    log.info("fast path: %s", ", ".join(state.info.steps) or state.info.mode)
+    return state.runner
+
+
 # ------------------------------------------------------------------------------------------ running models
 def forward_batch(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Logits of a preprocessed float batch (N, C, H, W); the single call site of the model for inference."""
-    device = _model_device(model)
+    """Logits of a preprocessed float batch (N, C, H, W); the single call site of the model for inference. Runs
+    the model's fast path (set_fast_path) when it has one, else the model itself."""
+    runner = _fast_runner(model, batch.shape[0])
+    if runner is not None:
+        return runner(batch)
+    device = module_device(model)
     with torch.inference_mode():
         return model(batch.to(device, non_blocking=True))
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    tensor = next(model.parameters(), None)
-    if tensor is None:
-        tensor = next(model.buffers(), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def expand_inputs(inputs) -> tuple[list, bool]:
@@ -390,7 +488,9 @@ def inference_model(model: nn.Module, inputs, top_k: int = 5, batch_size: int = 
 
     Each dict: pred_label, pred_score (softmax probability), pred_class, top_k_labels, top_k_scores,
     top_k_classes, and "path" for files. Images: file paths, PIL images, numpy uint8 HxWx3 / HxW, tensors
-    (C, H, W) uint8 0-255 or float 0-1 (see deepres.inference.preprocess.to_image_tensor). A file that cannot
+    (C, H, W) uint8 0-255 or float 0-1 (see deepres.inference.preprocess.to_image_tensor). The model runs on its
+    fast path (set_fast_path; bf16 by default on CPUs with AVX-512 BF16), so scores can differ from the fp32 model
+    in the third decimal; init_model(..., fast=False) gives the fp32 model's. A file that cannot
     be decoded raises BadImageError naming it; with skip_bad=True its result is
     {"path", "failed": True, "error"} and the other images still come back, in order.
     """
@@ -411,7 +511,7 @@ def extract_feat(model: nn.Module, inputs, stage: str = "pre_logits", batch_size
         raise ValueError(f"{type(model).__name__} has no {', '.join(missing)}; extract_feat needs a deepres model")
     items, _ = expand_inputs(inputs)
     pp = _preprocess_of(model)
-    device = _model_device(model)
+    device = module_device(model)
     outputs = []
     # no_grad, not inference_mode: features may feed a trainable head (e.g. a linear probe) afterwards
     with _EvalMode(model), torch.no_grad():

@@ -90,3 +90,10 @@ class ResidualNetwork(nn.Module):
         for m in self.modules():
             if m is not self and hasattr(m, "zero_init_last"):
                 m.zero_init_last()
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer); CPU for a module with neither."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
