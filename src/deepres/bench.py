@@ -132,7 +132,16 @@ def run_batches(runner: Callable, images: torch.Tensor, batch_size: int) -> torc
 # ------------------------------------------------------------------------------------------ the benchmark
 
 
-def benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, seconds: float = 2.0,
+def benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, **options) -> list[BenchRow]:
+    """Time every path on every case (see _benchmark); compile times are cold: inductor's caches are off."""
+    import torch._inductor.config as inductor_config
+
+    # Report what a fresh machine's first run costs, not a warm on-disk inductor cache.
+    with inductor_config.patch(force_disable_caches=True):
+        return _benchmark(cases, paths, **options)
+
+
+def _benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, seconds: float = 2.0,
               min_iterations: int = 5, max_iterations: int = 200, agreement_images: int = 32, seed: int = 0,
               log=print) -> list[BenchRow]:
     """Time every path on every case; paths of one model share the prepared runners across batch sizes."""
@@ -140,11 +149,6 @@ def benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, seco
     if unknown:
         raise ValueError(f"unknown benchmark path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
     default_path = auto_dtype(torch.device("cpu"))  # what mode="auto" picks here
-    if "bf16_compile" in paths:
-        # Report cold compile times (a fresh machine's first run), not a warm on-disk inductor cache's.
-        import torch._inductor.config as inductor_config
-
-        inductor_config.force_disable_caches = True
     rows: list[BenchRow] = []
     by_model: dict[tuple[str, int], list[int]] = {}
     for name, size, batch in cases:

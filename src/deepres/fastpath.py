@@ -142,13 +142,17 @@ class InferenceRunner:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        x = self.prepare_input(batch)
-        first_of_shape = self.compiled and tuple(x.shape) not in self.compile_seconds
-        start = time.perf_counter()
         with torch.inference_mode():
+            x = self.prepare_input(batch)
+            if self.compiled and not x.is_inference():
+                # A compiled graph is specialised on inference vs normal tensors: always pass inference tensors,
+                # or a caller's plain tensor would cost a second compile of the same shape.
+                x = x.clone()
+            first_of_shape = self.compiled and tuple(x.shape) not in self.compile_seconds
+            start = time.perf_counter()
             out = self.module(x)
-        if first_of_shape:
-            self.compile_seconds[tuple(x.shape)] = time.perf_counter() - start
+            if first_of_shape:
+                self.compile_seconds[tuple(x.shape)] = time.perf_counter() - start
         return out.float()
 
 
