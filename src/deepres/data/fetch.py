@@ -5,17 +5,15 @@ torchvision for the ossci mirror). Debian's dataset-fashion-mnist package ships 
 (no file name in the gzip header, new timestamp), so its .gz md5s differ from the published ones; those files
 are checked against the package's own manifest (/var/lib/dpkg/info/dataset-fashion-mnist.md5sums) instead.
 """
-import hashlib
 import http.client
 import logging
 import os
 import shutil
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
+from deepres.download import download_verified, file_hash
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +69,7 @@ def canonical_name(name: str) -> str:
 
 def md5sum(path) -> str:
     """Hex md5 of a file."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
+    return file_hash(path, "md5")
 
 
 def package_md5s(source: Source) -> dict[str, str]:
@@ -116,26 +113,12 @@ def find_local(name: str) -> Path | None:
 def download(url: str, path, md5: str, *, timeout: float = 60.0, progress: bool = True) -> Path:
     """Download `url` to `path` through a temporary file in the same folder, renamed once its md5 matches;
     on any failure the partial file is deleted."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=path.name, disable=not progress) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-        if digest.hexdigest() != md5:
-            raise ChecksumError(f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}; "
+    def verify(actual: str) -> None:
+        if actual != md5:
+            raise ChecksumError(f"checksum mismatch for {url}: md5 {actual}, expected {md5}; "
                                 "the partial download was deleted")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+
+    return download_verified(url, path, "md5", verify, timeout=timeout, progress=progress)
 
 
 def _fetch_one(name: str, source: Source, target: Path, mirrors, progress: bool) -> None:

@@ -13,21 +13,17 @@ Downloads go to the cache directory ($DEEPRES_CACHE/checkpoints, default ~/.cach
 temporary file that is renamed only after its hash matches; a cached file is re-checked on every use.
 DEEPRES_OFFLINE=1 never touches the network.
 """
-import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tqdm import tqdm
-
 from deepres.data.fetch import ChecksumError
+from deepres.download import download_verified, file_hash
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +127,7 @@ def default_cache_dir() -> Path:
 
 def sha256sum(path) -> str:
     """Hex sha256 of a file."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return file_hash(path, "sha256")
 
 
 def _hash_matches(record: PretrainedWeights, actual: str) -> bool:
@@ -178,26 +173,13 @@ def load_pretrained_weights(name: str, cache_dir: str | os.PathLike | None = Non
 
 
 def _download_verified(record: PretrainedWeights, path: Path, *, progress: bool, timeout: float) -> None:
-    """Stream `record.url` to a temp file beside `path`, hashing as it goes; rename only if the hash matches."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(record.url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=path.name, disable=not progress) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-        actual = digest.hexdigest()
+    """Download `record.url` to `path`, kept only if its sha256 matches the record."""
+    def verify(actual: str) -> None:
         if not _hash_matches(record, actual):
             raise ChecksumError(f"{record.name}: download from {record.url} has sha256 {actual}, expected "
                                 f"{_expected(record)}; the file was deleted")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    download_verified(record.url, path, "sha256", verify, timeout=timeout, progress=progress)
 
 
 # -------------------------------------------------------------------------------------------------- records
