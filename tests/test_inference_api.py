@@ -256,6 +256,18 @@ def test_fast_path_options_and_their_errors(tmp_path):
         init_model("resnet20", fast=False, compile=True)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # raised inside torch.compile
+def test_compiled_fast_path_pads_the_last_batch_instead_of_compiling_again():
+    model = init_model("resnet20", compile=True)
+    exact = init_model("resnet20", fast=False)
+    exact.load_state_dict(model.state_dict())
+    images = [random_pixels(32, 32, seed=20 + i) for i in range(5)]
+    results = inference_model(model, images, batch_size=4, top_k=10)  # batches of 4 and 1
+    assert list(model.fast_path.runner.compile_seconds) == [(4, 3, 32, 32)]  # compiled once, for batch 4
+    for result, reference in zip(results, inference_model(exact, images, batch_size=1, top_k=10)):
+        assert_close_probabilities(result, reference, atol=0.02)
+
+
 def test_int8_calibrates_on_images_and_samples_large_sets(tmp_path):
     folder = tmp_path / "calibration"
     paths = [write_image(folder / f"{i:02d}.png", size=(36, 36), seed=i) for i in range(8)]

@@ -382,6 +382,12 @@ def forward_batch(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     the model's fast path (set_fast_path) when it has one, else the model itself."""
     runner = _fast_runner(model, batch.shape[0])
     if runner is not None:
+        compiled_for = max((shape[0] for shape in runner.compile_seconds), default=0)
+        if compiled_for and batch.shape[0] < compiled_for:
+            # A short (last) batch is padded to the compiled batch size rather than compiled again; in eval mode
+            # every image's output depends on that image alone.
+            padding = batch.new_zeros(compiled_for - batch.shape[0], *batch.shape[1:])
+            return runner(torch.cat([batch, padding]))[:batch.shape[0]]
         return runner(batch)
     device = module_device(model)
     with torch.inference_mode():
