@@ -207,7 +207,8 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
         native = "natively (AVX-512 BF16 / AMX, or a CUDA GPU with bf16)"
         info.notes.append(f"auto: {dtype} because this {device.type} {'computes' if dtype == 'bf16' else 'lacks'} "
                           f"bf16 {native}")
-    example = torch.randn(example_batch_size, *example_input_size, device=device)
+    seeded = torch.Generator().manual_seed(0)  # the same check, and error figure, on every call
+    example = torch.randn(example_batch_size, *example_input_size, generator=seeded).to(device)
 
     reference = model
     prepared = copy.deepcopy(model).eval().to(device)
