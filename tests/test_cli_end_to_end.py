@@ -79,3 +79,29 @@ def test_eval_plain_state_dict_needs_and_uses_model_name(trained_run, capsys):
     assert f"top-1 {epochs[-1]['top1']:.2f}%" in capsys.readouterr().out
     assert main(["eval", str(tmp / "missing.pth"), "--model", "resnet20"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_eval_needs_only_the_val_folder_and_uses_the_checkpoints_classes(tmp_path, capsys):
+    """A folder-trained checkpoint evaluated on a val folder alone, holding 2 of its 3 classes: labels follow
+    the checkpoint's class list (a model that always says "owl" is right on exactly the owl images)."""
+    from data_helpers import write_image
+    from deepres.models import create_model
+    from deepres.train.checkpoint import save_checkpoint
+    from deepres.train.config import Config, config_to_dict
+
+    for cls, count in (("cat", 3), ("owl", 2)):
+        for i in range(count):
+            write_image(tmp_path / "data" / "val" / cls / f"{i}.png", size=(24, 20), seed=i)
+    cfg = Config()
+    cfg.model.name, cfg.model.num_classes = "resnet20", 3
+    cfg.data.name, cfg.data.root, cfg.data.image_size = "folder", str(tmp_path / "data"), 16
+    model = create_model("resnet20", num_classes=3)
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([0.0, 0.0, 1000.0]))  # always "owl"
+    save_checkpoint(tmp_path / "run" / "checkpoints", "last", model=model, state={"step": 1, "epoch": 1},
+                    config=config_to_dict(cfg), classes=["cat", "dog", "owl"])
+    assert main(["eval", str(tmp_path / "run"), "--out", str(tmp_path / "eval")]) == 0
+    assert "5 images" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["top1"] == pytest.approx(40.0) and metrics["n"] == 5
+    assert (tmp_path / "eval" / "confusion.csv").read_text().splitlines()[0].split(",")[1:] == ["cat", "dog", "owl"]

@@ -1,14 +1,18 @@
 """Dataset readers on fixtures in each format's real on-disk layout (plus the real Fashion-MNIST files)."""
+import dataclasses
 import gzip
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from data_helpers import FASHION_MNIST_DIR, idx_bytes, write_cifar10, write_cifar100, write_image, write_mnist
-from deepres.data import (FASHION_MNIST_CLASSES, DataConfig, build_datasets, image_folder, image_list, imagenet_val,
-                          load_image, make_synthetic, read_cifar10, read_cifar100, read_class_names,
-                          read_fashion_mnist, read_idx, read_mnist)
+from deepres.data import (FASHION_MNIST_CLASSES, DataConfig, build_datasets, build_eval_dataset, image_folder,
+                          image_list, imagenet_val, load_image, make_synthetic, read_cifar10, read_cifar100,
+                          read_class_names, read_fashion_mnist, read_idx, read_mnist)
+from deepres.data.imagenet_classes import imagenet_synsets
+from deepres.inference.api import CIFAR10_CLASSES as CIFAR10_NAMES
 
 
 # ------------------------------------------------------------------------------------------------- CIFAR
@@ -254,3 +258,46 @@ def test_food101_style_list_labels_from_folders(tmp_path):
     dataset = image_list(tmp_path / "meta" / "train.txt", tmp_path / "images", suffix=".jpg")
     assert dataset.classes == ["apple_pie", "baklava"] and dataset.targets == [1, 0]
     assert dataset[0][0].shape == (3, 16, 20)
+
+
+# ------------------------------------------------------------------------------- evaluation split alone
+def test_eval_dataset_reads_imagenet_val_without_the_train_folder(imagenet):
+    shutil.rmtree(imagenet / "train")
+    cfg = DataConfig(name="imagenet", root=str(imagenet), val_ground_truth="ILSVRC2012_validation_ground_truth.txt",
+                     synset_map="synsets.txt")
+    with pytest.raises(FileNotFoundError, match="train"):
+        build_datasets(cfg)  # training needs the train folder
+    val = build_eval_dataset(cfg, classes=sorted(SYNSETS_BY_ID))  # the checkpoint's classes
+    assert val.targets == VAL_LABELS and val.classes == sorted(SYNSETS_BY_ID)
+    full = build_eval_dataset(cfg)  # no classes: the 1000 ImageNet-1k synsets shipped with deepres
+    synsets = imagenet_synsets()
+    assert full.classes == synsets
+    assert full.targets == [synsets.index(SYNSETS_BY_ID[i - 1]) for i in VAL_IDS]
+
+
+def test_eval_dataset_maps_a_val_folder_onto_the_models_classes(tmp_path):
+    for cls, count in (("cat", 2), ("owl", 3)):
+        for i in range(count):
+            write_image(tmp_path / "val" / cls / f"{i}.png", seed=i)
+    cfg = DataConfig(name="folder", root=str(tmp_path))
+    val = build_eval_dataset(cfg, classes=["cat", "dog", "owl"])  # a subset of the classes, no train folder
+    assert val.classes == ["cat", "dog", "owl"] and val.targets == [0, 0, 2, 2, 2]
+    assert build_eval_dataset(dataclasses.replace(cfg, limit_val=3), classes=["cat", "dog", "owl"]).targets \
+        == [0, 0, 2]
+    with pytest.raises(ValueError, match=r"\['owl'\].*classes the model lacks"):
+        build_eval_dataset(cfg, classes=["cat", "dog"])
+    for i in range(2):  # with a train folder that lacks "owl", training refuses the pair
+        write_image(tmp_path / "train" / "cat" / f"{i}.png", seed=i)
+    with pytest.raises(ValueError, match="both splits need the same classes"):
+        build_datasets(cfg)
+
+
+def test_eval_dataset_reads_only_the_test_file_of_in_memory_formats(tmp_path):
+    write_cifar10(tmp_path, images_per_batch=4)
+    for batch in tmp_path.glob("cifar-10-batches-py/data_batch_*"):
+        batch.unlink()
+    cfg = DataConfig(name="cifar10", root=str(tmp_path), val_split="test")
+    val = build_eval_dataset(cfg, classes=CIFAR10_NAMES)
+    assert len(val) == 4 and val.classes == CIFAR10_NAMES
+    with pytest.raises(ValueError, match="10 classes but the model was trained with 3"):
+        build_eval_dataset(cfg, classes=CIFAR10_NAMES[:3])

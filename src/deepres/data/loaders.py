@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from . import transforms as T
 from .config import DataConfig
-from .datasets import Dataset, build_datasets
+from .datasets import Dataset, build_datasets, build_eval_dataset
 from .formats import ArrayDataset
 
 # Seed streams, so the order, per-item and per-batch draws never share a generator state.
@@ -246,53 +246,83 @@ def _check_config(cfg: DataConfig, seed: int, rank: int, world_size: int) -> Non
         raise ValueError(f"seed must be >= 0, got {seed}")
 
 
-def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, world_size: int = 1):
-    """(train_loader, eval_loader, info) for the config; info: num_classes, in_chans, classes, train_size,
-    eval_size (whole dataset sizes, after limit_train / limit_val)."""
-    _check_config(cfg, seed, rank, world_size)
-    device = torch.device(device)
-    eval_resize = T.parse_eval_preset(cfg.eval_preset, cfg.image_size)
-    train_set, eval_set = build_datasets(cfg)
-
-    num_classes = train_set.num_classes
+def _data_shape(cfg: DataConfig, dataset) -> tuple[int, int]:
+    """(num_classes, in_chans) the model sees: the dataset's, unless the config sets them."""
+    num_classes = dataset.num_classes
     if cfg.num_classes:
         if cfg.num_classes < num_classes:
             raise ValueError(f"data.num_classes={cfg.num_classes} but the dataset has {num_classes} classes")
         num_classes = cfg.num_classes
-    in_chans = cfg.in_chans or train_set.in_chans
-    if in_chans not in (1, 3) and in_chans != train_set.in_chans:
-        raise ValueError(f"data.in_chans={in_chans}: images have {train_set.in_chans} channels; "
+    in_chans = cfg.in_chans or dataset.in_chans
+    if in_chans not in (1, 3) and in_chans != dataset.in_chans:
+        raise ValueError(f"data.in_chans={in_chans}: images have {dataset.in_chans} channels; "
                          "only 1 <-> 3 conversion is supported")
-    if cfg.pca_lighting and in_chans != 3:
-        raise ValueError(f"data.pca_lighting needs RGB input, but in_chans={in_chans}")
+    return num_classes, in_chans
 
-    in_memory = isinstance(train_set, ArrayDataset)
+
+def _on_device(cfg: DataConfig, dataset) -> bool:
+    in_memory = isinstance(dataset, ArrayDataset)
     if cfg.on_device == "yes" and not in_memory:
         raise ValueError(f"data.on_device=yes needs an in-memory dataset (cifar10, cifar100, mnist, fashion_mnist, "
                          f"synthetic); data.name={cfg.name} is decoded per image, use auto or no")
-    on_device = in_memory and cfg.on_device != "no"
+    return in_memory and cfg.on_device != "no"
+
+
+def _eval_loader(cfg: DataConfig, eval_set, in_chans: int, loader_args: dict) -> "Loader":
+    """The evaluation loader: the eval preset's resize and centre crop (file datasets: at least a fixed size),
+    then normalisation."""
+    eval_resize = T.parse_eval_preset(cfg.eval_preset, cfg.image_size)
+    in_memory = isinstance(eval_set, ArrayDataset)
+    if eval_resize:
+        eval_items = ItemTransform(size=eval_resize[1], resize_to=eval_resize[0])
+    else:
+        eval_items = None if in_memory else ItemTransform(size=cfg.image_size, resize_to=cfg.image_size)
+    common = dict(in_chans=in_chans, normalize=cfg.normalize, mean=tuple(cfg.mean), std=tuple(cfg.std))
+    BatchTransform(**common)(torch.zeros(1, eval_set.in_chans, 1, 1, dtype=torch.uint8))  # mean/std vs channels
+    return Loader(eval_set, batch_size=cfg.eval_batch_size, train=False, item_transform=eval_items,
+                  batch_transform=BatchTransform(**common), **loader_args)
+
+
+def build_eval_loader(cfg: DataConfig, device, *, classes: list[str] | None = None, seed: int = 0, rank: int = 0,
+                      world_size: int = 1):
+    """(eval_loader, info) reading only the evaluation split (see build_eval_dataset; `classes`: the class list
+    the model was trained with); info as build_loaders' with train_size 0. For `deepres eval`."""
+    _check_config(cfg, seed, rank, world_size)
+    eval_set = build_eval_dataset(cfg, classes)
+    num_classes, in_chans = _data_shape(cfg, eval_set)
+    loader_args = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
+                       on_device=_on_device(cfg, eval_set), workers=cfg.workers)
+    info = dict(num_classes=num_classes, in_chans=in_chans, classes=list(eval_set.classes), train_size=0,
+                eval_size=len(eval_set))
+    return _eval_loader(cfg, eval_set, in_chans, loader_args), info
+
+
+def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, world_size: int = 1):
+    """(train_loader, eval_loader, info) for the config; info: num_classes, in_chans, classes, train_size,
+    eval_size (whole dataset sizes, after limit_train / limit_val)."""
+    _check_config(cfg, seed, rank, world_size)
+    train_set, eval_set = build_datasets(cfg)
+    num_classes, in_chans = _data_shape(cfg, train_set)
+    if cfg.pca_lighting and in_chans != 3:
+        raise ValueError(f"data.pca_lighting needs RGB input, but in_chans={in_chans}")
 
     # File datasets need a fixed size per batch; in-memory sets keep their stored size unless asked.
-    fixed = ItemTransform(size=cfg.image_size, resize_to=cfg.image_size) if not in_memory else None
+    in_memory = isinstance(train_set, ArrayDataset)
     if cfg.random_resized_crop:
         train_items = ItemTransform(size=cfg.image_size, random_crop=True)
     else:
-        train_items = fixed
-    eval_items = ItemTransform(size=eval_resize[1], resize_to=eval_resize[0]) if eval_resize else fixed
-
+        train_items = None if in_memory else ItemTransform(size=cfg.image_size, resize_to=cfg.image_size)
     common = dict(in_chans=in_chans, normalize=cfg.normalize, mean=tuple(cfg.mean), std=tuple(cfg.std))
-    BatchTransform(**common)(torch.zeros(1, train_set.in_chans, 1, 1, dtype=torch.uint8))  # mean/std vs channels
     train_batches = BatchTransform(crop_padding=cfg.crop_padding, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
                                    pca_lighting=cfg.pca_lighting, **common)
-    loader_args = dict(device=device, seed=seed, rank=rank, world_size=world_size, on_device=on_device,
-                       workers=cfg.workers)
+    loader_args = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
+                       on_device=_on_device(cfg, train_set), workers=cfg.workers)
+    eval_loader = _eval_loader(cfg, eval_set, in_chans, loader_args)
     train_loader = Loader(train_set, batch_size=cfg.batch_size, train=True, item_transform=train_items,
                           batch_transform=train_batches, **loader_args)
     if len(train_loader) == 0:
         raise ValueError(f"data.batch_size={cfg.batch_size} exceeds the {train_loader.shard_size} training images "
                          f"per process ({len(train_set)} in all, world_size={world_size}); no full batch")
-    eval_loader = Loader(eval_set, batch_size=cfg.eval_batch_size, train=False, item_transform=eval_items,
-                         batch_transform=BatchTransform(**common), **loader_args)
     info = dict(num_classes=num_classes, in_chans=in_chans, classes=list(train_set.classes),
                 train_size=len(train_set), eval_size=len(eval_set))
     return train_loader, eval_loader, info

@@ -53,7 +53,7 @@ def load_for_eval(path: Path, model_name: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepres.data import build_loaders
+    from deepres.data import build_eval_loader
     from deepres.train.checkpoint import resolve_checkpoint
     from deepres.eval import evaluate, write_confusion_matrix
     from deepres.models import load_pretrained
@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = apply_overrides(cfg, [*overrides, "train.compile=false", f"train.amp={args.amp}", *args.overrides])
 
     device = default_device()
-    _, eval_loader, info = build_loaders(cfg.data, device, seed=cfg.train.seed)
+    # Only the evaluated split is read; a deepres checkpoint's class list stands in for the training split.
+    eval_loader, info = build_eval_loader(cfg.data, device, classes=classes, seed=cfg.train.seed)
     cfg = resolve_config(cfg, info)
     model = build_model(cfg, device)
     report = load_pretrained(model, state_dict)
