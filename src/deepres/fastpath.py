@@ -3,8 +3,8 @@ and each checked against the plain fp32 model.
 
 `prepare_for_inference(model, example_input_size=(3, 224, 224))` returns `(runner, info)`: `runner(batch)` takes a
 float NCHW batch (any batch size, any device/dtype) and returns float32 logits; `info` says what was applied, the
-compile time, and the largest logit difference from the fp32 model on a random example batch. The user's model is
-never modified: every step works on a copy.
+compile time, and the largest logit difference from the fp32 model on a random example batch (int8: on its first
+calibration batch of real images). The user's model is never modified: every step works on a copy.
 """
 from __future__ import annotations
 
@@ -167,7 +167,8 @@ class InferenceInfo:
     channels_last: bool = False
     compiled: bool = False
     compile_seconds: float = 0.0  # torch.compile: first (compiling) call on the example batch; see the runner's
-    max_abs_error: float | None = None  # largest |logit - fp32 eager logit| on a random example batch
+    max_abs_error: float | None = None  # largest |logit - fp32 eager logit| on check_batch
+    check_batch: str = ""  # what max_abs_error was measured on: a random batch, or (int8) real calibration images
     notes: list[str] = field(default_factory=list)  # why auto chose what it did
 
 
@@ -228,6 +229,7 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
         input_dtype = torch.bfloat16
         info.steps.append("bf16 weights and activations")
     elif dtype == "int8":
+        calibration = list(calibration) if calibration is not None else None
         prepared = quantize_int8(prepared, calibration, example)
         info.steps.append("int8 (FX graph mode, x86 backend, per-channel weights)")
 
@@ -240,12 +242,15 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
         info.steps.append(f"torch.compile (inductor, freezing; {info.compile_seconds:.1f} s for batch "
                           f"{example_batch_size})")
     if verify:
+        # int8 activation ranges fit real images, not noise: check it on real images (a calibration batch)
+        check = calibration[0].float().to(device) if dtype == "int8" else example
+        info.check_batch = "the first calibration batch" if dtype == "int8" else "a random batch"
         was_training = reference.training
         reference.eval()
         with torch.inference_mode():
-            expected = reference(example.to(module_device(reference))).float().to(device)
+            expected = reference(check.to(module_device(reference))).float().to(device)
         reference.train(was_training)
-        info.max_abs_error = float((runner(example) - expected).abs().max())
+        info.max_abs_error = float((runner(check) - expected).abs().max())
     return runner, info
 
 

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     info = model.fast_path.info if model.fast_path is not None else None
     if info is not None:
         print(f"fast path: {info.dtype} on {info.device} ({', '.join(info.steps)}); largest logit difference from "
-              f"fp32 on a random batch {info.max_abs_error:.3g}", file=sys.stderr)
+              f"fp32 on {info.check_batch} {info.max_abs_error:.3g}", file=sys.stderr)
     if out is not None:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
