@@ -48,11 +48,29 @@ def make_shortcut(kind: str, in_chs: int, out_chs: int, stride: int, dilation: i
     raise ValueError(f"shortcut must be 'A', 'B' or 'D', got {kind!r}")
 
 
-class BasicBlock(nn.Module):
+class _PostActivationUnit(nn.Module):
+    """The end both blocks share: add the shortcut with the last BN before the addition (standard) or after it
+    (`bn_after_add`), then ReLU unless `relu_after_add=False` (the torch-residual-networks variants)."""
+
+    last_bn = ""  # name of the block's last BatchNorm
+
+    def add_shortcut(self, out, shortcut):
+        bn = getattr(self, self.last_bn)
+        out = bn(out + shortcut) if self.bn_after_add else bn(out) + shortcut
+        return F.relu(out) if self.relu_after_add else out
+
+    def zero_init_last(self):
+        # With BN after the addition, zeroing it would zero the shortcut too: leave that variant alone.
+        if not self.bn_after_add:
+            nn.init.zeros_(getattr(self, self.last_bn).weight)
+
+
+class BasicBlock(_PostActivationUnit):
     """Two 3x3 convs. `bn_after_add` moves the second BN after the addition; `relu_after_add=False` drops the
     final ReLU (the torch-residual-networks variants)."""
 
     expansion = 1
+    last_bn = "bn2"
 
     def __init__(self, in_chs, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False):
@@ -70,20 +88,14 @@ class BasicBlock(nn.Module):
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.conv2(out)
-        out = self.bn2(out + shortcut) if self.bn_after_add else self.bn2(out) + shortcut
-        return F.relu(out) if self.relu_after_add else out
-
-    def zero_init_last(self):
-        # With BN after the addition, zeroing it would zero the shortcut too: leave that variant alone.
-        if not self.bn_after_add:
-            nn.init.zeros_(self.bn2.weight)
+        return self.add_shortcut(self.conv2(out), shortcut)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_PostActivationUnit):
     """1x1 - 3x3 - 1x1. Stride on the 3x3 (ResNet v1.5 / B, torchvision's default) or on the first 1x1 (v1)."""
 
     expansion = 4
+    last_bn = "bn3"
 
     def __init__(self, in_chs, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False):
@@ -104,13 +116,7 @@ class Bottleneck(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
-        out = self.conv3(out)
-        out = self.bn3(out + shortcut) if self.bn_after_add else self.bn3(out) + shortcut
-        return F.relu(out) if self.relu_after_add else out
-
-    def zero_init_last(self):
-        if not self.bn_after_add:
-            nn.init.zeros_(self.bn3.weight)
+        return self.add_shortcut(self.conv3(out), shortcut)
 
 
 def make_stem(kind: str, in_chans: int, width: int) -> tuple[nn.Module, int]:
