@@ -202,12 +202,18 @@ def plot_curves(steps: list[dict], epochs: list[dict], path: str | os.PathLike, 
         error_ax.annotate(f"best {error[best]:.2f}% (epoch {error_x[best]})", (error_x[best], error[best]),
                           textcoords="offset points", xytext=(0, 10), ha="center", fontsize=8)
     error_ax.set(xlabel="epoch", ylabel="test error (%)", title="test error")
-    for ax in (loss_ax, error_ax):
-        ax.grid(True, alpha=0.3)
+    save_panels(fig, (loss_ax, error_ax), path, title=title, empty_text="no data yet")
+
+
+def save_panels(fig, axes, path, *, title: str = "", empty_text: str = "no data", grid_which: str = "major") -> None:
+    """Finish a figure of curve panels and write it: grid, a legend (or `empty_text` on a panel with no curve),
+    the title, then a tight layout at 100 dpi."""
+    for ax in axes:
+        ax.grid(True, alpha=0.3, which=grid_which)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         else:
-            ax.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -217,6 +223,15 @@ def plot_curves(steps: list[dict], epochs: list[dict], path: str | os.PathLike, 
 def _series(records: list[dict], x_key: str, y_key: str) -> tuple[list, list]:
     pairs = [(r[x_key], r[y_key]) for r in records if isinstance(r.get(y_key), (int, float))]
     return [p[0] for p in pairs], [float(p[1]) for p in pairs]
+
+
+def epoch_ends(epochs: list[dict]) -> tuple[list[int], list[int]] | None:
+    """(global steps, epochs) at each epoch's end, starting from step 0: interpolating a step between them gives
+    its fractional epoch. None when the epoch records carry no `step`."""
+    ends = [(int(r["step"]), int(r["epoch"])) for r in epochs if isinstance(r.get("step"), int)]
+    if not ends:
+        return None
+    return [0] + [s for s, _ in ends], [ends[0][1] - 1] + [e for _, e in ends]
 
 
 def _step_loss_curve(steps: list[dict], epochs: list[dict]) -> tuple[list[float], list[float]]:
@@ -229,11 +244,10 @@ def _step_loss_curve(steps: list[dict], epochs: list[dict]) -> tuple[list[float]
 
     key = "train_loss" if any("train_loss" in s for s in steps) else "loss"
     step_x, losses = _series(steps, "step", key)
-    ends = [(r["step"], r["epoch"]) for r in epochs if isinstance(r.get("step"), int)]
-    if not step_x or not ends:
+    ends = epoch_ends(epochs)
+    if not step_x or ends is None:
         return [], []
-    end_steps = [0] + [s for s, _ in ends]
-    end_epochs = [ends[0][1] - 1] + [e for _, e in ends]
+    end_steps, end_epochs = ends
     # beyond the last epoch end, extrapolate with the last epoch's steps per epoch
     per_epoch = max(end_steps[-1] - end_steps[-2], 1) / max(end_epochs[-1] - end_epochs[-2], 1)
     x = [float(np.interp(s, end_steps, end_epochs)) if s <= end_steps[-1]

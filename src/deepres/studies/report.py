@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from deepres.runs import CONFIG_FILE, read_metrics
+from deepres.runs import CONFIG_FILE, epoch_ends, read_metrics, save_panels
 
 # Extra columns a report may show (report.columns): name -> (header, csv header)
 COLUMNS = {
@@ -123,11 +123,10 @@ def read_run(run_dir: str | os.PathLike, *, variant: str = "", seed: int | None 
 
 def _loss_curve(steps: list[dict], epochs: list[dict]) -> tuple[list[float], list[float]]:
     """Training loss against epochs: the logged step losses (x = fractional epoch), else the epoch means."""
-    ends = [(int(r["step"]), int(r["epoch"])) for r in epochs if isinstance(r.get("step"), int)]
+    ends = epoch_ends(epochs)
     points = [(int(s["step"]), float(s["train_loss"])) for s in steps if isinstance(s.get("train_loss"), (int, float))]
-    if points and ends:
-        end_steps = [0] + [s for s, _ in ends]
-        end_epochs = [ends[0][1] - 1] + [e for _, e in ends]
+    if points and ends is not None:
+        end_steps, end_epochs = ends
         points = [(s, v) for s, v in points if s <= end_steps[-1]]
         x = np.interp([s for s, _ in points], end_steps, end_epochs).tolist()
         return x, [v for _, v in points]
@@ -376,16 +375,7 @@ def plot_study_curves(summaries: list[VariantSummary], path: Path, *, metric: st
         loss_ax.set_yscale("log")
     error_ax.set(xlabel="epoch", ylabel=f"test {METRIC_NAMES.get(metric, metric)} error (%)",
                  title=f"test error (seed mean; band: {band_text})")
-    for ax in (loss_ax, error_ax):
-        ax.grid(True, alpha=0.3, which="both")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_panels(fig, (loss_ax, error_ax), path, title=title, empty_text="no finished runs", grid_which="both")
 
 
 def aggregate_curves(curves: list[tuple[list[float], list[float]]], *, band: str = "minmax", smooth: bool = False):
