@@ -76,12 +76,17 @@ def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, FoldReport]:
     """An eval-mode copy of `model` with each BN that directly follows a conv merged into that conv's weight and
     bias (the BN becomes nn.Identity); the model itself is left unchanged."""
     folded = copy.deepcopy(model).eval()
-    pairs, kept = find_conv_bn_pairs(folded)
+    return folded, _fold_batchnorm_(folded)
+
+
+def _fold_batchnorm_(model: nn.Module) -> FoldReport:
+    """fold_batchnorm in place, on an eval-mode model that is already a private copy."""
+    pairs, kept = find_conv_bn_pairs(model)
     for conv_name, bn_name in pairs:
-        conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
-        _replace_submodule(folded, conv_name, fuse_conv_bn_eval(conv, bn))
-        _replace_submodule(folded, bn_name, nn.Identity())
-    return folded, FoldReport(folded=[bn for _, bn in pairs], kept=kept)
+        conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        _replace_submodule(model, conv_name, fuse_conv_bn_eval(conv, bn))
+        _replace_submodule(model, bn_name, nn.Identity())
+    return FoldReport(folded=[bn for _, bn in pairs], kept=kept)
 
 
 # ----------------------------------------------------------------------------------------- CPU capabilities
@@ -214,7 +219,7 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
     reference = model
     prepared = copy.deepcopy(model).eval().to(device)
     if fold_bn:
-        prepared, report = fold_batchnorm(prepared)
+        report = _fold_batchnorm_(prepared)  # `prepared` is already this function's own copy
         info.bn_folded, info.bn_kept = len(report.folded), report.kept
         info.steps.append(f"fold_bn ({len(report.folded)} folded, {len(report.kept)} kept)")
     if channels_last:
