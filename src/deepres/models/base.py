@@ -81,7 +81,7 @@ class ResidualNetwork(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a fresh one for `num_classes` (0 = no classifier, pooled features out)."""
         self.num_classes = num_classes
-        device = next(self.parameters()).device
+        device = module_device(self)
         self._make_classifier(self.num_features)
         self.fc.to(device)
 
