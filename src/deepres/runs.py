@@ -252,13 +252,17 @@ def _step_loss_curve(steps: list[dict], epochs: list[dict]) -> tuple[list[float]
     per_epoch = max(end_steps[-1] - end_steps[-2], 1) / max(end_epochs[-1] - end_epochs[-2], 1)
     x = [float(np.interp(s, end_steps, end_epochs)) if s <= end_steps[-1]
          else end_epochs[-1] + (s - end_steps[-1]) / per_epoch for s in step_x]
-    # EMA with a span of about 2% of the curve, so short runs are not flattened
-    alpha = min(1.0, 2.0 / (max(len(losses) // 50, 1) + 1))
-    smoothed, value = [], losses[0]
-    for loss in losses:
-        value = alpha * loss + (1 - alpha) * value
-        smoothed.append(value)
-    return x, smoothed
+    return x, ema_smooth(losses)
+
+
+def ema_smooth(values) -> list[float]:
+    """Exponential moving average with a span of about 2% of the curve, so short curves are not flattened."""
+    alpha = min(1.0, 2.0 / (max(len(values) // 50, 1) + 1))
+    smoothed, value = [], values[0]
+    for v in values:
+        value = alpha * v + (1 - alpha) * value
+        smoothed.append(float(value))
+    return smoothed
 
 
 def collect_env() -> dict:

@@ -12,6 +12,9 @@ import torch.nn.functional as F
 MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# Image side (pixels) the in-memory formats store; used as is unless an eval preset or random crop resizes
+STORED_SIDE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
 
 
 class ArrayDataset:

@@ -17,7 +17,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from deepres.data.folders import list_image_files
-from deepres.data.formats import FASHION_MNIST_CLASSES, MNIST_CLASSES
+from deepres.data.formats import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, MNIST_CLASSES, STORED_SIDE
 from deepres.data.images import IMAGE_EXTENSIONS, BadImageError
 from deepres.data.imagenet_classes import imagenet_class_names
 from deepres.data import transforms as T
@@ -29,10 +29,6 @@ from deepres.models.weights import remap_keys
 from .preprocess import Preprocess, input_path, preprocess_image
 
 log = logging.getLogger(__name__)
-
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-# Image side (pixels) of the in-memory formats, used as stored when data.eval_preset is "none"
-_STORED_SIDE = {"fashion_mnist": 28, "mnist": 28, "cifar10": 32, "cifar100": 32}
 
 
 def _format_defaults(data) -> tuple[int, int, list[str] | None] | None:
@@ -220,7 +216,7 @@ def preprocess_from_data_config(data, in_chans: int) -> Preprocess:
     sizes = T.parse_eval_preset(data.eval_preset, data.image_size)
     if sizes is None:
         # "none": in-memory sets are used as stored; file datasets are resized to image_size (fixed batches)
-        side = _STORED_SIDE.get(data.name) or (data.synthetic_image_size if data.name == "synthetic"
+        side = STORED_SIDE.get(data.name) or (data.synthetic_image_size if data.name == "synthetic"
                                                else data.image_size)
         sizes = (side, side)
     return Preprocess(resize=sizes[0], crop_size=sizes[1], interpolation="bilinear", mean=tuple(data.mean),

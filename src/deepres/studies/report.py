@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from deepres.runs import CONFIG_FILE, epoch_ends, read_metrics, save_panels
+from deepres.data.formats import STORED_SIDE
+from deepres.runs import CONFIG_FILE, ema_smooth, epoch_ends, read_metrics, save_panels
 
 # Extra columns a report may show (report.columns): name -> (header, csv header)
 COLUMNS = {
@@ -32,7 +33,6 @@ COLUMNS = {
     "steps": ("steps", "steps"),
     "train_time": ("train time / run", "train_time_s"),
 }
-NATIVE_SIDE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}  # in-memory sets keep their size
 DASH = "–"
 METRIC_NAMES = {"top1": "top-1", "top5": "top-5"}
 
@@ -88,7 +88,7 @@ class VariantSummary:
 def read_run(run_dir: str | os.PathLike, *, variant: str = "", seed: int | None = None,
              metric: str = "top1") -> RunResult:
     """One run's final and best error, length, training time and curves, from its directory."""
-    from .runner import DIVERGED_FILE, run_finished
+    from .runner import DIVERGED_FILE, reached_length
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -102,7 +102,7 @@ def read_run(run_dir: str | os.PathLike, *, variant: str = "", seed: int | None 
     best_epoch, best_error = min(evaluated, key=lambda p: p[1]) if evaluated else (None, None)
     if (run_dir / DIVERGED_FILE).is_file():
         status = "diverged"
-    elif not config or run_finished(run_dir):
+    elif not config or reached_length(config.get("train", {}), epochs):  # the records read above
         status = "finished"  # without a config.yaml the length cannot be checked: taken as it is
     else:
         status = "unfinished"
@@ -157,10 +157,7 @@ _COST_CACHE: dict[str, tuple[int | None, float | None]] = {}
 
 def model_cost(config: dict) -> tuple[int | None, float | None]:
     """(params, GMACs of one image at the training size) of the model a run config describes; None if unknown."""
-    import torch
-
-    from deepres.models import create_model
-    from deepres.models.complexity import count_gmacs, count_params
+    from deepres.models.complexity import model_complexity
 
     model_cfg, data_cfg = config.get("model") or {}, config.get("data") or {}
     if not model_cfg.get("name") or not model_cfg.get("num_classes") or not model_cfg.get("in_chans"):
@@ -172,10 +169,9 @@ def model_cost(config: dict) -> tuple[int | None, float | None]:
         if model_cfg.get("drop_rate"):
             options["drop_rate"] = model_cfg["drop_rate"]
         try:
-            with torch.device("meta"):  # shapes only: no memory, no compute
-                model = create_model(model_cfg["name"], num_classes=model_cfg["num_classes"],
-                                     in_chans=model_cfg["in_chans"], **options)
-            _COST_CACHE[key] = (count_params(model), count_gmacs(model, (model_cfg["in_chans"], side, side)))
+            cost = model_complexity(model_cfg["name"], model_cfg["num_classes"],
+                                    (model_cfg["in_chans"], side, side), **options)
+            _COST_CACHE[key] = (cost["params"], cost["gmacs"])
         except (KeyError, TypeError, ValueError, RuntimeError):
             _COST_CACHE[key] = (None, None)  # a model this install does not know: the columns show "–"
     return _COST_CACHE[key]
@@ -186,8 +182,8 @@ def input_side(data_cfg: dict) -> int:
     name = data_cfg.get("name", "")
     if name == "synthetic":
         return int(data_cfg.get("synthetic_image_size", 32))
-    if name in NATIVE_SIDE and not data_cfg.get("random_resized_crop"):
-        return NATIVE_SIDE[name]
+    if name in STORED_SIDE and not data_cfg.get("random_resized_crop"):
+        return STORED_SIDE[name]
     return int(data_cfg.get("image_size", 224))
 
 
@@ -384,7 +380,7 @@ def aggregate_curves(curves: list[tuple[list[float], list[float]]], *, band: str
     if not curves:
         return [], [], [], []
     if smooth:
-        curves = [(x, _ema(y)) for x, y in curves]
+        curves = [(x, np.asarray(ema_smooth(y))) for x, y in curves]
     grid = min((x for x, _ in curves), key=len)
     grid = grid[grid <= min(x[-1] for x, _ in curves)]
     ys = np.stack([np.interp(grid, x, y) for x, y in curves])
@@ -395,16 +391,6 @@ def aggregate_curves(curves: list[tuple[list[float], list[float]]], *, band: str
     else:
         low, high = ys.min(axis=0), ys.max(axis=0)
     return grid.tolist(), mean.tolist(), low.tolist(), high.tolist()
-
-
-def _ema(y: np.ndarray) -> np.ndarray:
-    """Exponential moving average with a span of about 2% of the curve (short curves stay as they are)."""
-    alpha = min(1.0, 2.0 / (max(len(y) // 50, 1) + 1))
-    out, value = np.empty_like(y), y[0]
-    for i, v in enumerate(y):
-        value = alpha * v + (1 - alpha) * value
-        out[i] = value
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- the lot

@@ -62,7 +62,11 @@ def run_finished(run_dir: str | os.PathLike) -> bool:
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / METRICS_FILE).is_file():
         return False
     train = (yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}).get("train", {})
-    _, epochs = read_metrics(run_dir)
+    return reached_length(train, read_metrics(run_dir)[1])
+
+
+def reached_length(train: dict, epochs: list[dict]) -> bool:
+    """Whether the epoch records reach the length a run config's `train` block asks for."""
     if not epochs:
         return False
     last = epochs[-1]
