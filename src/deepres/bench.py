@@ -76,21 +76,13 @@ def build_path(path: str, model: nn.Module, input_size: tuple[int, int, int], *,
 
 
 def onnxruntime_runner(model: nn.Module, input_size, workdir: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    """ONNX Runtime fp32 on the CPU EP (all graph optimisations, intra-op threads = torch's) for `model`."""
-    import onnxruntime as ort
-
-    from deepres.export import _quiet_exporter
+    """ONNX Runtime fp32 on the CPU EP for `model`, exported as `deepres export` does (without its metadata)."""
+    from deepres.export import export_onnx, onnxruntime_runner as session_runner
 
     path = workdir / "model.onnx"
-    example = torch.randn(2, *input_size)
-    with _quiet_exporter():
-        torch.onnx.export(model.eval(), (example,), str(path), dynamo=True, input_names=["input"],
-                          output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"input": x.float().contiguous().numpy()})[0])
+    export_onnx(model.eval(), torch.randn(2, *input_size), path)
+    run = session_runner(path)
+    return lambda x: torch.from_numpy(run(x.float().contiguous()))
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -166,7 +158,7 @@ def _benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, sec
             chunk = max(batches)
             images = torch.randn(-(-agreement_images // chunk) * chunk, *input_size, generator=generator)
             inputs = {b: torch.randn(b, *input_size, generator=generator) for b in batches}
-            reference = run_batches(lambda x: model(x), images, chunk)
+            reference = run_batches(model, images, chunk)
             for path in paths:
                 runner, info, prepare_s = build_path(path, model, input_size, workdir=Path(tmp), batch_size=chunk)
                 agree, error = agreement(run_batches(runner, images, chunk), reference)
@@ -220,8 +212,7 @@ def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: 
         if seen >= calibration_images:
             break
     input_size = tuple(images.shape[1:])
-    with torch.inference_mode():
-        reference = run_batches(lambda x: model(x), images, batch_size)
+    reference = run_batches(model, images, batch_size)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in paths:

@@ -112,7 +112,7 @@ def export_model(model: nn.Module, out: str | Path, *, format: str, metadata: di
     try:
         if format == "onnx":
             _write_onnx(model, example, tmp, metadata, opset, exporter)
-            run_exported = _onnxruntime_runner(tmp)
+            run_exported = onnxruntime_runner(tmp)
         elif format == "torchscript":
             _write_torchscript(model, example, tmp, metadata)
             with _no_jit_deprecation():
@@ -156,6 +156,19 @@ def _fp32_cpu_eval(model: nn.Module) -> nn.Module:
 def _write_onnx(model, example, path: Path, metadata: dict, opset: int | None, exporter: str) -> None:
     import onnx
 
+    export_onnx(model, example, path, opset=opset, exporter=exporter)
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    proto.producer_name = "deepres"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+
+
+def export_onnx(model, example, path: Path, *, opset: int | None = None, exporter: str = "dynamo") -> None:
+    """torch.onnx.export of `model` to `path`: input "input" with a dynamic batch dimension, output "logits"."""
     kwargs = {"input_names": ["input"], "output_names": ["logits"]}
     if opset is not None:
         kwargs["opset_version"] = opset
@@ -171,17 +184,11 @@ def _write_onnx(model, example, path: Path, metadata: dict, opset: int | None, e
     with _quiet_exporter():
         torch.onnx.export(model, (example,), str(path), dynamo=exporter == "dynamo", external_data=False,
                           **kwargs)
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    proto.producer_name = "deepres"
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
 
 
-def _onnxruntime_runner(path: Path):
+def onnxruntime_runner(path: Path):
+    """An ONNX Runtime session on the CPU EP (all graph optimisations, intra-op threads = torch's) as a function
+    of a contiguous float32 CPU tensor, returning a numpy array."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
