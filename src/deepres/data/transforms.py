@@ -43,13 +43,16 @@ def _uniform(generator: torch.Generator, n: int, low: float, high: float) -> tor
 
 
 # ----------------------------------------------------------------------------------------------- geometry
-def resize(x: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear resize with antialias to (height, width); uint8 in, uint8 out (rounded), float stays float."""
+def resize(x: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:
+    """Antialiased bilinear (or bicubic, clamped to 0-255) resize to (height, width); uint8 in, uint8 out
+    (rounded), float stays float."""
     height, width = _pair(size)
     batch, single = _batched(x)
     if batch.shape[-2:] == (height, width):
         return x
-    out = F.interpolate(batch.float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    out = F.interpolate(batch.float(), size=(height, width), mode=mode, antialias=True, align_corners=False)
+    if mode == "bicubic":
+        out = out.clamp_(0, 255)  # bicubic overshoots at edges
     if x.dtype == torch.uint8:
         out = out.round_().clamp_(0, 255).to(torch.uint8)
     return out[0] if single else out
@@ -62,9 +65,9 @@ def shorter_side_size(height: int, width: int, size: int) -> tuple[int, int]:
     return int(size * height / width), size
 
 
-def resize_shorter(x: torch.Tensor, size: int) -> torch.Tensor:
+def resize_shorter(x: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
     """Resize so the shorter side is `size` pixels, keeping the aspect ratio."""
-    return resize(x, shorter_side_size(x.shape[-2], x.shape[-1], size))
+    return resize(x, shorter_side_size(x.shape[-2], x.shape[-1], size), mode)
 
 
 def crop(x: torch.Tensor, top: int, left: int, height: int, width: int) -> torch.Tensor:
@@ -173,9 +176,9 @@ def parse_eval_preset(preset: str, image_size: int) -> tuple[int, int] | None:
     raise ValueError(f"unknown data.eval_preset {preset!r}; expected none, 224_256, 224_256a or crop_pct:X")
 
 
-def resize_center_crop(x: torch.Tensor, resize_to: int, crop_size: int) -> torch.Tensor:
+def resize_center_crop(x: torch.Tensor, resize_to: int, crop_size: int, mode: str = "bilinear") -> torch.Tensor:
     """Shorter side to `resize_to`, then the central `crop_size` square (the standard eval transform)."""
-    return center_crop(resize_shorter(x, resize_to), crop_size)
+    return center_crop(resize_shorter(x, resize_to, mode), crop_size)
 
 
 # ------------------------------------------------------------------------------------------- channels

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from deepres.data import transforms as T
@@ -106,20 +105,10 @@ def _tensor_to_image(tensor: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ transform
-def _resize_bicubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == size:
-        return x
-    out = F.interpolate(x[None].float(), size=size, mode="bicubic", antialias=True, align_corners=False)[0]
-    out = out.clamp_(0, 255)  # bicubic overshoots at edges
-    return out.round_().to(torch.uint8) if x.dtype == torch.uint8 else out
-
-
 def resize_and_crop(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
-    """Shorter side to pp.resize, then the centre pp.crop_size square (same dtype as the input)."""
-    if pp.interpolation == "bilinear":
-        return T.resize_center_crop(image, pp.resize, pp.crop_size)  # the eval loaders' own function
-    size = T.shorter_side_size(image.shape[-2], image.shape[-1], pp.resize)
-    return T.center_crop(_resize_bicubic(image, size), pp.crop_size)
+    """Shorter side to pp.resize, then the centre pp.crop_size square (same dtype as the input): the eval
+    loaders' own function, with the preprocess's interpolation."""
+    return T.resize_center_crop(image, pp.resize, pp.crop_size, pp.interpolation)
 
 
 def preprocess_image(item, pp: Preprocess) -> torch.Tensor:
