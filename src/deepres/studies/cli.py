@@ -7,7 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from .spec import (DATA_PRESETS, PlannedRun, StudyConfig, data_preset_overrides, default_study_dir, load_study,
+from deepres.runs import METRICS_FILE
+
+from .spec import (DATA_PRESETS, PlannedRun, StudyConfig, common_overrides, default_study_dir, load_study,
                    plan_study, resolved_study_dict, with_selection)
 
 STUDY_FILE = "study.yaml"  # the resolved study, in the study's output folder
@@ -85,7 +87,7 @@ def collect_study_runs(runs: list[PlannedRun], metric: str) -> dict:
 
     groups: dict[str, list] = {}
     for run in runs:
-        if (run.run_dir / "metrics.jsonl").is_file():
+        if (run.run_dir / METRICS_FILE).is_file():
             result = read_run(run.run_dir, variant=run.variant, seed=run.seed, metric=metric)
         else:
             result = RunResult(run.variant, run.seed, run.run_dir, "not run", {}, None, None, None, 0, 0, 0.0,
@@ -134,8 +136,7 @@ def write_resolved_study(study_dir: Path, study: StudyConfig, cli_overrides: lis
 
 def print_plan(study: StudyConfig, study_dir: Path, runs: list[PlannedRun], cli_overrides: list[str],
                run_state) -> None:
-    common = [*data_preset_overrides(study.data), *(study.budgets[study.budget] if study.budget else []),
-              *study.overrides, *study.set, *cli_overrides]
+    common = [*common_overrides(study), *study.set, *cli_overrides]
     print(f"study {study.path}: base {study.base}, {len(study.variants)} variants x {len(study.seeds)} seeds "
           f"= {len(runs)} runs in {study_dir}")
     print("every run: " + (" ".join(common) or "(no overrides)"))

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from deepres.runs import METRICS_FILE
 from deepres.train.config import RESUME_MAY_DIFFER
 
 from .report import COLUMNS, print_table, read_run, write_report
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     dirs = [Path(d) for d in args.runs]
     for d in dirs:
-        if not (d / "metrics.jsonl").is_file():
+        if not (d / METRICS_FILE).is_file():
             raise FileNotFoundError(f"{d}: not a run directory (no metrics.jsonl)")
     if len({d.resolve() for d in dirs}) != len(dirs):
         raise ValueError("the same run directory is listed twice")

@@ -225,6 +225,12 @@ def default_study_dir(study: StudyConfig, out_root: str | os.PathLike = "studies
     return Path(out_root) / (study.name or Path(study.path).stem)
 
 
+def common_overrides(study: StudyConfig) -> list[str]:
+    """The overrides every run of a study shares, before its variant's: data preset, budget, study overrides."""
+    return [*data_preset_overrides(study.data), *(study.budgets.get(study.budget, []) if study.budget else []),
+            *study.overrides]
+
+
 def plan_study(study: StudyConfig, study_dir: str | os.PathLike, cli_overrides: list[str] = ()) -> list[PlannedRun]:
     """Every (variant, seed) as a checked training config living in study_dir/<variant>/seed<k>/."""
     study_dir = Path(study_dir)
@@ -233,8 +239,7 @@ def plan_study(study: StudyConfig, study_dir: str | os.PathLike, cli_overrides: 
     late = [*study.set, *cli_overrides]
     for item in late:
         _refuse_owned(item, "--set")
-    common = [*data_preset_overrides(study.data), *(study.budgets.get(study.budget, []) if study.budget else []),
-              *study.overrides]
+    common = common_overrides(study)
     for item in common:
         _refuse_owned(item, where)
     runs = []
