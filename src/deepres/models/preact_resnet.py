@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .base import ResidualNetwork, init_weights, stage_strides_and_dilations
 from .registry import register_variant
-from .resnet import conv1x1, conv3x3
+from .resnet import conv1x1, conv3x3, make_stem
 
 
 class PreActBasicBlock(nn.Module):
@@ -84,14 +84,10 @@ class PreActResNet(ResidualNetwork):
         super().__init__(num_classes, drop_rate)
         block = {"basic": PreActBasicBlock, "bottleneck": PreActBottleneck}.get(block, block)
         strides = strides or (1,) + (2,) * (len(layers) - 1)
-        if stem == "imagenet":
-            self.conv1, stem_stride = nn.Conv2d(in_chans, stem_width, 7, 2, 3, bias=False), 4
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-        elif stem == "cifar":
-            self.conv1, stem_stride = conv3x3(in_chans, stem_width), 1
-            self.maxpool = nn.Identity()
-        else:
+        if stem not in ("imagenet", "cifar"):  # the deep stem ends in a conv that wants a BN: post-activation only
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        self.conv1, stem_stride = make_stem(stem, in_chans, stem_width)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if stem_stride == 4 else nn.Identity()
 
         in_chs = stem_width
         unit = partial(block, dropout=block_dropout)

@@ -83,7 +83,6 @@ class ResNet38(ResidualNetwork):
         super().__init__(num_classes, drop_rate)
         if downsample not in ("maxpool", "conv"):
             raise ValueError(f"downsample must be 'maxpool' (Model A) or 'conv' (Model A1), got {downsample!r}")
-        self.downsample = downsample
         self.conv1a = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
         # B2..B6 halve the resolution, B7 keeps it; stages past output_stride dilate instead.
         plan = stage_strides_and_dilations((2, 2, 2, 2, 2, 1), 1, output_stride)
