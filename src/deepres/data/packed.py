@@ -245,13 +245,13 @@ def pack_dataset(cfg: DataConfig, out, *, splits: Sequence[str] = SPLITS, option
     _check_options(options, splits, workers)
     if val_size is not None and val_size < 0:
         raise ValueError(f"val size {val_size}: expected a shorter side in pixels >= 1, or 0 to keep sizes")
-    split_options = {"train": options, "val": options if val_size is None else replace(options, size=val_size)}
     if cfg.name not in SOURCE_FORMATS:
         raise ValueError(f"data.name={cfg.name}: packing reads file datasets ({', '.join(SOURCE_FORMATS)}); "
                          f"in-memory sets (CIFAR, MNIST) load fast as they are")
     out = Path(out)
     _check_out(out, force)
     options = replace(options, exif_rotate=cfg.exif_rotate, max_pixels=cfg.max_image_pixels)
+    split_options = {"train": options, "val": options if val_size is None else replace(options, size=val_size)}
     # val alone still needs train (imagenet and list val take the train classes)
     train, val = build_datasets(cfg) if "val" in splits else (build_train_dataset(cfg), None)
     out.parent.mkdir(parents=True, exist_ok=True)
