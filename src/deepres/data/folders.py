@@ -83,12 +83,15 @@ class ImageFileDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _options(self) -> dict:
+        """The keyword options this dataset was built with (for a dataset built like it)."""
+        return dict(on_bad_image=self.on_bad_image, bad_image_cap=self.bad_image_cap, exif_rotate=self.exif_rotate,
+                    max_pixels=self.max_pixels)
+
     def subset(self, n: int) -> "ImageFileDataset":
         """The first n samples (all if n <= 0)."""
         samples = self.samples[:n] if n > 0 else self.samples
-        return ImageFileDataset(samples, self.classes, on_bad_image=self.on_bad_image,
-                                bad_image_cap=self.bad_image_cap, exif_rotate=self.exif_rotate,
-                                max_pixels=self.max_pixels)
+        return ImageFileDataset(samples, self.classes, **self._options())
 
     def _decode(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]

@@ -323,9 +323,7 @@ class PackedDataset(ImageFileDataset):
     def subset(self, n: int) -> "PackedDataset":
         """The first n samples (all if n <= 0)."""
         records = self.records[:n] if n > 0 else self.records
-        return PackedDataset(self.directory, self.index, records, on_bad_image=self.on_bad_image,
-                             bad_image_cap=self.bad_image_cap, exif_rotate=self.exif_rotate,
-                             max_pixels=self.max_pixels)
+        return PackedDataset(self.directory, self.index, records, **self._options())
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
