@@ -24,6 +24,14 @@ class TooManyBadImagesError(ValueError):
     """More bad images were skipped than `bad_image_cap` allows."""
 
 
+class UnknownClassesError(ValueError):
+    """A dataset has classes that the class list it is relabelled onto lacks; `.unknown` lists them."""
+
+    def __init__(self, unknown: list[str]):
+        self.unknown = unknown
+        super().__init__(f"{len(unknown)} classes not in the class list, e.g. {unknown[:3]}")
+
+
 class _BadImageLedger:
     """Which samples were found bad, shared with DataLoader worker processes (fork or spawn inheritance)."""
 
@@ -128,6 +136,17 @@ class ImageFileDataset:
             except BadImageError as next_error:
                 self._skip(candidate, next_error)
         raise TooManyBadImagesError(f"no decodable image among the {n} samples (first bad: {error})")
+
+
+def relabel(dataset: ImageFileDataset, classes: list[str]) -> ImageFileDataset:
+    """The same images with labels indexing `classes`, which must hold every class of `dataset` (else
+    UnknownClassesError naming the others, in the dataset's class order)."""
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in dataset.classes if name not in index]
+    if unknown:
+        raise UnknownClassesError(unknown)
+    samples = [(path, index[dataset.classes[label]]) for path, label in dataset.samples]
+    return ImageFileDataset(samples, classes, **dataset._options())
 
 
 # ----------------------------------------------------------------------------------------------- scanning
@@ -346,17 +365,17 @@ def imagenet_val(val_dir, classes: list[str], *, ground_truth=None, synset_map=N
     val_dir = Path(val_dir)
     if not val_dir.is_dir():
         raise FileNotFoundError(f"ImageNet val folder not found: {val_dir}")
-    index = {synset: i for i, synset in enumerate(classes)}
     walk = _walk_images(val_dir)
     _, flat = next(walk, (val_dir, []))  # val_dir's own images (none if it cannot be read)
     if any(names for _, names in walk):  # some sub-folder holds images: class folders
         folders = image_folder(val_dir, class_depth=1, **options)
-        unknown = [c for c in folders.classes if c not in index]
-        if unknown:
-            raise ValueError(f"val class folder {val_dir / unknown[0]} is not a training class "
-                             f"({len(unknown)} unknown in all)")
-        samples = [(path, index[folders.classes[label]]) for path, label in folders.samples]
-        return ImageFileDataset(samples, classes, **options)
+        try:
+            return relabel(folders, classes)
+        except UnknownClassesError as e:
+            unknown = e.unknown
+        raise ValueError(f"val class folder {val_dir / unknown[0]} is not a training class "
+                         f"({len(unknown)} unknown in all)")
+    index = {synset: i for i, synset in enumerate(classes)}
     if ground_truth is None:
         raise ValueError(f"{val_dir} holds flat val images; set data.val_ground_truth to "
                          "ILSVRC2012_validation_ground_truth.txt (plus data.synset_map) or LOC_val_solution.csv")
