@@ -116,8 +116,6 @@ def _read_pair(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     train = _read_in_memory(cfg, "train")
     if train is not None:
         return train, _read_in_memory(cfg, "val")
-    if cfg.name not in FORMATS:
-        raise ValueError(f"unknown data.name {cfg.name!r}; expected one of {', '.join(FORMATS)}")
     root = resolve_root(cfg)
     train = _file_train_split(cfg, root)
     return train, _read_val(cfg, root, train.classes, training=True)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from . import transforms as T
 from .config import DataConfig
 from .datasets import Dataset, build_datasets, build_eval_dataset
+from .folders import BAD_IMAGE_POLICIES
 from .formats import ArrayDataset
 
 # Seed streams, so the order, per-item and per-batch draws never share a generator state.
@@ -227,7 +228,7 @@ class Loader:
 
 
 # ---------------------------------------------------------------------------------------------- building
-_CHOICES = {"on_device": ("auto", "yes", "no"), "normalize": ("meanstd", "mean"), "on_bad_image": ("error", "skip")}
+_CHOICES = {"on_device": ("auto", "yes", "no"), "normalize": ("meanstd", "mean"), "on_bad_image": BAD_IMAGE_POLICIES}
 
 
 def _check_config(cfg: DataConfig, seed: int, rank: int, world_size: int) -> None:

@@ -297,9 +297,7 @@ class _PackedSamples(Sequence):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def __getitem__(self, index: int) -> tuple[str, int]:
         if self._sources is None:
             self._sources = (self.directory / "sources.txt").read_text().splitlines()
         return self._sources[index], int(self.labels[index])
@@ -316,9 +314,6 @@ class PackedDataset(ImageFileDataset):
     @property
     def targets(self) -> list[int]:
         return self.records["label"].tolist()
-
-    def __len__(self) -> int:
-        return len(self.records)
 
     def subset(self, n: int) -> "PackedDataset":
         """The first n samples (all if n <= 0)."""
