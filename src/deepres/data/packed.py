@@ -41,7 +41,7 @@ from tqdm import tqdm
 from . import transforms as T
 from .config import DataConfig
 from .folders import ImageFileDataset
-from .images import DEFAULT_MAX_PIXELS, BadImageError, to_rgb, load_image, pil_to_tensor
+from .images import DEFAULT_MAX_PIXELS, BadImageError, init_decode_worker, load_image, pil_to_tensor, to_rgb
 
 PACK_VERSION = 1
 PACK_FILE = "pack.json"
@@ -94,10 +94,6 @@ def _encode_or_error(item: tuple[str, PackOptions]):
         return encode_image(path, options)
     except BadImageError as e:
         return e
-
-
-def _init_encoder() -> None:
-    torch.set_num_threads(1)  # the processes are the parallel axis
 
 
 class _ShardWriter:
@@ -256,7 +252,7 @@ def pack_dataset(cfg: DataConfig, out, *, splits: Sequence[str] = SPLITS, option
     train, val = build_datasets(cfg) if "val" in splits else (build_train_dataset(cfg), None)
     out.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.packing-"))
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_encoder) if workers > 0 else None
+    pool = mp.get_context("spawn").Pool(workers, initializer=init_decode_worker) if workers > 0 else None
     try:
         reports = [_pack_split(train if split == "train" else val, temp / split, split, split_options[split],
                                skip_bad=skip_bad, pool=pool, progress=progress) for split in splits]
