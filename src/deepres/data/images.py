@@ -95,5 +95,5 @@ def init_decode_worker(*_) -> None:
 
 def pil_to_tensor(img: Image.Image):
     """RGB PIL image -> uint8 tensor (3, H, W)."""
-    array = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    array = np.asarray(img, dtype=np.uint8)  # (H, W, 3), read-only: it shares Pillow's bytes
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())  # ndarray.copy: a new writable C-order array
