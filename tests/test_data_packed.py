@@ -167,6 +167,29 @@ def test_bad_source_images_are_skipped_and_listed(tmp_path):
     assert not (tmp_path / "packed" / "val" / "skipped.txt").exists()
 
 
+def test_pack_applies_exif_rotate_and_max_image_pixels_to_both_splits(tmp_path):
+    src = tmp_path / "src"
+    for split in ("train", "val"):
+        for name, (width, height) in (("large", (60, 40)), ("small", (30, 20))):
+            path = src / split / "cat" / f"{name}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image = Image.fromarray(smooth(width, height, 0))
+            exif = image.getexif()
+            exif[0x0112] = 6  # EXIF orientation: shown rotated 90 degrees clockwise
+            image.save(path, exif=exif)
+    cfg = folder_cfg(src, exif_rotate=True, max_image_pixels=1000)  # 60x40 is too large, 30x20 is not
+    options = PackOptions(size=0, encoding="raw")
+    reports = pack_dataset(cfg, tmp_path / "packed", skip_bad=True, progress=False, options=options, val_size=0)
+    for report, split in zip(reports, ("train", "val")):
+        assert report.images == 1 and [p for p, _ in report.skipped] == [str(src / split / "cat" / "large.jpg")]
+        assert report.skipped[0][1].startswith("too many pixels")
+        image, label = read_packed(tmp_path / "packed" / split)[0]
+        assert label == 0 and image.shape == (3, 30, 20)  # rotated upright: 20 wide, 30 high
+    with pytest.raises(BadImageError, match=r"large.jpg: too many pixels"):
+        pack_dataset(cfg, tmp_path / "strict", progress=False, options=options)
+    assert not (tmp_path / "strict").exists()
+
+
 def test_a_damaged_pack_is_named_and_bad_records_follow_the_bad_image_policy(tmp_path):
     src = write_folder(tmp_path / "src", splits=("train",))
     out = tmp_path / "packed"

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from .config import DataConfig
 from .fetch import DATASETS
-from .folders import ImageFileDataset, image_folder, image_list, imagenet_val, read_class_names
+from .folders import ImageFileDataset, image_folder, image_list, imagenet_val, read_class_names, relabel
 from .formats import ArrayDataset, make_synthetic, read_cifar10, read_cifar100, read_fashion_mnist, read_mnist
 
 FORMATS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "folder", "imagenet", "list", "packed", "synthetic")
@@ -109,18 +109,13 @@ def _read_val(cfg: DataConfig, root: Path, classes: list[str], *, training: bool
         against = root / cfg.train_split if training else f"the model's {len(classes)} classes"
         why = "both splits need the same classes" if training else "the val split has classes the model lacks"
         raise ValueError(f"class folders differ between {against} and {val_dir} (e.g. {differ[:3]}); {why}")
-    index = {name: i for i, name in enumerate(classes)}  # relabel a subset onto the model's class list
-    val.samples = [(path, index[val.classes[label]]) for path, label in val.samples]
-    val.classes = list(classes)
-    return val
+    return relabel(val, classes)  # a subset onto the model's class list
 
 
 def _read_pair(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     train = _read_in_memory(cfg, "train")
     if train is not None:
         return train, _read_in_memory(cfg, "val")
-    if cfg.name not in FORMATS:
-        raise ValueError(f"unknown data.name {cfg.name!r}; expected one of {', '.join(FORMATS)}")
     root = resolve_root(cfg)
     train = _file_train_split(cfg, root)
     return train, _read_val(cfg, root, train.classes, training=True)

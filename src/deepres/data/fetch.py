@@ -85,13 +85,15 @@ def package_md5s(source: Source) -> dict[str, str]:
     return found
 
 
-def check_file(path, source: Source) -> str:
-    """Check one file against the published md5 or the package manifest; returns which one matched."""
+def check_file(path, source: Source, manifest: dict[str, str] | None = None) -> str:
+    """Check one file against the published md5 or the package manifest; returns which one matched.
+
+    manifest: package_md5s(source), when the caller checks several files (read here when needed otherwise)."""
     path = Path(path)
     actual = md5sum(path)
     if actual == source.files[path.name]:
         return "published md5"
-    if actual == package_md5s(source).get(path.name):
+    if actual == (package_md5s(source) if manifest is None else manifest).get(path.name):
         return "package manifest md5"
     raise ChecksumError(f"{path}: md5 {actual} matches neither the published md5 {source.files[path.name]} "
                         "nor a package manifest")
@@ -104,8 +106,9 @@ def find_local(name: str) -> Path | None:
     source = DATASETS[canonical_name(name)]
     for directory in map(Path, source.local_dirs):
         if all((directory / f).is_file() for f in source.files):
+            manifest = package_md5s(source)
             for f in source.files:
-                check_file(directory / f, source)
+                check_file(directory / f, source, manifest)
             return directory
     return None
 
@@ -158,11 +161,12 @@ def get_dataset(name: str, dest=None, *, mirrors=None, force: bool = False, prog
         return local
     dest = Path(dest) if dest is not None else Path("data") / key
     dest.mkdir(parents=True, exist_ok=True)
+    manifest = package_md5s(source)
     for file_name in source.files:
         target = dest / file_name
         if target.exists():
             try:
-                check_file(target, source)
+                check_file(target, source, manifest)
                 continue
             except ChecksumError:
                 if not force:

@@ -24,6 +24,14 @@ class TooManyBadImagesError(ValueError):
     """More bad images were skipped than `bad_image_cap` allows."""
 
 
+class UnknownClassesError(ValueError):
+    """A dataset has classes that the class list it is relabelled onto lacks; `.unknown` lists them."""
+
+    def __init__(self, unknown: list[str]):
+        self.unknown = unknown
+        super().__init__(f"{len(unknown)} classes not in the class list, e.g. {unknown[:3]}")
+
+
 class _BadImageLedger:
     """Which samples were found bad, shared with DataLoader worker processes (fork or spawn inheritance)."""
 
@@ -83,12 +91,15 @@ class ImageFileDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _options(self) -> dict:
+        """The keyword options this dataset was built with (for a dataset built like it)."""
+        return dict(on_bad_image=self.on_bad_image, bad_image_cap=self.bad_image_cap, exif_rotate=self.exif_rotate,
+                    max_pixels=self.max_pixels)
+
     def subset(self, n: int) -> "ImageFileDataset":
         """The first n samples (all if n <= 0)."""
         samples = self.samples[:n] if n > 0 else self.samples
-        return ImageFileDataset(samples, self.classes, on_bad_image=self.on_bad_image,
-                                bad_image_cap=self.bad_image_cap, exif_rotate=self.exif_rotate,
-                                max_pixels=self.max_pixels)
+        return ImageFileDataset(samples, self.classes, **self._options())
 
     def _decode(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
@@ -127,9 +138,28 @@ class ImageFileDataset:
         raise TooManyBadImagesError(f"no decodable image among the {n} samples (first bad: {error})")
 
 
+def relabel(dataset: ImageFileDataset, classes: list[str]) -> ImageFileDataset:
+    """The same images with labels indexing `classes`, which must hold every class of `dataset` (else
+    UnknownClassesError naming the others, in the dataset's class order)."""
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in dataset.classes if name not in index]
+    if unknown:
+        raise UnknownClassesError(unknown)
+    samples = [(path, index[dataset.classes[label]]) for path, label in dataset.samples]
+    return ImageFileDataset(samples, classes, **dataset._options())
+
+
 # ----------------------------------------------------------------------------------------------- scanning
 def _visible(name: str) -> bool:
     return not name.startswith(".")
+
+
+def _walk_images(root: Path):
+    """(folder, sorted names of its image files) for root and every folder below it, top-down, sub-folders in
+    sorted order; hidden entries skipped, symbolic links followed."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        yield Path(dirpath), sorted(f for f in filenames if _visible(f) and is_image_file(f))
 
 
 def list_image_files(root) -> list[Path]:
@@ -137,25 +167,13 @@ def list_image_files(root) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image directory not found: {root}")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        found.extend(Path(dirpath) / f for f in sorted(filenames) if _visible(f) and is_image_file(f))
+    found = [folder / name for folder, names in _walk_images(root) for name in names]
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _dirs_with_images(root: Path) -> list[Path]:
-    """Directories under root (root excluded) that directly contain at least one image file."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        if Path(dirpath) != root and any(_visible(f) and is_image_file(f) for f in filenames):
-            found.append(Path(dirpath))
-    return found
-
-
-def _class_dirs(root: Path, class_depth: int) -> list[Path]:
-    """Class directories: exactly `class_depth` levels below root, or (0) every folder holding images."""
+def _class_dirs(root: Path, class_depth: int) -> dict[Path, list[Path] | None]:
+    """Class directories: exactly `class_depth` levels below root, or (0) every folder holding images. Each maps
+    to its image files where the scan already listed them all (class_depth 0), else to None."""
     if class_depth > 0:
         level = [root]
         for _ in range(class_depth):
@@ -165,17 +183,18 @@ def _class_dirs(root: Path, class_depth: int) -> list[Path]:
                 raise ValueError(f"{stray[0]} lies above the class folders (data.class_depth={class_depth}); "
                                  "move it into a class folder or change data.class_depth")
             level = [e for e in entries if e.is_dir()]
-        return level
+        return dict.fromkeys(level)
     if any(_visible(f.name) and f.is_file() and is_image_file(f.name) for f in root.iterdir()):
         raise ValueError(f"{root} holds images directly, not in class folders; for a flat folder use a list "
                          "file (data.name=list) or ImageNet val with data.val_ground_truth")
-    dirs = _dirs_with_images(root)
-    known = set(dirs)
+    dirs = {folder: [folder / name for name in names] for folder, names in _walk_images(root)
+            if names and folder != root}
     for child in dirs:
-        parent = next((p for p in child.parents if p in known), None)
+        parent = next((p for p in child.parents if p in dirs), None)
         if parent is not None:
             raise ValueError(f"ambiguous class folders: {parent} holds images and so does its sub-folder "
                              f"{child}; set data.class_depth to say which level names the classes")
+    # No class folder has a sub-folder holding images, so its own images are all its images.
     return dirs
 
 
@@ -189,11 +208,12 @@ def image_folder(root, *, class_depth: int = 0, **options) -> ImageFileDataset:
         raise FileNotFoundError(f"image folder not found: {root}")
     if class_depth < 0:
         raise ValueError(f"data.class_depth must be >= 0, got {class_depth}")
-    class_dirs = sorted(_class_dirs(root, class_depth), key=lambda d: d.relative_to(root).as_posix())
+    listed = _class_dirs(root, class_depth)
+    class_dirs = sorted(listed, key=lambda d: d.relative_to(root).as_posix())
     classes = [d.relative_to(root).as_posix() for d in class_dirs]
     samples = []
     for label, class_dir in enumerate(class_dirs):
-        files = list_image_files(class_dir)
+        files = listed[class_dir] if listed[class_dir] is not None else list_image_files(class_dir)
         if not files:
             raise FileNotFoundError(f"class folder {class_dir} holds no image files")
         samples.extend((str(f), label) for f in files)
@@ -345,15 +365,17 @@ def imagenet_val(val_dir, classes: list[str], *, ground_truth=None, synset_map=N
     val_dir = Path(val_dir)
     if not val_dir.is_dir():
         raise FileNotFoundError(f"ImageNet val folder not found: {val_dir}")
-    index = {synset: i for i, synset in enumerate(classes)}
-    if _dirs_with_images(val_dir):
+    walk = _walk_images(val_dir)
+    _, flat = next(walk, (val_dir, []))  # val_dir's own images (none if it cannot be read)
+    if any(names for _, names in walk):  # some sub-folder holds images: class folders
         folders = image_folder(val_dir, class_depth=1, **options)
-        unknown = [c for c in folders.classes if c not in index]
-        if unknown:
-            raise ValueError(f"val class folder {val_dir / unknown[0]} is not a training class "
-                             f"({len(unknown)} unknown in all)")
-        samples = [(path, index[folders.classes[label]]) for path, label in folders.samples]
-        return ImageFileDataset(samples, classes, **options)
+        try:
+            return relabel(folders, classes)
+        except UnknownClassesError as e:
+            unknown = e.unknown
+        raise ValueError(f"val class folder {val_dir / unknown[0]} is not a training class "
+                         f"({len(unknown)} unknown in all)")
+    index = {synset: i for i, synset in enumerate(classes)}
     if ground_truth is None:
         raise ValueError(f"{val_dir} holds flat val images; set data.val_ground_truth to "
                          "ILSVRC2012_validation_ground_truth.txt (plus data.synset_map) or LOC_val_solution.csv")
@@ -365,7 +387,7 @@ def imagenet_val(val_dir, classes: list[str], *, ground_truth=None, synset_map=N
     else:
         by_number = _val_synsets_from_ground_truth(ground_truth, synset_map)
     samples = []
-    for path in list_image_files(val_dir):
+    for path in (val_dir / name for name in flat):  # no sub-folder holds images: these are all of them, sorted
         match = _VAL_NUMBER.fullmatch(path.stem)
         if not match:
             raise ValueError(f"{path}: not named ILSVRC2012_val_NNNNNNNN, so it has no ground-truth entry")

@@ -86,7 +86,14 @@ def load_image(path, *, exif_rotate: bool = False, max_pixels: int = DEFAULT_MAX
     return to_rgb(img)
 
 
+def init_decode_worker(*_) -> None:
+    """Initializer of a process that decodes images (DataLoader worker, packing pool): the processes are the
+    parallel axis, so one intra-op thread each (more would oversubscribe the CPU). Arguments are ignored
+    (DataLoader passes the worker id)."""
+    torch.set_num_threads(1)
+
+
 def pil_to_tensor(img: Image.Image):
     """RGB PIL image -> uint8 tensor (3, H, W)."""
-    array = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    array = np.asarray(img, dtype=np.uint8)  # (H, W, 3), read-only: it shares Pillow's bytes
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())  # ndarray.copy: a new writable C-order array

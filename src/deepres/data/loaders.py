@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader
 from . import transforms as T
 from .config import DataConfig
 from .datasets import Dataset, build_datasets, build_eval_dataset
+from .folders import BAD_IMAGE_POLICIES
 from .formats import ArrayDataset
+from .images import init_decode_worker
 
 # Seed streams, so the order, per-item and per-batch draws never share a generator state.
 _ORDER, _ITEM, _BATCH = 0, 1, 2
@@ -129,11 +131,6 @@ class _PlannedBatches:
             yield pairs[start:start + size]
 
 
-def _init_worker(worker_id: int) -> None:
-    # Decoding is the parallel axis; intra-op threads in every worker would oversubscribe the CPU.
-    torch.set_num_threads(1)
-
-
 class Loader:
     """Iterates (images float32 (N, C, H, W) normalised, labels int64 (N,)), both on `device`.
 
@@ -160,7 +157,7 @@ class Loader:
         else:
             self._loader = DataLoader(
                 _ItemSource(dataset, item_transform), batch_sampler=_PlannedBatches(self), num_workers=workers,
-                pin_memory=device.type == "cuda", persistent_workers=workers > 0, worker_init_fn=_init_worker,
+                pin_memory=device.type == "cuda", persistent_workers=workers > 0, worker_init_fn=init_decode_worker,
                 # DataLoader draws its workers' base seed from this, not from the global RNG.
                 generator=torch.Generator().manual_seed(seed))
 
@@ -227,7 +224,7 @@ class Loader:
 
 
 # ---------------------------------------------------------------------------------------------- building
-_CHOICES = {"on_device": ("auto", "yes", "no"), "normalize": ("meanstd", "mean"), "on_bad_image": ("error", "skip")}
+_CHOICES = {"on_device": ("auto", "yes", "no"), "normalize": ("meanstd", "mean"), "on_bad_image": BAD_IMAGE_POLICIES}
 
 
 def _check_config(cfg: DataConfig, seed: int, rank: int, world_size: int) -> None:
@@ -277,10 +274,10 @@ def _eval_loader(cfg: DataConfig, eval_set, in_chans: int, loader_args: dict) ->
         eval_items = ItemTransform(size=eval_resize[1], resize_to=eval_resize[0])
     else:
         eval_items = None if in_memory else ItemTransform(size=cfg.image_size, resize_to=cfg.image_size)
-    common = dict(in_chans=in_chans, normalize=cfg.normalize, mean=tuple(cfg.mean), std=tuple(cfg.std))
-    BatchTransform(**common)(torch.zeros(1, eval_set.in_chans, 1, 1, dtype=torch.uint8))  # mean/std vs channels
+    eval_batches = BatchTransform(in_chans=in_chans, normalize=cfg.normalize, mean=tuple(cfg.mean), std=tuple(cfg.std))
+    eval_batches(torch.zeros(1, eval_set.in_chans, 1, 1, dtype=torch.uint8))  # mean/std vs channels
     return Loader(eval_set, batch_size=cfg.eval_batch_size, train=False, item_transform=eval_items,
-                  batch_transform=BatchTransform(**common), **loader_args)
+                  batch_transform=eval_batches, **loader_args)
 
 
 def build_eval_loader(cfg: DataConfig, device, *, classes: list[str] | None = None, seed: int = 0, rank: int = 0,

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from . import transforms as T
 from .config import DataConfig
 from .folders import ImageFileDataset
-from .images import DEFAULT_MAX_PIXELS, BadImageError, to_rgb, load_image, pil_to_tensor
+from .images import DEFAULT_MAX_PIXELS, BadImageError, init_decode_worker, load_image, pil_to_tensor, to_rgb
 
 PACK_VERSION = 1
 PACK_FILE = "pack.json"
@@ -94,10 +94,6 @@ def _encode_or_error(item: tuple[str, PackOptions]):
         return encode_image(path, options)
     except BadImageError as e:
         return e
-
-
-def _init_encoder() -> None:
-    torch.set_num_threads(1)  # the processes are the parallel axis
 
 
 class _ShardWriter:
@@ -245,18 +241,18 @@ def pack_dataset(cfg: DataConfig, out, *, splits: Sequence[str] = SPLITS, option
     _check_options(options, splits, workers)
     if val_size is not None and val_size < 0:
         raise ValueError(f"val size {val_size}: expected a shorter side in pixels >= 1, or 0 to keep sizes")
-    split_options = {"train": options, "val": options if val_size is None else replace(options, size=val_size)}
     if cfg.name not in SOURCE_FORMATS:
         raise ValueError(f"data.name={cfg.name}: packing reads file datasets ({', '.join(SOURCE_FORMATS)}); "
                          f"in-memory sets (CIFAR, MNIST) load fast as they are")
     out = Path(out)
     _check_out(out, force)
     options = replace(options, exif_rotate=cfg.exif_rotate, max_pixels=cfg.max_image_pixels)
+    split_options = {"train": options, "val": options if val_size is None else replace(options, size=val_size)}
     # val alone still needs train (imagenet and list val take the train classes)
     train, val = build_datasets(cfg) if "val" in splits else (build_train_dataset(cfg), None)
     out.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.packing-"))
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_encoder) if workers > 0 else None
+    pool = mp.get_context("spawn").Pool(workers, initializer=init_decode_worker) if workers > 0 else None
     try:
         reports = [_pack_split(train if split == "train" else val, temp / split, split, split_options[split],
                                skip_bad=skip_bad, pool=pool, progress=progress) for split in splits]
@@ -297,9 +293,7 @@ class _PackedSamples(Sequence):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def __getitem__(self, index: int) -> tuple[str, int]:
         if self._sources is None:
             self._sources = (self.directory / "sources.txt").read_text().splitlines()
         return self._sources[index], int(self.labels[index])
@@ -317,15 +311,10 @@ class PackedDataset(ImageFileDataset):
     def targets(self) -> list[int]:
         return self.records["label"].tolist()
 
-    def __len__(self) -> int:
-        return len(self.records)
-
     def subset(self, n: int) -> "PackedDataset":
         """The first n samples (all if n <= 0)."""
         records = self.records[:n] if n > 0 else self.records
-        return PackedDataset(self.directory, self.index, records, on_bad_image=self.on_bad_image,
-                             bad_image_cap=self.bad_image_cap, exif_rotate=self.exif_rotate,
-                             max_pixels=self.max_pixels)
+        return PackedDataset(self.directory, self.index, records, **self._options())
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
