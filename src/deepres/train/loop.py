@@ -369,9 +369,8 @@ def _save(ckpt_dir, model, optimizer, scaler, ema, state: TrainState, metrics: d
         "metrics": dict(metrics),
         "world_size": world_size,  # processes that trained it; a resume must use as many
     }
-    save_checkpoint(ckpt_dir, "last", model=model, state=payload, config=config, classes=classes)
-    if best:
-        save_checkpoint(ckpt_dir, "best", model=model, state=payload, config=config, classes=classes)
+    save_checkpoint(ckpt_dir, "last", model=model, state=payload, config=config, classes=classes,
+                    also=("best",) if best else ())
 
 
 def _restore_rng(rng: dict, device: torch.device, distributed: bool) -> None:
