@@ -13,12 +13,12 @@ import math
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from deepres.models.base import module_device
+from deepres.train.distributed import all_reduce_sum, is_distributed
 
 
 def make_views(images: torch.Tensor, scales: Sequence[int] = (), flip: bool = False) -> list[torch.Tensor]:
@@ -76,7 +76,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
         for module, was_training in training_flags:
             module.train(was_training)
     if distributed is None:
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        distributed = is_distributed()
     if distributed:
         if metrics is None:  # a rank whose shard is empty still takes part in the sums
             metrics = _Accumulators(num_classes, top_k, module_device(model))
@@ -147,7 +147,7 @@ class _Accumulators:
         states = [s for metric in (self.top1, self.topk, self.confusion) for s in metric.metric_state.values()]
         counts = torch.stack([self.bad_labels, torch.tensor(self.count, dtype=torch.int64, device=self.device)])
         for tensor in (*states, counts, self.loss_sum):
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            all_reduce_sum(tensor)
         self.bad_labels, self.count = counts[0], int(counts[1])
 
     def result(self, top_k: int, class_names: list[str]) -> dict:
