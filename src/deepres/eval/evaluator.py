@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from deepres.models.base import module_device
+from deepres.models.base import eval_mode, module_device
 from deepres.train.distributed import all_reduce_sum, is_distributed
 
 
@@ -58,23 +58,17 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
     """
     _check_arguments(num_classes, scales, class_names, max_batches)
     top_k = min(5, num_classes)
-    # Per-module flags, so a model with some submodules deliberately frozen in eval mode comes back unchanged.
-    training_flags = [(m, m.training) for m in model.modules()]
-    model.eval()
     metrics = None
-    try:
-        with torch.inference_mode():
-            for batch_index, (images, labels) in enumerate(loader):
-                if max_batches and batch_index >= max_batches:
-                    break
-                if metrics is None:
-                    metrics = _Accumulators(num_classes, top_k, images.device)
-                labels = labels.to(images.device, non_blocking=True)
-                scores, loss_sum = _predict(model, images, labels, num_classes, scales, flip, amp_dtype)
-                metrics.update(scores, labels, loss_sum)
-    finally:
-        for module, was_training in training_flags:
-            module.train(was_training)
+    # eval_mode restores each module's own flag, so submodules deliberately frozen in eval mode stay so
+    with eval_mode(model), torch.inference_mode():
+        for batch_index, (images, labels) in enumerate(loader):
+            if max_batches and batch_index >= max_batches:
+                break
+            if metrics is None:
+                metrics = _Accumulators(num_classes, top_k, images.device)
+            labels = labels.to(images.device, non_blocking=True)
+            scores, loss_sum = _predict(model, images, labels, num_classes, scales, flip, amp_dtype)
+            metrics.update(scores, labels, loss_sum)
     if distributed is None:
         distributed = is_distributed()
     if distributed:
