@@ -66,7 +66,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
                 break
             if metrics is None:
                 metrics = _Accumulators(num_classes, top_k, images.device)
-            labels = labels.to(images.device, non_blocking=True)
+            labels = metrics.checked_labels(labels.to(images.device, non_blocking=True))
             scores, loss_sum = _predict(model, images, labels, num_classes, scales, flip, amp_dtype)
             metrics.update(scores, labels, loss_sum)
     if distributed is None:
@@ -82,7 +82,9 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
 
 
 def _predict(model, images, labels, num_classes, scales, flip, amp_dtype):
-    """Scores to rank classes by (logits or averaged probabilities) and the batch's summed loss."""
+    """Scores to rank classes by (logits or averaged probabilities) and the batch's summed loss.
+
+    `labels` must already lie in [0, num_classes) (see _Accumulators.checked_labels)."""
     views = make_views(images, scales, flip)
     probs_sum = None
     for view in views:
@@ -93,13 +95,13 @@ def _predict(model, images, labels, num_classes, scales, flip, amp_dtype):
                              f"expected ({images.shape[0]}, {num_classes}) for num_classes={num_classes}")
         logits = logits.float()
         if len(views) == 1:
-            return logits, _summed(F.cross_entropy(logits, labels.clamp(0, num_classes - 1), reduction="none"))
+            return logits, _summed(F.cross_entropy(logits, labels, reduction="none"))
         probs = logits.softmax(dim=1)
         probs_sum = probs if probs_sum is None else probs_sum + probs
     probs = probs_sum / len(views)
     # tiny floor: a probability that underflowed to 0 gives a large finite loss instead of inf
     log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
-    return probs, _summed(F.nll_loss(log_probs, labels.clamp(0, num_classes - 1), reduction="none"))
+    return probs, _summed(F.nll_loss(log_probs, labels, reduction="none"))
 
 
 def _summed(per_image_loss: torch.Tensor) -> torch.Tensor:
@@ -123,11 +125,16 @@ class _Accumulators:
         self.count = 0
         self.device = device
 
-    def update(self, scores: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor) -> None:
-        # Out-of-range labels are counted and reported at the end rather than checked per batch (a check
-        # would synchronise the GPU each batch); clamped meanwhile so torchmetrics' one_hot never fails.
+    def checked_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """`labels` clamped into [0, num_classes), the out-of-range ones counted (`result` reports them).
+
+        Counted rather than checked per batch (a check would synchronise the GPU each batch); clamped so the
+        loss and torchmetrics' one_hot never fail meanwhile."""
         self.bad_labels += ((labels < 0) | (labels >= self.num_classes)).sum()
-        labels = labels.clamp(0, self.num_classes - 1)
+        return labels.clamp(0, self.num_classes - 1)
+
+    def update(self, scores: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        """Add a batch; `labels` as returned by checked_labels."""
         self.top1.update(scores, labels)
         self.topk.update(scores, labels)
         self.confusion.update(scores, labels)
