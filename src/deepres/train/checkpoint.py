@@ -163,9 +163,9 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no weights file {path}")
     try:
-        with safetensors.safe_open(str(path), framework="pt") as f:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:  # what load_file does, once
             metadata = dict(f.metadata() or {})
-        tensors = safetensors.torch.load_file(str(path), device="cpu")
+            tensors = f.get_tensors()
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     for key in ("config", "classes"):
