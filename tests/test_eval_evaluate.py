@@ -153,6 +153,19 @@ def test_mode_restored_when_model_fails():
     assert model.training
 
 
+def test_eval_mode_helper_restores_each_flag_also_on_error():
+    from deepres.models.base import eval_mode
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
+    model[1].eval()
+    with eval_mode(model) as inside:
+        assert inside is model and not any(m.training for m in model.modules())
+    assert model.training and model[0].training and not model[1].training
+    with pytest.raises(RuntimeError, match="boom"), eval_mode(model):
+        raise RuntimeError("boom")
+    assert model.training and model[0].training and not model[1].training
+
+
 def test_amp_dtype_runs_under_autocast():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
     dtypes = []

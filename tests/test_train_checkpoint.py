@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from deepres.train.checkpoint import (atomic_write, capture_rng_state, checkpoint_paths, load_checkpoint,
-                                      load_weights, restore_rng_state, save_checkpoint, unwrap_model)
+from deepres.train.checkpoint import (STATE_FORMAT, atomic_write, capture_rng_state, checkpoint_paths,
+                                      load_checkpoint, load_weights, restore_rng_state, save_checkpoint,
+                                      unwrap_model)
 
 
 def net():
@@ -94,3 +95,32 @@ def test_mismatched_or_truncated_pair_is_refused(tmp_path):
         load_checkpoint(tmp_path / "c", "last")
     with pytest.raises(FileNotFoundError, match="no checkpoint 'best'"):
         load_checkpoint(tmp_path / "c", "best")
+
+
+def test_one_save_under_several_names_writes_the_bytes_of_separate_saves(tmp_path):
+    model = net()
+    state = trained_state(model)
+    config = {"model": {"name": "tiny"}}
+    paths = save_checkpoint(tmp_path / "both", "last", model=model, state=state, config=config, classes=["a"],
+                            also=("best",))
+    assert paths == checkpoint_paths(tmp_path / "both", "last")
+    # the files as written before `also` existed: torch.save straight into the file, one checkpoint per call
+    reference = tmp_path / "ref"
+    weights, state_file = checkpoint_paths(reference, "ref")
+    save_checkpoint(reference, "ref", model=model, state=state, config=config, classes=["a"])
+    atomic_write(state_file, lambda f: torch.save({"format": STATE_FORMAT, **state, "config": config}, f))
+    # safetensors writes the metadata in hash-map order, so two saves of one model differ in the order of the
+    # header's metadata keys only: compare what the weights files hold, and the state files byte for byte
+    ref_tensors, ref_meta = load_weights(weights)
+    for name in ("last", "best"):
+        got_weights, got_state = checkpoint_paths(tmp_path / "both", name)
+        tensors, meta = load_weights(got_weights)
+        assert meta == ref_meta and tensors.keys() == ref_tensors.keys()
+        assert all(torch.equal(v, ref_tensors[k]) for k, v in tensors.items())
+        assert len(got_weights.read_bytes()) == len(weights.read_bytes())
+        assert got_state.read_bytes() == state_file.read_bytes()
+        assert load_checkpoint(tmp_path / "both", name)[1]["step"] == 7
+    both = tmp_path / "both"
+    assert (both / "best.safetensors").read_bytes() == (both / "last.safetensors").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == [
+        "best.safetensors", "best.state.pt", "last.safetensors", "last.state.pt"]

@@ -118,6 +118,53 @@ def test_ema_tracks_weights_and_buffers():
     assert type(ModelEMA(compiled, 0.5).module) is nn.Sequential
 
 
+def _reference_ema_update(ema_state: dict, model_state: dict, decay: float) -> None:
+    """The EMA step as first written: lerp over the float entries of fresh state_dicts, copy the others."""
+    floats = [k for k, v in ema_state.items() if v.is_floating_point()]
+    torch._foreach_lerp_([ema_state[k] for k in floats], [model_state[k] for k in floats], 1.0 - decay)
+    for k, v in ema_state.items():
+        if not v.is_floating_point():
+            v.copy_(model_state[k])
+
+
+def test_ema_update_is_bit_identical_to_the_state_dict_formula_also_after_load_and_under_a_wrapper():
+    torch.manual_seed(0)
+    model = small_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ema = ModelEMA(model, decay=0.999)
+    reference = {k: v.clone() for k, v in ema.state_dict().items()}
+    wrapped = torch.compile(model, backend="eager")  # update unwraps it to the same bare model
+
+    def step(target):
+        model.train()
+        optimizer.zero_grad()
+        model(torch.randn(8, 1, 6, 6)).square().mean().backward()
+        optimizer.step()
+        ema.update(target)
+        with torch.no_grad():
+            _reference_ema_update(reference, model.state_dict(), ema.decay)
+        for k, v in ema.state_dict().items():
+            assert torch.equal(v, reference[k]), k
+
+    for target in (model, wrapped, model):
+        step(target)
+    # resume: load_state_dict copies in place, so later updates still reach the module's own tensors
+    saved = {k: v.clone() for k, v in ema.state_dict().items()}
+    step(model)
+    ema.load_state_dict(saved)
+    reference = {k: v.clone() for k, v in saved.items()}
+    step(wrapped)
+    step(model)
+    # a fresh EMA loaded from the checkpointed state (a resumed run) takes the same next step
+    again = ModelEMA(small_net(), decay=0.999)
+    again.load_state_dict(ema.state_dict())
+    step(model)
+    again.update(model)
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, reference[k]), k
+    assert int(reference["1.num_batches_tracked"]) == int(model.state_dict()["1.num_batches_tracked"]) > 0
+
+
 def test_dynamic_bn_momentum_is_the_cumulative_average_of_batch_stats():
     bn = nn.BatchNorm2d(3)
     set_bn_momentum(bn, "dynamic")

@@ -4,8 +4,6 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a deepres run directory or .safetensors checkpoint (config inside), "
@@ -58,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from deepres.eval import evaluate, write_confusion_matrix
     from deepres.models import load_pretrained
     from deepres.train.config import apply_overrides
-    from deepres.train.loop import build_model, default_device, resolve_config
+    from deepres.train.loop import AMP_DTYPES, build_model, default_device, resolve_config
 
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir() and any(out.iterdir()) and not args.force:
@@ -70,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = [f"data.{key}={value}" for key, value in (
         ("name", args.dataset), ("root", args.data), ("val_split", args.split), ("eval_preset", args.eval_preset),
         ("eval_batch_size", args.batch_size)) if value is not None]
-    # Evaluation runs in the checkpoint's layout, fp32 unless asked; training-only options do not matter here.
-    cfg = apply_overrides(cfg, [*overrides, "train.compile=false", f"train.amp={args.amp}", *args.overrides])
+    # Evaluation runs in the checkpoint's layout, fp32 unless --amp; of the train.* keys only seed and
+    # channels_last are read here (train.amp and train.compile are the training loop's alone).
+    cfg = apply_overrides(cfg, [*overrides, *args.overrides])
 
     device = default_device()
     # Only the evaluated split is read; a deepres checkpoint's class list stands in for the training split.
@@ -85,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                          f"was trained for")
     class_names = list(info["classes"]) if len(info["classes"]) == cfg.model.num_classes else classes
     result = evaluate(model, eval_loader, num_classes=cfg.model.num_classes, scales=scales, flip=args.flip,
-                      amp_dtype=torch.bfloat16 if args.amp == "bf16" else None, class_names=class_names)
+                      amp_dtype=AMP_DTYPES[args.amp], class_names=class_names)
 
     views = f"scales {scales}" if scales else "single scale"
     print(f"{path}: {cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, {views}"

@@ -13,12 +13,12 @@ import math
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from deepres.models.base import module_device
+from deepres.models.base import eval_mode, module_device
+from deepres.train.distributed import all_reduce_sum, is_distributed
 
 
 def make_views(images: torch.Tensor, scales: Sequence[int] = (), flip: bool = False) -> list[torch.Tensor]:
@@ -58,25 +58,19 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
     """
     _check_arguments(num_classes, scales, class_names, max_batches)
     top_k = min(5, num_classes)
-    # Per-module flags, so a model with some submodules deliberately frozen in eval mode comes back unchanged.
-    training_flags = [(m, m.training) for m in model.modules()]
-    model.eval()
     metrics = None
-    try:
-        with torch.inference_mode():
-            for batch_index, (images, labels) in enumerate(loader):
-                if max_batches and batch_index >= max_batches:
-                    break
-                if metrics is None:
-                    metrics = _Accumulators(num_classes, top_k, images.device)
-                labels = labels.to(images.device, non_blocking=True)
-                scores, loss_sum = _predict(model, images, labels, num_classes, scales, flip, amp_dtype)
-                metrics.update(scores, labels, loss_sum)
-    finally:
-        for module, was_training in training_flags:
-            module.train(was_training)
+    # eval_mode restores each module's own flag, so submodules deliberately frozen in eval mode stay so
+    with eval_mode(model), torch.inference_mode():
+        for batch_index, (images, labels) in enumerate(loader):
+            if max_batches and batch_index >= max_batches:
+                break
+            if metrics is None:
+                metrics = _Accumulators(num_classes, top_k, images.device)
+            labels = metrics.checked_labels(labels.to(images.device, non_blocking=True))
+            scores, loss_sum = _predict(model, images, labels, num_classes, scales, flip, amp_dtype)
+            metrics.update(scores, labels, loss_sum)
     if distributed is None:
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        distributed = is_distributed()
     if distributed:
         if metrics is None:  # a rank whose shard is empty still takes part in the sums
             metrics = _Accumulators(num_classes, top_k, module_device(model))
@@ -88,7 +82,9 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
 
 
 def _predict(model, images, labels, num_classes, scales, flip, amp_dtype):
-    """Scores to rank classes by (logits or averaged probabilities) and the batch's summed loss."""
+    """Scores to rank classes by (logits or averaged probabilities) and the batch's summed loss.
+
+    `labels` must already lie in [0, num_classes) (see _Accumulators.checked_labels)."""
     views = make_views(images, scales, flip)
     probs_sum = None
     for view in views:
@@ -99,13 +95,13 @@ def _predict(model, images, labels, num_classes, scales, flip, amp_dtype):
                              f"expected ({images.shape[0]}, {num_classes}) for num_classes={num_classes}")
         logits = logits.float()
         if len(views) == 1:
-            return logits, _summed(F.cross_entropy(logits, labels.clamp(0, num_classes - 1), reduction="none"))
+            return logits, _summed(F.cross_entropy(logits, labels, reduction="none"))
         probs = logits.softmax(dim=1)
         probs_sum = probs if probs_sum is None else probs_sum + probs
     probs = probs_sum / len(views)
     # tiny floor: a probability that underflowed to 0 gives a large finite loss instead of inf
     log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
-    return probs, _summed(F.nll_loss(log_probs, labels.clamp(0, num_classes - 1), reduction="none"))
+    return probs, _summed(F.nll_loss(log_probs, labels, reduction="none"))
 
 
 def _summed(per_image_loss: torch.Tensor) -> torch.Tensor:
@@ -129,11 +125,16 @@ class _Accumulators:
         self.count = 0
         self.device = device
 
-    def update(self, scores: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor) -> None:
-        # Out-of-range labels are counted and reported at the end rather than checked per batch (a check
-        # would synchronise the GPU each batch); clamped meanwhile so torchmetrics' one_hot never fails.
+    def checked_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """`labels` clamped into [0, num_classes), the out-of-range ones counted (`result` reports them).
+
+        Counted rather than checked per batch (a check would synchronise the GPU each batch); clamped so the
+        loss and torchmetrics' one_hot never fail meanwhile."""
         self.bad_labels += ((labels < 0) | (labels >= self.num_classes)).sum()
-        labels = labels.clamp(0, self.num_classes - 1)
+        return labels.clamp(0, self.num_classes - 1)
+
+    def update(self, scores: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        """Add a batch; `labels` as returned by checked_labels."""
         self.top1.update(scores, labels)
         self.topk.update(scores, labels)
         self.confusion.update(scores, labels)
@@ -147,7 +148,7 @@ class _Accumulators:
         states = [s for metric in (self.top1, self.topk, self.confusion) for s in metric.metric_state.values()]
         counts = torch.stack([self.bad_labels, torch.tensor(self.count, dtype=torch.int64, device=self.device)])
         for tensor in (*states, counts, self.loss_sum):
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            all_reduce_sum(tensor)
         self.bad_labels, self.count = counts[0], int(counts[1])
 
     def result(self, top_k: int, class_names: list[str]) -> dict:

@@ -1,4 +1,7 @@
 """What every deepres network shares: the classifier head, per-stage features and output-stride bookkeeping."""
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -97,3 +100,18 @@ def module_device(module: nn.Module) -> torch.device:
     for tensor in (*module.parameters(), *module.buffers()):
         return tensor.device
     return torch.device("cpu")
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model.eval()` for the duration of the block, then every module's own training flag back as it was.
+
+    Per module, so a model with some submodules deliberately kept in eval mode (frozen BatchNorm) comes back
+    unchanged; restored also when the block raises."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, was_training in flags:
+            module.train(was_training)

@@ -17,7 +17,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import safetensors.torch
@@ -125,12 +125,13 @@ def checkpoint_paths(directory: str | Path, name: str) -> tuple[Path, Path]:
 
 
 def save_checkpoint(directory: str | Path, name: str, *, model: nn.Module, state: dict, config: dict,
-                    classes: list[str] | None = None) -> tuple[Path, Path]:
+                    classes: list[str] | None = None, also: Sequence[str] = ()) -> tuple[Path, Path]:
     """Write `<name>.safetensors` (bare model) and `<name>.state.pt` (`state` + config) atomically.
 
     `state` must hold only tensors, dicts, lists, numbers, strings and None, and include `step` and `epoch`.
+    `also`: further names (e.g. "best") to write the same checkpoint under, serialised once; every file is
+    complete before any is renamed. Returns the paths of `name`.
     """
-    weights_path, state_path = checkpoint_paths(directory, name)
     bare = unwrap_model(model)
     # contiguous(): safetensors needs dense row-major tensors (channels_last weights are not)
     tensors = {k: v.detach().contiguous().cpu() for k, v in bare.state_dict().items()}
@@ -143,11 +144,17 @@ def save_checkpoint(directory: str | Path, name: str, *, model: nn.Module, state
         "epoch": str(int(state["epoch"])),
     }
     blob = safetensors.torch.save(tensors, metadata=metadata)
-    payload = {"format": STATE_FORMAT, **state, "config": config}
-    # Both temp files are complete before either rename; a crash between the two renames (microseconds)
+    buffer = io.BytesIO()
+    torch.save({"format": STATE_FORMAT, **state, "config": config}, buffer)
+    state_blob = buffer.getvalue()
+    # All temp files are complete before any rename; a crash between a pair's two renames (microseconds)
     # leaves a pair whose steps differ, which load_checkpoint detects.
-    atomic_write_many([(state_path, lambda f: torch.save(payload, f)), (weights_path, lambda f: f.write(blob))])
-    return weights_path, state_path
+    items = []
+    for each in (name, *also):
+        weights_path, state_path = checkpoint_paths(directory, each)
+        items += [(state_path, lambda f: f.write(state_blob)), (weights_path, lambda f: f.write(blob))]
+    atomic_write_many(items)
+    return checkpoint_paths(directory, name)
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -156,9 +163,9 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no weights file {path}")
     try:
-        with safetensors.safe_open(str(path), framework="pt") as f:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:  # what load_file does, once
             metadata = dict(f.metadata() or {})
-        tensors = safetensors.torch.load_file(str(path), device="cpu")
+            tensors = f.get_tensors()
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     for key in ("config", "classes"):

@@ -12,24 +12,41 @@ class ModelEMA:
 
     Integer buffers (BatchNorm's num_batches_tracked) are copied. `module` is a bare eval-mode copy that
     can be evaluated or saved like the model itself.
+
+    The pairs of (EMA tensor, model tensor) are collected on the first `update` and reused, so a step is two
+    fused foreach calls. They stay valid while both models keep their tensors (load_state_dict, optimizer steps
+    and BatchNorm updates all work in place); moving or casting the model after the first update (which
+    replaces its buffers) is not supported.
     """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.module = copy.deepcopy(unwrap_model(model)).eval().requires_grad_(False)
+        self._source: nn.Module | None = None  # the bare model the cached pairs below belong to
+        self._floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self._others: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+
+    def _pair_up(self, bare: nn.Module) -> None:
+        # keep_vars: the Parameter objects themselves, which stay valid even if their .data is swapped
+        ema_state, model_state = self.module.state_dict(keep_vars=True), bare.state_dict(keep_vars=True)
+        floats = [k for k, v in ema_state.items() if v.is_floating_point()]
+        others = [k for k, v in ema_state.items() if not v.is_floating_point()]
+        self._floats = ([ema_state[k] for k in floats], [model_state[k] for k in floats])
+        self._others = ([ema_state[k] for k in others], [model_state[k] for k in others])
+        self._source = bare
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        ema_state, model_state = self.module.state_dict(), unwrap_model(model).state_dict()
-        floats = [k for k, v in ema_state.items() if v.is_floating_point()]
-        torch._foreach_lerp_([ema_state[k] for k in floats], [model_state[k].detach() for k in floats],
-                             1.0 - self.decay)
-        for k, v in ema_state.items():
-            if not v.is_floating_point():
-                v.copy_(model_state[k])
+        bare = unwrap_model(model)
+        if bare is not self._source:
+            self._pair_up(bare)
+        if self._floats[0]:
+            torch._foreach_lerp_(*self._floats, 1.0 - self.decay)
+        if self._others[0]:
+            torch._foreach_copy_(*self._others)
 
     def state_dict(self) -> dict:
         return self.module.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state)
+        self.module.load_state_dict(state)  # copies into the existing tensors: the cached pairs stay valid

@@ -192,7 +192,7 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
 
     resume: continue exactly from checkpoints/last (the config may differ only in RESUME_MAY_DIFFER keys).
     stop_after_epochs: stop once this many epochs are complete (the schedule still spans the whole run),
-    to be continued with resume=True. loaders: (train, eval, info) instead of deepres.data.build_loaders.
+    to be continued with resume=True. loaders: (train, eval, info dict) instead of deepres.data.build_loaders.
     Under torchrun every process calls fit (see deepres.train.distributed); `loaders` must then hold this
     rank's shards, and every rank returns the same metrics.
     """
@@ -258,7 +258,7 @@ def _prepare(cfg: Config, resume: bool, device, loaders, dist_info: DistInfo, ru
 def _run(cfg, device, run_dir, ckpt_dir, saved, train_loader, eval_loader, info, stop_after_epochs, log,
          dist_info: DistInfo) -> dict:
     t = cfg.train
-    num_classes, classes = cfg.model.num_classes, list(_info(info, "classes", []))
+    num_classes, classes = cfg.model.num_classes, list(info.get("classes", []))
     model = build_model(cfg, device)
     if t.sync_bn and dist_info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys as BatchNorm
@@ -369,9 +369,8 @@ def _save(ckpt_dir, model, optimizer, scaler, ema, state: TrainState, metrics: d
         "metrics": dict(metrics),
         "world_size": world_size,  # processes that trained it; a resume must use as many
     }
-    save_checkpoint(ckpt_dir, "last", model=model, state=payload, config=config, classes=classes)
-    if best:
-        save_checkpoint(ckpt_dir, "best", model=model, state=payload, config=config, classes=classes)
+    save_checkpoint(ckpt_dir, "last", model=model, state=payload, config=config, classes=classes,
+                    also=("best",) if best else ())
 
 
 def _restore_rng(rng: dict, device: torch.device, distributed: bool) -> None:
@@ -432,16 +431,10 @@ def set_deterministic(enabled: bool, device: torch.device) -> None:
     torch.backends.cudnn.benchmark = not enabled and device.type == "cuda"
 
 
-def _info(info, key: str, default=None):
-    if isinstance(info, dict):
-        return info.get(key, default)
-    return getattr(info, key, default)
-
-
-def resolve_config(cfg: Config, info) -> Config:
-    """Fill what the data decides: model.num_classes and model.in_chans when 0."""
-    model = replace(cfg.model, num_classes=cfg.model.num_classes or int(_info(info, "num_classes")),
-                    in_chans=cfg.model.in_chans or int(_info(info, "in_chans")))
+def resolve_config(cfg: Config, info: dict) -> Config:
+    """Fill what the data decides (`info` as build_loaders gives it): model.num_classes and model.in_chans when 0."""
+    model = replace(cfg.model, num_classes=cfg.model.num_classes or int(info.get("num_classes")),
+                    in_chans=cfg.model.in_chans or int(info.get("in_chans")))
     return replace(cfg, model=model)
 
 
