@@ -165,6 +165,21 @@ def test_ema_update_is_bit_identical_to_the_state_dict_formula_also_after_load_a
     assert int(reference["1.num_batches_tracked"]) == int(model.state_dict()["1.num_batches_tracked"]) > 0
 
 
+def test_ema_follows_a_model_cast_after_its_first_update():
+    """.to()/.double() replace a model's buffers: the EMA must update from the new ones, not the old."""
+    torch.manual_seed(0)
+    model = small_net()
+    ema = ModelEMA(model, decay=0.5)
+    ema.update(model)
+    model.double()
+    ema.module.double()
+    model.train()(torch.randn(8, 1, 6, 6, dtype=torch.float64))  # moves the new buffers only
+    ema.update(model)
+    live = model.state_dict()
+    assert int(ema.state_dict()["1.num_batches_tracked"]) == int(live["1.num_batches_tracked"]) == 1
+    assert not torch.equal(ema.state_dict()["1.running_mean"], torch.zeros_like(live["1.running_mean"]))
+
+
 def test_dynamic_bn_momentum_is_the_cumulative_average_of_batch_stats():
     bn = nn.BatchNorm2d(3)
     set_bn_momentum(bn, "dynamic")

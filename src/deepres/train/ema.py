@@ -15,14 +15,15 @@ class ModelEMA:
 
     The pairs of (EMA tensor, model tensor) are collected on the first `update` and reused, so a step is two
     fused foreach calls. They stay valid while both models keep their tensors (load_state_dict, optimizer steps
-    and BatchNorm updates all work in place); moving or casting the model after the first update (which
-    replaces its buffers) is not supported.
+    and BatchNorm updates all work in place); moving or casting a model replaces its buffers, which is noticed
+    and the pairs are collected again.
     """
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.module = copy.deepcopy(unwrap_model(model)).eval().requires_grad_(False)
         self._source: nn.Module | None = None  # the bare model the cached pairs below belong to
+        self._buffer_ids: list[int] = []  # its buffers and ours when paired: .to() replaces buffers
         self._floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
         self._others: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
 
@@ -38,8 +39,10 @@ class ModelEMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         bare = unwrap_model(model)
-        if bare is not self._source:
+        buffers = [id(b) for m in (bare, self.module) for b in m.buffers()]
+        if bare is not self._source or buffers != self._buffer_ids:  # a new model, or one moved/cast since
             self._pair_up(bare)
+            self._buffer_ids = buffers
         if self._floats[0]:
             torch._foreach_lerp_(*self._floats, 1.0 - self.decay)
         if self._others[0]:
