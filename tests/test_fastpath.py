@@ -224,3 +224,10 @@ def test_int8_self_check_runs_on_real_calibration_images(trained_fashion_mnist):
     assert info.max_abs_error == pytest.approx(float((runner(calibration[0]) - expected).abs().max()))
     _, bf16 = prepare_for_inference(model, example_input_size=(1, 28, 28), mode="bf16")
     assert bf16.check_batch == "a random batch"
+
+
+def test_self_check_leaves_every_module_training_flag_as_it_was():
+    model = create_model("resnet20").train()
+    model.layer1.eval()  # e.g. a frozen first stage
+    prepare_for_inference(model, example_input_size=(3, 32, 32), mode="fp32")
+    assert model.training and not model.layer1.training and model.layer2.training

@@ -19,7 +19,7 @@ import torch.fx
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from deepres.models.base import module_device
+from deepres.models.base import eval_mode, module_device
 
 MODES = ("auto", "eager", "fp32", "bf16", "int8")
 
@@ -250,11 +250,8 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
         # int8 activation ranges fit real images, not noise: check it on real images (a calibration batch)
         check = calibration[0].float().to(device) if dtype == "int8" else example
         info.check_batch = "the first calibration batch" if dtype == "int8" else "a random batch"
-        was_training = reference.training
-        reference.eval()
-        with torch.inference_mode():
+        with eval_mode(reference), torch.inference_mode():
             expected = reference(check.to(module_device(reference))).float().to(device)
-        reference.train(was_training)
         info.max_abs_error = float((runner(check) - expected).abs().max())
     return runner, info
 

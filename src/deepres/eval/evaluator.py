@@ -57,6 +57,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
     evaluate, and all get the same result); None = whenever a process group of more than one is initialised.
     """
     _check_arguments(num_classes, scales, class_names, max_batches)
+    if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise ValueError("evaluate(distributed=True) needs an initialised process group (torch.distributed)")
     top_k = min(5, num_classes)
     metrics = None
     # eval_mode restores each module's own flag, so submodules deliberately frozen in eval mode stay so

@@ -23,6 +23,7 @@ from deepres.data.imagenet_classes import imagenet_class_names
 from deepres.data import transforms as T
 from deepres.models import create_model, default_input_size, list_models, load_pretrained, module_device, \
     read_state_dict
+from deepres.models.base import eval_mode
 from deepres.models.pretrained import get_pretrained, is_pretrained_name, load_pretrained_weights
 from deepres.models.weights import remap_keys
 
@@ -429,21 +430,6 @@ def _batches(items: list, batch_size: int):
         yield items[start:start + batch_size]
 
 
-class _EvalMode:
-    """Eval mode for the duration of a call; every module's own flag is restored afterwards."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.flags = [(m, m.training) for m in self.model.modules()]
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        for module, was_training in self.flags:
-            module.train(was_training)
-
-
 def iter_predictions(model: nn.Module, inputs, *, top_k: int = 5, batch_size: int = 32, skip_bad: bool = False,
                      progress: bool | None = False):
     """Yield one result dict per image, in input order (see inference_model); progress=None: bar on a terminal."""
@@ -453,7 +439,7 @@ def iter_predictions(model: nn.Module, inputs, *, top_k: int = 5, batch_size: in
     pp = _preprocess_of(model)
     names = list(getattr(model, "class_names", None) or [])
     disable = None if progress is None else not progress  # tqdm: None = only on a terminal
-    with _EvalMode(model), tqdm(total=len(items), unit="img", disable=disable) as bar:
+    with eval_mode(model), tqdm(total=len(items), unit="img", disable=disable) as bar:
         for chunk in _batches(items, batch_size):
             results, tensors, slots = [None] * len(chunk), [], []
             for slot, item in enumerate(chunk):
@@ -516,7 +502,7 @@ def extract_feat(model: nn.Module, inputs, stage: str = "pre_logits", batch_size
     device = module_device(model)
     outputs = []
     # no_grad, not inference_mode: features may feed a trainable head (e.g. a linear probe) afterwards
-    with _EvalMode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for chunk in _batches(items, batch_size):
             x = torch.stack([preprocess_image(item, pp) for item in chunk]).to(device)
             if stage == "pre_logits":
