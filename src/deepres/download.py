@@ -1,13 +1,13 @@
 """One download routine for everything deepres fetches (datasets, published weights): stream to a temporary file
 beside the target while hashing, let the caller accept or refuse the hash, and only then rename into place."""
 import hashlib
-import os
-import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
 from tqdm import tqdm
+
+from deepres.files import atomic_write
 
 
 def file_hash(path, algorithm: str) -> str:
@@ -22,20 +22,17 @@ def download_verified(url: str, path, algorithm: str, verify: Callable[[str], No
     raises to refuse the file; a refused, interrupted or failed download leaves nothing behind (the partial
     temporary file is deleted) and an existing `path` is only ever replaced by a verified file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
+
+    def stream(out) -> None:
         digest = hashlib.new(algorithm)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=path.name, disable=not progress) as bar:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
-        verify(digest.hexdigest())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+        verify(digest.hexdigest())  # raising here deletes the temporary file
+
+    atomic_write(path, stream, suffix=".partial")
     return path

@@ -7,13 +7,12 @@ are checked against the package's own manifest (/var/lib/dpkg/info/dataset-fashi
 """
 import http.client
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from deepres.download import download_verified, file_hash
+from deepres.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +137,11 @@ def _fetch_one(name: str, source: Source, target: Path, mirrors, progress: bool)
 
 
 def _copy(src: Path, target: Path) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp_name)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    def copy(out) -> None:
+        with open(src, "rb") as f:
+            shutil.copyfileobj(f, out)
+
+    atomic_write(target, copy, suffix=".partial")
 
 
 def get_dataset(name: str, dest=None, *, mirrors=None, force: bool = False, progress: bool = True) -> Path:

@@ -1,13 +1,14 @@
 """`deepres data verify`: decode every image under a folder and list the ones that fail."""
 import csv
-import os
-import tempfile
+import io
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 
 from tqdm import tqdm
+
+from deepres.files import atomic_write
 
 from .folders import list_image_files
 from .images import DEFAULT_MAX_PIXELS, BadImageError, load_image
@@ -53,15 +54,9 @@ def write_manifest(path, bad: list[tuple[str, str]], *, force: bool = False) -> 
     path = Path(path)
     if path.exists() and not force:
         raise FileExistsError(f"manifest {path} already exists; pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "reason"])
-            writer.writerows(bad)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["path", "reason"])
+    writer.writerows(bad)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()), suffix=".partial")
     return path

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import safetensors.torch
 import torch
 import torch.nn as nn
+
+from deepres.files import atomic_write, atomic_write_many, atomic_write_text  # noqa: F401  (re-exported)
 
 STATE_FORMAT = 1  # bump when the .state.pt layout changes
 
@@ -37,53 +37,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         else:
             return model
 
-
-# ------------------------------------------------------------------------------------------ atomic IO
-
-
-def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write a file through `write(fileobj)` to a temp file beside it, fsync, then rename over `path`."""
-    atomic_write_many([(path, write)])
-
-
-def atomic_write_many(items: list[tuple[str | Path, Callable[[io.BufferedWriter], None]]]) -> None:
-    """Write every file to its own fsynced temp file first, then rename them all, back to back."""
-    temps: list[tuple[str, Path]] = []
-    try:
-        for path, write in items:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            temps.append((tmp, path))
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-        for tmp, path in temps:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in temps:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    for directory in {path.parent for _, path in temps}:
-        _fsync_dir(directory)  # make the renames themselves durable
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------ RNG state
