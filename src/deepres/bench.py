@@ -231,6 +231,7 @@ def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: 
 
 def environment() -> dict:
     from deepres.fastpath import cpu_has_native_bf16
+    from deepres.runs import cpu_model_name
 
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16(),
@@ -241,11 +242,9 @@ def environment() -> dict:
         env["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass
-    try:
-        with open("/proc/cpuinfo") as f:
-            env["cpu"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
+    cpu = cpu_model_name()
+    if cpu:
+        env["cpu"] = cpu
     return env
 
 

@@ -285,14 +285,16 @@ def collect_env() -> dict:
 def _device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.cuda.current_device())
+    return cpu_model_name() or platform.processor() or platform.machine() or "cpu"
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo; "" where there is none (e.g. macOS)."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
+        return ""
 
 
 def _git_state(directory: Path) -> tuple[str | None, bool | None]:
