@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from deepres.runs import read_metrics  # noqa: E402
-from deepres.train.config import load_config  # noqa: E402
+from deepres.core.runs import read_metrics  # noqa: E402
+from deepres.core.config import load_config  # noqa: E402
 from deepres.train.loop import fit  # noqa: E402
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from deepres.models import create_model  # noqa: E402
-from deepres.train.config import Config  # noqa: E402
+from deepres.core.config import Config  # noqa: E402
 from deepres.train.loop import TrainState, train_one_epoch  # noqa: E402
 
 

@@ -4,11 +4,11 @@ import json
 import pytest
 import torch
 
-from deepres.bench import PATHS
+from deepres.inference.bench import PATHS
 from deepres.cli import main
 from deepres.models import create_model
-from deepres.train.checkpoint import save_checkpoint
-from deepres.train.config import Config, config_to_dict
+from deepres.core.checkpoint import save_checkpoint
+from deepres.core.config import Config, config_to_dict
 
 TINY = ["--seconds", "0", "--warmup", "1", "--min-iterations", "2", "--max-iterations", "2"]
 ROW_PATHS = ["eager_fp32", "fp32", "bf16", "int8", "onnxruntime_fp32"]

@@ -7,7 +7,7 @@ import torch
 from data_helpers import write_cifar10
 
 from deepres.cli import main
-from deepres.runs import read_metrics
+from deepres.core.runs import read_metrics
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_eval_multiscale_flip_writes_files_and_protects_them(trained_run, capsys
 
 def test_eval_plain_state_dict_needs_and_uses_model_name(trained_run, capsys):
     tmp, run_dir = trained_run
-    from deepres.train.checkpoint import load_weights
+    from deepres.core.checkpoint import load_weights
 
     state_dict, _ = load_weights(run_dir / "checkpoints" / "last.safetensors")
     torch.save({"module." + k: v for k, v in state_dict.items()}, tmp / "plain.pth")  # a DDP-style checkpoint
@@ -86,8 +86,8 @@ def test_eval_needs_only_the_val_folder_and_uses_the_checkpoints_classes(tmp_pat
     the checkpoint's class list (a model that always says "owl" is right on exactly the owl images)."""
     from data_helpers import write_image
     from deepres.models import create_model
-    from deepres.train.checkpoint import save_checkpoint
-    from deepres.train.config import Config, config_to_dict
+    from deepres.core.checkpoint import save_checkpoint
+    from deepres.core.config import Config, config_to_dict
 
     for cls, count in (("cat", 3), ("owl", 2)):
         for i in range(count):

@@ -15,7 +15,7 @@ from deepres.data import (BadImageError, DataConfig, PackOptions, build_datasets
                           load_image, pack_dataset, read_packed)
 from deepres.data import transforms as T
 from deepres.data.images import pil_to_tensor
-from deepres.data.packed import parse_byte_size
+from deepres.data.pack import parse_byte_size
 
 # (width, height) of the source images: larger than the pack size 24 (resized down) and smaller (kept)
 SIZES = [(40, 30), (20, 16), (64, 48), (18, 30), (33, 25)]

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from deepres.eval import evaluate
-from deepres.eval.evaluator import make_views
+from deepres.tasks.evaluate import make_views
 
 
 class FixedLogits(nn.Module):

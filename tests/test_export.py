@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from deepres.cli import main
-from deepres.export import export_model, load_model, preprocess_from_metadata, preprocessing_metadata, read_metadata
+from deepres.inference.export import export_model, load_model, preprocess_from_metadata, preprocessing_metadata, read_metadata
 from deepres.models import create_model
-from deepres.train.checkpoint import save_checkpoint
-from deepres.train.config import Config, config_to_dict
+from deepres.core.checkpoint import save_checkpoint
+from deepres.core.config import Config, config_to_dict
 
 CLASSES = [f"class_{i}" for i in range(10)]
 # torch 2.13 deprecates torch.jit; these tests load TorchScript files on purpose

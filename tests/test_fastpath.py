@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-import deepres.fastpath as fastpath
-from deepres.fastpath import fold_batchnorm, prepare_for_inference
+import deepres.core.device
+import deepres.inference.fastpath as fastpath
+from deepres.inference.fastpath import fold_batchnorm, prepare_for_inference
 from deepres.models import create_model
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -123,9 +124,9 @@ def test_switches_override_the_mode(resnet20):
 
 
 def test_auto_picks_bf16_only_with_native_support(resnet20, monkeypatch):
-    monkeypatch.setattr(fastpath, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(deepres.core.device, "cpu_has_native_bf16", lambda: True)
     assert prepare_for_inference(resnet20, example_input_size=(3, 32, 32), verify=False)[1].dtype == "bf16"
-    monkeypatch.setattr(fastpath, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(deepres.core.device, "cpu_has_native_bf16", lambda: False)
     assert prepare_for_inference(resnet20, example_input_size=(3, 32, 32), verify=False)[1].dtype == "fp32"
 
 
@@ -167,9 +168,10 @@ def trained_fashion_mnist(tmp_path_factory):
     if not (FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"Fashion-MNIST IDX files not found in {FASHION_MNIST} (Debian package fashion-mnist)")
     from deepres.data import build_loaders
-    from deepres.train.checkpoint import load_weights
-    from deepres.train.config import load_config
-    from deepres.train.loop import build_model, fit
+    from deepres.core.checkpoint import load_weights
+    from deepres.core.config import load_config
+    from deepres.tasks.build import build_model
+    from deepres.train import fit
 
     tmp = tmp_path_factory.mktemp("fm")
     recipe = tmp / "fm_tiny.yaml"
@@ -185,7 +187,7 @@ run: {{out_dir: {tmp / 'runs'}, name: fm}}
     cfg = load_config(recipe)
     fit(cfg, log=lambda line: None)
     state_dict, metadata = load_weights(tmp / "runs" / "fm" / "checkpoints" / "last.safetensors")
-    from deepres.train.config import config_from_dict
+    from deepres.core.config import config_from_dict
 
     cfg = config_from_dict(metadata["config"])
     model = build_model(cfg, torch.device("cpu")).eval()

@@ -14,7 +14,7 @@ from PIL import Image
 from deepres import extract_feat, inference_model, init_model
 from deepres.data import BadImageError, FASHION_MNIST_CLASSES, build_loaders, read_fashion_mnist
 from deepres.data.imagenet_classes import imagenet_class_names, imagenet_synsets
-from deepres.fastpath import auto_dtype
+from deepres.core.device import auto_dtype
 from deepres.inference import Preprocess
 from deepres.models import create_model
 
@@ -287,7 +287,7 @@ def fashion_run(tmp_path_factory):
     channels_last as in the demo); the run directory and the first 64 test images written as PNG files."""
     if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"Fashion-MNIST not installed in {FASHION_MNIST_DIR}")
-    from deepres.train.config import load_config
+    from deepres.core.config import load_config
     from deepres.train.loop import fit
 
     tmp = tmp_path_factory.mktemp("fashion")

@@ -8,8 +8,8 @@ from data_helpers import write_image
 from deepres import inference_model, init_model
 from deepres.cli import main
 from deepres.models import create_model
-from deepres.train.checkpoint import save_checkpoint
-from deepres.train.config import Config, config_to_dict
+from deepres.core.checkpoint import save_checkpoint
+from deepres.core.config import Config, config_to_dict
 
 CLASSES = ["cat", "dog", "cow", "owl"]
 

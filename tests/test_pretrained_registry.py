@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from deepres import inference_model, init_model, list_pretrained
-from deepres.data.fetch import ChecksumError
+from deepres.core.errors import ChecksumError
 from deepres.models import create_model, list_models
 from deepres.models import pretrained as registry
 from deepres.models.pretrained import (PretrainedWeights, WeightsUnavailableError, default_cache_dir,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from deepres.runs import RunRecorder, read_metrics
+from deepres.core.runs import RunRecorder, read_metrics
 
 CONFIG = {"model": {"name": "resnet20", "num_classes": 10}, "train": {"lr": 0.1, "epochs": 3}}
 

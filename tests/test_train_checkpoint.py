@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from deepres.train.checkpoint import (STATE_FORMAT, atomic_write, capture_rng_state, checkpoint_paths,
+from deepres.core.files import atomic_write
+from deepres.core.checkpoint import (STATE_FORMAT, capture_rng_state, checkpoint_paths,
                                       load_checkpoint, load_weights, restore_rng_state, save_checkpoint,
                                       unwrap_model)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deepres.train.config import (Config, config_diff, config_from_dict, config_to_dict, config_to_yaml,
+from deepres.core.config import (Config, config_diff, config_from_dict, config_to_dict, config_to_yaml,
                                   list_recipes, load_config)
 
 

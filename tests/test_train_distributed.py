@@ -18,10 +18,10 @@ from deepres.data import build_loaders
 from deepres.data.formats import ArrayDataset
 from deepres.data.loaders import BatchTransform, Loader
 from deepres.eval import evaluate
-from deepres.train.checkpoint import load_checkpoint
-from deepres.train.config import (Config, DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig,
+from deepres.core.checkpoint import load_checkpoint
+from deepres.core.config import (Config, DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig,
                                   TrainConfig, load_config, validate_config)
-from deepres.train.distributed import torchrun_env
+from deepres.core.distributed import torchrun_env
 from deepres.train.loop import TrainState, fit, train_one_epoch
 from deepres.train.optim import scaled_lr
 

@@ -8,9 +8,10 @@ import torch
 import torch.nn as nn
 from train_fakes import TINY_MODEL, tiny_loaders
 
-from deepres.train.checkpoint import load_checkpoint
-from deepres.train.config import Config, DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
-from deepres.train.loop import NonFiniteLossError, TrainState, fit, optimizer_step, train_one_epoch
+from deepres.core.checkpoint import load_checkpoint
+from deepres.core.config import Config, DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
+from deepres.core.errors import NonFiniteLossError
+from deepres.train.loop import TrainState, fit, optimizer_step, train_one_epoch
 
 
 def tiny_config(tmp_path, name="run", **train):

@@ -5,10 +5,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from deepres.train.bn import reset_bn_running_stats, set_bn_momentum
-from deepres.train.config import OptimConfig
+from deepres.models.bn import reset_bn_running_stats, set_bn_momentum
+from deepres.core.config import OptimConfig
 from deepres.train.ema import ModelEMA
-from deepres.train.mixing import classification_loss, cutmix_box, mixup_cutmix, soft_target_cross_entropy
+from deepres.tasks.classification import classification_loss, cutmix_box, mixup_cutmix, soft_target_cross_entropy
 from deepres.train.optim import create_optimizer
 
 

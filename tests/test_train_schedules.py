@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from deepres.train.config import ScheduleConfig
+from deepres.core.config import ScheduleConfig
 from deepres.train.schedules import lr_at
 
 

@@ -1,35 +1,48 @@
-"""The `deepres` command. Each subcommand lives in its own module, which provides
-`add_arguments(parser)` and `run(args) -> int`; this file only lists them."""
+"""deepres: train, evaluate, run, export and study deep residual networks for image recognition.
+
+Each subcommand lives in its package's cli module, which provides `add_arguments(parser)` and `run(args) -> int` (or, for a module that serves several commands, a `COMMANDS` dict
+of name -> (add_arguments, run)); this file only lists them and imports the one that runs."""
 import argparse
 import importlib
 import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
-    "models": ("deepres.models.cli", "list registered models with params and GFLOPs"),
+    "models": ("deepres.models.cli", "list registered models with params and GMACs"),
     "train": ("deepres.train.cli", "train a model from a recipe (YAML) with --set overrides; --resume continues"),
     "eval": ("deepres.eval.cli", "evaluate a checkpoint on a dataset (multi-scale and flip testing optional)"),
-    "data": ("deepres.data.cli", "get MNIST / Fashion-MNIST, or verify that every image in a folder decodes"),
+    "data": ("deepres.data.cli", "get MNIST / Fashion-MNIST, verify that every image decodes, or pack a dataset"),
     "study": ("deepres.studies.cli", "train every (variant, seed) of a study file, resumably; report mean ± std"),
     "compare": ("deepres.studies.compare", "compare finished runs: table (mean ± std over seeds) and curves"),
     "predict": ("deepres.inference.cli", "classify images or folders with a trained or published model; CSV out"),
-    "export": ("deepres.export", "export a checkpoint to ONNX, TorchScript or torch.export, checked against PyTorch"),
-    "bench": ("deepres.bench", "CPU inference speed: eager, deepres fast paths and ONNX Runtime side by side"),
+    "export": ("deepres.inference.cli", "export a checkpoint to ONNX, TorchScript or torch.export, checked against PyTorch"),
+    "bench": ("deepres.inference.cli", "CPU inference speed: eager, deepres fast paths and ONNX Runtime side by side"),
 }
 
 
+def _command(name: str):
+    """(add_arguments, run) of a subcommand. Imported here, not at the top: a subcommand's module pulls in torch and
+    its packages (seconds), and `deepres --help` or a typo must not pay for every command."""
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    commands = getattr(module, "COMMANDS", None)
+    return commands[name] if commands is not None else (module.add_arguments, module.run)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="deepres", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    modules = {}
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
+    # only the command being run (the first word that names one) gets its arguments, and its module imported
+    chosen = next((word for word in argv if not word.startswith("-")), None)
+    runner = None
+    for name, (_, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-        modules[name] = module
+        if name == chosen:
+            add_arguments, runner = _command(name)
+            add_arguments(p)
     args = parser.parse_args(argv)
     try:
-        return modules[args.command].run(args) or 0
+        return runner(args) or 0
     except (FileNotFoundError, KeyError, ValueError) as e:
         # User errors (bad path, key, value) get one clear line, not a traceback.
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

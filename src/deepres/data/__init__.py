@@ -14,18 +14,22 @@ Formats (data.name) and the on-disk layouts they read, relative to data.root:
 - list: train_split / val_split are list files of "relative/path label" (or "path", label = parent folder),
   paths relative to image_root; class_names optionally names the integer labels.
 - packed: root/train and root/val written by `deepres data pack` (a folder/list/imagenet set as a few large
-  shard files of pre-resized images plus an index; see deepres.data.packed); read like a folder, faster.
+  shard files of pre-resized images plus an index; see deepres.data.packed_reader); read like a folder, faster.
 - synthetic: random images with a learnable per-class template, synthetic_size images of synthetic_image_size.
 """
 from . import transforms
-from .config import DataConfig
+from deepres.core.config import DataConfig
+
 from .datasets import FORMATS, build_datasets, build_eval_dataset, resolve_root
-from .fetch import ChecksumError, DownloadError, find_local, get_dataset
+from deepres.core.errors import ChecksumError, DownloadError
+
+from .fetch import find_local, get_dataset
 from .folders import (ImageFileDataset, TooManyBadImagesError, image_folder, image_list, imagenet_val,
                       list_image_files, read_class_names, read_synset_map)
 from .formats import (FASHION_MNIST_CLASSES, MNIST_CLASSES, ArrayDataset, make_synthetic, read_cifar10,
                       read_cifar100, read_fashion_mnist, read_idx, read_mnist)
 from .images import IMAGE_EXTENSIONS, BadImageError, is_image_file, load_image
 from .loaders import Loader, build_eval_loader, build_loaders
-from .packed import PackedDataset, PackOptions, pack_dataset, read_packed
+from .pack import PackOptions, pack_dataset
+from .packed_reader import PackedDataset, read_packed
 from .verify import VerifyReport, verify_images, write_manifest

@@ -3,10 +3,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from deepres.core.config import Config, DataConfig, apply_overrides
+
 from .fetch import DATASETS, DownloadError, canonical_name, get_dataset
 from .formats import read_mnist
 from .images import DEFAULT_MAX_PIXELS
-from .packed import ENCODINGS, SOURCE_FORMATS, SPLITS, parse_byte_size
+from .pack import SOURCE_FORMATS, PackOptions, pack_dataset, parse_byte_size
+from .packed_reader import ENCODINGS, SPLITS
 from .verify import verify_images, write_manifest
 
 
@@ -103,18 +106,12 @@ def _verify(args) -> int:
 
 def _source_config(args):
     """The DataConfig that reads SRC: --dataset, root=SRC, then the --set overrides, type-checked."""
-    from deepres.train.config import Config, apply_overrides
-
-    from .config import DataConfig
-
     cfg = Config(data=DataConfig(name=args.dataset, root=str(args.src)))
     keys = [item if item.startswith("data.") else f"data.{item}" for item in args.overrides]
     return apply_overrides(cfg, keys).data
 
 
 def _pack(args) -> int:
-    from .packed import PackOptions, pack_dataset
-
     options = PackOptions(size=args.size, encoding=args.format, quality=args.quality, shard_bytes=args.shard_size)
     reports = pack_dataset(_source_config(args), args.out, splits=args.split or SPLITS, options=options,
                            val_size=args.val_size, workers=args.workers, skip_bad=args.on_bad_image == "skip",

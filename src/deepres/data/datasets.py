@@ -1,9 +1,12 @@
 """From a DataConfig to the (train, eval) dataset pair: format dispatch and root resolution."""
 from pathlib import Path
 
-from .config import DataConfig
+from deepres.core.config import DataConfig
+
 from .fetch import DATASETS
+from .imagenet_classes import imagenet_synsets
 from .folders import ImageFileDataset, image_folder, image_list, imagenet_val, read_class_names, relabel
+from .packed_reader import read_packed
 from .formats import ArrayDataset, make_synthetic, read_cifar10, read_cifar100, read_fashion_mnist, read_mnist
 
 FORMATS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "folder", "imagenet", "list", "packed", "synthetic")
@@ -45,8 +48,6 @@ def _file_train_split(cfg: DataConfig, root: Path) -> Dataset:
         image_root = _under(root, cfg.image_root) or root
         return image_list(root / cfg.train_split, image_root, classes=classes, suffix=cfg.list_suffix, **options)
     if cfg.name == "packed":
-        from .packed import read_packed
-
         return read_packed(root / cfg.train_split, **options)
     return image_folder(root / cfg.train_split, class_depth=cfg.class_depth, **options)
 
@@ -92,8 +93,6 @@ def _read_val(cfg: DataConfig, root: Path, classes: list[str], *, training: bool
         return image_list(val_dir, _under(root, cfg.image_root) or root, classes=classes, suffix=cfg.list_suffix,
                           **options)
     if cfg.name == "packed":
-        from .packed import read_packed
-
         val = read_packed(val_dir, **options)
         if val.classes != classes:
             against = root / cfg.train_split if training else "the model's classes"
@@ -147,8 +146,6 @@ def build_eval_dataset(cfg: DataConfig, classes: list[str] | None = None) -> Dat
     if val is None:
         root = resolve_root(cfg)
         if classes is None and cfg.name == "imagenet" and not (root / cfg.train_split).is_dir():
-            from .imagenet_classes import imagenet_synsets
-
             classes = imagenet_synsets()
         if classes is None and cfg.name == "list" and cfg.class_names:
             classes = read_class_names(_under(root, cfg.class_names))

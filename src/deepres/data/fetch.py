@@ -11,8 +11,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepres.download import download_verified, file_hash
-from deepres.files import atomic_write
+from deepres.core.download import download_verified, file_hash
+from deepres.core.errors import ChecksumError, DownloadError
+from deepres.core.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,6 @@ DATASETS = {
 }
 
 
-class ChecksumError(ValueError):
-    """A file whose checksum matches none of the accepted values."""
-
-
-class DownloadError(OSError):
-    """Every mirror failed for a file; the message lists each URL and why."""
 
 
 def canonical_name(name: str) -> str:

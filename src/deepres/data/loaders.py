@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from deepres.core.config import DataConfig
+
 from . import transforms as T
-from .config import DataConfig
 from .datasets import Dataset, build_datasets, build_eval_dataset
 from .folders import BAD_IMAGE_POLICIES
 from .formats import ArrayDataset

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from deepres.files import atomic_write
+from deepres.core.files import atomic_write
 
 from .folders import list_image_files
 from .images import DEFAULT_MAX_PIXELS, BadImageError, load_image

@@ -4,6 +4,16 @@ import argparse
 import json
 from pathlib import Path
 
+from deepres.core.checkpoint import load_weights, resolve_checkpoint
+from deepres.core.config import Config, apply_overrides, config_from_dict
+from deepres.core.device import AMP_DTYPES, default_device
+from deepres.data import build_eval_loader
+from deepres.models import load_pretrained, read_state_dict
+from deepres.tasks.build import build_model, resolve_config
+from deepres.tasks.evaluate import evaluate
+
+from .confusion import write_confusion_matrix
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a deepres run directory or .safetensors checkpoint (config inside), "
@@ -28,10 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_for_eval(path: Path, model_name: str | None):
     """(config, state dict, class names) of a checkpoint; configs come from deepres safetensors metadata."""
-    from deepres.models import read_state_dict
-    from deepres.train.checkpoint import load_weights
-    from deepres.train.config import Config, config_from_dict
-
     cfg, classes = None, None
     if path.suffix == ".safetensors":
         state_dict, metadata = load_weights(path)
@@ -51,13 +57,6 @@ def load_for_eval(path: Path, model_name: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepres.data import build_eval_loader
-    from deepres.train.checkpoint import resolve_checkpoint
-    from deepres.eval import evaluate, write_confusion_matrix
-    from deepres.models import load_pretrained
-    from deepres.train.config import apply_overrides
-    from deepres.train.loop import AMP_DTYPES, build_model, default_device, resolve_config
-
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir() and any(out.iterdir()) and not args.force:
         raise ValueError(f"--out {out} is not empty; choose another directory or pass --force")

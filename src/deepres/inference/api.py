@@ -2,7 +2,7 @@
 `inference_model` classifies images, `extract_feat` returns pooled or per-stage features.
 
 Every classification forward pass goes through `forward_batch`. By default it runs deepres's CPU/GPU fast path
-(deepres.fastpath: BatchNorm folded into the convolutions, channels_last, bf16 where the hardware computes it
+(deepres.inference.fastpath: BatchNorm folded into the convolutions, channels_last, bf16 where the hardware computes it
 natively), prepared on first use from the model's current weights and prepared again whenever those weights,
 their device or dtype change. `init_model(..., fast=False)` (or `set_fast_path(model, False)`) runs the model as
 it is, in fp32.
@@ -12,10 +12,13 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import safetensors
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from deepres.core.checkpoint import load_weights, resolve_checkpoint
+from deepres.core.config import config_from_dict, load_config, resolve_recipe
 from deepres.data.folders import list_image_files
 from deepres.data.formats import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, MNIST_CLASSES, STORED_SIDE
 from deepres.data.images import IMAGE_EXTENSIONS, BadImageError
@@ -27,6 +30,9 @@ from deepres.models.base import eval_mode
 from deepres.models.pretrained import get_pretrained, is_pretrained_name, load_pretrained_weights
 from deepres.models.weights import remap_keys
 
+from deepres.tasks.build import build_model
+
+from .fastpath import MODES, prepare_for_inference
 from .preprocess import Preprocess, input_path, preprocess_image
 
 log = logging.getLogger(__name__)
@@ -95,8 +101,6 @@ def _resolve(spec: str, checkpoint):
     if path.is_dir():
         if checkpoint is not None:
             raise ValueError(f"{spec} is a run directory, which names its own weights; do not pass checkpoint")
-        from deepres.train.checkpoint import resolve_checkpoint
-
         return _from_deepres_checkpoint(resolve_checkpoint(spec))
     if path.is_file():
         if path.suffix in (".yaml", ".yml"):
@@ -117,8 +121,6 @@ def _resolve(spec: str, checkpoint):
         return _from_model_name(spec, checkpoint)
     if "." in spec and spec.partition(".")[0] in list_models() and not spec.endswith((".yaml", ".yml")):
         get_pretrained(spec)  # raises KeyError listing the known tags of this architecture
-    from deepres.train.config import resolve_recipe
-
     try:
         resolve_recipe(spec)
     except FileNotFoundError:
@@ -133,8 +135,6 @@ def _deepres_metadata(path: Path) -> dict | None:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix != ".safetensors":
         return None
-    import safetensors
-
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -144,9 +144,6 @@ def _deepres_metadata(path: Path) -> dict | None:
 
 
 def _from_deepres_checkpoint(path: Path):
-    from deepres.train.checkpoint import load_weights
-    from deepres.train.config import config_from_dict
-
     state_dict, metadata = load_weights(path)
     cfg = config_from_dict(metadata["config"], where=f"{path} metadata")
     model, pp, names = _from_config(cfg, state_dict, metadata.get("classes") or None, str(path))
@@ -154,15 +151,11 @@ def _from_deepres_checkpoint(path: Path):
 
 
 def _from_recipe(spec: str, checkpoint):
-    from deepres.train.config import load_config
-
     cfg = load_config(spec)
     state_dict, names, where = None, None, f"recipe {spec}"
     if checkpoint is not None:
         metadata = _deepres_metadata(Path(checkpoint))
         if metadata is not None:
-            from deepres.train.checkpoint import load_weights
-
             state_dict, metadata = load_weights(checkpoint)
             names = metadata.get("classes") or None
         else:
@@ -204,8 +197,6 @@ def _from_config(cfg, state_dict, names, where: str):
 
 
 def _build_from_config(cfg, num_classes: int, in_chans: int) -> nn.Module:
-    from deepres.train.loop import build_model
-
     # channels_last is a training speed setting; inference builds the plain layout (a fast path may change it)
     cfg = replace(cfg, model=replace(cfg.model, num_classes=num_classes, in_chans=in_chans),
                   train=replace(cfg.train, channels_last=False))
@@ -291,7 +282,7 @@ MAX_CALIBRATION_IMAGES = 256  # int8 calibration: more images than this are samp
 
 @dataclass
 class FastPath:
-    """How forward_batch runs a model (deepres.fastpath.prepare_for_inference options) and, once prepared, the
+    """How forward_batch runs a model (deepres.inference.fastpath.prepare_for_inference options) and, once prepared, the
     runner with the weights it was prepared from: `info` says what was applied."""
 
     mode: str
@@ -310,11 +301,9 @@ class FastPath:
 
 def set_fast_path(model: nn.Module, fast: bool | str = "auto", *, compile: bool = False, calibration=None) -> None:
     """Choose how inference_model / forward_batch run `model`: fast = "auto" | "fp32" | "bf16" | "int8" (see
-    deepres.fastpath.prepare_for_inference), or False / "eager" for the model as is. The fast runner is a
+    deepres.inference.fastpath.prepare_for_inference), or False / "eager" for the model as is. The fast runner is a
     prepared copy, made on the next forward pass and made again when the model's weights change (in place, by
     load_state_dict, or by moving the model), so it never runs stale weights."""
-    from deepres.fastpath import MODES
-
     mode = "auto" if fast is True else "eager" if fast is False or fast is None else fast
     if mode not in MODES:
         raise ValueError(f"fast must be one of {', '.join(MODES)} or True/False, got {fast!r}")
@@ -351,8 +340,6 @@ def _fast_runner(model: nn.Module, batch_size: int):
     signature = _weights_signature(model)
     if state.runner is not None and state.prepared_from == signature:
         return state.runner
-    from deepres.fastpath import prepare_for_inference
-
     pp = _preprocess_of(model)
     calibration = None
     if state.mode == "int8":

@@ -1,16 +1,32 @@
-"""`deepres predict IMAGE|DIR ... --model MODEL`: classify images with a trained or published model; prints one
-line per image (path, top class, probability) and optionally writes every top-k prediction to a CSV file."""
+"""The inference commands:
+- `deepres predict IMAGE|DIR ... --model MODEL`: classify images with a trained or published model; one line per
+  image (path, top class, probability), optionally every top-k prediction in a CSV file;
+- `deepres export CHECKPOINT --format onnx|torchscript|export` (deepres.inference.export);
+- `deepres bench` (deepres.inference.bench)."""
 import argparse
 import csv
 import io
+import json
 import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from deepres.core.checkpoint import resolve_checkpoint
+from deepres.core.device import default_device
+from deepres.core.files import atomic_write_text
+from deepres.models import list_models
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+from .api import init_model, iter_predictions
+from .bench import (DEFAULT_CASES, DEFAULT_PATHS, PATHS, agreement_table, benchmark, checkpoint_agreement,
+                    environment, markdown_table)
+from .export import DEFAULT_TOLERANCE, FORMATS, export_model, load_model, preprocessing_metadata
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGE|DIR",
                         help="image files and/or folders (every image below a folder, sorted, recursive)")
     parser.add_argument("--model", required=True,
@@ -53,11 +69,7 @@ def csv_row(result: dict, top_k: int) -> list:
     return [result["path"], result["pred_label"], result["pred_class"], f"{result['pred_score']:.6f}", *ranks, ""]
 
 
-def run(args: argparse.Namespace) -> int:
-    from deepres.inference import init_model, iter_predictions
-    from deepres.train.checkpoint import atomic_write_text
-    from deepres.train.loop import default_device
-
+def predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     if args.batch_size < 1:
@@ -110,3 +122,131 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} of {len(rows)} images could not be decoded (marked FAILED)", file=sys.stderr)
     return 0
+
+
+# ------------------------------------------------------------------------------------- deepres export
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="a deepres run directory or .safetensors checkpoint (config inside), "
+                                           "published weights arch.tag, or any .pth/.safetensors state dict "
+                                           "together with --model")
+    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx",
+                        help="onnx (dynamic batch, checked with ONNX Runtime), torchscript (torch.jit.trace), or "
+                             "export (torch.export .pt2)")
+    parser.add_argument("--out", metavar="FILE", help="output file (default: the checkpoint's name with "
+                                                       "the format's suffix, beside it)")
+    parser.add_argument("--model", help="registered model name (needed for checkpoints without a deepres config)")
+    parser.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    parser.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
+                        help="ONNX exporter: dynamo (torch.export-based, the default of torch 2.9+) or legacy "
+                             "(TorchScript-based, deprecated)")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                        help="max |exported - PyTorch| logit error allowed, times max(1, largest |logit|)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
+
+def default_output(checkpoint: str, format: str) -> Path:
+    """Beside the checkpoint file (a run directory's best/last weights), named after it: best.onnx, ..."""
+    path = Path(checkpoint)
+    if not path.exists():  # published weights or a model name: the current directory
+        return Path(checkpoint.replace("/", "_") + FORMATS[format])
+    path = resolve_checkpoint(checkpoint)
+    return path.with_name(path.name.split(".")[0] + FORMATS[format])
+
+
+def export(args: argparse.Namespace) -> int:
+    model = load_model(args.checkpoint, args.model)
+    metadata = preprocessing_metadata(model)
+    out = Path(args.out) if args.out else default_output(args.checkpoint, args.format)
+    try:
+        result = export_model(model, out, format=args.format, metadata=metadata, opset=args.opset,
+                              exporter=args.exporter, force=args.force, tolerance=args.tolerance)
+    except FileExistsError as e:
+        print(f"deepres export: error: {e}", file=sys.stderr)
+        return 1
+    c, h, w = metadata["input_size"]
+    print(f"wrote {result['path']} ({metadata['model']}, input [batch, {c}, {h}, {w}], {args.format}); max abs "
+          f"logit error vs PyTorch {result['max_abs_error']:.3g} on batches "
+          f"{', '.join(map(str, result['errors']))}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- deepres bench
+
+
+def parse_case(text: str) -> tuple[str, int, int]:
+    parts = text.split(":")
+    try:
+        name, size, batch = parts[0], int(parts[1]), int(parts[2])
+    except (IndexError, ValueError):
+        raise ValueError(f"--case {text!r}: expected MODEL:SIZE:BATCH, e.g. resnet50:224:16") from None
+    if name not in list_models():
+        raise ValueError(f"--case {text!r}: unknown model {name!r} (see `deepres models`)")
+    if size < 1 or batch < 1:
+        raise ValueError(f"--case {text!r}: size and batch must be positive")
+    return name, size, batch
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--case", action="append", metavar="MODEL:SIZE:BATCH",
+                        help="a case to time, repeatable (default: resnet50:224:1, resnet50:224:16, resnet20:32:1, "
+                             "resnet20:32:128)")
+    parser.add_argument("--paths", default=",".join(DEFAULT_PATHS),
+                        help=f"comma-separated paths from {', '.join(PATHS)} (default: %(default)s)")
+    parser.add_argument("--compile", action="store_true", help="also time bf16_compile (torch.compile, inductor "
+                                                               "with freezing; compile time reported apart)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time each path and batch for about this long, s "
+                        "(default 2)")
+    parser.add_argument("--min-iterations", type=int, default=5, help="timed calls at least (default 5)")
+    parser.add_argument("--max-iterations", type=int, default=200, help="timed calls at most (default 200)")
+    parser.add_argument("--agreement-images", type=int, default=32,
+                        help="random images per model for the agreement column, rounded up to a multiple of the "
+                             "model's largest batch (default 32)")
+    parser.add_argument("--agreement-checkpoint", metavar="RUN_DIR",
+                        help="also measure top-1 and agreement of each path on the test set of this trained model")
+    parser.add_argument("--agreement-limit", type=int, default=0, metavar="N",
+                        help="use only the first N test images for --agreement-checkpoint (default 0: all)")
+    parser.add_argument("--threads", type=int, help="torch (and ONNX Runtime) intra-op threads (default: torch's)")
+    parser.add_argument("--out", metavar="FILE", help="write the rows and environment as JSON here")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def bench(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:
+        raise ValueError(f"--out {out} already exists; choose another file or pass --force")
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if args.compile and "bf16_compile" not in paths:
+        paths.insert(paths.index("bf16") + 1 if "bf16" in paths else len(paths), "bf16_compile")
+    cases = [parse_case(c) for c in args.case] if args.case else list(DEFAULT_CASES)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in ("warmup", "min_iterations", "max_iterations", "agreement_images"):
+        if getattr(args, name) < (0 if name == "warmup" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else '>= 1'}")
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731  progress to stderr, table to stdout
+    started = time.perf_counter()
+    rows = benchmark(cases, paths, warmup=args.warmup, seconds=args.seconds, min_iterations=args.min_iterations,
+                     max_iterations=args.max_iterations, agreement_images=args.agreement_images, log=log)
+    results = checkpoint_agreement(args.agreement_checkpoint, paths, limit=args.agreement_limit, log=log) if args.agreement_checkpoint else []
+    env = environment()
+    print(f"CPU inference, {env.get('cpu', '?')}, {env['threads']} threads, torch {env['torch']}, onnxruntime "
+          f"{env.get('onnxruntime', '-')}; warm-up {args.warmup} calls excluded; agreement = top-1 agreement "
+          f"with eager fp32 on random images (random weights)")
+    print(markdown_table(rows))
+    if results:
+        print(f"\nOn real data: {results[0]['model']} {results[0]['checkpoint']}, test set")
+        print(agreement_table(results))
+    if out is not None:
+        report = {"environment": env, "command": " ".join(sys.argv), "seconds": time.perf_counter() - started,
+                  "rows": [asdict(r) for r in rows], "checkpoint_agreement": results}
+        out.write_text(json.dumps(report, indent=2))
+        print(f"wrote {out}")
+    return 0
+
+
+# The commands this module serves (deepres.cli): name -> (add its arguments, run it)
+COMMANDS = {"predict": (add_predict_arguments, predict), "export": (add_export_arguments, export),
+            "bench": (add_bench_arguments, bench)}

@@ -22,13 +22,12 @@ from fnmatch import fnmatch
 from pathlib import Path
 from urllib.parse import urlparse
 
-from deepres.data.fetch import ChecksumError
-from deepres.download import download_verified, file_hash
+from deepres.core.download import download_verified, file_hash
+from deepres.core.errors import ChecksumError
+from deepres.core.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # 0-1 scale
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class WeightsUnavailableError(FileNotFoundError):

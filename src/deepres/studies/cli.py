@@ -7,8 +7,10 @@ from pathlib import Path
 
 import yaml
 
-from deepres.runs import METRICS_FILE
+from deepres.core.runs import METRICS_FILE
 
+from .report import RunResult, print_table, read_run, write_report
+from .runner import run_state, run_study
 from .spec import (DATA_PRESETS, PlannedRun, StudyConfig, common_overrides, default_study_dir, load_study,
                    plan_study, resolved_study_dict, with_selection)
 
@@ -51,9 +53,6 @@ def _name_list(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .report import print_table, write_report
-    from .runner import run_state, run_study
-
     study = with_selection(load_study(args.study), data=args.data, budget=args.budget, seeds=args.seeds,
                            variants=args.variants)
     study_dir = Path(args.out) if args.out else default_study_dir(study)
@@ -83,8 +82,6 @@ def run(args: argparse.Namespace) -> int:
 
 def collect_study_runs(runs: list[PlannedRun], metric: str) -> dict:
     """{variant: [RunResult per seed]} in the study's order; runs never started count as 'not run'."""
-    from .report import RunResult, read_run
-
     groups: dict[str, list] = {}
     for run in runs:
         if (run.run_dir / METRICS_FILE).is_file():

@@ -11,8 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from deepres.runs import METRICS_FILE
-from deepres.train.config import RESUME_MAY_DIFFER
+from deepres.core.runs import METRICS_FILE
+from deepres.core.config import RESUME_MAY_DIFFER
 
 from .report import COLUMNS, print_table, read_run, write_report
 

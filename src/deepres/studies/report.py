@@ -23,16 +23,13 @@ import numpy as np
 import yaml
 
 from deepres.data.formats import STORED_SIDE
-from deepres.runs import CONFIG_FILE, ema_smooth, epoch_ends, read_metrics, save_panels
+from deepres.core.plots import ema_smooth, epoch_ends, save_panels
+from deepres.core.runs import CONFIG_FILE, read_metrics
+from deepres.models.complexity import model_complexity
 
-# Extra columns a report may show (report.columns): name -> (header, csv header)
-COLUMNS = {
-    "params": ("params", "params"),
-    "gmacs": ("GMACs", "gmacs"),
-    "epochs": ("epochs", "epochs"),
-    "steps": ("steps", "steps"),
-    "train_time": ("train time / run", "train_time_s"),
-}
+from .runner import DIVERGED_FILE, reached_length
+from .spec import COLUMNS
+
 DASH = "–"
 METRIC_NAMES = {"top1": "top-1", "top5": "top-5"}
 
@@ -88,8 +85,6 @@ class VariantSummary:
 def read_run(run_dir: str | os.PathLike, *, variant: str = "", seed: int | None = None,
              metric: str = "top1") -> RunResult:
     """One run's final and best error, length, training time and curves, from its directory."""
-    from .runner import DIVERGED_FILE, reached_length
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
@@ -157,8 +152,6 @@ _COST_CACHE: dict[str, tuple[int | None, float | None]] = {}
 
 def model_cost(config: dict) -> tuple[int | None, float | None]:
     """(params, GMACs of one image at the training size) of the model a run config describes; None if unknown."""
-    from deepres.models.complexity import model_complexity
-
     model_cfg, data_cfg = config.get("model") or {}, config.get("data") or {}
     if not model_cfg.get("name") or not model_cfg.get("num_classes") or not model_cfg.get("in_chans"):
         return None, None

@@ -18,9 +18,13 @@ from typing import Callable
 
 import yaml
 
-from deepres.runs import CONFIG_FILE, METRICS_FILE, read_metrics
-from deepres.train.checkpoint import atomic_write_text, checkpoint_paths
-from deepres.train.config import RESUME_MAY_DIFFER, Config, config_diff, config_to_dict
+from deepres.core.runs import CONFIG_FILE, METRICS_FILE, read_metrics
+from deepres.core.checkpoint import checkpoint_paths
+from deepres.core.errors import NonFiniteLossError
+from deepres.core.files import atomic_write_text
+from deepres.core.config import RESUME_MAY_DIFFER, Config, config_diff, config_to_dict
+
+from deepres.train import fit
 
 from .spec import PlannedRun
 
@@ -180,8 +184,6 @@ def _train_in_worker(cfg: Config, resume: bool, label: str) -> str:
 
 def _train(cfg: Config, resume: bool, log) -> str:
     """fit one run; a stop on non-finite losses is a result (DIVERGED, recorded in diverged.json), not a crash."""
-    from deepres.train.loop import NonFiniteLossError, fit
-
     try:
         result = fit(cfg, resume=resume, log=log)
     except NonFiniteLossError as e:

@@ -6,22 +6,20 @@ in this order, later ones winning:
     base recipe < data preset (`data:` / --data) < budget (`budget:` / --budget) < `overrides:`
                 < the variant's overrides < `set:` and --set < train.seed, run.out_dir, run.name (the study's)
 
-Every override goes through deepres.train.config (the same `a.b=c` parsing, type checks and unknown-key
+Every override goes through deepres.core.config (the same `a.b=c` parsing, type checks and unknown-key
 errors as `deepres train --set`); a bad one is reported with the study file and the variant it came from.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
-import yaml
-
-from deepres.train.config import RECIPES_DIR, Config, coerce_value, load_config, resolve_recipe
+from deepres.core.config import RECIPES_DIR, Config, load_config, resolve_recipe
+from deepres.core.typed import Schema, read_yaml_mapping
 
 # Studies shipped with the repository: <repo>/studies/<name>.yaml (DEEPRES_STUDIES overrides)
 STUDIES_DIR = Path(os.environ.get("DEEPRES_STUDIES") or RECIPES_DIR.parent / "studies")
@@ -42,6 +40,14 @@ DATA_PRESETS: dict[str, dict[str, Any]] = {
                   normalize="meanstd", mean=[0.1307], std=[0.3081]),
 }
 
+# Extra columns a report may show (report.columns): name -> (header, csv header)
+COLUMNS = {
+    "params": ("params", "params"),
+    "gmacs": ("GMACs", "gmacs"),
+    "epochs": ("epochs", "epochs"),
+    "steps": ("steps", "steps"),
+    "train_time": ("train time / run", "train_time_s"),
+}
 # Keys a study sets itself for every run; --set or overrides that touch them are errors.
 STUDY_OWNED_KEYS = ("train.seed", "run.out_dir", "run.name")
 
@@ -99,41 +105,23 @@ def resolve_study(path_or_name: str | os.PathLike) -> Path:
                             f"shipped studies: {', '.join(shipped) or 'none'}")
 
 
+def _training_key_hint(key: str) -> str:
+    if key in get_type_hints(Config):
+        return f" (training config keys go in `overrides:` or a variant as {key}.KEY=VALUE)"
+    return ""
+
+
+SCHEMA = Schema(StudyConfig, kind="study", free=("budgets", "variants"), skip=("path",), hint=_training_key_hint)
+
+
 def load_study(path_or_name: str | os.PathLike) -> StudyConfig:
     """Read and type-check a study file; unknown keys and bad values are errors naming the key and file."""
     path = resolve_study(path_or_name)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a study must be a YAML mapping, got {type(raw).__name__}")
-    values = _check_section(StudyConfig, raw, "", str(path))
-    if "report" in values:
-        values["report"] = ReportConfig(**_check_section(ReportConfig, values["report"], "report.", str(path)))
-    study = StudyConfig(**values)
+    study = SCHEMA.instantiate(SCHEMA.check(read_yaml_mapping(path, "study"), str(path)))
     study.path = str(path)
     study.variants = {str(k): _variant_overrides(v, f"{path}: variants.{k}") for k, v in study.variants.items()}
     validate_study(study)
     return study
-
-
-def _check_section(cls, raw: Any, prefix: str, where: str) -> dict:
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: {prefix.rstrip('.') or 'the study'} must be a mapping, got {raw!r}")
-    hints = {k: v for k, v in get_type_hints(cls).items() if k != "path"}
-    out = {}
-    for key, value in raw.items():
-        if key not in hints:
-            close = difflib.get_close_matches(str(key), list(hints), n=3, cutoff=0.6)
-            hint = f"did you mean: {', '.join(prefix + c for c in close)}?" if close else \
-                f"valid keys: {', '.join(prefix + k for k in hints)}"
-            if key in get_type_hints(Config):
-                hint += f" (training config keys go in `overrides:` or a variant as {key}.KEY=VALUE)"
-            raise KeyError(f"{where}: unknown study key {prefix + str(key)!r}; {hint}")
-        tp = hints[key]
-        out[key] = value if dataclasses.is_dataclass(tp) else coerce_value(value, tp, prefix + key, where)
-    return out
 
 
 def _variant_overrides(value: Any, where: str) -> list[str]:
@@ -150,8 +138,6 @@ def _variant_overrides(value: Any, where: str) -> list[str]:
 
 def validate_study(study: StudyConfig) -> None:
     """Checks the types cannot express: names, seeds, presets, budgets, report columns."""
-    from .report import COLUMNS
-
     where = study.path or "study"
     if not study.base:
         raise ValueError(f"{where}: 'base' is missing: name the recipe every run starts from (e.g. cifar10/resnet20)")

@@ -2,7 +2,11 @@
 import argparse
 import sys
 
-from .config import load_config
+from deepres.core.config import load_config
+from deepres.core.distributed import is_main_process
+from deepres.core.errors import NonFiniteLossError
+
+from .loop import fit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,9 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .distributed import is_main_process
-    from .loop import NonFiniteLossError, fit  # torch, models, eval: only when actually training
-
     cfg = load_config(args.recipe, args.overrides)
     if args.out:
         cfg.run.out_dir = args.out

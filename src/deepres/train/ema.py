@@ -4,7 +4,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from .checkpoint import unwrap_model
+from deepres.core.checkpoint import unwrap_model
 
 
 class ModelEMA:

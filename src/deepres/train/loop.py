@@ -2,9 +2,9 @@
 
 One optimizer step = `train.grad_accum_steps` micro-batches; `state.step` counts optimizer steps (skipped
 non-finite ones included) and drives the lr schedule. A run directory holds config.yaml, metrics.jsonl,
-TensorBoard events, env.json, curves.png (deepres.runs.RunRecorder) and checkpoints/{last,best}.*.
+TensorBoard events, env.json, curves.png (deepres.core.runs.RunRecorder) and checkpoints/{last,best}.*.
 
-Under torchrun (deepres.train.distributed) the same code runs once per process: the model is wrapped in
+Under torchrun (deepres.core.distributed) the same code runs once per process: the model is wrapped in
 DistributedDataParallel, each rank reads its own shard of every epoch, and rank 0 alone logs, records and
 writes checkpoints while the others wait. The global batch is data.batch_size x world_size x
 train.grad_accum_steps; optim.lr_scaling decides whether the lr follows it.
@@ -12,8 +12,6 @@ train.grad_accum_steps; optim.lr_scaling decides whether the lr follows it.
 from __future__ import annotations
 
 import math
-import os
-import random
 import sys
 import time
 from contextlib import nullcontext
@@ -26,26 +24,22 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from deepres.eval import evaluate
-from deepres.models import create_model
-from deepres.runs import RunRecorder
+from deepres.core.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from deepres.core.config import RESUME_MAY_DIFFER, Config, config_diff, config_from_dict, config_to_dict
+from deepres.core.device import AMP_DTYPES, default_device, seed_everything, set_deterministic
+from deepres.core.distributed import (DistInfo, all_reduce_sum, broadcast_buffers, find_ddp, is_distributed,
+                                      process_group, raise_if_any_failed, same_on_all_ranks)
+from deepres.core.errors import NonFiniteLossError
+from deepres.core.runs import RunRecorder
+from deepres.data import build_loaders
+from deepres.models.bn import reset_bn_running_stats
+from deepres.tasks.build import build_model, resolve_config
+from deepres.tasks.classification import classification_loss, mixup_cutmix
+from deepres.tasks.evaluate import evaluate
 
-from .bn import reset_bn_running_stats, set_bn_momentum
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .config import RESUME_MAY_DIFFER, Config, config_diff, config_from_dict, config_to_dict
-from .distributed import (DistInfo, all_reduce_sum, broadcast_buffers, find_ddp, is_distributed, process_group,
-                          raise_if_any_failed, same_on_all_ranks)
 from .ema import ModelEMA
-from .mixing import classification_loss, mixup_cutmix
 from .optim import create_optimizer, scaled_lr
 from .schedules import lr_at
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised after train.nonfinite_patience non-finite losses in a row."""
-
 
 @dataclass
 class TrainState:
@@ -193,7 +187,7 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
     resume: continue exactly from checkpoints/last (the config may differ only in RESUME_MAY_DIFFER keys).
     stop_after_epochs: stop once this many epochs are complete (the schedule still spans the whole run),
     to be continued with resume=True. loaders: (train, eval, info dict) instead of deepres.data.build_loaders.
-    Under torchrun every process calls fit (see deepres.train.distributed); `loaders` must then hold this
+    Under torchrun every process calls fit (see deepres.core.distributed); `loaders` must then hold this
     rank's shards, and every rank returns the same metrics.
     """
     device = torch.device(device) if device is not None else default_device()
@@ -240,8 +234,6 @@ def _prepare(cfg: Config, resume: bool, device, loaders, dist_info: DistInfo, ru
         raise ValueError(f"train.sync_bn needs CUDA (torch.nn.SyncBatchNorm); this run is on {device.type}: "
                          f"set train.sync_bn=false")
     if loaders is None:
-        from deepres.data import build_loaders  # imported here: tests pass their own loaders
-
         loaders = build_loaders(cfg.data, device, seed=cfg.train.seed, rank=dist_info.rank,
                                 world_size=dist_info.world_size)
     cfg = resolve_config(cfg, loaders[2])
@@ -408,55 +400,6 @@ def _epoch_line(state: TrainState, total_iters: int, iters_per_epoch: int, r: di
 
 
 # ------------------------------------------------------------------------------------------ setup helpers
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and every CUDA device)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def set_deterministic(enabled: bool, device: torch.device) -> None:
-    """Deterministic kernels (errors on ops that have none), or cuDNN autotuning when off."""
-    if enabled and device.type == "cuda":
-        # cuBLAS needs a fixed workspace for reproducible results; must be set before its first use
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled, warn_only=False)
-    torch.backends.cudnn.deterministic = enabled
-    torch.backends.cudnn.benchmark = not enabled and device.type == "cuda"
-
-
-def resolve_config(cfg: Config, info: dict) -> Config:
-    """Fill what the data decides (`info` as build_loaders gives it): model.num_classes and model.in_chans when 0."""
-    model = replace(cfg.model, num_classes=cfg.model.num_classes or int(info.get("num_classes")),
-                    in_chans=cfg.model.in_chans or int(info.get("in_chans")))
-    return replace(cfg, model=model)
-
-
-def build_model(cfg: Config, device: torch.device) -> nn.Module:
-    """The registered model with the config's options, BN momentum, device and memory format."""
-    m = cfg.model
-    overrides = dict(m.kwargs)
-    if m.drop_rate:
-        overrides["drop_rate"] = m.drop_rate
-    if m.zero_init_last:
-        overrides["zero_init_last"] = True
-    try:
-        model = create_model(m.name, num_classes=m.num_classes, in_chans=m.in_chans, **overrides)
-    except TypeError as e:
-        raise ValueError(f"model {m.name!r} rejected the options {sorted(overrides)} "
-                         f"(model.drop_rate/zero_init_last/kwargs): {e}") from None
-    if m.bn_momentum is not None:
-        set_bn_momentum(model, m.bn_momentum)
-    model = model.to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
 
 
 def _check_fresh_run_dir(run_dir: Path) -> None:

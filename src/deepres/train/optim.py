@@ -2,7 +2,7 @@
 import torch
 import torch.nn as nn
 
-from .config import OptimConfig
+from deepres.core.config import OptimConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -> list[dict]:

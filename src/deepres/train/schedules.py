@@ -6,7 +6,7 @@ The loop sets every param_group['lr'] = lr_at(step, ...) before each optimizer s
 """
 import math
 
-from .config import ScheduleConfig
+from deepres.core.config import ScheduleConfig
 
 
 def lr_at(step: int, cfg: ScheduleConfig, base_lr: float, iters_per_epoch: int, total_iters: int) -> float:

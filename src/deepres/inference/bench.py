@@ -9,22 +9,26 @@ measures it on the real test set of a trained model instead.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from deepres.fastpath import InferenceInfo, auto_dtype, prepare_for_inference
+from deepres.core.checkpoint import load_weights, resolve_checkpoint
+from deepres.core.config import apply_overrides, config_from_dict
+from deepres.core.device import auto_dtype, cpu_has_native_bf16, cpu_model_name
+from deepres.data import build_loaders
+from deepres.models import create_model
+
+from .export import export_onnx, load_model, onnxruntime_runner as session_runner
+from .fastpath import InferenceInfo, prepare_for_inference
 
 PATHS = ("eager_fp32", "fp32", "bf16", "bf16_compile", "int8", "onnxruntime_fp32")
 DEFAULT_PATHS = ("eager_fp32", "fp32", "bf16", "int8", "onnxruntime_fp32")
@@ -77,8 +81,6 @@ def build_path(path: str, model: nn.Module, input_size: tuple[int, int, int], *,
 
 def onnxruntime_runner(model: nn.Module, input_size, workdir: Path) -> Callable[[torch.Tensor], torch.Tensor]:
     """ONNX Runtime fp32 on the CPU EP for `model`, exported as `deepres export` does (without its metadata)."""
-    from deepres.export import export_onnx, onnxruntime_runner as session_runner
-
     path = workdir / "model.onnx"
     export_onnx(model.eval(), torch.randn(2, *input_size), path)
     run = session_runner(path)
@@ -148,8 +150,6 @@ def _benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, sec
     generator = torch.Generator().manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         for (name, size), batches in by_model.items():
-            from deepres.models import create_model
-
             torch.manual_seed(seed)
             model = create_model(name).eval()
             input_size = (3, size, size)
@@ -186,11 +186,6 @@ def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: 
                          calibration_images: int = 512, log=print) -> list[dict]:
     """Top-1 accuracy of each path and its agreement with eager fp32 on the test split of a trained model
     (its first `limit` images; 0 = all). int8 calibrates on `calibration_images` training images."""
-    from deepres.data import build_loaders
-    from deepres.export import load_model
-    from deepres.train.checkpoint import load_weights, resolve_checkpoint
-    from deepres.train.config import apply_overrides, config_from_dict
-
     path = resolve_checkpoint(str(checkpoint))
     metadata = load_weights(path)[1] if path.suffix == ".safetensors" else {}
     if not metadata.get("config"):
@@ -230,9 +225,6 @@ def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: 
 
 
 def environment() -> dict:
-    from deepres.fastpath import cpu_has_native_bf16
-    from deepres.runs import cpu_model_name
-
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16(),
            "python": platform.python_version(), "machine": platform.processor() or platform.machine()}
@@ -265,80 +257,3 @@ def agreement_table(results: list[dict]) -> str:
     lines += [f"| {r['path']} | {r['top1']:.2f}% | {r['agreement']:.2f}% | {r['max_abs_error']:.2g} | {r['n']} |"
               for r in results]
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def parse_case(text: str) -> tuple[str, int, int]:
-    parts = text.split(":")
-    try:
-        name, size, batch = parts[0], int(parts[1]), int(parts[2])
-    except (IndexError, ValueError):
-        raise ValueError(f"--case {text!r}: expected MODEL:SIZE:BATCH, e.g. resnet50:224:16") from None
-    from deepres.models import list_models
-
-    if name not in list_models():
-        raise ValueError(f"--case {text!r}: unknown model {name!r} (see `deepres models`)")
-    if size < 1 or batch < 1:
-        raise ValueError(f"--case {text!r}: size and batch must be positive")
-    return name, size, batch
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--case", action="append", metavar="MODEL:SIZE:BATCH",
-                        help="a case to time, repeatable (default: resnet50:224:1, resnet50:224:16, resnet20:32:1, "
-                             "resnet20:32:128)")
-    parser.add_argument("--paths", default=",".join(DEFAULT_PATHS),
-                        help=f"comma-separated paths from {', '.join(PATHS)} (default: %(default)s)")
-    parser.add_argument("--compile", action="store_true", help="also time bf16_compile (torch.compile, inductor "
-                                                               "with freezing; compile time reported apart)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="time each path and batch for about this long, s "
-                        "(default 2)")
-    parser.add_argument("--min-iterations", type=int, default=5, help="timed calls at least (default 5)")
-    parser.add_argument("--max-iterations", type=int, default=200, help="timed calls at most (default 200)")
-    parser.add_argument("--agreement-images", type=int, default=32,
-                        help="random images per model for the agreement column, rounded up to a multiple of the "
-                             "model's largest batch (default 32)")
-    parser.add_argument("--agreement-checkpoint", metavar="RUN_DIR",
-                        help="also measure top-1 and agreement of each path on the test set of this trained model")
-    parser.add_argument("--agreement-limit", type=int, default=0, metavar="N",
-                        help="use only the first N test images for --agreement-checkpoint (default 0: all)")
-    parser.add_argument("--threads", type=int, help="torch (and ONNX Runtime) intra-op threads (default: torch's)")
-    parser.add_argument("--out", metavar="FILE", help="write the rows and environment as JSON here")
-    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
-
-
-def run(args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.force:
-        raise ValueError(f"--out {out} already exists; choose another file or pass --force")
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    if args.compile and "bf16_compile" not in paths:
-        paths.insert(paths.index("bf16") + 1 if "bf16" in paths else len(paths), "bf16_compile")
-    cases = [parse_case(c) for c in args.case] if args.case else list(DEFAULT_CASES)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    for name in ("warmup", "min_iterations", "max_iterations", "agreement_images"):
-        if getattr(args, name) < (0 if name == "warmup" else 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else '>= 1'}")
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731  progress to stderr, table to stdout
-    started = time.perf_counter()
-    rows = benchmark(cases, paths, warmup=args.warmup, seconds=args.seconds, min_iterations=args.min_iterations,
-                     max_iterations=args.max_iterations, agreement_images=args.agreement_images, log=log)
-    results = checkpoint_agreement(args.agreement_checkpoint, paths, limit=args.agreement_limit, log=log) if args.agreement_checkpoint else []
-    env = environment()
-    print(f"CPU inference, {env.get('cpu', '?')}, {env['threads']} threads, torch {env['torch']}, onnxruntime "
-          f"{env.get('onnxruntime', '-')}; warm-up {args.warmup} calls excluded; agreement = top-1 agreement "
-          f"with eager fp32 on random images (random weights)")
-    print(markdown_table(rows))
-    if results:
-        print(f"\nOn real data: {results[0]['model']} {results[0]['checkpoint']}, test set")
-        print(agreement_table(results))
-    if out is not None:
-        report = {"environment": env, "command": " ".join(sys.argv), "seconds": time.perf_counter() - started,
-                  "rows": [asdict(r) for r in rows], "checkpoint_agreement": results}
-        out.write_text(json.dumps(report, indent=2))
-        print(f"wrote {out}")
-    return 0

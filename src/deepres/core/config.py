@@ -2,29 +2,30 @@
 
 A recipe is a YAML mapping with the blocks below (model, data, optim, schedule, train, eval, run, expect);
 `base: other.yaml` (a path relative to the recipe, or a recipe name) inherits another recipe first.
-Every key and value is checked against the dataclass field types; unknown keys fail with the full dotted
-key, the file, and close matches. `config_to_dict` / `config_from_dict` round-trip exactly; the resolved
-config is stored in every run directory (config.yaml) and inside every checkpoint.
+Every key and value is checked against the dataclass field types (deepres.core.typed); unknown keys fail with
+the full dotted key, the file, and close matches. `config_to_dict` / `config_from_dict` round-trip exactly; the
+resolved config is stored in every run directory (config.yaml) and inside every checkpoint.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import difflib
 import os
-import re
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import yaml
 
-from deepres.data.config import DataConfig
+from .typed import Schema, deep_merge, plain, read_yaml_mapping
 
 # Recipes shipped with the repository: <repo>/recipes/<dataset>/<name>.yaml (DEEPRES_RECIPES overrides, e.g.
 # for a non-editable install where the repository is elsewhere)
 RECIPES_DIR = Path(os.environ.get("DEEPRES_RECIPES") or Path(__file__).resolve().parents[3] / "recipes")
+
+
+# The dataset formats deepres reads (deepres.data registers one record for each; a test keeps the two equal)
+DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "folder", "imagenet", "list", "packed",
+                      "synthetic"]
 
 
 @dataclass
@@ -38,6 +39,55 @@ class ModelConfig:
     # or "dynamic": cumulative average 1/(1+n) over the batches of the current epoch, reset at each epoch start
     bn_momentum: float | str | None = None
     kwargs: dict = field(default_factory=dict)  # extra builder overrides, e.g. {shortcut: B, bn_after_add: true}
+
+
+@dataclass
+class DataConfig:
+    # Dataset format, a record of deepres.data's format registry (`deepres.data.list_formats()`)
+    name: DatasetName = "fashion_mnist"
+    root: str = ""  # dataset directory; "" = the format's default location (e.g. the Debian Fashion-MNIST path)
+    train_split: str = "train"  # folder/list: sub-folder or list file (relative to root) for training
+    val_split: str = "val"  # folder/list: sub-folder or list file for evaluation ("test" for CIFAR/MNIST-style sets)
+    num_classes: int = 0  # 0 = take it from the dataset
+    in_chans: int = 0  # 0 = take it from the dataset (1 for MNIST-style, 3 otherwise)
+    # Training-time augmentation
+    image_size: int = 224  # train crop side, pixels
+    random_resized_crop: bool = False  # Inception-style crop (scale 0.08-1, ratio 3/4-4/3) instead of pad-and-crop
+    crop_padding: int = 0  # pad-and-random-crop padding, pixels (4 for CIFAR); 0 = off
+    hflip: bool = True  # random horizontal flip, p=0.5
+    color_jitter: float = 0.0  # brightness/contrast/saturation strength; 0 = off
+    pca_lighting: float = 0.0  # AlexNet PCA lighting alphastd (0.1 in fb.resnet.torch); 0 = off
+    # Evaluation transform: "none" (use images as stored), "224_256" (shorter side 256, center 224),
+    # "224_256a" (Assemble-ResNet: shorter side 257, center 256), or "crop_pct:0.875" (resize image_size/crop_pct)
+    eval_preset: str = "none"
+    # Normalisation: "meanstd" ((x/255 - mean)/std) or "mean" (x - mean*255, neon-style plain mean subtraction)
+    normalize: Literal["meanstd", "mean"] = "meanstd"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # per channel, 0-1 scale
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)  # per channel, 0-1 scale
+    # Loading
+    batch_size: int = 128  # per process; global batch = batch_size × processes × train.grad_accum_steps
+    eval_batch_size: int = 256
+    workers: int = 2  # DataLoader worker processes for folder datasets
+    on_device: Literal["auto", "yes", "no"] = "auto"  # "auto": small sets (CIFAR/MNIST-sized) live on the training device as uint8; "yes"/"no"
+    on_bad_image: Literal["error", "skip"] = "error"
+    bad_image_cap: int = 100  # with skip: stop after this many bad images
+    exif_rotate: bool = False  # apply EXIF orientation; off for ImageNet parity
+    limit_train: int = 0  # use only the first N training images (0 = all); for smoke runs
+    limit_val: int = 0  # use only the first N evaluation images (0 = all)
+    synthetic_size: tuple[int, int] = (512, 128)  # synthetic: (train, val) image counts
+    synthetic_image_size: int = 32  # synthetic: image side, pixels
+    max_image_pixels: int = 89_478_485  # width*height above this is a bad image (decompression-bomb guard)
+    # Format-specific; relative paths are taken relative to root
+    # folder/imagenet: folder levels that name a class (1: n01440764/, 2: a/abbey/); 0 = every folder holding images
+    class_depth: int = 0
+    image_root: str = ""  # list: folder the listed paths are relative to; "" = root
+    list_suffix: str = ""  # list: appended to each listed path (".jpg" for Food-101's meta/train.txt)
+    class_names: str = ""  # list: class-name file, "name" or "name index" per line; "" = "0".."K-1"
+    # imagenet with a flat val folder: ILSVRC2012_validation_ground_truth.txt (needs synset_map) or LOC_val_solution.csv
+    val_ground_truth: str = ""
+    synset_map: str = ""  # imagenet with the .txt ground truth: synsets in ILSVRC2012 id order, one per line
+    coarse_labels: bool = False  # cifar100: the 20 superclasses instead of the 100 classes
+    extra: dict = field(default_factory=dict)  # free-form keys for formats added outside deepres.data
 
 
 @dataclass
@@ -138,13 +188,14 @@ RESUME_MAY_DIFFER = ("run", "expect", "eval", "train.progress", "train.log_every
 
 
 # ---------------------------------------------------------------------------------------------- loading
+SCHEMA = Schema(Config, kind="config", free=("model.kwargs", "data.extra"))
 
 
 def load_config(path_or_name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a recipe (file path or name under recipes/), apply `a.b=c` overrides, type-check, validate."""
     path = resolve_recipe(path_or_name)
-    raw = _apply_overrides(_load_recipe_tree(path, chain=()), overrides)
-    cfg = _instantiate(Config, _coerce_section(Config, raw, "", str(path)))
+    raw = SCHEMA.apply_overrides(_load_recipe_tree(path, chain=()), overrides)
+    cfg = SCHEMA.instantiate(SCHEMA.check(raw, str(path)))
     if not cfg.run.recipe:
         cfg.run.recipe = str(path)
     if not cfg.run.name:
@@ -184,15 +235,9 @@ def _load_recipe_tree(path: Path, chain: tuple[Path, ...]) -> dict:
     real = path.resolve()
     if real in chain:
         raise ValueError(f"recipe base cycle: {' -> '.join(str(p) for p in (*chain, real))}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "recipe")
     base = raw.pop("base", None)
-    _coerce_section(Config, raw, "", str(path))  # unknown keys and bad types name this file
+    SCHEMA.check(raw, str(path))  # unknown keys and bad types name this file
     if base is None:
         return raw
     if not isinstance(base, str):
@@ -200,191 +245,8 @@ def _load_recipe_tree(path: Path, chain: tuple[Path, ...]) -> dict:
     base_path = path.parent / base
     base_path = base_path if base_path.is_file() else resolve_recipe(base)
     merged = _load_recipe_tree(base_path, (*chain, real))
-    _deep_merge(merged, raw)
+    deep_merge(merged, raw)
     return merged
-
-
-def _deep_merge(into: dict, new: dict) -> None:
-    for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _deep_merge(into[k], v)
-        else:
-            into[k] = copy.deepcopy(v)
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=0.05")
-    tp = _field_type_at(key.split("."), f"--set {item}")
-    value = yaml.safe_load(text) if text.strip() else None
-    if tp is str and not isinstance(value, str) and value is not None:
-        value = text  # a str field takes the text as typed (run.name=2024 stays "2024")
-    if tp is not None:
-        coerce_value(value, tp, key, f"--set {item}")
-    return key, value
-
-
-def _field_type_at(parts: list[str], where: str):
-    """The declared type at a dotted path (None inside a free-form dict); unknown keys raise KeyError."""
-    cls: Any = Config
-    for i, name in enumerate(parts):
-        if cls is None or cls is dict or get_origin(cls) is dict:
-            return None  # free-form mapping (model.kwargs, data.extra): any key
-        if not dataclasses.is_dataclass(cls):
-            raise KeyError(f"{where}: {'.'.join(parts[:i])} is a {_type_name(cls)}, it has no key {name!r}")
-        hints = get_type_hints(cls)
-        if name not in hints:
-            _unknown_key(".".join(parts[: i + 1]), list(hints), where)
-        cls = hints[name]
-    return cls
-
-
-def _set_path(raw: dict, parts: list[str], value: Any) -> None:
-    node = raw
-    for name in parts[:-1]:
-        if not isinstance(node.get(name), dict):
-            node[name] = {}
-        node = node[name]
-    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
-        _deep_merge(node[parts[-1]], value)
-    else:
-        node[parts[-1]] = value
-
-
-# ------------------------------------------------------------------------------------- type checking
-
-
-def _all_keys(cls=Config, prefix: str = "") -> list[str]:
-    out = []
-    for name, tp in get_type_hints(cls).items():
-        key = f"{prefix}{name}"
-        out += _all_keys(tp, key + ".") if dataclasses.is_dataclass(tp) else [key]
-    return out
-
-
-def _unknown_key(key: str, siblings: list[str], where: str):
-    leaf = key.rsplit(".", 1)[-1]
-    everywhere = _all_keys()
-    same_leaf = [k for k in everywhere if k.rsplit(".", 1)[-1] == leaf]
-    close = same_leaf + [c for c in difflib.get_close_matches(key, everywhere, n=3, cutoff=0.75)
-                         if c not in same_leaf]
-    close += [f"{key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{s}"
-              for s in difflib.get_close_matches(leaf, siblings, n=3, cutoff=0.6)]
-    close = list(dict.fromkeys(close))
-    hint = f"; did you mean: {', '.join(close)}?" if close else f"; valid keys here: {', '.join(siblings)}"
-    raise KeyError(f"{where}: unknown config key {key!r}{hint}")
-
-
-def _coerce_section(cls, raw: Any, prefix: str, where: str) -> dict:
-    """Check a (possibly partial) mapping against dataclass `cls`; return it with values coerced."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: {prefix.rstrip('.') or 'the recipe'} must be a mapping "
-                         f"(a config section), got {raw!r}")
-    hints = get_type_hints(cls)
-    out = {}
-    for name, value in raw.items():
-        key = f"{prefix}{name}"
-        if name not in hints:
-            _unknown_key(key, list(hints), where)
-        out[name] = coerce_value(value, hints[name], key, where)
-    return out
-
-
-def _instantiate(cls, values: dict):
-    kwargs = {}
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        tp = hints[f.name]
-        kwargs[f.name] = _instantiate(tp, values[f.name]) if dataclasses.is_dataclass(tp) else values[f.name]
-    return cls(**kwargs)
-
-
-_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-
-
-def coerce_value(value: Any, tp: Any, key: str, where: str) -> Any:
-    """Return `value` converted to the field type `tp`, or raise ValueError naming key, type and value."""
-    origin, args = get_origin(tp), get_args(tp)
-
-    def bad():
-        return ValueError(f"{where}: {key} expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-
-    if dataclasses.is_dataclass(tp):
-        return _coerce_section(tp, value, key + ".", where)
-    if tp is Any:
-        return copy.deepcopy(value)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        # str last, so "1e-3" becomes a float when a float is allowed
-        for arm in sorted((a for a in args if a is not type(None)), key=lambda a: a is str):
-            try:
-                return coerce_value(value, arm, key, where)
-            except ValueError:
-                continue
-        raise bad()
-    if origin is Literal:
-        if value not in args or isinstance(value, bool):
-            raise ValueError(f"{where}: {key} expects one of {', '.join(repr(a) for a in args)}, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad()
-        return value
-    if tp is float:
-        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad()
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            # YAML reads 224_256 as the int 224256 and yes/no as booleans
-            raise ValueError(f"{where}: {key} expects str, got {value!r} ({type(value).__name__}); "
-                             f"quote it in YAML to keep it as text")
-        return value
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise bad()
-        return copy.deepcopy(value)
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise bad()
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise bad()
-            items = [coerce_value(v, a, f"{key}[{i}]", where) for i, (v, a) in enumerate(zip(value, args))]
-        else:
-            items = [coerce_value(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a bug in the schema, not user input
-
-
-def _type_name(tp: Any) -> str:
-    origin, args = get_origin(tp), get_args(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in args)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_type_name(args[0])}"
-        return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
-    if origin is list:
-        return f"a list of {_type_name(args[0])}"
-    if tp is type(None):
-        return "null"
-    if tp is dict or origin is dict or dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return getattr(tp, "__name__", repr(tp))
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -442,32 +304,17 @@ def validate_config(cfg: Config) -> None:
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
     """A copy of `cfg` with `a.b=c` overrides applied, type-checked and validated (as for a recipe)."""
-    return config_from_dict(_apply_overrides(config_to_dict(cfg), overrides), where="--set")
-
-
-def _apply_overrides(raw: dict, overrides) -> dict:
-    for item in overrides:
-        key, value = _parse_override(item)
-        _set_path(raw, key.split("."), value)
-    return raw
+    return config_from_dict(SCHEMA.apply_overrides(config_to_dict(cfg), overrides), where="--set")
 
 
 def config_to_dict(cfg: Config) -> dict:
     """Plain dict (lists, not tuples) that YAML, JSON and torch.load(weights_only=True) all accept."""
-    return _plain(dataclasses.asdict(cfg))
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
+    return plain(cfg)
 
 
 def config_from_dict(d: dict, where: str = "config dict") -> Config:
     """Inverse of `config_to_dict`, with the same key and type checks as a recipe."""
-    cfg = _instantiate(Config, _coerce_section(Config, d, "", where))
+    cfg = SCHEMA.instantiate(SCHEMA.check(d, where))
     validate_config(cfg)
     return cfg
 
@@ -478,22 +325,5 @@ def config_to_yaml(cfg: Config) -> str:
 
 def config_diff(a: Config | dict, b: Config | dict, ignore: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
     """(dotted key, value in a, value in b) for every leaf that differs, skipping keys under `ignore`."""
-    da = a if isinstance(a, dict) else config_to_dict(a)
-    db = b if isinstance(b, dict) else config_to_dict(b)
-    out: list[tuple[str, Any, Any]] = []
-
-    def walk(x, y, prefix):
-        if prefix.rstrip(".") in ignore:
-            return
-        if isinstance(x, dict) and isinstance(y, dict) and not _is_free_dict(prefix):
-            for k in list(dict.fromkeys([*x, *y])):
-                walk(x.get(k), y.get(k), f"{prefix}{k}.")
-        elif x != y:
-            out.append((prefix.rstrip("."), x, y))
-
-    walk(da, db, "")
-    return out
-
-
-def _is_free_dict(prefix: str) -> bool:
-    return prefix.rstrip(".") in ("model.kwargs", "data.extra")
+    return SCHEMA.diff(a if isinstance(a, dict) else config_to_dict(a),
+                       b if isinstance(b, dict) else config_to_dict(b), ignore)

@@ -7,7 +7,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from deepres.files import atomic_write
+from .files import atomic_write
 
 
 def file_hash(path, algorithm: str) -> str:

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .errors import NonFiniteLossError  # the one non-builtin error every rank must recognise
+
 # torchrun's variables; WORLD_SIZE alone decides whether this is a distributed run
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # How long a collective may wait for a rank before failing, minutes. Long enough for rank 0 to write a large
@@ -149,8 +151,6 @@ def _message(error: BaseException) -> str:
 
 def _rebuild(type_name: str, message: str) -> BaseException:
     """The same builtin exception type (so the CLI prints it as a user error), else a RuntimeError."""
-    from .loop import NonFiniteLossError  # the one non-builtin error every rank must recognise
-
     known = {"NonFiniteLossError": NonFiniteLossError}
     cls = known.get(type_name) or getattr(builtins, type_name, None)
     if isinstance(cls, type) and issubclass(cls, Exception):

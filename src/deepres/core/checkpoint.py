@@ -22,7 +22,7 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
-from deepres.files import atomic_write, atomic_write_many, atomic_write_text  # noqa: F401  (re-exported)
+from .files import atomic_write_many
 
 STATE_FORMAT = 1  # bump when the .state.pt layout changes
 

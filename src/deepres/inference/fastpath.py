@@ -9,7 +9,6 @@ calibration batch of real images). The user's model is never modified: every ste
 from __future__ import annotations
 
 import copy
-import functools
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import torch.fx
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from deepres.core.device import auto_dtype, cpu_has_vnni
 from deepres.models.base import eval_mode, module_device
 
 MODES = ("auto", "eager", "fp32", "bf16", "int8")
@@ -88,41 +88,6 @@ def _fold_batchnorm_(model: nn.Module) -> FoldReport:
         _replace_submodule(model, conv_name, fuse_conv_bn_eval(conv, bn))
         _replace_submodule(model, bn_name, nn.Identity())
     return FoldReport(folded=[bn for _, bn in pairs], kept=kept)
-
-
-# ----------------------------------------------------------------------------------------- CPU capabilities
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
-    flags = cpu_flags()
-    if flags & {"avx512_bf16", "amx_bf16"}:
-        return True
-    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private; absent in some builds
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool((probe and probe()) or (amx and amx()))
-
-
-def auto_dtype(device: torch.device) -> str:
-    """'bf16' where the hardware computes it natively (CUDA with bf16, CPUs with AVX-512 BF16 / AMX), else 'fp32'."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return "fp32"
 
 
 # ----------------------------------------------------------------------------------------- the runner
@@ -266,11 +231,6 @@ def _compile_frozen(module: nn.Module) -> Callable:
 
 
 # ----------------------------------------------------------------------------------------- int8
-
-
-def cpu_has_vnni() -> bool:
-    """True when the CPU has 8-bit dot products (AVX-512 VNNI, AVX-VNNI or AMX-INT8)."""
-    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor] | None, example: torch.Tensor) -> nn.Module:

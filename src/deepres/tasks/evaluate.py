@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from deepres.core.distributed import all_reduce_sum, is_distributed
 from deepres.models.base import eval_mode, module_device
-from deepres.train.distributed import all_reduce_sum, is_distributed
 
 
 def make_views(images: torch.Tensor, scales: Sequence[int] = (), flip: bool = False) -> list[torch.Tensor]:

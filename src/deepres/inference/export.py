@@ -12,7 +12,6 @@ file: ONNX `metadata_props` (one key each, JSON values), TorchScript and .pt2 an
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -25,6 +24,10 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from deepres.core.preprocess import Preprocess
+
+from .api import init_model
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "export": ".pt2"}
 METADATA_FILE = "deepres.json"  # extra file inside TorchScript and .pt2 archives
@@ -42,8 +45,6 @@ def load_model(checkpoint: str | Path, model_name: str | None = None) -> nn.Modu
     """The fp32 CPU classifier of a deepres run directory or checkpoint (config inside), published weights
     (arch.tag), or a plain state dict together with `model_name`; with `.preprocess` and `.class_names`
     (deepres.inference.init_model)."""
-    from deepres.inference import init_model
-
     if model_name:
         return init_model(model_name, checkpoint=checkpoint, device="cpu", fast=False)
     return init_model(str(checkpoint), device="cpu", fast=False)
@@ -72,8 +73,6 @@ def preprocessing_metadata(model: nn.Module) -> dict:
 
 def preprocess_from_metadata(metadata: dict):
     """The deepres.inference.Preprocess recorded in an exported file's metadata (see read_metadata)."""
-    from deepres.inference import Preprocess
-
     return Preprocess(resize=metadata["resize"], crop_size=metadata["crop_size"],
                       interpolation=metadata["interpolation"], mean=tuple(metadata["mean"]),
                       std=tuple(metadata["std"]), in_chans=metadata["input_size"][0], normalize=metadata["normalize"])
@@ -262,53 +261,3 @@ def read_metadata(path: str | Path) -> dict:
         raise KeyError(f"{path}: no {METADATA_FILE} inside (not exported by deepres)")
     text = files[METADATA_FILE]
     return json.loads(text.decode() if isinstance(text, bytes) else text)
-
-
-# ---------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a deepres run directory or .safetensors checkpoint (config inside), "
-                                           "published weights arch.tag, or any .pth/.safetensors state dict "
-                                           "together with --model")
-    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx",
-                        help="onnx (dynamic batch, checked with ONNX Runtime), torchscript (torch.jit.trace), or "
-                             "export (torch.export .pt2)")
-    parser.add_argument("--out", metavar="FILE", help="output file (default: the checkpoint's name with "
-                                                       "the format's suffix, beside it)")
-    parser.add_argument("--model", help="registered model name (needed for checkpoints without a deepres config)")
-    parser.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
-    parser.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
-                        help="ONNX exporter: dynamo (torch.export-based, the default of torch 2.9+) or legacy "
-                             "(TorchScript-based, deprecated)")
-    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                        help="max |exported - PyTorch| logit error allowed, times max(1, largest |logit|)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
-
-
-def default_output(checkpoint: str, format: str) -> Path:
-    """Beside the checkpoint file (a run directory's best/last weights), named after it: best.onnx, ..."""
-    from deepres.train.checkpoint import resolve_checkpoint
-
-    path = Path(checkpoint)
-    if not path.exists():  # published weights or a model name: the current directory
-        return Path(checkpoint.replace("/", "_") + FORMATS[format])
-    path = resolve_checkpoint(checkpoint)
-    return path.with_name(path.name.split(".")[0] + FORMATS[format])
-
-
-def run(args: argparse.Namespace) -> int:
-    model = load_model(args.checkpoint, args.model)
-    metadata = preprocessing_metadata(model)
-    out = Path(args.out) if args.out else default_output(args.checkpoint, args.format)
-    try:
-        result = export_model(model, out, format=args.format, metadata=metadata, opset=args.opset,
-                              exporter=args.exporter, force=args.force, tolerance=args.tolerance)
-    except FileExistsError as e:
-        print(f"deepres export: error: {e}", file=sys.stderr)
-        return 1
-    c, h, w = metadata["input_size"]
-    print(f"wrote {result['path']} ({metadata['model']}, input [batch, {c}, {h}, {w}], {args.format}); max abs "
-          f"logit error vs PyTorch {result['max_abs_error']:.3g} on batches "
-          f"{', '.join(map(str, result['errors']))}")
-    return 0

@@ -1,0 +1,41 @@
+"""The one eval-transform type: what a classifier expects as input (shorter side, centre crop, interpolation,
+normalisation, channels). Data configs, published weights records, checkpoints and exported files all describe
+their preprocessing with it; deepres.inference.preprocess applies it to images."""
+from dataclasses import dataclass
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # 0-1 scale
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Eval transform of a classifier: shorter side to `resize`, centre `crop_size` square, normalise."""
+
+    resize: int = 256  # shorter side before the centre crop, pixels
+    crop_size: int = 224  # side of the square the model sees, pixels
+    interpolation: str = "bilinear"  # antialiased "bilinear" (deepres training) or "bicubic" (timm weights)
+    mean: tuple[float, ...] = IMAGENET_MEAN  # per channel, 0-1 scale (3 values on a 1-channel model: averaged)
+    std: tuple[float, ...] = IMAGENET_STD  # per channel, 0-1 scale
+    in_chans: int = 3  # channels the model takes; images are converted to it (gray <-> RGB)
+    normalize: str = "meanstd"  # "meanstd": (x/255 - mean)/std; "mean": x - mean*255 (plain mean subtraction)
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.resize < 1 or self.crop_size < 1:
+            raise ValueError(f"preprocess resize and crop_size must be >= 1 pixel, got {self.resize}, {self.crop_size}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"preprocess interpolation must be bilinear or bicubic, got {self.interpolation!r}")
+        if self.normalize not in ("meanstd", "mean"):
+            raise ValueError(f"preprocess normalize must be meanstd or mean, got {self.normalize!r}")
+        if self.in_chans not in (1, 3):
+            raise ValueError(f"preprocess in_chans must be 1 or 3, got {self.in_chans}")
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) of one model input."""
+        return self.in_chans, self.crop_size, self.crop_size
+
+    @property
+    def crop_pct(self) -> float:
+        return self.crop_size / self.resize
