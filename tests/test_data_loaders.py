@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from data_helpers import FASHION_MNIST_DIR, write_image, write_mnist
-from deepres.data import DataConfig, TooManyBadImagesError, build_datasets, build_loaders
+from deepres.data import DataConfig, DataInfo, TooManyBadImagesError, build_datasets, build_loaders
 
 # Raw pixel values out: plain mean subtraction with a zero mean.
 RAW = dict(normalize="mean", mean=(0.0,), std=(1.0,))
@@ -31,7 +31,7 @@ def keys(images: torch.Tensor) -> list[bytes]:
 # ------------------------------------------------------------------------------------------ in-memory path
 def test_batches_info_and_lengths():
     train, val, info = build_loaders(synthetic(crop_padding=2), "cpu", seed=3)
-    assert info == dict(num_classes=10, in_chans=3, classes=[f"class_{i}" for i in range(10)], train_size=100,
+    assert info == DataInfo(num_classes=10, in_chans=3, classes=[f"class_{i}" for i in range(10)], train_size=100,
                         eval_size=37)
     assert (len(train), len(val)) == (6, 4)  # train drops the last 4 images; eval keeps a last batch of 7
     assert (train.batch_size, train.dataset_size, val.dataset_size) == (16, 100, 37)
@@ -69,7 +69,7 @@ def test_eval_yields_every_sample_once_in_order():
     _, val, info = build_loaders(cfg, "cpu")
     _, dataset = build_datasets(cfg)
     images, labels = epoch(val, 0)
-    assert info["eval_size"] == 33
+    assert info.eval_size == 33
     assert torch.equal(images, dataset.images.float()) and torch.equal(labels, dataset.labels)
 
 
@@ -114,10 +114,10 @@ def test_mnist_style_sets_stay_one_channel(tmp_path):
     cfg = DataConfig(name="mnist", root=str(tmp_path), batch_size=4, eval_batch_size=4, mean=(0.1307,),
                      std=(0.3081,))
     train, val, info = build_loaders(cfg, "cpu")
-    assert info["in_chans"] == 1 and info["train_size"] == 20 and info["eval_size"] == 6
+    assert info.in_chans == 1 and info.train_size == 20 and info.eval_size == 6
     assert next(iter(train))[0].shape == (4, 1, 28, 28)
     _, val, info3 = build_loaders(dataclasses.replace(cfg, in_chans=3, mean=(0.5,)), "cpu")
-    assert info3["in_chans"] == 3 and next(iter(val))[0].shape == (4, 3, 28, 28)
+    assert info3.in_chans == 3 and next(iter(val))[0].shape == (4, 3, 28, 28)
     with pytest.raises(ValueError, match="data.num_classes=5 but the dataset has 10 classes"):
         build_loaders(dataclasses.replace(cfg, num_classes=5), "cpu")
 
@@ -125,7 +125,7 @@ def test_mnist_style_sets_stay_one_channel(tmp_path):
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="Debian dataset-fashion-mnist not installed")
 def test_default_config_loads_real_fashion_mnist():
     train, val, info = build_loaders(DataConfig(batch_size=500), "cpu")
-    assert (info["train_size"], info["eval_size"], info["in_chans"], info["num_classes"]) == (60000, 10000, 1, 10)
+    assert (info.train_size, info.eval_size, info.in_chans, info.num_classes) == (60000, 10000, 1, 10)
     assert (len(train), len(val)) == (120, 40)
     images, labels = next(iter(val))
     assert images.shape == (256, 1, 28, 28) and labels.max() < 10
@@ -147,7 +147,7 @@ def test_folder_loader_crops_to_size_and_ignores_worker_count(folder_root):
                      eval_preset="crop_pct:0.8", batch_size=4, eval_batch_size=5, workers=0)
     train0, val0, info = build_loaders(cfg, "cpu", seed=2)
     train2, val2, _ = build_loaders(dataclasses.replace(cfg, workers=2), "cpu", seed=2)
-    assert info["classes"] == ["cat", "dog"] and info["in_chans"] == 3 and (len(train0), len(val0)) == (3, 2)
+    assert info.classes == ["cat", "dog"] and info.in_chans == 3 and (len(train0), len(val0)) == (3, 2)
     x0, y0 = epoch(train0, 1)
     x2, y2 = epoch(train2, 1)
     assert x0.shape == (12, 3, 16, 16) and torch.equal(x0, x2) and torch.equal(y0, y2)

@@ -4,6 +4,7 @@ import math
 import torch
 import torch.nn as nn
 
+from deepres.data import DataInfo
 from deepres.models import list_models, register_model
 
 TINY_MODEL = "_test_tinynet_train"
@@ -75,7 +76,7 @@ def tiny_data(n_train=64, n_eval=32, num_classes=4, size=8, seed=0):
 
 def tiny_loaders(batch_size=16, seed=0, device="cpu", **kwargs):
     (xt, yt), (xe, ye) = tiny_data(**kwargs)
-    info = {"num_classes": 4, "in_chans": 1, "classes": ["a", "b", "c", "d"], "train_size": len(yt),
-            "eval_size": len(ye)}
+    info = DataInfo(num_classes=4, in_chans=1, classes=["a", "b", "c", "d"], train_size=len(yt),
+                    eval_size=len(ye))
     return (ListLoader(xt, yt, batch_size, seed=seed, device=device),
             ListLoader(xe, ye, 32, train=False, device=device), info)

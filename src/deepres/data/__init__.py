@@ -29,7 +29,7 @@ from .folders import (ImageFileDataset, TooManyBadImagesError, image_folder, ima
 from .formats import (FASHION_MNIST_CLASSES, MNIST_CLASSES, ArrayDataset, make_synthetic, read_cifar10,
                       read_cifar100, read_fashion_mnist, read_idx, read_mnist)
 from .images import IMAGE_EXTENSIONS, BadImageError, is_image_file, load_image
-from .loaders import Loader, build_eval_loader, build_loaders
+from .loaders import DataInfo, Loader, build_eval_loader, build_loaders, eval_preprocess
 from .pack import PackOptions, pack_dataset
 from .packed_reader import PackedDataset, read_packed
 from .verify import VerifyReport, verify_images, write_manifest

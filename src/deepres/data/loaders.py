@@ -18,11 +18,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from deepres.core.config import DataConfig
+from deepres.core.preprocess import Preprocess
 
 from . import transforms as T
 from .datasets import Dataset, build_datasets, build_eval_dataset
 from .folders import BAD_IMAGE_POLICIES
-from .formats import ArrayDataset
+from .formats import STORED_SIDE, ArrayDataset
 from .images import init_decode_worker
 
 # Seed streams, so the order, per-item and per-batch draws never share a generator state.
@@ -225,6 +226,28 @@ class Loader:
 
 
 # ---------------------------------------------------------------------------------------------- building
+@dataclass(frozen=True)
+class DataInfo:
+    """What the data decides for the model and the run: set by build_loaders / build_eval_loader."""
+
+    num_classes: int  # classifier outputs (data.num_classes, else the dataset's classes)
+    in_chans: int  # channels the model sees (data.in_chans, else the images')
+    classes: list[str]  # class names, index = label (the training split's, or the checkpoint's)
+    train_size: int  # training images in all (after limit_train); 0 when only the eval split was read
+    eval_size: int  # evaluation images in all (after limit_val)
+
+
+def eval_preprocess(cfg: DataConfig, in_chans: int) -> Preprocess:
+    """The eval transform of a data config as one Preprocess: the eval preset's resize and centre crop (none: the
+    stored size of an in-memory set, else data.image_size), then the config's normalisation."""
+    sizes = T.parse_eval_preset(cfg.eval_preset, cfg.image_size)
+    if sizes is None:
+        side = STORED_SIDE.get(cfg.name) or (cfg.synthetic_image_size if cfg.name == "synthetic" else cfg.image_size)
+        sizes = (side, side)
+    return Preprocess(resize=sizes[0], crop_size=sizes[1], interpolation="bilinear", mean=tuple(cfg.mean),
+                      std=tuple(cfg.std), in_chans=in_chans, normalize=cfg.normalize)
+
+
 _CHOICES = {"on_device": ("auto", "yes", "no"), "normalize": ("meanstd", "mean"), "on_bad_image": BAD_IMAGE_POLICIES}
 
 
@@ -284,20 +307,20 @@ def _eval_loader(cfg: DataConfig, eval_set, in_chans: int, loader_args: dict) ->
 def build_eval_loader(cfg: DataConfig, device, *, classes: list[str] | None = None, seed: int = 0, rank: int = 0,
                       world_size: int = 1):
     """(eval_loader, info) reading only the evaluation split (see build_eval_dataset; `classes`: the class list
-    the model was trained with); info as build_loaders' with train_size 0. For `deepres eval`."""
+    the model was trained with); info (DataInfo) with train_size 0. For `deepres eval`."""
     _check_config(cfg, seed, rank, world_size)
     eval_set = build_eval_dataset(cfg, classes)
     num_classes, in_chans = _data_shape(cfg, eval_set)
     loader_args = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
                        on_device=_on_device(cfg, eval_set), workers=cfg.workers)
-    info = dict(num_classes=num_classes, in_chans=in_chans, classes=list(eval_set.classes), train_size=0,
-                eval_size=len(eval_set))
+    info = DataInfo(num_classes=num_classes, in_chans=in_chans, classes=list(eval_set.classes), train_size=0,
+                    eval_size=len(eval_set))
     return _eval_loader(cfg, eval_set, in_chans, loader_args), info
 
 
 def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, world_size: int = 1):
     """(train_loader, eval_loader, info) for the config; info: num_classes, in_chans, classes, train_size,
-    eval_size (whole dataset sizes, after limit_train / limit_val)."""
+    eval_size (whole dataset sizes, after limit_train / limit_val) as a DataInfo."""
     _check_config(cfg, seed, rank, world_size)
     train_set, eval_set = build_datasets(cfg)
     num_classes, in_chans = _data_shape(cfg, train_set)
@@ -321,6 +344,6 @@ def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, worl
     if len(train_loader) == 0:
         raise ValueError(f"data.batch_size={cfg.batch_size} exceeds the {train_loader.shard_size} training images "
                          f"per process ({len(train_set)} in all, world_size={world_size}); no full batch")
-    info = dict(num_classes=num_classes, in_chans=in_chans, classes=list(train_set.classes),
-                train_size=len(train_set), eval_size=len(eval_set))
+    info = DataInfo(num_classes=num_classes, in_chans=in_chans, classes=list(train_set.classes),
+                    train_size=len(train_set), eval_size=len(eval_set))
     return train_loader, eval_loader, info

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{path}: its classifier does not fit the {cfg.model.num_classes} classes of "
                          f"{cfg.data.name} (keys {', '.join(report['dropped'])}); evaluate on the dataset it "
                          f"was trained for")
-    class_names = list(info["classes"]) if len(info["classes"]) == cfg.model.num_classes else classes
+    class_names = list(info.classes) if len(info.classes) == cfg.model.num_classes else classes
     result = evaluate(model, eval_loader, num_classes=cfg.model.num_classes, scales=scales, flip=args.flip,
                       amp_dtype=AMP_DTYPES[args.amp], class_names=class_names)
 

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from deepres.core.checkpoint import load_weights, resolve_checkpoint
 from deepres.core.config import config_from_dict, load_config, resolve_recipe
+from deepres.data import eval_preprocess
 from deepres.data.folders import list_image_files
 from deepres.data.formats import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, MNIST_CLASSES, STORED_SIDE
 from deepres.data.images import IMAGE_EXTENSIONS, BadImageError
@@ -193,7 +194,7 @@ def _from_config(cfg, state_dict, names, where: str):
     if names is None or len(names) != num_classes:
         default = defaults[2] if defaults else None
         names = default if default is not None and len(default) == num_classes else None
-    return model, preprocess_from_data_config(cfg.data, in_chans), names
+    return model, eval_preprocess(cfg.data, in_chans), names
 
 
 def _build_from_config(cfg, num_classes: int, in_chans: int) -> nn.Module:
@@ -201,18 +202,6 @@ def _build_from_config(cfg, num_classes: int, in_chans: int) -> nn.Module:
     cfg = replace(cfg, model=replace(cfg.model, num_classes=num_classes, in_chans=in_chans),
                   train=replace(cfg.train, channels_last=False))
     return build_model(cfg, torch.device("cpu"))
-
-
-def preprocess_from_data_config(data, in_chans: int) -> Preprocess:
-    """The eval transform of a deepres data config (DataConfig), as its eval loader applies it."""
-    sizes = T.parse_eval_preset(data.eval_preset, data.image_size)
-    if sizes is None:
-        # "none": in-memory sets are used as stored; file datasets are resized to image_size (fixed batches)
-        side = STORED_SIDE.get(data.name) or (data.synthetic_image_size if data.name == "synthetic"
-                                               else data.image_size)
-        sizes = (side, side)
-    return Preprocess(resize=sizes[0], crop_size=sizes[1], interpolation="bilinear", mean=tuple(data.mean),
-                      std=tuple(data.std), in_chans=in_chans, normalize=data.normalize)
 
 
 def _from_pretrained(name: str):

@@ -6,14 +6,15 @@ import torch
 import torch.nn as nn
 
 from deepres.core.config import Config
+from deepres.data import DataInfo
 from deepres.models import create_model
 from deepres.models.bn import set_bn_momentum
 
 
-def resolve_config(cfg: Config, info: dict) -> Config:
-    """Fill what the data decides (`info` as build_loaders gives it): model.num_classes and model.in_chans when 0."""
-    model = replace(cfg.model, num_classes=cfg.model.num_classes or int(info.get("num_classes")),
-                    in_chans=cfg.model.in_chans or int(info.get("in_chans")))
+def resolve_config(cfg: Config, info: DataInfo) -> Config:
+    """Fill what the data decides (build_loaders' DataInfo): model.num_classes and model.in_chans when 0."""
+    model = replace(cfg.model, num_classes=cfg.model.num_classes or info.num_classes,
+                    in_chans=cfg.model.in_chans or info.in_chans)
     return replace(cfg, model=model)
 
 

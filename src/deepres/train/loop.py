@@ -186,7 +186,7 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
 
     resume: continue exactly from checkpoints/last (the config may differ only in RESUME_MAY_DIFFER keys).
     stop_after_epochs: stop once this many epochs are complete (the schedule still spans the whole run),
-    to be continued with resume=True. loaders: (train, eval, info dict) instead of deepres.data.build_loaders.
+    to be continued with resume=True. loaders: (train, eval, DataInfo) instead of deepres.data.build_loaders.
     Under torchrun every process calls fit (see deepres.core.distributed); `loaders` must then hold this
     rank's shards, and every rank returns the same metrics.
     """
@@ -250,7 +250,7 @@ def _prepare(cfg: Config, resume: bool, device, loaders, dist_info: DistInfo, ru
 def _run(cfg, device, run_dir, ckpt_dir, saved, train_loader, eval_loader, info, stop_after_epochs, log,
          dist_info: DistInfo) -> dict:
     t = cfg.train
-    num_classes, classes = cfg.model.num_classes, list(info.get("classes", []))
+    num_classes, classes = cfg.model.num_classes, list(info.classes)
     model = build_model(cfg, device)
     if t.sync_bn and dist_info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys as BatchNorm
