@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from deepres.cli import main
-from deepres.inference.export import export_model, load_model, preprocess_from_metadata, preprocessing_metadata, read_metadata
+from deepres.inference.export import export_model, preprocess_from_metadata, preprocessing_metadata, read_metadata
+from deepres.tasks.build import load_model
 from deepres.models import create_model
 from deepres.core.checkpoint import save_checkpoint
 from deepres.core.config import Config, config_to_dict

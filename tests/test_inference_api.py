@@ -15,7 +15,7 @@ from deepres import extract_feat, inference_model, init_model
 from deepres.data import BadImageError, FASHION_MNIST_CLASSES, build_loaders, read_fashion_mnist
 from deepres.data.imagenet_classes import imagenet_class_names, imagenet_synsets
 from deepres.core.device import auto_dtype
-from deepres.inference import Preprocess
+from deepres.inference import Predictor, Preprocess
 from deepres.models import create_model
 
 
@@ -31,10 +31,10 @@ def scores(result):
 
 
 def test_model_name_gives_eval_model_with_preprocess_and_names(model):
-    assert not model.training
+    assert isinstance(model, Predictor) and not model.model.training
     assert model.preprocess == Preprocess(resize=32, crop_size=32, in_chans=3)
     assert model.class_names == [str(i) for i in range(10)]
-    assert model.pretrained_cfg["source"] == "model"
+    assert model.source["source"] == "model" and model.config is None
 
 
 def test_every_input_kind_gives_the_same_prediction(model, tmp_path):
@@ -128,28 +128,28 @@ def test_bad_arguments_are_clear_errors(model):
         inference_model(model, {"image": 1})
     with pytest.raises(ValueError, match="top_k"):
         inference_model(model, np.zeros((8, 8), np.uint8), top_k=0)
-    with pytest.raises(ValueError, match="preprocess"):
+    with pytest.raises(TypeError, match="init_model"):
         inference_model(create_model("resnet20"), np.zeros((8, 8), np.uint8))
 
 
 def test_top_k_is_capped_at_num_classes_and_train_mode_is_restored(model):
-    model.train()
+    model.model.train()
     try:
         result = inference_model(model, np.zeros((32, 32, 3), np.uint8), top_k=50)
-        assert len(result["top_k_labels"]) == 10 and model.training
+        assert len(result["top_k_labels"]) == 10 and model.model.training
     finally:
-        model.eval()
+        model.model.eval()
     assert result == inference_model(model, np.zeros((32, 32, 3), np.uint8), top_k=50)
 
 
 def test_extract_feat_shapes_and_values(model):
     images = [random_pixels(32, 32, seed=s) for s in range(5)]
     pooled = extract_feat(model, images, batch_size=2)
-    assert pooled.shape == (5, model.num_features) == (5, 64)
+    assert pooled.shape == (5, model.model.num_features) == (5, 64)
     x = torch.stack([torch.from_numpy(im).permute(2, 0, 1) for im in images]).float() / 255
     x = (x - torch.tensor(model.preprocess.mean)[:, None, None]) / torch.tensor(model.preprocess.std)[:, None, None]
     with torch.no_grad():
-        expected = model.forward_head(model.forward_features(x), pre_logits=True)
+        expected = model.model.forward_head(model.model.forward_features(x), pre_logits=True)
     torch.testing.assert_close(pooled, expected, atol=1e-5, rtol=1e-4)
     torch.nn.Linear(64, 2)(pooled).sum().backward()  # features can train a linear probe
     stages = extract_feat(model, images[0], stage="stages")
@@ -164,7 +164,7 @@ def test_init_model_from_pth_checkpoint_reads_classes_and_channels(tmp_path):
     path = tmp_path / "gray7.pth"
     torch.save({"state_dict": trained.state_dict()}, path)
     model = init_model("resnet20", checkpoint=path, fast=False)  # fp32 as is: compared at 1e-5
-    assert model.num_classes == 7 and model.preprocess.in_chans == 1 and len(model.class_names) == 7
+    assert model.model.num_classes == 7 and model.preprocess.in_chans == 1 and len(model.class_names) == 7
     image = random_pixels(32, 32, channels=1, seed=3)
     x = (torch.from_numpy(image)[None, None].float() / 255 - np.mean(model.preprocess.mean)) / np.mean(
         model.preprocess.std)
@@ -207,34 +207,35 @@ def assert_close_probabilities(result, reference, atol):
 def test_default_fast_path_is_prepared_on_use_and_follows_the_weights():
     torch.manual_seed(0)
     model = init_model("resnet20")
-    assert model.fast_path.mode == "auto" and model.fast_path.runner is None  # nothing prepared yet
+    assert model.fast_mode == "auto" and model.fast_info is None  # nothing prepared yet
     exact = init_model("resnet20", fast=False)
-    assert exact.fast_path is None
-    exact.load_state_dict(model.state_dict())
+    assert exact.fast_mode == "eager"
+    exact.model.load_state_dict(model.model.state_dict())
     image = random_pixels(32, 32, seed=4)
 
     result = inference_model(model, image, top_k=10)
-    runner, info = model.fast_path.runner, model.fast_path.info
+    info = model.fast_info
     assert info.dtype == auto_dtype(torch.device("cpu")) and info.channels_last
     assert info.bn_folded == 19 and not info.bn_kept  # ResNet-20: stem + 9 blocks x 2, option-A shortcuts
     assert_close_probabilities(result, inference_model(exact, image, top_k=10), atol=0.02)
     inference_model(model, [image, image])
-    assert model.fast_path.runner is runner  # same weights: not prepared again
+    assert model.fast_info is info  # same weights: not prepared again
 
-    with torch.no_grad():  # an in-place change of the weights
-        model.fc.bias[3] += 100
+    with torch.no_grad():  # an in-place change of the weights, announced by refresh()
+        model.model.fc.bias[3] += 100
+    model.refresh()
     assert inference_model(model, image)["pred_label"] == 3
-    assert model.fast_path.runner is not runner
+    assert model.fast_info is not info
 
-    torch.manual_seed(5)  # new weights through load_state_dict
+    torch.manual_seed(5)  # new weights through load_state_dict: noticed without refresh()
     other = create_model("resnet20").eval()
-    model.load_state_dict(other.state_dict())
-    exact.load_state_dict(other.state_dict())
+    model.model.load_state_dict(other.state_dict())
+    exact.model.load_state_dict(other.state_dict())
     assert_close_probabilities(inference_model(model, image, top_k=10), inference_model(exact, image, top_k=10),
                                atol=0.02)
 
     twin = copy.deepcopy(model)  # a copy keeps the setting, not the prepared runner
-    assert twin.fast_path.mode == "auto" and twin.fast_path.runner is None
+    assert twin.fast_mode == "auto" and twin.fast_info is None
     assert inference_model(twin, image)["pred_label"] == inference_model(model, image)["pred_label"]
 
 
@@ -242,10 +243,10 @@ def test_fast_path_options_and_their_errors(tmp_path):
     model = init_model("resnet20", fast="fp32")
     image = random_pixels(32, 32, seed=6)
     exact = init_model("resnet20", fast=False)
-    exact.load_state_dict(model.state_dict())
+    exact.model.load_state_dict(model.model.state_dict())
     assert_close_probabilities(inference_model(model, image, top_k=10), inference_model(exact, image, top_k=10),
                                atol=1e-5)  # fp32: BN folding and channels_last only
-    assert model.fast_path.info.dtype == "fp32"
+    assert model.fast_info.dtype == "fp32"
     with pytest.raises(ValueError, match="fast must be one of"):
         init_model("resnet20", fast="fp16")
     with pytest.raises(ValueError, match="needs calibration images"):
@@ -260,10 +261,10 @@ def test_fast_path_options_and_their_errors(tmp_path):
 def test_compiled_fast_path_pads_the_last_batch_instead_of_compiling_again():
     model = init_model("resnet20", compile=True)
     exact = init_model("resnet20", fast=False)
-    exact.load_state_dict(model.state_dict())
+    exact.model.load_state_dict(model.model.state_dict())
     images = [random_pixels(32, 32, seed=20 + i) for i in range(5)]
     results = inference_model(model, images, batch_size=4, top_k=10)  # batches of 4 and 1
-    assert list(model.fast_path.runner.compile_seconds) == [(4, 3, 32, 32)]  # compiled once, for batch 4
+    assert model.fast_info.compiled and list(model._runner.compile_seconds) == [(4, 3, 32, 32)]  # compiled once, for batch 4
     for result, reference in zip(results, inference_model(exact, images, batch_size=1, top_k=10)):
         assert_close_probabilities(result, reference, atol=0.02)
 
@@ -272,12 +273,12 @@ def test_int8_calibrates_on_images_and_samples_large_sets(tmp_path):
     folder = tmp_path / "calibration"
     paths = [write_image(folder / f"{i:02d}.png", size=(36, 36), seed=i) for i in range(8)]
     model = init_model("resnet20", fast="int8", calibration=folder)
-    assert model.fast_path.calibration == paths
+    assert model.calibration == paths
     results = inference_model(model, paths)
     assert len(results) == 8 and all(0 <= r["pred_label"] < 10 for r in results)
-    assert model.fast_path.info.dtype == "int8" and "int8" in model.fast_path.info.steps[-1]
+    assert model.fast_info.dtype == "int8" and "int8" in model.fast_info.steps[-1]
     many = init_model("resnet20", fast="int8", calibration=list(range(1000)))  # sampled, not all kept
-    assert many.fast_path.calibration == [int(i * 1000 / 256) for i in range(256)]
+    assert many.calibration == [int(i * 1000 / 256) for i in range(256)]
 
 
 # ------------------------------------------------------------------------------------ Fashion-MNIST check
@@ -288,7 +289,7 @@ def fashion_run(tmp_path_factory):
     if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"Fashion-MNIST not installed in {FASHION_MNIST_DIR}")
     from deepres.core.config import load_config
-    from deepres.train.loop import fit
+    from deepres.train import fit
 
     tmp = tmp_path_factory.mktemp("fashion")
     cfg = load_config("fashion_mnist/resnet20", [
@@ -311,10 +312,10 @@ def test_fashion_mnist_predictions_equal_the_eval_loader_path(fashion_run):
     model = init_model(run_dir, fast=False)  # the fp32 model as is: the eval loader's numbers to 1e-5
     assert model.class_names == FASHION_MNIST_CLASSES
     assert model.preprocess == Preprocess(resize=28, crop_size=28, mean=(0.2860,), std=(0.3530,), in_chans=1)
-    assert model.conv1.weight.is_contiguous()  # channels_last of the training run did not leak
+    assert model.config.train.channels_last and model.model.conv1.weight.is_contiguous()  # did not leak
     _, eval_loader, _ = build_loaders(cfg.data, "cpu")
     with torch.no_grad():
-        loader_probs = torch.cat([torch.softmax(model(x), dim=1) for x, _ in eval_loader])
+        loader_probs = torch.cat([torch.softmax(model.model(x), dim=1) for x, _ in eval_loader])
     results = inference_model(model, folder, top_k=3, batch_size=32)
     assert [Path(r["path"]).name for r in results] == [f"{i:03d}.png" for i in range(64)]
     assert [r["pred_label"] for r in results] == loader_probs.argmax(1).tolist()

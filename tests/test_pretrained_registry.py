@@ -12,6 +12,7 @@ import torch
 
 from deepres import inference_model, init_model, list_pretrained
 from deepres.core.errors import ChecksumError
+from deepres.core.preprocess import Preprocess
 from deepres.models import create_model, list_models
 from deepres.models import pretrained as registry
 from deepres.models.pretrained import (PretrainedWeights, WeightsUnavailableError, default_cache_dir,
@@ -58,7 +59,7 @@ def _weights_file(root: Path, name: str = "resnet20_test-00000000.pth") -> tuple
 
 def _register(monkeypatch, **fields) -> PretrainedWeights:
     defaults = dict(name="resnet20.test_local", license="test", top1=90.0, top5=99.0, accuracy_source="test",
-                    categories="cifar-test", num_classes=10, resize=32, crop_size=32)
+                    categories="cifar-test", num_classes=10, preprocess=Preprocess(resize=32, crop_size=32))
     record = PretrainedWeights(**{**defaults, **fields})
     monkeypatch.setitem(registry._registry, record.name, record)
     return record
@@ -134,16 +135,22 @@ def test_offline_and_network_failures_name_url_and_cache_path(server, tmp_path, 
 
 def test_init_model_downloads_into_deepres_cache(server, tmp_path, monkeypatch):
     source, digest, original = _weights_file(server.root)
-    record = _register(monkeypatch, url=server.url(source.name), sha256=digest, interpolation="bicubic",
-                       resize=36, crop_size=32)
+    record = _register(monkeypatch, url=server.url(source.name), sha256=digest,
+                       preprocess=Preprocess(resize=36, crop_size=32, interpolation="bicubic"))
     monkeypatch.setenv("DEEPRES_CACHE", str(tmp_path / "deepres-cache"))
     assert default_cache_dir() == tmp_path / "deepres-cache" / "checkpoints"
     model = init_model(record.name)
     assert (tmp_path / "deepres-cache" / "checkpoints" / source.name).is_file()
     assert (model.preprocess.resize, model.preprocess.crop_size, model.preprocess.interpolation) == (36, 32, "bicubic")
-    assert model.pretrained_cfg["name"] == record.name and model.class_names == [str(i) for i in range(10)]
+    assert model.source["name"] == record.name and model.class_names == [str(i) for i in range(10)]
     for name, value in original.state_dict().items():
-        torch.testing.assert_close(model.state_dict()[name], value)
+        torch.testing.assert_close(model.model.state_dict()[name], value)
+    # the same weights through the model registry, timm style; another num_classes gets a fresh classifier
+    built = create_model(record.name, pretrained=True)
+    torch.testing.assert_close(built.state_dict(), model.model.state_dict())
+    fine_tune = create_model("resnet20", pretrained=True, num_classes=3)  # the arch's first registered weights
+    assert fine_tune.fc.out_features == 3
+    torch.testing.assert_close(fine_tune.conv1.weight, original.conv1.weight)
     image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     assert 0 <= inference_model(model, image)["pred_label"] < 10
     with pytest.raises(ValueError, match="published weights"):
@@ -166,7 +173,8 @@ def test_shipped_records_are_consistent():
         assert record.num_classes == 1000 and record.categories == "imagenet-1k", name
         assert 0.85 <= record.crop_pct <= 1.0, name
     tv2 = get_pretrained("resnet50.tv2_in1k")
-    assert (tv2.resize, tv2.crop_size, tv2.top1) == (232, 224, 80.858)
+    assert (tv2.preprocess.resize, tv2.preprocess.crop_size, tv2.top1) == (232, 224, 80.858)
+    assert get_pretrained("resnet50.a1_in1k").preprocess.interpolation == "bicubic"
 
 
 def test_record_validation_and_unknown_names():

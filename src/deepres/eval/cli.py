@@ -2,14 +2,14 @@
 multi-scale and flip testing; prints top-1/top-5 and writes metrics, per-class accuracy and the confusion matrix."""
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
-from deepres.core.checkpoint import load_weights, resolve_checkpoint
-from deepres.core.config import Config, apply_overrides, config_from_dict
+from deepres.core.checkpoint import resolve_checkpoint
+from deepres.core.config import Config, apply_overrides
 from deepres.core.device import AMP_DTYPES, default_device
 from deepres.data import build_eval_loader
-from deepres.models import load_pretrained, read_state_dict
-from deepres.tasks.build import build_model, resolve_config
+from deepres.tasks.build import load_model
 from deepres.tasks.evaluate import evaluate
 
 from .confusion import write_confusion_matrix
@@ -36,26 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="allow --out to be a non-empty directory")
 
 
-def load_for_eval(path: Path, model_name: str | None):
-    """(config, state dict, class names) of a checkpoint; configs come from deepres safetensors metadata."""
-    cfg, classes = None, None
-    if path.suffix == ".safetensors":
-        state_dict, metadata = load_weights(path)
-        if metadata.get("config"):
-            cfg = config_from_dict(metadata["config"], where=f"{path} metadata")
-            classes = metadata.get("classes") or None
-    else:
-        state_dict = read_state_dict(path)
-    if cfg is None:
-        if not model_name:
-            raise ValueError(f"{path} holds no deepres config: name the architecture with --model (and the data "
-                             f"with --dataset/--data)")
-        cfg = Config()
-    if model_name:
-        cfg.model.name = model_name
-    return cfg, state_dict, classes
-
-
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir() and any(out.iterdir()) and not args.force:
@@ -63,26 +43,31 @@ def run(args: argparse.Namespace) -> int:
     scales = [int(s) for s in args.test_scales.split(",") if s.strip()] if args.test_scales else []
 
     path = resolve_checkpoint(args.checkpoint)
-    cfg, state_dict, classes = load_for_eval(path, args.model)
+    if args.model is None and not path.suffix == ".safetensors":
+        raise ValueError(f"{path} holds no deepres config: name the architecture with --model (and the data with "
+                         f"--dataset/--data)")
+    loaded = load_model(args.model, path) if args.model else load_model(path)
+    model = loaded.model
+    # a deepres checkpoint brings its config and class list; other weights start from the defaults and the options
+    cfg = loaded.config or replace(Config(), model=replace(Config().model, name=loaded.source["model"]))
+    classes = loaded.class_names if loaded.config is not None else None
     overrides = [f"data.{key}={value}" for key, value in (
         ("name", args.dataset), ("root", args.data), ("val_split", args.split), ("eval_preset", args.eval_preset),
         ("eval_batch_size", args.batch_size)) if value is not None]
     # Evaluation runs in the checkpoint's layout, fp32 unless --amp; of the train.* keys only seed and
     # channels_last are read here (train.amp and train.compile are the training loop's alone).
     cfg = apply_overrides(cfg, [*overrides, *args.overrides])
+    # the images are given the channels the model's stem takes (gray <-> RGB)
+    cfg = replace(cfg, data=replace(cfg.data, in_chans=loaded.preprocess.in_chans))
 
     device = default_device()
     # Only the evaluated split is read; a deepres checkpoint's class list stands in for the training split.
     eval_loader, info = build_eval_loader(cfg.data, device, classes=classes, seed=cfg.train.seed)
-    cfg = resolve_config(cfg, info)
-    model = build_model(cfg, device)
-    report = load_pretrained(model, state_dict)
-    if report["dropped"]:
-        raise ValueError(f"{path}: its classifier does not fit the {cfg.model.num_classes} classes of "
-                         f"{cfg.data.name} (keys {', '.join(report['dropped'])}); evaluate on the dataset it "
-                         f"was trained for")
-    class_names = list(info.classes) if len(info.classes) == cfg.model.num_classes else classes
-    result = evaluate(model, eval_loader, num_classes=cfg.model.num_classes, scales=scales, flip=args.flip,
+    if info.num_classes != model.num_classes:
+        raise ValueError(f"{path}: its classifier does not fit the {info.num_classes} classes of {cfg.data.name} "
+                         f"(it has {model.num_classes} outputs); evaluate on the dataset it was trained for")
+    class_names = list(info.classes) if len(info.classes) == model.num_classes else classes
+    result = evaluate(model.to(device), eval_loader, num_classes=model.num_classes, scales=scales, flip=args.flip,
                       amp_dtype=AMP_DTYPES[args.amp], class_names=class_names)
 
     views = f"scales {scales}" if scales else "single scale"

@@ -21,13 +21,15 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from deepres.core.checkpoint import load_weights, resolve_checkpoint
-from deepres.core.config import apply_overrides, config_from_dict
+from deepres.core.checkpoint import resolve_checkpoint
+from deepres.core.config import apply_overrides
 from deepres.core.device import auto_dtype, cpu_has_native_bf16, cpu_model_name
 from deepres.data import build_loaders
 from deepres.models import create_model
 
-from .export import export_onnx, load_model, onnxruntime_runner as session_runner
+from deepres.tasks.build import load_model
+
+from .export import export_onnx, onnxruntime_runner as session_runner
 from .fastpath import InferenceInfo, prepare_for_inference
 
 PATHS = ("eager_fp32", "fp32", "bf16", "bf16_compile", "int8", "onnxruntime_fp32")
@@ -187,13 +189,12 @@ def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: 
     """Top-1 accuracy of each path and its agreement with eager fp32 on the test split of a trained model
     (its first `limit` images; 0 = all). int8 calibrates on `calibration_images` training images."""
     path = resolve_checkpoint(str(checkpoint))
-    metadata = load_weights(path)[1] if path.suffix == ".safetensors" else {}
-    if not metadata.get("config"):
+    loaded = load_model(path) if path.suffix == ".safetensors" else None
+    if loaded is None or loaded.config is None:
         raise ValueError(f"--agreement-checkpoint {checkpoint}: no deepres config inside {path}, so the test set "
                          f"is unknown; give a deepres run directory or .safetensors checkpoint")
-    cfg = config_from_dict(metadata["config"], where=f"{path} metadata")
-    cfg = apply_overrides(cfg, [f"data.eval_batch_size={batch_size}", f"data.limit_val={limit}"])
-    model = load_model(path)
+    cfg = apply_overrides(loaded.config, [f"data.eval_batch_size={batch_size}", f"data.limit_val={limit}"])
+    model = loaded.model
     train_loader, eval_loader, _ = build_loaders(cfg.data, torch.device("cpu"), seed=cfg.train.seed)
     images, labels = [], []
     for x, y in eval_loader:

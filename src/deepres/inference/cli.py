@@ -19,11 +19,12 @@ from deepres.core.checkpoint import resolve_checkpoint
 from deepres.core.device import default_device
 from deepres.core.files import atomic_write_text
 from deepres.models import list_models
+from deepres.tasks.build import load_model
 
 from .api import init_model, iter_predictions
 from .bench import (DEFAULT_CASES, DEFAULT_PATHS, PATHS, agreement_table, benchmark, checkpoint_agreement,
                     environment, markdown_table)
-from .export import DEFAULT_TOLERANCE, FORMATS, export_model, load_model, preprocessing_metadata
+from .export import DEFAULT_TOLERANCE, FORMATS, export_model, preprocessing_metadata
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +109,7 @@ def predict(args: argparse.Namespace) -> int:
         else:
             tqdm.write(f"{result['path']}\t{result['pred_class']}\t{result['pred_score']:.4f}")
         rows.append(csv_row(result, args.top_k))
-    info = model.fast_path.info if model.fast_path is not None else None
+    info = model.fast_info
     if info is not None:
         print(f"fast path: {info.dtype} on {info.device} ({', '.join(info.steps)}); largest logit difference from "
               f"fp32 on {info.check_batch} {info.max_abs_error:.3g}", file=sys.stderr)
@@ -156,11 +157,11 @@ def default_output(checkpoint: str, format: str) -> Path:
 
 
 def export(args: argparse.Namespace) -> int:
-    model = load_model(args.checkpoint, args.model)
-    metadata = preprocessing_metadata(model)
+    loaded = load_model(args.model, args.checkpoint) if args.model else load_model(args.checkpoint)
+    metadata = preprocessing_metadata(loaded)
     out = Path(args.out) if args.out else default_output(args.checkpoint, args.format)
     try:
-        result = export_model(model, out, format=args.format, metadata=metadata, opset=args.opset,
+        result = export_model(loaded.model, out, format=args.format, metadata=metadata, opset=args.opset,
                               exporter=args.exporter, force=args.force, tolerance=args.tolerance)
     except FileExistsError as e:
         print(f"deepres export: error: {e}", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -26,8 +27,8 @@ import torch
 import torch.nn as nn
 
 from deepres.core.preprocess import Preprocess
-
-from .api import init_model
+from deepres.core.typed import plain
+from deepres.tasks.build import LoadedModel
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "export": ".pt2"}
 METADATA_FILE = "deepres.json"  # extra file inside TorchScript and .pt2 archives
@@ -38,44 +39,29 @@ METADATA_KEYS = ("model", "input_size", "resize", "crop_size", "interpolation", 
 DEFAULT_TOLERANCE = 1e-4  # max |exported - PyTorch| logit error allowed, times max(1, largest |logit|)
 
 
-# ---------------------------------------------------------------------------------- checkpoint -> model
+# ---------------------------------------------------------------------------------- metadata
+# The Preprocess fields stored one key each (in_chans is input_size[0])
+_PREPROCESS_KEYS = tuple(f.name for f in dataclasses.fields(Preprocess) if f.name != "in_chans")
 
 
-def load_model(checkpoint: str | Path, model_name: str | None = None) -> nn.Module:
-    """The fp32 CPU classifier of a deepres run directory or checkpoint (config inside), published weights
-    (arch.tag), or a plain state dict together with `model_name`; with `.preprocess` and `.class_names`
-    (deepres.inference.init_model)."""
-    if model_name:
-        return init_model(model_name, checkpoint=checkpoint, device="cpu", fast=False)
-    return init_model(str(checkpoint), device="cpu", fast=False)
-
-
-def preprocessing_metadata(model: nn.Module) -> dict:
-    """What an image goes through before the exported model sees it (the model's Preprocess), and its classes."""
-    pp = model.preprocess
-    source = getattr(model, "pretrained_cfg", {}) or {}
+def preprocessing_metadata(loaded: LoadedModel) -> dict:
+    """What an image goes through before the exported model sees it (its Preprocess), and its classes."""
+    pp = loaded.preprocess
     return {
-        "model": source.get("model") or source.get("name") or type(model).__name__,
+        "model": loaded.source.get("model") or loaded.source.get("name") or type(loaded.model).__name__,
         "input_size": list(pp.input_size),
-        "resize": pp.resize,
-        "crop_size": pp.crop_size,
-        "interpolation": pp.interpolation,
-        "normalize": pp.normalize,
-        "mean": list(pp.mean),
-        "std": list(pp.std),
-        "class_names": list(model.class_names),
-        "num_classes": len(model.class_names),
+        **{key: plain(getattr(pp, key)) for key in _PREPROCESS_KEYS},
+        "class_names": list(loaded.class_names),
+        "num_classes": len(loaded.class_names),
         "input_layout": "float32 NCHW: shorter side to resize, centre crop_size square (antialiased "
                         "interpolation), then meanstd (x/255 - mean)/std or mean x - 255*mean, x on 0-255",
         "deepres_format": 1,
     }
 
 
-def preprocess_from_metadata(metadata: dict):
-    """The deepres.inference.Preprocess recorded in an exported file's metadata (see read_metadata)."""
-    return Preprocess(resize=metadata["resize"], crop_size=metadata["crop_size"],
-                      interpolation=metadata["interpolation"], mean=tuple(metadata["mean"]),
-                      std=tuple(metadata["std"]), in_chans=metadata["input_size"][0], normalize=metadata["normalize"])
+def preprocess_from_metadata(metadata: dict) -> Preprocess:
+    """The Preprocess recorded in an exported file's metadata (see read_metadata)."""
+    return Preprocess(in_chans=metadata["input_size"][0], **{key: metadata[key] for key in _PREPROCESS_KEYS})
 
 
 # ---------------------------------------------------------------------------------- writing

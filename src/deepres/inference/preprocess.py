@@ -13,11 +13,36 @@ import torch
 from PIL import Image
 
 from deepres.data import transforms as T
-from deepres.data.images import load_image, pil_to_tensor, to_rgb
+from deepres.data.folders import list_image_files
+from deepres.data.images import IMAGE_EXTENSIONS, load_image, pil_to_tensor, to_rgb
 from deepres.core.preprocess import Preprocess
 
 
 # ------------------------------------------------------------------------------------------ input kinds
+def expand_inputs(inputs) -> tuple[list, bool]:
+    """(list of single images, whether one image was given); folders become their image files, sorted."""
+    if isinstance(inputs, (str, os.PathLike)):
+        if Path(inputs).is_dir():
+            return _folder_images(Path(inputs)), False
+        return [inputs], True
+    if isinstance(inputs, torch.Tensor) and inputs.dim() == 4:
+        return list(inputs), False
+    if isinstance(inputs, (list, tuple)):
+        items = []
+        for item in inputs:
+            is_dir = isinstance(item, (str, os.PathLike)) and Path(item).is_dir()
+            items.extend(_folder_images(Path(item)) if is_dir else [item])
+        return items, False
+    return [inputs], True
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    files = list_image_files(folder)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no image files in this folder or below ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
 def input_path(item) -> str | None:
     """The file path of an input given as a path, else None."""
     return str(item) if isinstance(item, (str, os.PathLike)) else None

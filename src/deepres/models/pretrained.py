@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 from deepres.core.download import download_verified, file_hash
 from deepres.core.errors import ChecksumError
-from deepres.core.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from deepres.core.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,9 @@ class PretrainedWeights:
     recipe: str = ""  # how the weights were trained (link)
     categories: str = "imagenet-1k"  # label set: class index i is ImageNet-1k class i (sorted synsets)
     num_classes: int = 1000
-    # Eval transform: shorter side to `resize`, centre `crop_size` square (crop_pct = crop_size / resize)
-    resize: int = 256  # pixels
-    crop_size: int = 224  # pixels
-    interpolation: str = "bilinear"  # bilinear | bicubic
-    mean: tuple[float, ...] = IMAGENET_MEAN  # per channel, 0-1 scale
-    std: tuple[float, ...] = IMAGENET_STD
+    # The eval transform the accuracy above was measured with (torchvision's Weights.transforms, timm's
+    # pretrained_cfg): default shorter side 256 -> centre 224, bilinear, ImageNet mean/std
+    preprocess: Preprocess = Preprocess()
 
     def __post_init__(self):
         arch, dot, tag = self.name.partition(".")
@@ -66,8 +63,6 @@ class PretrainedWeights:
             value = getattr(self, field_name)
             if value and (value != value.lower() or any(c not in "0123456789abcdef" for c in value)):
                 raise ValueError(f"pretrained weights {self.name}: {field_name} {value!r} is not lower-case hex")
-        if self.interpolation not in ("bilinear", "bicubic"):
-            raise ValueError(f"pretrained weights {self.name}: interpolation must be bilinear or bicubic")
 
     @property
     def arch(self) -> str:
@@ -84,7 +79,7 @@ class PretrainedWeights:
 
     @property
     def crop_pct(self) -> float:
-        return self.crop_size / self.resize
+        return self.preprocess.crop_pct
 
 
 _registry: dict[str, PretrainedWeights] = {}
@@ -111,6 +106,15 @@ def get_pretrained(name: str) -> PretrainedWeights:
         hint = f"; known for {arch}: {', '.join(same_arch)}" if same_arch else "; see list_pretrained()"
         raise KeyError(f"unknown pretrained weights {name!r}{hint}")
     return _registry[name]
+
+
+def default_pretrained(arch: str) -> PretrainedWeights:
+    """The weights `create_model(arch, pretrained=True)` loads: the first registered for the arch (torchvision's
+    original `tv_in1k` weights where there are several); KeyError when none are known."""
+    for record in _registry.values():
+        if record.arch == arch:
+            return record
+    raise KeyError(f"no published weights are registered for {arch!r}; see list_pretrained()")
 
 
 def is_pretrained_name(name: str) -> bool:
@@ -194,7 +198,7 @@ def _tv(name: str, file: str, top1: float, top5: float, *, v2: bool = False, rec
     return PretrainedWeights(
         name=name, url=_TV_BASE + file, license="BSD-3-Clause (torchvision)", top1=top1, top5=top5,
         accuracy_source=_TV_DOCS, sha256_prefix=file.rsplit("-", 1)[1].split(".")[0],
-        recipe=recipe or (_TV_RECIPE_V2 if v2 else _TV_RECIPE), resize=232 if v2 else 256)
+        recipe=recipe or (_TV_RECIPE_V2 if v2 else _TV_RECIPE), preprocess=Preprocess(resize=232 if v2 else 256))
 
 
 for _record in (
@@ -231,15 +235,16 @@ for _record in (
         url="https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-rsb-weights/"
             "resnet50_a1_0-14fe96d1.pth",
         top1=81.22, top5=95.11, accuracy_source=_TIMM_TABLE, sha256_prefix="14fe96d1",
-        recipe="https://arxiv.org/abs/2110.00476", resize=288, crop_size=288, interpolation="bicubic"),
+        recipe="https://arxiv.org/abs/2110.00476",
+        preprocess=Preprocess(resize=288, crop_size=288, interpolation="bicubic")),
     # timm ResNet-50-D, RandAugment recipe "ra2"; test size 288 px at crop_pct 0.95 -> shorter side 303.
     PretrainedWeights(
         name="resnet50d.ra2_in1k", license="Apache-2.0 (timm model card)",
         url="https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
             "resnet50d_ra2-464e36ba.pth",
         top1=81.37, top5=95.74, accuracy_source=_TIMM_TABLE, sha256_prefix="464e36ba",
-        recipe="https://github.com/huggingface/pytorch-image-models", resize=303, crop_size=288,
-        interpolation="bicubic"),
+        recipe="https://github.com/huggingface/pytorch-image-models",
+        preprocess=Preprocess(resize=303, crop_size=288, interpolation="bicubic")),
 ):
     register_pretrained(_record)
 del _record

@@ -1,8 +1,12 @@
-"""A tiny model registry: a dict of builders, a decorator, `create_model` and `list_models`."""
+"""A tiny model registry: a dict of builders, a decorator, `create_model` and `list_models`. Published weights
+are named `arch.tag` (deepres.models.pretrained), timm style: `create_model("resnet50.tv2_in1k", pretrained=True)`."""
 from fnmatch import fnmatch
 from typing import Callable
 
 import torch.nn as nn
+
+from .pretrained import default_pretrained, get_pretrained, load_pretrained_weights
+from .weights import load_pretrained
 
 _model_builders: dict[str, Callable[..., nn.Module]] = {}
 _default_input_size: dict[str, tuple[int, int, int]] = {}
@@ -32,22 +36,37 @@ def default_input_size(name: str) -> tuple[int, int, int]:
     return _default_input_size[name]
 
 
-def create_model(name: str, num_classes: int | None = None, in_chans: int | None = None, **overrides) -> nn.Module:
+def create_model(name: str, pretrained: bool = False, num_classes: int | None = None, in_chans: int | None = None,
+                 **overrides) -> nn.Module:
     """Build a registered model; `overrides` go to the family's constructor (e.g. drop_rate=0.2).
 
+    name: a registered model, or published weights `arch.tag` (list_pretrained()). pretrained: load the weights of
+    `arch.tag`, or of the arch's first registered tag when the name has none (downloaded and verified into the
+    cache); a num_classes other than theirs gets a fresh classifier, in_chans=1 a stem summed over RGB.
     num_classes / in_chans default to the variant's own (1000 and 3 for ImageNet nets, 10 and 3 for CIFAR nets).
     """
+    record = None
+    if name not in _model_builders and "." in name:
+        record = get_pretrained(name)  # KeyError naming the known tags of this arch
+        name = record.arch
     _check_known(name)
+    if pretrained and record is None:
+        record = default_pretrained(name)  # KeyError when no weights are published for it
+    if record is not None and num_classes is None:
+        num_classes = record.num_classes
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     if in_chans is not None:
         overrides["in_chans"] = in_chans
     try:
-        return _model_builders[name](**overrides)
+        model = _model_builders[name](**overrides)
     except TypeError as e:
         if "unexpected keyword argument" not in str(e):
             raise
         raise ValueError(f"model {name!r} does not accept option {str(e).split('argument')[-1].strip()}") from None
+    if pretrained:
+        load_pretrained(model, load_pretrained_weights(record.name))
+    return model
 
 
 def _check_known(name: str) -> None:

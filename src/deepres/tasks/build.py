@@ -1,16 +1,34 @@
-"""From a config to the model it describes: the data fills what the recipe left open (num_classes, in_chans),
-then the registered model is built with the config's options, BN momentum, device and memory format."""
-from dataclasses import replace
+"""From a config, a checkpoint or a published name to the model it describes.
 
+`build_model(cfg)` builds the registered model a training config names (the data fills what the recipe left open:
+`resolve_config`). `load_model(spec)` is the one reader of every kind of trained weights deepres accepts, and
+returns the model with what it needs to be used: its config (if deepres trained it), class names and eval
+transform (a Preprocess). `deepres eval`, `deepres predict` / init_model, `deepres export` and `deepres bench`
+all go through it.
+"""
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import safetensors
 import torch
 import torch.nn as nn
 
-from deepres.core.config import Config
-from deepres.data import DataInfo
-from deepres.models import create_model
+from deepres.core.checkpoint import load_weights, resolve_checkpoint
+from deepres.core.config import Config, config_from_dict, load_config, resolve_recipe
+from deepres.core.preprocess import Preprocess
+from deepres.data import DataInfo, eval_preprocess
+from deepres.data.formats import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, MNIST_CLASSES
+from deepres.data.imagenet_classes import imagenet_class_names
+from deepres.models import create_model, default_input_size, list_models, load_pretrained, read_state_dict
 from deepres.models.bn import set_bn_momentum
+from deepres.models.pretrained import get_pretrained, is_pretrained_name, load_pretrained_weights
+from deepres.models.weights import remap_keys
+
+log = logging.getLogger(__name__)
 
 
+# ---------------------------------------------------------------------------------------------- from a config
 def resolve_config(cfg: Config, info: DataInfo) -> Config:
     """Fill what the data decides (build_loaders' DataInfo): model.num_classes and model.in_chans when 0."""
     model = replace(cfg.model, num_classes=cfg.model.num_classes or info.num_classes,
@@ -37,3 +55,205 @@ def build_model(cfg: Config, device: torch.device) -> nn.Module:
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+# ---------------------------------------------------------------------------------------------- from weights
+@dataclass
+class LoadedModel:
+    """A model with its weights loaded (CPU, fp32, eval mode) and what using it needs."""
+
+    model: nn.Module
+    class_names: list[str]  # index = output
+    preprocess: Preprocess  # the eval transform it expects
+    config: Config | None = None  # the training config, for weights deepres trained (None otherwise)
+    source: dict = field(default_factory=dict)  # where it came from: kind, checkpoint, model, url, published top1
+
+
+def load_model(spec: str | Path, checkpoint: str | Path | None = None) -> LoadedModel:
+    """The model `spec` names, with its weights:
+
+    - a deepres run directory (its best, else last, checkpoint) or a deepres .safetensors checkpoint: config and
+      class names come from the file;
+    - published weights "arch.tag" (list_pretrained(); downloaded and verified into the cache);
+    - a registered model name: random weights, or `checkpoint` (a deepres checkpoint of that model, or any
+      .pth/.safetensors state dict: torchvision, timm, mmcls layouts; its classifier and stem decide num_classes and
+      in_chans);
+    - a recipe (name or YAML path): the model it trains, with `checkpoint`'s weights (random without one).
+    """
+    spec = str(spec)
+    path = Path(spec)
+    if path.is_dir():
+        _refuse_checkpoint(checkpoint, f"{spec} is a run directory, which names its own weights; do not pass "
+                                       f"checkpoint")
+        return _from_deepres_checkpoint(resolve_checkpoint(spec))
+    if path.is_file() and path.suffix not in (".yaml", ".yml"):
+        _refuse_checkpoint(checkpoint, f"{spec} is a checkpoint file; pass the architecture as the model and this "
+                                       f"file as checkpoint, e.g. init_model('resnet50', checkpoint={spec!r})")
+        if not _is_deepres_checkpoint(path):
+            raise ValueError(f"{spec} holds no deepres config; name its architecture: init_model('resnet50', "
+                             f"checkpoint={spec!r}) (or --model resnet50 --checkpoint ...)")
+        return _from_deepres_checkpoint(path)
+    if is_pretrained_name(spec):
+        _refuse_checkpoint(checkpoint, f"{spec} names published weights already; pass the architecture "
+                                       f"({spec.partition('.')[0]}) to load your own checkpoint")
+        return _from_pretrained(spec)
+    if spec in list_models():
+        return _from_model_name(spec, checkpoint)
+    if "." in spec and spec.partition(".")[0] in list_models() and not spec.endswith((".yaml", ".yml")):
+        get_pretrained(spec)  # raises KeyError listing the known tags of this architecture
+    try:
+        resolve_recipe(spec)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{spec!r} is not a run directory, checkpoint file, registered model, pretrained "
+                                f"weights name (deepres.list_pretrained()) or recipe") from None
+    return _from_recipe(spec, checkpoint)
+
+
+def _refuse_checkpoint(checkpoint, message: str) -> None:
+    if checkpoint is not None:
+        raise ValueError(message)
+
+
+def _is_deepres_checkpoint(path: Path) -> bool:
+    """A .safetensors file whose metadata holds a deepres config (read without loading its tensors)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix != ".safetensors":
+        return False
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            return bool((f.metadata() or {}).get("config"))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def _from_deepres_checkpoint(path: Path) -> LoadedModel:
+    state_dict, metadata = load_weights(path)
+    cfg = config_from_dict(metadata["config"], where=f"{path} metadata")
+    loaded = _from_config(cfg, state_dict, metadata.get("classes") or None, str(path))
+    loaded.source = {"source": "deepres checkpoint", "checkpoint": str(path), "model": cfg.model.name}
+    return loaded
+
+
+def _from_recipe(spec: str, checkpoint) -> LoadedModel:
+    cfg = load_config(spec)
+    state_dict, names = None, None
+    if checkpoint is not None:
+        if _is_deepres_checkpoint(Path(checkpoint)):
+            state_dict, metadata = load_weights(checkpoint)
+            names = metadata.get("classes") or None
+        else:
+            state_dict = read_state_dict(checkpoint)
+    elif not _config_shape(cfg)[0] or not _config_shape(cfg)[1]:
+        raise ValueError(f"recipe {spec}: data.name={cfg.data.name} does not say how many classes and channels "
+                         "the model has; pass a checkpoint or set model.num_classes and model.in_chans")
+    else:
+        log.warning("recipe %s without a checkpoint: the model has random weights", spec)
+    loaded = _from_config(cfg, state_dict, names, str(checkpoint) if checkpoint is not None else f"recipe {spec}")
+    loaded.source = {"source": "recipe", "recipe": spec, "checkpoint": str(checkpoint) if checkpoint else None,
+                     "model": cfg.model.name}
+    return loaded
+
+
+def _from_config(cfg: Config, state_dict, names, where: str) -> LoadedModel:
+    """cfg's model (plain layout, CPU), sized by the state dict where it says otherwise, with the weights loaded."""
+    num_classes, in_chans = _config_shape(cfg)
+    if state_dict is not None:
+        num_classes, in_chans = _state_dict_shape(cfg.model.name, state_dict, num_classes, in_chans)
+    # channels_last is a training speed setting; inference builds the plain layout (a fast path may change it)
+    model = build_model(replace(cfg, model=replace(cfg.model, num_classes=num_classes, in_chans=in_chans),
+                                train=replace(cfg.train, channels_last=False)), torch.device("cpu"))
+    if state_dict is not None:
+        _load_exactly(model, state_dict, where)
+    if names is None or len(names) != num_classes:
+        known = _format_classes(cfg)
+        names = known if known is not None and len(known) == num_classes else None
+    return LoadedModel(model.eval(), _class_names(names, num_classes), eval_preprocess(cfg.data, in_chans), cfg)
+
+
+def _from_pretrained(name: str) -> LoadedModel:
+    record = get_pretrained(name)
+    path = load_pretrained_weights(name)
+    model = create_model(record.arch, num_classes=record.num_classes)
+    _load_exactly(model, read_state_dict(path), str(path))
+    names = imagenet_class_names() if record.categories == "imagenet-1k" else None
+    source = {"source": "pretrained", "name": name, "model": record.arch, "checkpoint": str(path),
+              "url": record.url, "top1": record.top1, "top5": record.top5}
+    return LoadedModel(model.eval(), _class_names(names, record.num_classes), record.preprocess, None, source)
+
+
+def _from_model_name(name: str, checkpoint) -> LoadedModel:
+    if checkpoint is not None and _is_deepres_checkpoint(Path(checkpoint)):
+        loaded = _from_deepres_checkpoint(Path(checkpoint))
+        if loaded.source["model"] != name:
+            raise ValueError(f"{checkpoint} is a deepres checkpoint of {loaded.source['model']}, not {name}")
+        return loaded
+    channels, height, _ = default_input_size(name)
+    num_classes, in_chans = None, None
+    state_dict = read_state_dict(checkpoint) if checkpoint is not None else None
+    if state_dict is None:
+        log.warning("model %s without a checkpoint: random weights", name)
+    else:
+        num_classes, in_chans = _state_dict_shape(name, state_dict, None, None)
+    model = create_model(name, num_classes=num_classes, in_chans=in_chans)
+    if state_dict is not None:
+        _load_exactly(model, state_dict, str(checkpoint))
+    # ImageNet-sized nets: the standard 256 -> 224; small-image nets (CIFAR): the image at their own size
+    resize = round(height / 0.875) if height >= 224 else height
+    preprocess = Preprocess(resize=resize, crop_size=height, in_chans=in_chans or channels)
+    source = {"source": "model", "model": name, "checkpoint": str(checkpoint) if checkpoint is not None else None}
+    return LoadedModel(model.eval(), _class_names(None, model.num_classes), preprocess, None, source)
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+def _config_shape(cfg: Config) -> tuple[int, int]:
+    """(num_classes, in_chans) a config fixes: the model block, else the data block, else its format (0: unknown)."""
+    fixed = _format_defaults(cfg.data)
+    num_classes = cfg.model.num_classes or cfg.data.num_classes or (fixed[0] if fixed else 0)
+    in_chans = cfg.model.in_chans or cfg.data.in_chans or (fixed[1] if fixed else 3)
+    return num_classes, in_chans
+
+
+def _state_dict_shape(name: str, state_dict, num_classes, in_chans) -> tuple:
+    """(num_classes, in_chans) a state dict was trained with, read from its classifier and stem conv for model
+    `name` (their key names are the model's `classifier` and `first_conv`); the given values where it has neither."""
+    with torch.device("meta"):  # only the key names are needed: no memory, no init
+        probe = create_model(name)
+    keys = remap_keys(dict(state_dict))
+    weight = keys.get(f"{probe.classifier}.weight")
+    stem = keys.get(probe.first_conv)
+    return (int(weight.shape[0]) if weight is not None and weight.dim() == 2 else num_classes,
+            int(stem.shape[1]) if stem is not None and stem.dim() == 4 else in_chans)
+
+
+def _load_exactly(model: nn.Module, state_dict, where: str) -> None:
+    report = load_pretrained(model, state_dict)
+    if report["dropped"]:
+        raise ValueError(f"{where}: its classifier does not fit the model ({', '.join(report['dropped'])} "
+                         f"dropped); inference needs the trained classifier")
+
+
+def _class_names(names: list[str] | None, num_classes: int) -> list[str]:
+    if names is not None:
+        return list(names)
+    return imagenet_class_names() if num_classes == 1000 else [str(i) for i in range(num_classes)]
+
+
+def _format_defaults(data) -> tuple[int, int, list[str] | None] | None:
+    """(num_classes, in_chans, class names or None) that a data format fixes, or None if the data decides."""
+    if data.name == "fashion_mnist":
+        return 10, 1, FASHION_MNIST_CLASSES
+    if data.name == "mnist":
+        return 10, 1, MNIST_CLASSES
+    if data.name == "cifar10":
+        return 10, 3, CIFAR10_CLASSES
+    if data.name == "cifar100":
+        return (20 if data.coarse_labels else 100), 3, None
+    if data.name == "imagenet":
+        return 1000, 3, imagenet_class_names()
+    return None
+
+
+def _format_classes(cfg: Config) -> list[str] | None:
+    fixed = _format_defaults(cfg.data)
+    return fixed[2] if fixed else None

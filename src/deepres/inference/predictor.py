@@ -1,0 +1,247 @@
+"""The Predictor: a classifier ready for images. It holds the fp32 model (eval mode), its eval transform (Preprocess),
+its class names and where it came from, and runs every forward pass through deepres's fast path
+(deepres.inference.fastpath: BatchNorm folded into the convolutions, channels_last, bf16 where the hardware computes
+it natively; fp32, int8 or the model as it is on request).
+
+The fast path runs a prepared copy of the model, made on first use. It is made again when the model's tensors are
+replaced or moved (`.to()`, a new dtype) or loaded (`load_state_dict`, seen through a load-state-dict hook). An
+in-place edit of the weights (an optimizer step, `param.data[...] = ...`) is not visible from outside the tensor:
+call `refresh()` after one.
+"""
+import logging
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from deepres.core.preprocess import Preprocess
+from deepres.data.images import BadImageError
+from deepres.models.base import eval_mode, module_device
+
+from .fastpath import MODES, InferenceInfo, prepare_for_inference
+from .preprocess import expand_inputs, input_path, preprocess_image
+
+log = logging.getLogger(__name__)
+
+MAX_CALIBRATION_IMAGES = 256  # int8 calibration: more images than this are sampled evenly
+
+
+class Predictor:
+    """model + preprocess + class names + source, and the fast path it runs on (see `set_fast_path`)."""
+
+    def __init__(self, model: nn.Module, preprocess: Preprocess, class_names: list[str], *, source: dict | None = None,
+                 config=None, fast: bool | str = "auto", compile: bool = False, calibration=None):
+        in_chans = stem_in_chans(model)
+        if in_chans and preprocess.in_chans != in_chans:
+            raise ValueError(f"preprocess gives {preprocess.in_chans}-channel images but the model's stem takes "
+                             f"{in_chans}")
+        num_classes = getattr(model, "num_classes", None)
+        if num_classes and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for a model with {num_classes} classes")
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.class_names = list(class_names)
+        self.source = dict(source or {})  # where the weights came from (kind, checkpoint, model, url, top1, ...)
+        self.config = config  # the deepres training config, for weights deepres trained
+        self._runner, self._info, self._prepared_for = None, None, None
+        self._loads = _LoadCounter()  # load_state_dict calls on the model: each makes the prepared copy stale
+        model.register_load_state_dict_post_hook(self._loads)
+        self.set_fast_path(fast, compile=compile, calibration=calibration)
+
+    def __repr__(self) -> str:
+        return (f"Predictor({type(self.model).__name__}, {len(self.class_names)} classes, {self.preprocess}, "
+                f"fast={self.fast_mode!r})")
+
+    def __getstate__(self) -> dict:  # copies and pickles keep the setting, not the prepared copy
+        return {**self.__dict__, "_runner": None, "_info": None, "_prepared_for": None}
+
+    # ------------------------------------------------------------------------------------------ fast path
+    def set_fast_path(self, fast: bool | str = "auto", *, compile: bool = False, calibration=None) -> None:
+        """fast: "auto" (bf16 where the CPU/GPU computes it natively, else fp32; BN folded and channels_last either
+        way), "fp32", "bf16", "int8" (CPU; needs `calibration`: a few hundred images of any kind `predict` takes),
+        or False / "eager" (the model as it is, fp32). compile: add torch.compile (once per batch size)."""
+        mode = "auto" if fast is True else "eager" if fast is False or fast is None else fast
+        if mode not in MODES:
+            raise ValueError(f"fast must be one of {', '.join(MODES)} or True/False, got {fast!r}")
+        if mode == "int8":
+            if calibration is None:
+                raise ValueError("fast='int8' needs calibration images (a few hundred real images of the kind you "
+                                 "will classify: paths, a folder, PIL images, arrays or tensors): pass calibration=...")
+            calibration, _ = expand_inputs(calibration)
+            if not calibration:
+                raise ValueError("fast='int8': the calibration images are empty")
+            if len(calibration) > MAX_CALIBRATION_IMAGES:  # evenly spaced, so a sorted class-folder tree mixes classes
+                step = len(calibration) / MAX_CALIBRATION_IMAGES
+                calibration = [calibration[int(i * step)] for i in range(MAX_CALIBRATION_IMAGES)]
+        elif calibration is not None:
+            raise ValueError(f"calibration images are used by fast='int8' only, not fast={fast!r}")
+        if compile and mode in ("eager", "int8"):
+            raise ValueError(f"compile=True needs a fast path to compile (fast='auto', 'fp32' or 'bf16'), not {fast!r}")
+        self.fast_mode, self.compile, self.calibration = mode, compile, calibration
+        self.refresh()
+
+    @property
+    def fast_info(self) -> InferenceInfo | None:
+        """What the prepared fast path applied and its measured error (None before the first forward pass)."""
+        return self._info
+
+    def refresh(self) -> None:
+        """Forget the prepared fast path; the next forward pass prepares it from the model's current weights."""
+        self._runner, self._info, self._prepared_for = None, None, None
+
+    def _weights_key(self) -> tuple:
+        # .to() and a new dtype replace the tensors; load_state_dict is counted by the hook
+        tensors = (*self.model.parameters(), *self.model.buffers())
+        return self._loads.count, tuple((id(t), t.device, t.dtype) for t in tensors)
+
+    def _fast_runner(self, batch_size: int):
+        if self.fast_mode == "eager":
+            return None
+        key = self._weights_key()
+        if self._runner is not None and self._prepared_for == key:
+            return self._runner
+        pp = self.preprocess
+        calibration = None
+        if self.fast_mode == "int8":
+            calibration = [torch.stack([preprocess_image(item, pp) for item in chunk])
+                           for chunk in _batches(self.calibration, 32)]
+        options = dict(example_input_size=pp.input_size, mode=self.fast_mode, compile=self.compile,
+                       calibration=calibration, device=self.device,
+                       example_batch_size=batch_size if self.compile else 2)
+        try:
+            self._runner, self._info = prepare_for_inference(self.model, **options)
+        except ValueError as error:
+            if "cannot trace" not in str(error):
+                raise
+            log.warning("fast path without BatchNorm folding: %s", error)
+            self._runner, self._info = prepare_for_inference(self.model, fold_bn=False, **options)
+        self._prepared_for = key
+        log.info("fast path: %s", ", ".join(self._info.steps) or self._info.mode)
+        return self._runner
+
+    # ------------------------------------------------------------------------------------------ running
+    @property
+    def device(self) -> torch.device:
+        return module_device(self.model)
+
+    def to(self, device) -> "Predictor":
+        self.model.to(device)
+        return self
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits of a preprocessed float batch (N, C, H, W): the single call site of the model for inference."""
+        runner = self._fast_runner(batch.shape[0])
+        if runner is None:
+            with torch.inference_mode():
+                return self.model(batch.to(self.device, non_blocking=True))
+        compiled_for = max((shape[0] for shape in runner.compile_seconds), default=0)
+        if compiled_for and batch.shape[0] < compiled_for:
+            # A short (last) batch is padded to the compiled batch size rather than compiled again; in eval mode
+            # every image's output depends on that image alone.
+            padding = batch.new_zeros(compiled_for - batch.shape[0], *batch.shape[1:])
+            return runner(torch.cat([batch, padding]))[:batch.shape[0]]
+        return runner(batch)
+
+    __call__ = forward
+
+    def iter_predictions(self, inputs, *, top_k: int = 5, batch_size: int = 32, skip_bad: bool = False,
+                         progress: bool | None = False):
+        """Yield one result dict per image, in input order (see `predict`); progress=None: bar on a terminal."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        items, _ = expand_inputs(inputs)
+        names = self.class_names
+        disable = None if progress is None else not progress  # tqdm: None = only on a terminal
+        with eval_mode(self.model), tqdm(total=len(items), unit="img", disable=disable) as bar:
+            for chunk in _batches(items, batch_size):
+                results, tensors, slots = [None] * len(chunk), [], []
+                for slot, item in enumerate(chunk):
+                    try:
+                        tensors.append(preprocess_image(item, self.preprocess))
+                        slots.append(slot)
+                    except BadImageError as error:
+                        if not skip_bad:
+                            raise
+                        results[slot] = {"path": input_path(item), "failed": True, "error": str(error)}
+                if tensors:
+                    probs = torch.softmax(self.forward(torch.stack(tensors)).float(), dim=1).cpu()
+                    scores, labels = probs.topk(min(top_k, probs.shape[1]), dim=1)
+                    if len(names) != probs.shape[1]:
+                        names = [str(i) for i in range(probs.shape[1])]
+                    for slot, score_row, label_row in zip(slots, scores.tolist(), labels.tolist()):
+                        results[slot] = _result(chunk[slot], score_row, label_row, names)
+                bar.update(len(chunk))
+                yield from results
+
+    def predict(self, inputs, *, top_k: int = 5, batch_size: int = 32, skip_bad: bool = False,
+                progress: bool | None = False):
+        """Classify one image (-> dict) or several (a list, a 4-D tensor or a folder -> list of dicts, in order).
+
+        Each dict: pred_label, pred_score (softmax probability), pred_class, top_k_labels, top_k_scores,
+        top_k_classes, and "path" for files. Images: file paths, PIL images, numpy uint8 HxWx3 / HxW, tensors
+        (C, H, W) uint8 0-255 or float 0-1 (see deepres.inference.preprocess.to_image_tensor). On the fast path
+        (bf16 by default on CPUs with AVX-512 BF16) scores can differ from the fp32 model's in the third decimal;
+        fast=False gives the fp32 model's. A file that cannot be decoded raises BadImageError naming it; with
+        skip_bad=True its result is {"path", "failed": True, "error"} and the other images still come back."""
+        items, single = expand_inputs(inputs)
+        results = list(self.iter_predictions(items, top_k=top_k, batch_size=batch_size, skip_bad=skip_bad,
+                                             progress=progress))
+        return results[0] if single else results
+
+    def extract_feat(self, inputs, stage: str = "pre_logits", batch_size: int = 32):
+        """Features of the images: "pre_logits" -> pooled (N, num_features); "stages" -> list of per-stage maps
+        (N, C_i, H_i, W_i) from model.forward_stages. N counts the images (1 for a single image). Runs the fp32
+        model (features may feed a trainable head, e.g. a linear probe)."""
+        if stage not in ("pre_logits", "stages"):
+            raise ValueError(f"stage must be 'pre_logits' or 'stages', got {stage!r}")
+        model = self.model
+        needed = ("forward_features", "forward_head") if stage == "pre_logits" else ("forward_stages",)
+        missing = [name for name in needed if not hasattr(model, name)]
+        if missing:
+            raise ValueError(f"{type(model).__name__} has no {', '.join(missing)}; extract_feat needs a deepres model")
+        items, _ = expand_inputs(inputs)
+        outputs = []
+        # no_grad, not inference_mode: the features may be trained on afterwards
+        with eval_mode(model), torch.no_grad():
+            for chunk in _batches(items, batch_size):
+                x = torch.stack([preprocess_image(item, self.preprocess) for item in chunk]).to(self.device)
+                if stage == "pre_logits":
+                    outputs.append(model.forward_head(model.forward_features(x), pre_logits=True))
+                else:
+                    outputs.append(model.forward_stages(x))
+        if stage == "pre_logits":
+            return torch.cat(outputs)
+        return [torch.cat(maps) for maps in zip(*outputs)]
+
+
+class _LoadCounter:
+    """A load_state_dict post-hook that counts loads: a plain object, so the model still deep-copies and pickles."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, module, incompatible_keys) -> None:
+        self.count += 1
+
+
+def stem_in_chans(model: nn.Module) -> int | None:
+    """Input channels of the model's stem conv (its `first_conv` key), or None for a model without one."""
+    key = getattr(model, "first_conv", None)
+    weight = model.state_dict().get(key) if key else None
+    return int(weight.shape[1]) if weight is not None and weight.dim() == 4 else None
+
+
+def _batches(items: list, batch_size: int):
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(items), batch_size):
+        yield items[start:start + batch_size]
+
+
+def _result(item, scores: list[float], labels: list[int], names: list[str]) -> dict:
+    result = {"pred_label": labels[0], "pred_score": scores[0], "pred_class": names[labels[0]],
+              "top_k_labels": labels, "top_k_scores": scores, "top_k_classes": [names[i] for i in labels]}
+    path = input_path(item)
+    if path is not None:
+        result["path"] = path
+    return result
