@@ -1,6 +1,5 @@
 """mmpretrain-style functions over the Predictor: `init_model` builds one, `inference_model` classifies images,
 `extract_feat` returns pooled or per-stage features."""
-import torch
 import torch.nn as nn
 
 from deepres.core.preprocess import Preprocess
@@ -61,23 +60,6 @@ def inference_model(model: Predictor, inputs, top_k: int = 5, batch_size: int = 
                                      progress=progress)
 
 
-def iter_predictions(model: Predictor, inputs, *, top_k: int = 5, batch_size: int = 32, skip_bad: bool = False,
-                     progress: bool | None = False):
-    """One result dict per image, in input order: see Predictor.iter_predictions."""
-    return _predictor(model).iter_predictions(inputs, top_k=top_k, batch_size=batch_size, skip_bad=skip_bad,
-                                              progress=progress)
-
-
 def extract_feat(model: Predictor, inputs, stage: str = "pre_logits", batch_size: int = 32):
     """Pooled (N, num_features) or per-stage features of the images: see Predictor.extract_feat."""
     return _predictor(model).extract_feat(inputs, stage=stage, batch_size=batch_size)
-
-
-def forward_batch(model: Predictor, batch: torch.Tensor) -> torch.Tensor:
-    """Logits of a preprocessed float batch (N, C, H, W) on the predictor's fast path: see Predictor.forward."""
-    return _predictor(model).forward(batch)
-
-
-def set_fast_path(model: Predictor, fast: bool | str = "auto", *, compile: bool = False, calibration=None) -> None:
-    """Choose how the predictor runs its model: see Predictor.set_fast_path."""
-    _predictor(model).set_fast_path(fast, compile=compile, calibration=calibration)

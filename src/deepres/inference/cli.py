@@ -21,7 +21,7 @@ from deepres.core.files import atomic_write_text
 from deepres.models import list_models
 from deepres.tasks.build import load_model
 
-from .api import init_model, iter_predictions
+from .api import init_model
 from .bench import (DEFAULT_CASES, DEFAULT_PATHS, PATHS, agreement_table, benchmark, checkpoint_agreement,
                     environment, markdown_table)
 from .export import DEFAULT_TOLERANCE, FORMATS, export_model, preprocessing_metadata
@@ -101,8 +101,8 @@ def predict(args: argparse.Namespace) -> int:
     folders = any(Path(p).is_dir() for p in args.inputs)
     rows, failed = [], 0
     # progress=None: tqdm shows its bar only when stderr is a terminal
-    for result in iter_predictions(model, list(args.inputs), top_k=args.top_k, batch_size=args.batch_size,
-                                   skip_bad=args.skip_bad, progress=None if folders else False):
+    for result in model.iter_predictions(list(args.inputs), top_k=args.top_k, batch_size=args.batch_size,
+                                         skip_bad=args.skip_bad, progress=None if folders else False):
         if result.get("failed"):
             failed += 1
             tqdm.write(f"{result['path']}\tFAILED\t{result['error']}", file=sys.stderr)
