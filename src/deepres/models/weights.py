@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 import torch.nn as nn
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types for bad headers

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
 import yaml
 
 from deepres.core.runs import CONFIG_FILE, METRICS_FILE, read_metrics
@@ -138,8 +139,6 @@ def run_study(runs: list[PlannedRun], *, parallel: int = 1, threads: int | None 
 
 
 def _run_in_process(todo, threads: int | None, log) -> None:
-    import torch
-
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -173,8 +172,6 @@ def _run_in_pool(todo, parallel: int, threads: int, log) -> None:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
 
 
