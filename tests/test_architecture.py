@@ -1,4 +1,4 @@
-"""The package's layers (deepres/__init__.py's docstring): every module-level import of a deepres module goes to the
+"""The package's layers (deepres.LAYERS): every module-level import of a deepres module goes to the
 same package or a lower layer, no file imports another inside a function, and the module import graph has no
 cycle. `import deepres` and `deepres --help` import no torch."""
 import ast
@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from deepres import LAYERS
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-# The layer order, bottom first; a package may import its own modules and any package of a lower layer.
-LAYERS = [("core",), ("models", "data"), ("tasks",), ("train", "eval"), ("inference", "studies"),
-          ("cli",)]  # the top: deepres/__init__.py, __main__.py and cli.py
+# A package may import its own modules and any package of a lower layer; "cli" is the top-level files.
 RANK = {package: rank for rank, packages in enumerate(LAYERS) for package in packages}
 
 

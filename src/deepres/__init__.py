@@ -1,19 +1,19 @@
 """deepres: deep residual networks for image recognition.
 
-The package is layered; a module imports only from its own layer's package or from layers below it:
-
-    core                      typed config, checkpoint format, devices, distributed, run records, files
-    models | data             the model registry and weights records | the dataset-format registry and loaders
-    tasks                     building a model from a config or checkpoint; a task's loss, metrics, eval transform
-    train | eval              the training loop | `deepres eval`
-    inference | studies       predictor, fast path, export, bench | multi-seed studies and reports
-    cli                       the `deepres` command
-
-`import deepres` itself imports nothing heavy: the names below load their module on first use.
+The package is layered (LAYERS below, bottom first; docs/architecture.md says what each package owns): a module
+imports only its own package and packages of lower layers, at the top of the file (tests/test_architecture.py).
+`import deepres` itself imports nothing heavy: the public names below load their module on first use.
 """
 import importlib
 
 __version__ = "0.1.0"
+
+# core: config engine and schema, checkpoint format, devices, distributed, run records, files
+# models | data: model registry and weights records | dataset-format registry, readers, loaders
+# tasks: a config or checkpoint -> the model; a task's loss, metrics, eval transform
+# train | eval: the training loop | `deepres eval`;  inference | studies: predictor, fast path, export, bench |
+# multi-seed studies;  cli: deepres/__init__.py, __main__.py, cli.py
+LAYERS = (("core",), ("models", "data"), ("tasks",), ("train", "eval"), ("inference", "studies"), ("cli",))
 
 # public name -> the module that defines it (PEP 562: imported on first attribute access)
 _LAZY = {
