@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from deepres.models import create_model  # noqa: E402
 from deepres.core.config import Config  # noqa: E402
-from deepres.train.loop import TrainState, train_one_epoch  # noqa: E402
+from deepres.tasks import get_task  # noqa: E402
+from deepres.train.loop import train_one_epoch  # noqa: E402
+from deepres.train.run import Run  # noqa: E402
 
 
 class RepeatedBatch:
@@ -82,19 +84,19 @@ def plain_loop(model, images, labels, *, bf16=False, channels_last=False):
 def deepres_loop(images, labels, *, compile_model):
     """deepres's own training loop (train_one_epoch) with the settings its GPU recipes use."""
     cfg = Config()
-    cfg.model.name = "resnet50"
+    cfg.model.name, cfg.model.num_classes = "resnet50", 1000
     cfg.train.amp, cfg.train.channels_last, cfg.train.compile = "bf16", True, compile_model
     cfg.train.log_every_iters = 10**9
+    cfg.train.max_iters = 10**9  # no end of schedule: each call runs exactly its loader's steps
     cfg.optim.lr, cfg.optim.weight_decay, cfg.schedule.name = 0.1, 1e-4, "constant"
     model = create_model("resnet50", num_classes=1000).cuda().to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    step_model = torch.compile(model) if compile_model else model
-    state = TrainState()
+    training = Run(cfg, torch.device("cuda"), model, optimizer, get_task("classification").from_config(cfg),
+                   train_loader=None, train_model=torch.compile(model) if compile_model else model)
 
     def run(steps):
-        loader = RepeatedBatch(images, labels, steps)
-        train_one_epoch(step_model, loader, optimizer, cfg=cfg, state=state, num_classes=1000,
-                        total_iters=state.step + steps)
+        training.train_loader = RepeatedBatch(images, labels, steps)
+        train_one_epoch(training)
 
     return run
 

@@ -21,8 +21,10 @@ from deepres.eval import evaluate
 from deepres.core.checkpoint import load_checkpoint
 from deepres.core.config import (Config, DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig,
                                   TrainConfig, load_config, validate_config)
-from deepres.core.distributed import torchrun_env
-from deepres.train.loop import TrainState, fit, train_one_epoch
+from deepres.core.distributed import DistInfo, torchrun_env
+from deepres.tasks.classification import ClassificationTask
+from deepres.train.loop import fit, train_one_epoch
+from deepres.train.run import Run
 from deepres.train.optim import scaled_lr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,7 +119,9 @@ def task_count_gradient_allreduces(rank, world_size, accum):
     batches = [(torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 4, (4,), generator=g)) for _ in range(4)]
     cfg = small_config("unused", "unused", batch_size=4, grad_accum_steps=accum, log_every_iters=100)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    stats = train_one_epoch(model, batches, optimizer, cfg=cfg, state=TrainState(), num_classes=4, total_iters=100)
+    run = Run(cfg, torch.device("cpu"), model.module, optimizer, ClassificationTask(4, cfg.train, cfg.eval), batches,
+              train_model=model, dist=DistInfo(rank=rank, world_size=world_size))
+    stats = train_one_epoch(run)
     return len(calls), stats["images"], [p.detach().clone() for p in model.parameters()]
 
 

@@ -11,7 +11,9 @@ from train_fakes import TINY_MODEL, tiny_loaders
 from deepres.core.checkpoint import load_checkpoint
 from deepres.core.config import Config, DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
 from deepres.core.errors import NonFiniteLossError
-from deepres.train.loop import TrainState, fit, optimizer_step, train_one_epoch
+from deepres.tasks import get_task
+from deepres.train.loop import fit, optimizer_step, train_one_epoch
+from deepres.train.run import Run
 
 
 def tiny_config(tmp_path, name="run", **train):
@@ -135,11 +137,13 @@ def test_nonfinite_steps_are_skipped_and_the_streak_resets():
     model = NaNAfter(good=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     train, _, _ = tiny_loaders(batch_size=16)
-    state = TrainState()
+    task = get_task("classification")(num_classes=4, train=cfg.train, eval=cfg.eval)
+    run = Run(cfg, torch.device("cpu"), model, opt, task, train)
+    state = run.state
     model_before = None
     with pytest.raises(NonFiniteLossError, match="at step 3 .*2 non-finite.* at step 1"):
         try:
-            train_one_epoch(model, train, opt, cfg=cfg, state=state, num_classes=4, total_iters=100)
+            train_one_epoch(run)
         finally:
             model_before = model.fc.weight.clone()
     assert torch.isfinite(model_before).all()  # NaN steps were skipped, weights untouched by them

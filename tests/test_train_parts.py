@@ -6,7 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from deepres.models.bn import reset_bn_running_stats, set_bn_momentum
-from deepres.core.config import OptimConfig
+from deepres.core.config import Config, OptimConfig, TrainConfig
+from deepres.tasks import get_task
 from deepres.train.ema import ModelEMA
 from deepres.tasks.classification import classification_loss, cutmix_box, mixup_cutmix, soft_target_cross_entropy
 from deepres.train.optim import create_optimizer
@@ -96,6 +97,21 @@ def test_losses_with_hard_soft_and_smoothed_targets():
     bce = classification_loss(logits, labels, kind="bce")
     assert bce.item() == pytest.approx(F.binary_cross_entropy_with_logits(logits, soft).item())
     assert classification_loss(logits.bfloat16(), labels).dtype == torch.float32
+
+
+def test_the_classification_task_row_mixes_and_scores_as_its_functions_do():
+    cfg = Config(train=TrainConfig(mixup_alpha=0.4, label_smoothing=0.1, loss="bce"))
+    cfg.model.num_classes = 4
+    task = get_task("classification").from_config(cfg)
+    images, labels = torch.randn(4, 1, 2, 2), torch.tensor([0, 1, 2, 3])
+    mixed, targets = task.mix(images, labels, np.random.default_rng(0))
+    expected, soft, _, _ = mixup_cutmix(images, labels, num_classes=4, mixup_alpha=0.4, rng=np.random.default_rng(0))
+    assert torch.equal(mixed, expected) and torch.equal(targets, soft)
+    logits = torch.randn(4, 4)
+    assert torch.equal(task.loss(logits, targets), classification_loss(logits, soft, kind="bce", label_smoothing=0.1))
+    assert task.record({"top1": 75.0, "top5": 100.0}) == {"test_error": 25.0, "top1": 75.0, "top5": 100.0}
+    with pytest.raises(ValueError, match="unknown task 'segmentation'.*classification"):
+        get_task("segmentation")
 
 
 def test_ema_tracks_weights_and_buffers():

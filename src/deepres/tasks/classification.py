@@ -1,9 +1,18 @@
-"""Batch-level mixup / cutmix and the classification losses that take hard or soft targets."""
+"""Classification as a task of the training loop (`ClassificationTask`), and its parts: batch-level mixup /
+cutmix and the losses that take hard or soft targets."""
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+from deepres.core.config import Config, EvalConfig, TrainConfig
+from deepres.core.device import AMP_DTYPES
+
+from .evaluate import evaluate
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -70,3 +79,43 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, *, kind: st
             targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
         return F.binary_cross_entropy_with_logits(logits, targets)
     raise ValueError(f"train.loss={kind!r}: expected 'ce' or 'bce'")
+
+
+@dataclass(frozen=True)
+class ClassificationTask:
+    """What the training loop asks of classification (the `deepres.tasks.Task` interface)."""
+    num_classes: int
+    train: TrainConfig  # mixup/cutmix, loss, label smoothing; amp also for evaluation
+    eval: EvalConfig  # test-time scales and flip
+    best_metric: ClassVar[str] = "top1"
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "ClassificationTask":
+        return cls(cfg.model.num_classes, cfg.train, cfg.eval)
+
+    def mix(self, images: torch.Tensor, labels: torch.Tensor,
+            rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.train
+        images, targets, _, _ = mixup_cutmix(images, labels, num_classes=self.num_classes, mixup_alpha=t.mixup_alpha,
+                                             cutmix_alpha=t.cutmix_alpha, mix_prob=t.mix_prob,
+                                             switch_prob=t.mix_switch_prob, rng=rng)
+        return images, targets
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return classification_loss(logits, targets, kind=self.train.loss, label_smoothing=self.train.label_smoothing)
+
+    def evaluate(self, model: nn.Module, loader, *, ema_model: nn.Module | None = None) -> dict[str, float]:
+        """top1, top5 (%) and test_loss (nats) on `loader`, and ema_top1 with an EMA model; summed over ranks."""
+        kwargs = dict(num_classes=self.num_classes, scales=tuple(self.eval.scales), flip=self.eval.flip,
+                      amp_dtype=AMP_DTYPES[self.train.amp])
+        result = evaluate(model, loader, **kwargs)
+        metrics = {"top1": result["top1"], "top5": result["top5"], "test_loss": result["loss"]}
+        if ema_model is not None:
+            metrics["ema_top1"] = evaluate(ema_model, loader, **kwargs)["top1"]
+        return metrics
+
+    def record(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {"test_error": 100.0 - metrics["top1"], **metrics}  # test_error: what curves.png plots
+
+    def summary(self, metrics: dict[str, float]) -> str:
+        return f"test top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%"

@@ -15,7 +15,6 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from deepres.core.distributed import all_reduce_sum, is_distributed
 from deepres.models.base import eval_mode, module_device
@@ -116,6 +115,10 @@ class _Accumulators:
     """Running metrics kept on the images' device; nothing synchronises until `result`."""
 
     def __init__(self, num_classes: int, top_k: int, device: torch.device):
+        # Imported here, not at the top: `import torchmetrics` takes ~0.37 s (python -X importtime, one run on the
+        # 2-core CPU dev box), and every importer of deepres.tasks (the predictor, `deepres predict`) would pay it.
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
         self.num_classes = num_classes
         # sync_on_compute=False: torchmetrics would otherwise gather across ranks on its own whenever a process
         # group exists, summing shards that were never split; all_reduce below does it when asked.

@@ -1,0 +1,243 @@
+"""One training run: its state (`TrainState`, `Run`), how it is set up from a config (`setup_run`), and its
+checkpoint: `save_run` writes checkpoints/last (and best), and `load_run`, next to it, reads the same keys back
+as a `Checkpoint` record that `setup_run` restores for a resume (file layout: deepres.core.checkpoint).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from deepres.core.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from deepres.core.config import RESUME_MAY_DIFFER, Config, config_diff, config_from_dict, config_to_dict
+from deepres.core.device import seed_everything, set_deterministic
+from deepres.core.distributed import DistInfo, raise_if_any_failed, same_on_all_ranks
+from deepres.core.runs import RunRecorder
+from deepres.data import DataInfo, build_loaders
+from deepres.tasks import Task, get_task
+from deepres.tasks.build import build_model, resolve_config
+
+from .ema import ModelEMA
+from .optim import create_optimizer, scaled_lr
+
+TASK = "classification"  # the data config names no task yet
+
+
+@dataclass
+class TrainState:
+    """The loop's counters; all but nonfinite_streak are saved in checkpoints (save_run / load_run)."""
+    step: int = 0  # optimizer steps taken, skipped non-finite ones included
+    epoch: int = 0  # epochs completed
+    best: float = -1.0  # best value of the task's best_metric so far; -1 = not evaluated yet
+    best_epoch: int = 0
+    metrics: dict = field(default_factory=dict)  # the last evaluation (the task's evaluate)
+    last_finite_loss: float = math.nan
+    last_finite_step: int = -1
+    nonfinite_streak: int = 0  # non-finite losses in a row (optimizer steps); a resumed run starts afresh
+
+
+@dataclass
+class Run:
+    """One training run as fit holds it (built by setup_run); train_one_epoch needs only the first six fields."""
+    cfg: Config  # resolved against the data (model.num_classes, in_chans)
+    device: torch.device
+    model: nn.Module  # the bare model: checkpoints, the EMA and evaluation use it
+    optimizer: torch.optim.Optimizer
+    task: Task
+    train_loader: Iterable  # this rank's shard; len() = micro-batches per epoch
+    train_model: nn.Module | None = None  # what the step calls: the model under DDP / torch.compile; None = model
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+    ema: ModelEMA | None = None
+    state: TrainState = field(default_factory=TrainState)
+    dist: DistInfo = DistInfo()
+    eval_loader: Iterable | None = None
+    data: DataInfo | None = None
+    recorder: RunRecorder | None = None  # rank 0 only
+    progress: bool = False  # tqdm bar per epoch
+
+    def __post_init__(self):
+        if self.train_model is None:
+            self.train_model = self.model
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run.out_dir) / self.cfg.run.name
+
+    @property
+    def iters_per_epoch(self) -> int:
+        return math.ceil(len(self.train_loader) / self.cfg.train.grad_accum_steps)
+
+    @property
+    def total_iters(self) -> int:
+        t = self.cfg.train
+        return t.max_iters if t.max_iters > 0 else t.epochs * self.iters_per_epoch
+
+    @property
+    def global_batch(self) -> int:  # images per optimizer step: all ranks, all accumulated micro-batches
+        return self.cfg.data.batch_size * self.dist.world_size * self.cfg.train.grad_accum_steps
+
+    @property
+    def peak_lr(self) -> float:  # the lr the schedule starts from, scaled by the global batch per optim.lr_scaling
+        return scaled_lr(self.cfg.optim, self.global_batch)
+
+
+def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loaders=None,
+              dist: DistInfo = DistInfo()) -> Run:
+    """The run fit trains: data, the config resolved against it, model, optimizer, EMA, task, recorder (rank 0);
+    with `resume`, checkpoints/last restored into them, RNG states last. Every rank calls it."""
+    saved, error = None, None
+    try:
+        saved, cfg, loaders = _prepare(cfg, resume, device, loaders, dist)
+    except Exception as e:  # may happen on one rank only: every rank must learn of it, or the others wait forever
+        error = e
+    raise_if_any_failed(error)
+    train_loader, eval_loader, data = loaders
+    same_on_all_ranks(len(train_loader), "batches per epoch (len(train_loader))")
+    t = cfg.train
+    model = build_model(cfg, device)
+    if t.sync_bn and dist.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys as BatchNorm
+    run = Run(cfg=cfg, device=device, model=model, optimizer=create_optimizer(model, cfg.optim),
+              task=get_task(TASK).from_config(cfg), train_loader=train_loader, eval_loader=eval_loader, data=data,
+              scaler=torch.amp.GradScaler("cuda") if t.amp == "fp16" else None,
+              ema=ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None, dist=dist,
+              progress=t.progress and sys.stderr.isatty() and dist.is_main)
+    if saved is not None:
+        restore_run(run, saved)
+    if dist.enabled:  # checkpoints and evaluation use the bare run.model
+        run.train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        run.train_model = torch.compile(run.train_model)
+    if dist.is_main:
+        run.recorder = RunRecorder(run.run_dir, config_to_dict(cfg), resume=saved is not None)
+    if saved is not None:  # last: everything above may have drawn random numbers
+        _restore_rng(saved.rng, device, dist.enabled)
+    return run
+
+
+def _prepare(cfg: Config, resume: bool, device: torch.device, loaders, dist: DistInfo):
+    """Everything before the model: checkpoint, seeds, data, the resolved config; may fail on one rank only."""
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    saved = None
+    if resume:
+        saved = load_run(run_dir / "checkpoints", get_task(TASK).best_metric, dist)  # every rank reads it
+    elif dist.is_main:  # rank 0 alone creates the run directory
+        _check_fresh_run_dir(run_dir)
+    seed_everything(cfg.train.seed)
+    set_deterministic(cfg.train.deterministic, device)
+    if cfg.train.sync_bn and dist.enabled and device.type != "cuda":
+        raise ValueError(f"train.sync_bn needs CUDA (torch.nn.SyncBatchNorm); this run is on {device.type}: "
+                         f"set train.sync_bn=false")
+    if loaders is None:
+        loaders = build_loaders(cfg.data, device, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size)
+    cfg = resolve_config(cfg, loaders[2])
+    if saved is not None:
+        where = run_dir / "checkpoints"
+        check_resume_config(saved.config, cfg, where)
+        if saved.world_size != dist.world_size:
+            raise ValueError(f"cannot resume from {where}: it was trained by {saved.world_size} process(es), "
+                             f"this run has {dist.world_size}; the data shards and the global batch depend "
+                             f"on it, so resume with the same number of processes")
+    return saved, cfg, loaders
+
+
+def _check_fresh_run_dir(run_dir: Path) -> None:
+    taken = [name for name in ("checkpoints", "config.yaml", "metrics.jsonl") if (run_dir / name).exists()]
+    if taken:
+        raise FileExistsError(f"run directory {run_dir} already holds a run ({', '.join(taken)}); use --resume "
+                              f"to continue it, or choose another run.name (--set run.name=NAME)")
+
+
+def check_resume_config(saved_config: dict, cfg: Config, where) -> None:
+    """Refuse to resume when anything but run/bookkeeping keys differs from the checkpoint's config."""
+    saved = config_from_dict(saved_config, where=f"config stored in {where}")
+    diffs = config_diff(saved, cfg, ignore=RESUME_MAY_DIFFER)
+    if diffs:
+        listed = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in diffs)
+        raise ValueError(f"cannot resume from {where}: the config differs in {listed}. Resume with the same "
+                         f"settings (only {', '.join(RESUME_MAY_DIFFER)} may change) or start a new run.name")
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class Checkpoint:
+    """checkpoints/last read back for a resume: the fields of `<name>.state.pt` that save_run writes."""
+    weights: dict[str, torch.Tensor]  # the bare model's state_dict (<name>.safetensors)
+    state: TrainState
+    optimizer: dict
+    scaler: dict | None  # GradScaler (fp16)
+    ema: dict | None
+    rng: dict  # capture_rng_state() of rank 0, plus "cuda_device": its own CUDA generator
+    world_size: int  # processes that trained it; a resume must use as many
+    config: dict  # the resolved config it was trained with
+
+
+def save_run(run: Run, *, best: bool) -> None:
+    """Write checkpoints/last (and best): the bare model, and the training state under the keys load_run reads."""
+    s = run.state
+    payload = {
+        "step": s.step, "epoch": s.epoch, f"best_{run.task.best_metric}": s.best, "best_epoch": s.best_epoch,
+        "last_finite_loss": s.last_finite_loss, "last_finite_step": s.last_finite_step,
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "rng": _capture_rng(run.device),
+        "metrics": dict(s.metrics),
+        "world_size": run.dist.world_size,
+    }
+    save_checkpoint(run.run_dir / "checkpoints", "last", model=run.model, state=payload, config=config_to_dict(run.cfg),
+                    classes=list(run.data.classes), also=("best",) if best else ())
+
+
+def load_run(ckpt_dir: Path, best_metric: str, dist: DistInfo = DistInfo()) -> Checkpoint:
+    """checkpoints/last as written by save_run (classification's best top-1 is under "best_top1", as always)."""
+    try:
+        weights, p = load_checkpoint(ckpt_dir, "last")
+    except FileNotFoundError:
+        shared = (" (every process reads it: with several nodes, run.out_dir must be on a filesystem they all "
+                  "share)" if dist.enabled else "")
+        raise FileNotFoundError(f"nothing to resume: no checkpoint 'last' in {ckpt_dir}{shared}") from None
+    state = TrainState(step=p["step"], epoch=p["epoch"], best=p[f"best_{best_metric}"], best_epoch=p["best_epoch"],
+                       last_finite_loss=p["last_finite_loss"], last_finite_step=p["last_finite_step"],
+                       metrics=dict(p.get("metrics") or {}))
+    return Checkpoint(weights=weights, state=state, optimizer=p["optimizer"], scaler=p.get("scaler"), ema=p["ema"],
+                      rng=p["rng"], world_size=int(p.get("world_size", 1)), config=p["config"])
+
+
+def restore_run(run: Run, saved: Checkpoint) -> None:
+    """Load a Checkpoint into the run's model, optimizer, GradScaler, EMA and state (RNG: _restore_rng)."""
+    run.model.load_state_dict(saved.weights)
+    run.optimizer.load_state_dict(saved.optimizer)
+    if run.scaler is not None and saved.scaler is not None:
+        run.scaler.load_state_dict(saved.scaler)
+    if run.ema is not None:
+        run.ema.load_state_dict(saved.ema)
+    run.state = saved.state
+
+
+def _capture_rng(device: torch.device) -> dict:
+    rng = capture_rng_state()
+    if device.type == "cuda":
+        # This process's own device: under DDP, rank k restores it into its device k (see _restore_rng).
+        rng["cuda_device"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _restore_rng(rng: dict, device: torch.device, distributed: bool) -> None:
+    """Restore rank 0's saved RNG states on this rank.
+
+    Every rank seeds the same way and draws the same random numbers (dropout masks of equal shapes; data
+    randomness comes from the loaders' own (seed, epoch, rank) generators), so rank 0's state is every rank's."""
+    if distributed and "cuda_device" in rng:
+        rng = {k: v for k, v in rng.items() if k != "cuda"}  # another node may see other devices: own one only
+    restore_rng_state(rng)
+    if device.type == "cuda" and "cuda_device" in rng:
+        torch.cuda.set_rng_state(rng["cuda_device"], device)
