@@ -1,7 +1,7 @@
 """From a DataConfig to the (train, eval) dataset pair: format dispatch and root resolution."""
 from pathlib import Path
 
-from deepres.core.config import DataConfig
+from deepres.core.config import DataConfig, validate_data_config
 
 from .fetch import DATASETS
 from .imagenet_classes import imagenet_synsets
@@ -54,6 +54,7 @@ def _file_train_split(cfg: DataConfig, root: Path) -> Dataset:
 
 def build_train_dataset(cfg: DataConfig) -> ImageFileDataset:
     """Only the training split of a file dataset (folder, imagenet, list), cut to limit_train."""
+    validate_data_config(cfg)
     if cfg.name not in ("folder", "imagenet", "list"):
         raise ValueError(f"build_train_dataset reads folder, imagenet or list datasets, not data.name={cfg.name}")
     return _file_train_split(cfg, resolve_root(cfg)).subset(cfg.limit_train)
@@ -122,10 +123,7 @@ def _read_pair(cfg: DataConfig) -> tuple[Dataset, Dataset]:
 
 def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     """The (train, eval) datasets the config names, cut to limit_train / limit_val."""
-    if cfg.name not in FORMATS:
-        raise ValueError(f"unknown data.name {cfg.name!r}; expected one of {', '.join(FORMATS)}")
-    if cfg.limit_train < 0 or cfg.limit_val < 0:
-        raise ValueError(f"data.limit_train / limit_val must be >= 0, got {cfg.limit_train} / {cfg.limit_val}")
+    validate_data_config(cfg)
     train, val = _read_pair(cfg)
     return train.subset(cfg.limit_train), val.subset(cfg.limit_val)
 
@@ -138,10 +136,7 @@ def build_eval_dataset(cfg: DataConfig, classes: list[str] | None = None) -> Dat
     a subset of them. Without it the class list comes from the training split, as in training, except for a
     list dataset with data.class_names, and imagenet without a train folder: the 1000 ImageNet-1k synsets, sorted
     (shipped with deepres)."""
-    if cfg.name not in FORMATS:
-        raise ValueError(f"unknown data.name {cfg.name!r}; expected one of {', '.join(FORMATS)}")
-    if cfg.limit_val < 0:
-        raise ValueError(f"data.limit_val must be >= 0, got {cfg.limit_val}")
+    validate_data_config(cfg)
     val = _read_in_memory(cfg, "val")
     if val is None:
         root = resolve_root(cfg)

@@ -22,7 +22,6 @@ from deepres.core.preprocess import Preprocess
 
 from . import transforms as T
 from .datasets import Dataset, build_datasets, build_eval_dataset
-from .folders import BAD_IMAGE_POLICIES
 from .formats import STORED_SIDE, ArrayDataset
 from .images import init_decode_worker
 
@@ -248,19 +247,7 @@ def eval_preprocess(cfg: DataConfig, in_chans: int) -> Preprocess:
                       std=tuple(cfg.std), in_chans=in_chans, normalize=cfg.normalize)
 
 
-_CHOICES = {"on_device": ("auto", "yes", "no"), "normalize": ("meanstd", "mean"), "on_bad_image": BAD_IMAGE_POLICIES}
-
-
-def _check_config(cfg: DataConfig, seed: int, rank: int, world_size: int) -> None:
-    for key, allowed in _CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            raise ValueError(f"data.{key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
-    for key in ("batch_size", "eval_batch_size", "image_size"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"data.{key} must be >= 1, got {getattr(cfg, key)}")
-    for key in ("workers", "crop_padding", "color_jitter", "pca_lighting", "num_classes", "in_chans"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"data.{key} must be >= 0, got {getattr(cfg, key)}")
+def _check_process(seed: int, rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size={world_size})")
     if seed < 0:
@@ -308,7 +295,7 @@ def build_eval_loader(cfg: DataConfig, device, *, classes: list[str] | None = No
                       world_size: int = 1):
     """(eval_loader, info) reading only the evaluation split (see build_eval_dataset; `classes`: the class list
     the model was trained with); info (DataInfo) with train_size 0. For `deepres eval`."""
-    _check_config(cfg, seed, rank, world_size)
+    _check_process(seed, rank, world_size)
     eval_set = build_eval_dataset(cfg, classes)
     num_classes, in_chans = _data_shape(cfg, eval_set)
     loader_args = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
@@ -321,7 +308,7 @@ def build_eval_loader(cfg: DataConfig, device, *, classes: list[str] | None = No
 def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, world_size: int = 1):
     """(train_loader, eval_loader, info) for the config; info: num_classes, in_chans, classes, train_size,
     eval_size (whole dataset sizes, after limit_train / limit_val) as a DataInfo."""
-    _check_config(cfg, seed, rank, world_size)
+    _check_process(seed, rank, world_size)
     train_set, eval_set = build_datasets(cfg)
     num_classes, in_chans = _data_shape(cfg, train_set)
     if cfg.pca_lighting and in_chans != 3:
