@@ -17,7 +17,7 @@ class Preprocess:
     interpolation: str = "bilinear"  # antialiased "bilinear" (deepres training) or "bicubic" (timm weights)
     mean: tuple[float, ...] = IMAGENET_MEAN  # per channel, 0-1 scale (3 values on a 1-channel model: averaged)
     std: tuple[float, ...] = IMAGENET_STD  # per channel, 0-1 scale
-    in_chans: int = 3  # channels the model takes; images are converted to it (gray <-> RGB)
+    in_chans: int = 3  # channels the model takes; images are converted to it (gray <-> RGB; others must match)
     normalize: str = "meanstd"  # "meanstd": (x/255 - mean)/std; "mean": x - mean*255 (plain mean subtraction)
 
     def __post_init__(self):
@@ -29,8 +29,8 @@ class Preprocess:
             raise ValueError(f"preprocess interpolation must be bilinear or bicubic, got {self.interpolation!r}")
         if self.normalize not in ("meanstd", "mean"):
             raise ValueError(f"preprocess normalize must be meanstd or mean, got {self.normalize!r}")
-        if self.in_chans not in (1, 3):
-            raise ValueError(f"preprocess in_chans must be 1 or 3, got {self.in_chans}")
+        if self.in_chans < 1:
+            raise ValueError(f"preprocess in_chans must be >= 1, got {self.in_chans}")
 
     @property
     def input_size(self) -> tuple[int, int, int]:

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from deepres.core.config import DataConfig, validate_data_config
-from deepres.core.preprocess import Preprocess
+from deepres.core.preprocess import Preprocess, parse_eval_preset
 
 from . import transforms as T
 from .datasets import Dataset, build_datasets, build_eval_dataset
@@ -58,11 +58,12 @@ class ItemTransform:
     size: int  # output side, pixels
     resize_to: int = 0  # shorter side before the centre crop, pixels (unused with random_crop)
     random_crop: bool = False  # Inception-style random resized crop instead
+    interpolation: str = "bilinear"  # of the resize before the centre crop: "bilinear" or "bicubic" (antialiased)
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.random_crop:
             return T.random_resized_crop(image, self.size, generator)
-        return T.resize_center_crop(image, self.resize_to, self.size)
+        return T.resize_center_crop(image, self.resize_to, self.size, self.interpolation)
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ class DataInfo:
 def eval_preprocess(cfg: DataConfig, in_chans: int) -> Preprocess:
     """The eval transform of a data config as one Preprocess: the eval preset's resize and centre crop (none: the
     stored size of an in-memory set, else data.image_size), then the config's normalisation."""
-    sizes = T.parse_eval_preset(cfg.eval_preset, cfg.image_size)
+    sizes = parse_eval_preset(cfg.eval_preset, cfg.image_size)
     if sizes is None:
         side = stored_side(cfg) or cfg.image_size
         sizes = (side, side)
@@ -285,14 +286,14 @@ def _on_device(cfg: DataConfig, fmt: DatasetFormat) -> bool:
 
 
 def _eval_loader(cfg: DataConfig, eval_set, in_chans: int, in_memory: bool, loader_args: dict) -> "Loader":
-    """The evaluation loader: the eval preset's resize and centre crop (file datasets: at least a fixed size),
-    then normalisation."""
-    eval_resize = T.parse_eval_preset(cfg.eval_preset, cfg.image_size)
-    if eval_resize:
-        eval_items = ItemTransform(size=eval_resize[1], resize_to=eval_resize[0])
-    else:
-        eval_items = None if in_memory else ItemTransform(size=cfg.image_size, resize_to=cfg.image_size)
-    eval_batches = BatchTransform(in_chans=in_chans, normalize=cfg.normalize, mean=tuple(cfg.mean), std=tuple(cfg.std))
+    """The evaluation loader applying eval_preprocess(cfg, in_chans): resize and centre crop per image, then
+    normalisation per batch."""
+    pp = eval_preprocess(cfg, in_chans)
+    # In-memory images already of the crop size (no eval preset: as stored) need no per-image step.
+    as_stored = in_memory and pp.resize == pp.crop_size and tuple(eval_set.images.shape[-2:]) == (pp.crop_size,) * 2
+    eval_items = None if as_stored else ItemTransform(size=pp.crop_size, resize_to=pp.resize,
+                                                      interpolation=pp.interpolation)
+    eval_batches = BatchTransform(in_chans=pp.in_chans, normalize=pp.normalize, mean=pp.mean, std=pp.std)
     eval_batches(torch.zeros(1, eval_set.in_chans, 1, 1, dtype=torch.uint8))  # mean/std vs channels
     return Loader(eval_set, batch_size=cfg.eval_batch_size, train=False, item_transform=eval_items,
                   batch_transform=eval_batches, **loader_args)
