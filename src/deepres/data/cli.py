@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "written in a temporary folder and renamed into place when complete.")
     pack.add_argument("src", type=Path, help="the dataset root (data.root)")
     pack.add_argument("out", type=Path, help="output folder (must not exist, or be a pack and --force)")
-    pack.add_argument("--dataset", choices=list_formats(packable=True), default="folder", help="data.name of SRC (default folder)")
+    pack.add_argument("--dataset", choices=list_formats(packable=True), default="folder",
+                      help="data.name of SRC (default folder)")
     pack.add_argument("--split", action="append", choices=SPLITS, default=None,
                       help="split to pack (repeatable; default both): train = data.train_split, val = data.val_split")
     pack.add_argument("--size", type=int, default=160,

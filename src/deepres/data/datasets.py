@@ -111,23 +111,25 @@ def _read_packed(cfg: DataConfig, split: str, root: Path, classes, training):
     return dataset
 
 
-def _files(reader):
+def _split_files(reader):
     """The reader of an in-memory format whose splits are files under root (data.train_split / val_split)."""
     return lambda cfg, split, root, classes, training: reader(root, _split_dir(cfg, split))
 
 
+def _read_cifar100(cfg: DataConfig, split: str, root: Path, classes, training) -> ArrayDataset:
+    return read_cifar100(root, _split_dir(cfg, split), coarse=cfg.coarse_labels)
+
+
 # ------------------------------------------------------------------------------------ the built-in formats
 for _fmt in (
-    DatasetFormat("fashion_mnist", _files(read_fashion_mnist), in_memory=True, num_classes=10, in_chans=1,
+    DatasetFormat("fashion_mnist", _split_files(read_fashion_mnist), in_memory=True, num_classes=10, in_chans=1,
                   class_names=FASHION_MNIST_CLASSES, stored_side=MNIST_SIDE, fetch="fashion-mnist"),
-    DatasetFormat("mnist", _files(read_mnist), in_memory=True, num_classes=10, in_chans=1,
+    DatasetFormat("mnist", _split_files(read_mnist), in_memory=True, num_classes=10, in_chans=1,
                   class_names=MNIST_CLASSES, stored_side=MNIST_SIDE, fetch="mnist"),
-    DatasetFormat("cifar10", _files(read_cifar10), in_memory=True, num_classes=10, in_chans=3,
+    DatasetFormat("cifar10", _split_files(read_cifar10), in_memory=True, num_classes=10, in_chans=3,
                   class_names=CIFAR10_CLASSES, stored_side=CIFAR_SIDE),
-    DatasetFormat("cifar100", lambda cfg, split, root, *_: read_cifar100(root, _split_dir(cfg, split),
-                                                                           coarse=cfg.coarse_labels),
-                  in_memory=True, num_classes=lambda cfg: 20 if cfg.coarse_labels else 100, in_chans=3,
-                  stored_side=CIFAR_SIDE),  # class names are in the files' meta
+    DatasetFormat("cifar100", _read_cifar100, in_memory=True, num_classes=lambda cfg: 20 if cfg.coarse_labels else 100,
+                  in_chans=3, stored_side=CIFAR_SIDE),  # class names are in the files' meta
     DatasetFormat("folder", _read_folder, packable=True),
     # num_classes, in_chans, class_names: ImageNet-1k, for a model built without data (inference)
     DatasetFormat("imagenet", _read_imagenet, num_classes=1000, in_chans=3,
