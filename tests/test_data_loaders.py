@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from data_helpers import FASHION_MNIST_DIR, write_image, write_mnist
-from deepres.data import DataConfig, DataInfo, TooManyBadImagesError, build_datasets, build_loaders
+from deepres.data import (DataConfig, DataInfo, TooManyBadImagesError, build_datasets, build_eval_loader,
+                          build_loaders, eval_preprocess)
+from deepres.inference.preprocess import preprocess_image
 
 # Raw pixel values out: plain mean subtraction with a zero mean.
 RAW = dict(normalize="mean", mean=(0.0,), std=(1.0,))
@@ -155,6 +157,28 @@ def test_folder_loader_crops_to_size_and_ignores_worker_count(folder_root):
     v0, labels = epoch(val0, 0)
     assert v0.shape == (6, 3, 16, 16) and labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert torch.equal(epoch(val2, 0)[0], v0)
+
+
+@pytest.mark.parametrize("overrides", [dict(eval_preset="crop_pct:0.8", image_size=12), dict(image_size=10),
+                                       dict(eval_preset="224_256", normalize="mean")])
+def test_eval_loader_applies_the_configs_preprocess(folder_root, tmp_path, overrides):
+    """Every eval batch is eval_preprocess(cfg) applied image by image, as inference applies it."""
+    write_mnist(tmp_path / "mnist", num_train=4, num_test=3)
+    configs = [DataConfig(name="folder", root=str(folder_root), workers=0, **overrides),
+               DataConfig(name="mnist", root=str(tmp_path / "mnist"), val_split="test", in_chans=3, mean=(0.5,),
+                          std=(0.25,), **overrides)]
+    for cfg in configs:
+        val, info = build_eval_loader(cfg, "cpu")
+        pp = eval_preprocess(cfg, info.in_chans)
+        expected = torch.stack([preprocess_image(image, pp) for image, _ in
+                                (val.dataset[i] for i in range(len(val.dataset)))])
+        assert torch.equal(epoch(val, 0)[0], expected)
+    assert expected.shape[-1] == {"crop_pct:0.8": 12, "224_256": 224}.get(cfg.eval_preset, 28)  # mnist: as stored
+
+
+def test_other_channel_counts_train_when_the_images_have_them():
+    train, val, info = build_loaders(synthetic(in_chans=2, **RAW), "cpu")
+    assert info.in_chans == 2 and next(iter(val))[0].shape[1] == 2 and next(iter(train))[0].shape[1] == 2
 
 
 def test_skip_policy_counts_bad_images_across_workers(folder_root):

@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from deepres.core.preprocess import parse_eval_preset
 from deepres.data import transforms as T
 
 
@@ -73,14 +74,14 @@ def test_resize_is_antialiased_and_keeps_uint8():
 
 
 def test_eval_presets():
-    assert T.parse_eval_preset("none", 224) is None
-    assert T.parse_eval_preset("224_256", 224) == (256, 224)
-    assert T.parse_eval_preset("224_256a", 224) == (257, 256)
-    assert T.parse_eval_preset("crop_pct:0.875", 224) == (256, 224)
-    assert T.parse_eval_preset("crop_pct:0.95", 160) == (168, 160)
+    assert parse_eval_preset("none", 224) is None
+    assert parse_eval_preset("224_256", 224) == (256, 224)
+    assert parse_eval_preset("224_256a", 224) == (257, 256)
+    assert parse_eval_preset("crop_pct:0.875", 224) == (256, 224)
+    assert parse_eval_preset("crop_pct:0.95", 160) == (168, 160)
     for bad in ("crop_pct:1.5", "crop_pct:x", "256"):
         with pytest.raises(ValueError, match="eval_preset"):
-            T.parse_eval_preset(bad, 224)
+            parse_eval_preset(bad, 224)
     out = T.resize_center_crop(torch.zeros(3, 300, 400, dtype=torch.uint8), 256, 224)
     assert out.shape == (3, 224, 224)
 

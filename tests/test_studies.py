@@ -10,7 +10,9 @@ import yaml
 from train_fakes import TINY_MODEL, TinyNet
 
 from deepres.cli import main
+from deepres.data import DataConfig, build_loaders
 from deepres.studies import load_study, plan_study, run_state, run_study
+from deepres.studies.report import input_side
 from deepres.studies.runner import DIVERGED_FILE
 from deepres.train.loop import fit
 
@@ -249,3 +251,20 @@ def test_shipped_studies_plan_on_fashion_mnist(name, tmp_path):
     assert [p.config.train.seed for p in plan[:2]] == [0, 1]
     default = plan_study(load_study(name), tmp_path)  # as shipped: the base recipe's data and schedule
     assert default[0].config.data.name == "cifar10" and default[0].config.train.max_iters == 64000
+
+
+@pytest.mark.parametrize("data, side", [
+    ({"name": "cifar10", "image_size": 224}, 32),
+    ({"name": "fashion_mnist"}, 28),
+    ({"name": "cifar10", "image_size": 24, "random_resized_crop": True}, 24),
+    ({"name": "folder", "image_size": 160}, 160),
+    ({"name": "retired_format", "image_size": 96, "retired_key": 1}, 96),  # a run written by other code
+    ({"name": "synthetic", "synthetic_image_size": 8}, 8),
+    ({"name": "synthetic", "synthetic_image_size": 8, "image_size": 6, "random_resized_crop": True}, 6),
+])
+def test_model_cost_side_is_the_training_image_side(data, side):
+    assert input_side(data) == side
+    if data["name"] == "synthetic":  # the loader agrees
+        cfg = DataConfig(**data, synthetic_size=(8, 4), batch_size=4, workers=0)
+        images, _ = next(iter(build_loaders(cfg, "cpu")[0]))
+        assert images.shape[-2:] == (side, side)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deepres.core.config import (Config, config_diff, config_from_dict, config_to_dict, config_to_yaml,
-                                  list_recipes, load_config)
+from deepres.core.config import (Config, apply_overrides, config_diff, config_from_dict, config_to_dict,
+                                  config_to_yaml, list_recipes, load_config)
 
 
 def write(path: Path, text: str) -> Path:
@@ -98,6 +98,26 @@ def test_range_validation(recipe):
         load_config(recipe, ["train.grad_accum_steps=0"])
     with pytest.raises(ValueError, match="optim.nesterov"):
         load_config(recipe, ["optim.momentum=0"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
+    ("data.workers=-1", "data.workers must be >= 0, got -1"),
+    ("data.limit_val=-2", "data.limit_train / limit_val must be >= 0"),
+    ("data.eval_preset=center", "unknown data.eval_preset 'center'"),
+    ("data.eval_preset=crop_pct:1.5", "crop_pct must be a number in"),
+    ("data.normalize=zscore", "data.normalize expects one of 'meanstd', 'mean'"),
+])
+def test_data_section_is_checked_at_load_time(recipe, override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(recipe, [override])
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(Config(), [override])
+    data = config_to_dict(Config())
+    key, value = override.removeprefix("data.").split("=")
+    data["data"][key] = yaml.safe_load(value)
+    with pytest.raises(ValueError, match=message):
+        config_from_dict(data)
 
 
 def test_base_inheritance_merges_and_reports_child_file(tmp_path):

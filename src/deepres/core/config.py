@@ -9,13 +9,15 @@ resolved config is stored in every run directory (config.yaml) and inside every 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .preprocess import parse_eval_preset
 from .typed import Schema, deep_merge, plain, read_yaml_mapping
 
 # Recipes shipped with the repository: <repo>/recipes/<dataset>/<name>.yaml (DEEPRES_RECIPES overrides, e.g.
@@ -297,6 +299,36 @@ def validate_config(cfg: Config) -> None:
     need("/" not in cfg.run.name and cfg.run.name not in (".", ".."), "run.name", cfg.run.name,
          "must be a plain directory name")
     need(0.0 <= cfg.expect.accuracy <= 100.0, "expect.accuracy", cfg.expect.accuracy, "must be a percentage")
+    validate_data_config(cfg.data)
+
+
+def validate_data_config(data: DataConfig) -> None:
+    """The data section's choices and ranges, and its eval preset parsed; raises ValueError naming the key.
+
+    Run at config load time; the data builders run it again for a DataConfig made in Python, which no loader
+    has checked."""
+    names = get_args(DatasetName)
+    if data.name not in names:
+        raise ValueError(f"unknown data.name {data.name!r}; expected one of {', '.join(names)}")
+    for key, allowed in _data_choices().items():
+        if key != "name" and getattr(data, key) not in allowed:
+            raise ValueError(f"data.{key} must be one of {', '.join(allowed)}, got {getattr(data, key)!r}")
+    for key in ("batch_size", "eval_batch_size", "image_size"):
+        if getattr(data, key) < 1:
+            raise ValueError(f"data.{key} must be >= 1, got {getattr(data, key)}")
+    for key in ("workers", "crop_padding", "color_jitter", "pca_lighting", "num_classes", "in_chans"):
+        if getattr(data, key) < 0:
+            raise ValueError(f"data.{key} must be >= 0, got {getattr(data, key)}")
+    if data.limit_train < 0 or data.limit_val < 0:
+        raise ValueError(f"data.limit_train / limit_val must be >= 0, got {data.limit_train} / {data.limit_val}")
+    parse_eval_preset(data.eval_preset, data.image_size)  # raises for an unknown preset
+
+
+@functools.cache
+def _data_choices() -> dict[str, tuple]:
+    """DataConfig field -> its allowed values, for every Literal-typed field."""
+    hints = get_type_hints(DataConfig)
+    return {key: get_args(tp) for key, tp in hints.items() if get_origin(tp) is Literal}
 
 
 # ----------------------------------------------------------------------------------------- round trip

@@ -1,6 +1,7 @@
 """The one eval-transform type: what a classifier expects as input (shorter side, centre crop, interpolation,
 normalisation, channels). Data configs, published weights records, checkpoints and exported files all describe
 their preprocessing with it; deepres.inference.preprocess applies it to images."""
+import math
 from dataclasses import dataclass
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # 0-1 scale
@@ -16,7 +17,7 @@ class Preprocess:
     interpolation: str = "bilinear"  # antialiased "bilinear" (deepres training) or "bicubic" (timm weights)
     mean: tuple[float, ...] = IMAGENET_MEAN  # per channel, 0-1 scale (3 values on a 1-channel model: averaged)
     std: tuple[float, ...] = IMAGENET_STD  # per channel, 0-1 scale
-    in_chans: int = 3  # channels the model takes; images are converted to it (gray <-> RGB)
+    in_chans: int = 3  # channels the model takes; images are converted to it (gray <-> RGB; others must match)
     normalize: str = "meanstd"  # "meanstd": (x/255 - mean)/std; "mean": x - mean*255 (plain mean subtraction)
 
     def __post_init__(self):
@@ -28,8 +29,8 @@ class Preprocess:
             raise ValueError(f"preprocess interpolation must be bilinear or bicubic, got {self.interpolation!r}")
         if self.normalize not in ("meanstd", "mean"):
             raise ValueError(f"preprocess normalize must be meanstd or mean, got {self.normalize!r}")
-        if self.in_chans not in (1, 3):
-            raise ValueError(f"preprocess in_chans must be 1 or 3, got {self.in_chans}")
+        if self.in_chans < 1:
+            raise ValueError(f"preprocess in_chans must be >= 1, got {self.in_chans}")
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -39,3 +40,23 @@ class Preprocess:
     @property
     def crop_pct(self) -> float:
         return self.crop_size / self.resize
+
+
+def parse_eval_preset(preset: str, image_size: int) -> tuple[int, int] | None:
+    """data.eval_preset -> (shorter side to resize to, centre crop side) in pixels; None for "none"."""
+    if preset == "none":
+        return None
+    if preset == "224_256":
+        return 256, 224
+    if preset == "224_256a":
+        # Assemble-ResNet evaluation: shorter side 257, centre 256.
+        return 257, 256
+    if preset.startswith("crop_pct:"):
+        try:
+            crop_pct = float(preset.split(":", 1)[1])
+        except ValueError:
+            crop_pct = -1.0
+        if not 0.0 < crop_pct <= 1.0:
+            raise ValueError(f"data.eval_preset {preset!r}: crop_pct must be a number in (0, 1], e.g. crop_pct:0.875")
+        return int(math.floor(image_size / crop_pct)), image_size
+    raise ValueError(f"unknown data.eval_preset {preset!r}; expected none, 224_256, 224_256a or crop_pct:X")

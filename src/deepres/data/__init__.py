@@ -1,6 +1,7 @@
 """Datasets, image decoding, tensor transforms and the train/eval loaders.
 
-Formats (data.name) and the on-disk layouts they read, relative to data.root:
+Formats (data.name), each a record of the format registry (deepres.data.registry: `get_format`, `list_formats`),
+and the on-disk layouts they read, relative to data.root:
 - fashion_mnist, mnist: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (root "" = Debian's
   /usr/share/datasets/fashion-mnist for fashion_mnist). Kept 1-channel 28x28.
 - cifar10: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}; cifar100: cifar-100-python/{train,
@@ -20,7 +21,8 @@ Formats (data.name) and the on-disk layouts they read, relative to data.root:
 from . import transforms
 from deepres.core.config import DataConfig
 
-from .datasets import FORMATS, build_datasets, build_eval_dataset, resolve_root
+from .datasets import build_datasets, build_eval_dataset, resolve_root
+from .registry import DatasetFormat, format_shape, get_format, list_formats, register_format, stored_side
 from deepres.core.errors import ChecksumError, DownloadError
 
 from .fetch import find_local, get_dataset

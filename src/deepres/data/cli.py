@@ -8,8 +8,9 @@ from deepres.core.config import Config, DataConfig, apply_overrides
 from .fetch import DATASETS, DownloadError, canonical_name, get_dataset
 from .formats import read_mnist
 from .images import DEFAULT_MAX_PIXELS
-from .pack import SOURCE_FORMATS, PackOptions, pack_dataset, parse_byte_size
+from .pack import PackOptions, pack_dataset, parse_byte_size
 from .packed_reader import ENCODINGS, SPLITS
+from .registry import list_formats
 from .verify import verify_images, write_manifest
 
 
@@ -55,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "written in a temporary folder and renamed into place when complete.")
     pack.add_argument("src", type=Path, help="the dataset root (data.root)")
     pack.add_argument("out", type=Path, help="output folder (must not exist, or be a pack and --force)")
-    pack.add_argument("--dataset", choices=SOURCE_FORMATS, default="folder", help="data.name of SRC (default folder)")
+    pack.add_argument("--dataset", choices=list_formats(packable=True), default="folder",
+                      help="data.name of SRC (default folder)")
     pack.add_argument("--split", action="append", choices=SPLITS, default=None,
                       help="split to pack (repeatable; default both): train = data.train_split, val = data.val_split")
     pack.add_argument("--size", type=int, default=160,
@@ -86,7 +88,7 @@ def _get(args) -> int:
     train, test = read_mnist(root, "train"), read_mnist(root, "test")
     shape = "x".join(map(str, train.images.shape[1:]))
     print(f"{name}: {root} (checksums verified): train {len(train)} x {shape}, test {len(test)} x {shape}")
-    print(f"use it with data.name={name.replace('-', '_')} data.root={root}")
+    print(f"use it with data.name={list_formats(fetch=name)[0]} data.root={root}")
     return 0
 
 

@@ -1,17 +1,23 @@
-"""From a DataConfig to the (train, eval) dataset pair: format dispatch and root resolution."""
+"""From a DataConfig to the (train, eval) dataset pair: the built-in format records and root resolution."""
 from pathlib import Path
 
-from deepres.core.config import DataConfig
+from deepres.core.config import DataConfig, validate_data_config
 
 from .fetch import DATASETS
-from .imagenet_classes import imagenet_synsets
+from .imagenet_classes import imagenet_class_names, imagenet_synsets
 from .folders import ImageFileDataset, image_folder, image_list, imagenet_val, read_class_names, relabel
 from .packed_reader import read_packed
-from .formats import ArrayDataset, make_synthetic, read_cifar10, read_cifar100, read_fashion_mnist, read_mnist
-
-FORMATS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "folder", "imagenet", "list", "packed", "synthetic")
+from .formats import (CIFAR10_CLASSES, CIFAR_SIDE, FASHION_MNIST_CLASSES, MNIST_CLASSES, MNIST_SIDE, ArrayDataset,
+                      make_synthetic, read_cifar10, read_cifar100, read_fashion_mnist, read_mnist)
+from .registry import DatasetFormat, get_format, list_formats, register_format
 
 Dataset = ArrayDataset | ImageFileDataset
+
+
+def _format(cfg: DataConfig) -> DatasetFormat:
+    """cfg's format record, after checking the data section (a DataConfig made in Python is unchecked)."""
+    validate_data_config(cfg)
+    return get_format(cfg.name)
 
 
 def resolve_root(cfg: DataConfig) -> Path:
@@ -21,11 +27,11 @@ def resolve_root(cfg: DataConfig) -> Path:
         if not root.exists():
             raise FileNotFoundError(f"data.root {root} does not exist")
         return root
-    key = cfg.name.replace("_", "-")
-    for directory in DATASETS[key].local_dirs if key in DATASETS else ():
+    key = get_format(cfg.name).fetch
+    for directory in DATASETS[key].local_dirs if key else ():
         if Path(directory).is_dir():
             return Path(directory)
-    hint = f" (`deepres data get {key} --dest DIR` fetches it)" if key in DATASETS else ""
+    hint = f" (`deepres data get {key} --dest DIR` fetches it)" if key else ""
     raise ValueError(f"data.root is not set and data.name={cfg.name} has no default location; "
                      f"set data.root=DIR{hint}")
 
@@ -40,92 +46,127 @@ def _file_options(cfg: DataConfig) -> dict:
                 max_pixels=cfg.max_image_pixels)
 
 
-def _file_train_split(cfg: DataConfig, root: Path) -> Dataset:
-    """The training split of a folder, imagenet, list or packed dataset (it alone decides the class list)."""
-    options = _file_options(cfg)
-    if cfg.name == "list":
-        classes = read_class_names(_under(root, cfg.class_names)) if cfg.class_names else None
-        image_root = _under(root, cfg.image_root) or root
-        return image_list(root / cfg.train_split, image_root, classes=classes, suffix=cfg.list_suffix, **options)
-    if cfg.name == "packed":
-        return read_packed(root / cfg.train_split, **options)
-    return image_folder(root / cfg.train_split, class_depth=cfg.class_depth, **options)
+def _split_dir(cfg: DataConfig, split: str) -> str:
+    return cfg.train_split if split == "train" else cfg.val_split
+
+
+# ------------------------------------------------------------------------------------------------ readers
+# Each takes (cfg, split, root, classes, training): see deepres.data.registry.Reader.
+def _read_synthetic(cfg: DataConfig, split: str, root, classes, training) -> ArrayDataset:
+    num_train, num_val = cfg.synthetic_size
+    shape = dict(num_classes=cfg.num_classes or 10, image_size=cfg.synthetic_image_size, in_chans=cfg.in_chans or 3)
+    if split == "train":
+        return make_synthetic(num_train, seed=1, **shape)
+    return make_synthetic(num_val, seed=2, **shape)
+
+
+def _read_folder(cfg: DataConfig, split: str, root: Path, classes, training) -> ImageFileDataset:
+    """A class-per-folder split; a val folder for a trained model may hold a subset of its classes."""
+    split_dir = root / _split_dir(cfg, split)
+    dataset = image_folder(split_dir, class_depth=cfg.class_depth, **_file_options(cfg))
+    if classes is None or dataset.classes == classes:
+        return dataset
+    unknown = sorted(set(dataset.classes) - set(classes))
+    if training or unknown:
+        differ = unknown or sorted(set(classes) - set(dataset.classes))
+        against = root / cfg.train_split if training else f"the model's {len(classes)} classes"
+        why = "both splits need the same classes" if training else "the val split has classes the model lacks"
+        raise ValueError(f"class folders differ between {against} and {split_dir} (e.g. {differ[:3]}); {why}")
+    return relabel(dataset, classes)  # a subset onto the model's class list
+
+
+def _read_imagenet(cfg: DataConfig, split: str, root: Path, classes, training) -> ImageFileDataset:
+    """Train as a folder; val as class folders or flat files with a ground-truth file, labels indexing classes."""
+    if split == "train":
+        return _read_folder(cfg, split, root, classes, training)
+    return imagenet_val(root / cfg.val_split, classes, ground_truth=_under(root, cfg.val_ground_truth),
+                        synset_map=_under(root, cfg.synset_map), **_file_options(cfg))
+
+
+def _imagenet_eval_classes(cfg: DataConfig, root: Path) -> list[str] | None:
+    """Without a train folder: the 1000 ImageNet-1k synsets, sorted (shipped with deepres)."""
+    return None if (root / cfg.train_split).is_dir() else imagenet_synsets()
+
+
+def _list_class_names(cfg: DataConfig, root: Path) -> list[str] | None:
+    return read_class_names(_under(root, cfg.class_names)) if cfg.class_names else None
+
+
+def _read_list(cfg: DataConfig, split: str, root: Path, classes, training) -> ImageFileDataset:
+    """A list file of "path label" lines; labels name classes (data.class_names, else "0".."K-1")."""
+    if classes is None:
+        classes = _list_class_names(cfg, root)
+    image_root = _under(root, cfg.image_root) or root
+    return image_list(root / _split_dir(cfg, split), image_root, classes=classes, suffix=cfg.list_suffix,
+                      **_file_options(cfg))
+
+
+def _read_packed(cfg: DataConfig, split: str, root: Path, classes, training):
+    split_dir = root / _split_dir(cfg, split)
+    dataset = read_packed(split_dir, **_file_options(cfg))
+    if classes is not None and dataset.classes != classes:
+        against = root / cfg.train_split if training else "the model's classes"
+        raise ValueError(f"packed split {split_dir} has a different class list from {against}; pack both "
+                         f"splits from one source in one `deepres data pack` run")
+    return dataset
+
+
+def _split_files(reader):
+    """The reader of an in-memory format whose splits are files under root (data.train_split / val_split)."""
+    return lambda cfg, split, root, classes, training: reader(root, _split_dir(cfg, split))
+
+
+def _read_cifar100(cfg: DataConfig, split: str, root: Path, classes, training) -> ArrayDataset:
+    return read_cifar100(root, _split_dir(cfg, split), coarse=cfg.coarse_labels)
+
+
+# ------------------------------------------------------------------------------------ the built-in formats
+for _fmt in (
+    DatasetFormat("fashion_mnist", _split_files(read_fashion_mnist), in_memory=True, num_classes=10, in_chans=1,
+                  class_names=FASHION_MNIST_CLASSES, stored_side=MNIST_SIDE, fetch="fashion-mnist"),
+    DatasetFormat("mnist", _split_files(read_mnist), in_memory=True, num_classes=10, in_chans=1,
+                  class_names=MNIST_CLASSES, stored_side=MNIST_SIDE, fetch="mnist"),
+    DatasetFormat("cifar10", _split_files(read_cifar10), in_memory=True, num_classes=10, in_chans=3,
+                  class_names=CIFAR10_CLASSES, stored_side=CIFAR_SIDE),
+    DatasetFormat("cifar100", _read_cifar100, in_memory=True, num_classes=lambda cfg: 20 if cfg.coarse_labels else 100,
+                  in_chans=3, stored_side=CIFAR_SIDE),  # class names are in the files' meta
+    DatasetFormat("folder", _read_folder, packable=True),
+    # num_classes, in_chans, class_names: ImageNet-1k, for a model built without data (inference)
+    DatasetFormat("imagenet", _read_imagenet, num_classes=1000, in_chans=3,
+                  class_names=lambda cfg: imagenet_class_names(), eval_classes=_imagenet_eval_classes,
+                  packable=True),
+    DatasetFormat("list", _read_list, eval_classes=_list_class_names, packable=True),
+    DatasetFormat("packed", _read_packed),
+    DatasetFormat("synthetic", _read_synthetic, in_memory=True, stored_side=lambda cfg: cfg.synthetic_image_size,
+                  needs_root=False),
+):
+    register_format(_fmt)
+
+
+# ----------------------------------------------------------------------------------------------- building
+def _root(fmt: DatasetFormat, cfg: DataConfig) -> Path | None:
+    return resolve_root(cfg) if fmt.needs_root else None
 
 
 def build_train_dataset(cfg: DataConfig) -> ImageFileDataset:
-    """Only the training split of a file dataset (folder, imagenet, list), cut to limit_train."""
-    if cfg.name not in ("folder", "imagenet", "list"):
-        raise ValueError(f"build_train_dataset reads folder, imagenet or list datasets, not data.name={cfg.name}")
-    return _file_train_split(cfg, resolve_root(cfg)).subset(cfg.limit_train)
-
-
-def _read_in_memory(cfg: DataConfig, split: str) -> ArrayDataset | None:
-    """The "train" or "val" split of an in-memory format (each split is its own file); None for file formats."""
-    name = cfg.name
-    if name == "synthetic":
-        num_train, num_val = cfg.synthetic_size
-        shape = dict(num_classes=cfg.num_classes or 10, image_size=cfg.synthetic_image_size,
-                     in_chans=cfg.in_chans or 3)
-        if split == "train":
-            return make_synthetic(num_train, seed=1, **shape)
-        return make_synthetic(num_val, seed=2, **shape)
-    if name not in ("mnist", "fashion_mnist", "cifar10", "cifar100"):
-        return None
-    root = resolve_root(cfg)
-    split_name = cfg.train_split if split == "train" else cfg.val_split
-    if name in ("mnist", "fashion_mnist"):
-        return (read_mnist if name == "mnist" else read_fashion_mnist)(root, split_name)
-    if name == "cifar10":
-        return read_cifar10(root, split_name)
-    return read_cifar100(root, split_name, coarse=cfg.coarse_labels)
-
-
-def _read_val(cfg: DataConfig, root: Path, classes: list[str], *, training: bool) -> Dataset:
-    """The evaluation split of a file dataset with labels indexing `classes`. For training (`classes` from the
-    training split) a folder or packed val split must have exactly those classes; for evaluating a trained model
-    a val folder may hold a subset of them."""
-    options = _file_options(cfg)
-    val_dir = root / cfg.val_split
-    if cfg.name == "imagenet":
-        return imagenet_val(val_dir, classes, ground_truth=_under(root, cfg.val_ground_truth),
-                            synset_map=_under(root, cfg.synset_map), **options)
-    if cfg.name == "list":
-        return image_list(val_dir, _under(root, cfg.image_root) or root, classes=classes, suffix=cfg.list_suffix,
-                          **options)
-    if cfg.name == "packed":
-        val = read_packed(val_dir, **options)
-        if val.classes != classes:
-            against = root / cfg.train_split if training else "the model's classes"
-            raise ValueError(f"packed split {val_dir} has a different class list from {against}; pack both "
-                             f"splits from one source in one `deepres data pack` run")
-        return val
-    val = image_folder(val_dir, class_depth=cfg.class_depth, **options)
-    if val.classes == classes:
-        return val
-    unknown = sorted(set(val.classes) - set(classes))
-    if training or unknown:
-        differ = unknown or sorted(set(classes) - set(val.classes))
-        against = root / cfg.train_split if training else f"the model's {len(classes)} classes"
-        why = "both splits need the same classes" if training else "the val split has classes the model lacks"
-        raise ValueError(f"class folders differ between {against} and {val_dir} (e.g. {differ[:3]}); {why}")
-    return relabel(val, classes)  # a subset onto the model's class list
+    """Only the training split of a file dataset `deepres data pack` reads (folder, imagenet, list), cut to
+    limit_train."""
+    fmt = _format(cfg)
+    if not fmt.packable:
+        raise ValueError(f"build_train_dataset reads {', '.join(list_formats(packable=True))} datasets, not "
+                         f"data.name={cfg.name}")
+    return fmt.read(cfg, "train", resolve_root(cfg), None, True).subset(cfg.limit_train)
 
 
 def _read_pair(cfg: DataConfig) -> tuple[Dataset, Dataset]:
-    train = _read_in_memory(cfg, "train")
-    if train is not None:
-        return train, _read_in_memory(cfg, "val")
-    root = resolve_root(cfg)
-    train = _file_train_split(cfg, root)
-    return train, _read_val(cfg, root, train.classes, training=True)
+    fmt = _format(cfg)
+    root = _root(fmt, cfg)
+    train = fmt.read(cfg, "train", root, None, True)
+    return train, fmt.read(cfg, "val", root, list(train.classes), True)
 
 
 def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     """The (train, eval) datasets the config names, cut to limit_train / limit_val."""
-    if cfg.name not in FORMATS:
-        raise ValueError(f"unknown data.name {cfg.name!r}; expected one of {', '.join(FORMATS)}")
-    if cfg.limit_train < 0 or cfg.limit_val < 0:
-        raise ValueError(f"data.limit_train / limit_val must be >= 0, got {cfg.limit_train} / {cfg.limit_val}")
     train, val = _read_pair(cfg)
     return train.subset(cfg.limit_train), val.subset(cfg.limit_val)
 
@@ -138,21 +179,14 @@ def build_eval_dataset(cfg: DataConfig, classes: list[str] | None = None) -> Dat
     a subset of them. Without it the class list comes from the training split, as in training, except for a
     list dataset with data.class_names, and imagenet without a train folder: the 1000 ImageNet-1k synsets, sorted
     (shipped with deepres)."""
-    if cfg.name not in FORMATS:
-        raise ValueError(f"unknown data.name {cfg.name!r}; expected one of {', '.join(FORMATS)}")
-    if cfg.limit_val < 0:
-        raise ValueError(f"data.limit_val must be >= 0, got {cfg.limit_val}")
-    val = _read_in_memory(cfg, "val")
-    if val is None:
-        root = resolve_root(cfg)
-        if classes is None and cfg.name == "imagenet" and not (root / cfg.train_split).is_dir():
-            classes = imagenet_synsets()
-        if classes is None and cfg.name == "list" and cfg.class_names:
-            classes = read_class_names(_under(root, cfg.class_names))
+    fmt = _format(cfg)
+    root = _root(fmt, cfg)
+    if classes is None and not fmt.in_memory:
+        classes = fmt.eval_classes(cfg, root) if fmt.eval_classes else None
         if classes is None:
             return _read_pair(cfg)[1].subset(cfg.limit_val)
-        val = _read_val(cfg, root, list(classes), training=False)
-    elif classes is not None and len(classes) != val.num_classes:
+    val = fmt.read(cfg, "val", root, None if classes is None else list(classes), False)
+    if classes is not None and len(classes) != val.num_classes:
         raise ValueError(f"data.name={cfg.name} has {val.num_classes} classes but the model was trained with "
                          f"{len(classes)}")
     return val.subset(cfg.limit_val)

@@ -13,8 +13,8 @@ MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-# Image side (pixels) the in-memory formats store; used as is unless an eval preset or random crop resizes
-STORED_SIDE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
+MNIST_SIDE = 28  # pixels: IDX images of MNIST and Fashion-MNIST are 28x28
+CIFAR_SIDE = 32  # pixels: CIFAR-10/100 images are 32x32
 
 
 class ArrayDataset:

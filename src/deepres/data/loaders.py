@@ -17,13 +17,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from deepres.core.config import DataConfig
-from deepres.core.preprocess import Preprocess
+from deepres.core.config import DataConfig, validate_data_config
+from deepres.core.preprocess import Preprocess, parse_eval_preset
 
 from . import transforms as T
 from .datasets import Dataset, build_datasets, build_eval_dataset
-from .folders import BAD_IMAGE_POLICIES
-from .formats import STORED_SIDE, ArrayDataset
+from .registry import DatasetFormat, get_format, list_formats, stored_side
 from .images import init_decode_worker
 
 # Seed streams, so the order, per-item and per-batch draws never share a generator state.
@@ -59,11 +58,12 @@ class ItemTransform:
     size: int  # output side, pixels
     resize_to: int = 0  # shorter side before the centre crop, pixels (unused with random_crop)
     random_crop: bool = False  # Inception-style random resized crop instead
+    interpolation: str = "bilinear"  # of the resize before the centre crop: "bilinear" or "bicubic" (antialiased)
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.random_crop:
             return T.random_resized_crop(image, self.size, generator)
-        return T.resize_center_crop(image, self.resize_to, self.size)
+        return T.resize_center_crop(image, self.resize_to, self.size, self.interpolation)
 
 
 @dataclass(frozen=True)
@@ -240,27 +240,15 @@ class DataInfo:
 def eval_preprocess(cfg: DataConfig, in_chans: int) -> Preprocess:
     """The eval transform of a data config as one Preprocess: the eval preset's resize and centre crop (none: the
     stored size of an in-memory set, else data.image_size), then the config's normalisation."""
-    sizes = T.parse_eval_preset(cfg.eval_preset, cfg.image_size)
+    sizes = parse_eval_preset(cfg.eval_preset, cfg.image_size)
     if sizes is None:
-        side = STORED_SIDE.get(cfg.name) or (cfg.synthetic_image_size if cfg.name == "synthetic" else cfg.image_size)
+        side = stored_side(cfg) or cfg.image_size
         sizes = (side, side)
     return Preprocess(resize=sizes[0], crop_size=sizes[1], interpolation="bilinear", mean=tuple(cfg.mean),
                       std=tuple(cfg.std), in_chans=in_chans, normalize=cfg.normalize)
 
 
-_CHOICES = {"on_device": ("auto", "yes", "no"), "normalize": ("meanstd", "mean"), "on_bad_image": BAD_IMAGE_POLICIES}
-
-
-def _check_config(cfg: DataConfig, seed: int, rank: int, world_size: int) -> None:
-    for key, allowed in _CHOICES.items():
-        if getattr(cfg, key) not in allowed:
-            raise ValueError(f"data.{key} must be one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
-    for key in ("batch_size", "eval_batch_size", "image_size"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"data.{key} must be >= 1, got {getattr(cfg, key)}")
-    for key in ("workers", "crop_padding", "color_jitter", "pca_lighting", "num_classes", "in_chans"):
-        if getattr(cfg, key) < 0:
-            raise ValueError(f"data.{key} must be >= 0, got {getattr(cfg, key)}")
+def _check_process(seed: int, rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in 0..world_size-1 (world_size={world_size})")
     if seed < 0:
@@ -281,24 +269,31 @@ def _data_shape(cfg: DataConfig, dataset) -> tuple[int, int]:
     return num_classes, in_chans
 
 
-def _on_device(cfg: DataConfig, dataset) -> bool:
-    in_memory = isinstance(dataset, ArrayDataset)
-    if cfg.on_device == "yes" and not in_memory:
-        raise ValueError(f"data.on_device=yes needs an in-memory dataset (cifar10, cifar100, mnist, fashion_mnist, "
-                         f"synthetic); data.name={cfg.name} is decoded per image, use auto or no")
-    return in_memory and cfg.on_device != "no"
+def _classification_format(cfg: DataConfig) -> DatasetFormat:
+    """cfg's format record, checked: the loaders batch class-index targets only."""
+    validate_data_config(cfg)
+    fmt = get_format(cfg.name)
+    if fmt.task != "classification":
+        raise ValueError(f"data.name={cfg.name} has {fmt.task} targets; the loaders batch class labels only")
+    return fmt
 
 
-def _eval_loader(cfg: DataConfig, eval_set, in_chans: int, loader_args: dict) -> "Loader":
-    """The evaluation loader: the eval preset's resize and centre crop (file datasets: at least a fixed size),
-    then normalisation."""
-    eval_resize = T.parse_eval_preset(cfg.eval_preset, cfg.image_size)
-    in_memory = isinstance(eval_set, ArrayDataset)
-    if eval_resize:
-        eval_items = ItemTransform(size=eval_resize[1], resize_to=eval_resize[0])
-    else:
-        eval_items = None if in_memory else ItemTransform(size=cfg.image_size, resize_to=cfg.image_size)
-    eval_batches = BatchTransform(in_chans=in_chans, normalize=cfg.normalize, mean=tuple(cfg.mean), std=tuple(cfg.std))
+def _on_device(cfg: DataConfig, fmt: DatasetFormat) -> bool:
+    if cfg.on_device == "yes" and not fmt.in_memory:
+        raise ValueError(f"data.on_device=yes needs an in-memory dataset ({', '.join(list_formats(in_memory=True))}"
+                         f"); data.name={cfg.name} is decoded per image, use auto or no")
+    return fmt.in_memory and cfg.on_device != "no"
+
+
+def _eval_loader(cfg: DataConfig, eval_set, in_chans: int, in_memory: bool, loader_args: dict) -> "Loader":
+    """The evaluation loader applying eval_preprocess(cfg, in_chans): resize and centre crop per image, then
+    normalisation per batch."""
+    pp = eval_preprocess(cfg, in_chans)
+    # In-memory images already of the crop size (no eval preset: as stored) need no per-image step.
+    as_stored = in_memory and pp.resize == pp.crop_size and tuple(eval_set.images.shape[-2:]) == (pp.crop_size,) * 2
+    eval_items = None if as_stored else ItemTransform(size=pp.crop_size, resize_to=pp.resize,
+                                                      interpolation=pp.interpolation)
+    eval_batches = BatchTransform(in_chans=pp.in_chans, normalize=pp.normalize, mean=pp.mean, std=pp.std)
     eval_batches(torch.zeros(1, eval_set.in_chans, 1, 1, dtype=torch.uint8))  # mean/std vs channels
     return Loader(eval_set, batch_size=cfg.eval_batch_size, train=False, item_transform=eval_items,
                   batch_transform=eval_batches, **loader_args)
@@ -308,37 +303,38 @@ def build_eval_loader(cfg: DataConfig, device, *, classes: list[str] | None = No
                       world_size: int = 1):
     """(eval_loader, info) reading only the evaluation split (see build_eval_dataset; `classes`: the class list
     the model was trained with); info (DataInfo) with train_size 0. For `deepres eval`."""
-    _check_config(cfg, seed, rank, world_size)
+    _check_process(seed, rank, world_size)
+    fmt = _classification_format(cfg)
     eval_set = build_eval_dataset(cfg, classes)
     num_classes, in_chans = _data_shape(cfg, eval_set)
     loader_args = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
-                       on_device=_on_device(cfg, eval_set), workers=cfg.workers)
+                       on_device=_on_device(cfg, fmt), workers=cfg.workers)
     info = DataInfo(num_classes=num_classes, in_chans=in_chans, classes=list(eval_set.classes), train_size=0,
                     eval_size=len(eval_set))
-    return _eval_loader(cfg, eval_set, in_chans, loader_args), info
+    return _eval_loader(cfg, eval_set, in_chans, fmt.in_memory, loader_args), info
 
 
 def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, world_size: int = 1):
     """(train_loader, eval_loader, info) for the config; info: num_classes, in_chans, classes, train_size,
     eval_size (whole dataset sizes, after limit_train / limit_val) as a DataInfo."""
-    _check_config(cfg, seed, rank, world_size)
+    _check_process(seed, rank, world_size)
+    fmt = _classification_format(cfg)
     train_set, eval_set = build_datasets(cfg)
     num_classes, in_chans = _data_shape(cfg, train_set)
     if cfg.pca_lighting and in_chans != 3:
         raise ValueError(f"data.pca_lighting needs RGB input, but in_chans={in_chans}")
 
     # File datasets need a fixed size per batch; in-memory sets keep their stored size unless asked.
-    in_memory = isinstance(train_set, ArrayDataset)
     if cfg.random_resized_crop:
         train_items = ItemTransform(size=cfg.image_size, random_crop=True)
     else:
-        train_items = None if in_memory else ItemTransform(size=cfg.image_size, resize_to=cfg.image_size)
+        train_items = None if fmt.in_memory else ItemTransform(size=cfg.image_size, resize_to=cfg.image_size)
     common = dict(in_chans=in_chans, normalize=cfg.normalize, mean=tuple(cfg.mean), std=tuple(cfg.std))
     train_batches = BatchTransform(crop_padding=cfg.crop_padding, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
                                    pca_lighting=cfg.pca_lighting, **common)
     loader_args = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
-                       on_device=_on_device(cfg, train_set), workers=cfg.workers)
-    eval_loader = _eval_loader(cfg, eval_set, in_chans, loader_args)
+                       on_device=_on_device(cfg, fmt), workers=cfg.workers)
+    eval_loader = _eval_loader(cfg, eval_set, in_chans, fmt.in_memory, loader_args)
     train_loader = Loader(train_set, batch_size=cfg.batch_size, train=True, item_transform=train_items,
                           batch_transform=train_batches, **loader_args)
     if len(train_loader) == 0:

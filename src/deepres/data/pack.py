@@ -24,8 +24,8 @@ from .datasets import build_datasets, build_train_dataset
 from .folders import ImageFileDataset
 from .images import DEFAULT_MAX_PIXELS, BadImageError, init_decode_worker, load_image, pil_to_tensor
 from .packed_reader import ENCODINGS, PACK_FILE, PACK_VERSION, RECORD_DTYPE, SPLITS
+from .registry import list_formats
 
-SOURCE_FORMATS = ("folder", "imagenet", "list")  # the file datasets deepres.data decodes per image
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -215,8 +215,9 @@ def pack_dataset(cfg: DataConfig, out, *, splits: Sequence[str] = SPLITS, option
     _check_options(options, splits, workers)
     if val_size is not None and val_size < 0:
         raise ValueError(f"val size {val_size}: expected a shorter side in pixels >= 1, or 0 to keep sizes")
-    if cfg.name not in SOURCE_FORMATS:
-        raise ValueError(f"data.name={cfg.name}: packing reads file datasets ({', '.join(SOURCE_FORMATS)}); "
+    sources = list_formats(packable=True)
+    if cfg.name not in sources:
+        raise ValueError(f"data.name={cfg.name}: packing reads file datasets ({', '.join(sources)}); "
                          f"in-memory sets (CIFAR, MNIST) load fast as they are")
     out = Path(out)
     _check_out(out, force)

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+
 # AlexNet PCA lighting: eigenvalues / eigenvectors (columns) of the ImageNet RGB pixel covariance, 0-1 scale,
 # as published with fb.resnet.torch (datasets/imagenet.lua).
 IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -156,26 +157,6 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator, p: float = 0.5) ->
 
 
 # ------------------------------------------------------------------------------------------ eval presets
-def parse_eval_preset(preset: str, image_size: int) -> tuple[int, int] | None:
-    """Eval preset -> (shorter side to resize to, center crop side) in pixels; None for "none"."""
-    if preset == "none":
-        return None
-    if preset == "224_256":
-        return 256, 224
-    if preset == "224_256a":
-        # Assemble-ResNet evaluation: shorter side 257, centre 256.
-        return 257, 256
-    if preset.startswith("crop_pct:"):
-        try:
-            crop_pct = float(preset.split(":", 1)[1])
-        except ValueError:
-            crop_pct = -1.0
-        if not 0.0 < crop_pct <= 1.0:
-            raise ValueError(f"data.eval_preset {preset!r}: crop_pct must be a number in (0, 1], e.g. crop_pct:0.875")
-        return int(math.floor(image_size / crop_pct)), image_size
-    raise ValueError(f"unknown data.eval_preset {preset!r}; expected none, 224_256, 224_256a or crop_pct:X")
-
-
 def resize_center_crop(x: torch.Tensor, resize_to: int, crop_size: int, mode: str = "bilinear") -> torch.Tensor:
     """Shorter side to `resize_to`, then the central `crop_size` square (the standard eval transform)."""
     return center_crop(resize_shorter(x, resize_to, mode), crop_size)

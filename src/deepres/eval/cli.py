@@ -8,7 +8,7 @@ from pathlib import Path
 from deepres.core.checkpoint import resolve_checkpoint
 from deepres.core.config import Config, apply_overrides
 from deepres.core.device import AMP_DTYPES, default_device
-from deepres.data import build_eval_loader
+from deepres.data import build_eval_loader, list_formats
 from deepres.tasks.build import load_model
 from deepres.tasks.evaluate import evaluate
 
@@ -19,8 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a deepres run directory or .safetensors checkpoint (config inside), "
                                            "or any .pth/.safetensors state dict together with --model")
     parser.add_argument("--model", help="registered model name (needed for checkpoints without a deepres config)")
-    parser.add_argument("--dataset", help="data.name: fashion_mnist, mnist, cifar10, cifar100, folder, imagenet, "
-                                          "list, synthetic (default: the checkpoint's)")
+    parser.add_argument("--dataset", help=f"data.name: {', '.join(list_formats())} (default: the checkpoint's)")
     parser.add_argument("--data", metavar="ROOT", help="data.root: the dataset directory")
     parser.add_argument("--split", help="data.val_split: the split to evaluate (e.g. test, val)")
     parser.add_argument("--eval-preset", help="data.eval_preset: none, 224_256, 224_256a, crop_pct:0.875")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import datetime
 import html
 import json
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from deepres.data.formats import STORED_SIDE
+from deepres.core.config import DataConfig
+from deepres.data import list_formats, stored_side
 from deepres.core.plots import ema_smooth, epoch_ends, save_panels
 from deepres.core.runs import CONFIG_FILE, read_metrics
 from deepres.models.complexity import model_complexity
@@ -171,13 +173,12 @@ def model_cost(config: dict) -> tuple[int | None, float | None]:
 
 
 def input_side(data_cfg: dict) -> int:
-    """Side (pixels) of the training images: native for in-memory sets, else data.image_size."""
-    name = data_cfg.get("name", "")
-    if name == "synthetic":
-        return int(data_cfg.get("synthetic_image_size", 32))
-    if name in STORED_SIDE and not data_cfg.get("random_resized_crop"):
-        return STORED_SIDE[name]
-    return int(data_cfg.get("image_size", 224))
+    """Side (pixels) of the training images: as stored for in-memory sets unless randomly resized-cropped, else
+    data.image_size."""
+    keys = {f.name for f in dataclasses.fields(DataConfig)}
+    cfg = DataConfig(**{k: v for k, v in data_cfg.items() if k in keys})  # a run's config, maybe from older code
+    as_stored = data_cfg.get("name") in list_formats() and not cfg.random_resized_crop
+    return int((stored_side(cfg) if as_stored else None) or cfg.image_size)
 
 
 # -------------------------------------------------------------------------------------------- formatting

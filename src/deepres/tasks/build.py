@@ -17,8 +17,7 @@ import torch.nn as nn
 from deepres.core.checkpoint import load_weights, resolve_checkpoint
 from deepres.core.config import Config, config_from_dict, load_config, resolve_recipe
 from deepres.core.preprocess import Preprocess
-from deepres.data import DataInfo, eval_preprocess
-from deepres.data.formats import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, MNIST_CLASSES
+from deepres.data import DataInfo, eval_preprocess, format_shape
 from deepres.data.imagenet_classes import imagenet_class_names
 from deepres.models import create_model, default_input_size, list_models, load_pretrained, read_state_dict
 from deepres.models.bn import set_bn_momentum
@@ -29,11 +28,19 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------- from a config
+def model_shape(cfg: Config, info: DataInfo | None = None) -> tuple[int, int]:
+    """(num_classes, in_chans) of the model a config describes: the model block's, else what the data gave (`info`,
+    from build_loaders), else the data block's, else what the data format fixes; 0 classes = unknown."""
+    fixed = format_shape(cfg.data) or (0, 3, None)
+    num_classes = cfg.model.num_classes or (info.num_classes if info else 0) or cfg.data.num_classes or fixed[0]
+    in_chans = cfg.model.in_chans or (info.in_chans if info else 0) or cfg.data.in_chans or fixed[1]
+    return num_classes, in_chans
+
+
 def resolve_config(cfg: Config, info: DataInfo) -> Config:
     """Fill what the data decides (build_loaders' DataInfo): model.num_classes and model.in_chans when 0."""
-    model = replace(cfg.model, num_classes=cfg.model.num_classes or info.num_classes,
-                    in_chans=cfg.model.in_chans or info.in_chans)
-    return replace(cfg, model=model)
+    num_classes, in_chans = model_shape(cfg, info)
+    return replace(cfg, model=replace(cfg.model, num_classes=num_classes, in_chans=in_chans))
 
 
 def build_model(cfg: Config, device: torch.device) -> nn.Module:
@@ -144,7 +151,7 @@ def _from_recipe(spec: str, checkpoint) -> LoadedModel:
             names = metadata.get("classes") or None
         else:
             state_dict = read_state_dict(checkpoint)
-    elif not _config_shape(cfg)[0] or not _config_shape(cfg)[1]:
+    elif not model_shape(cfg)[0]:
         raise ValueError(f"recipe {spec}: data.name={cfg.data.name} does not say how many classes and channels "
                          "the model has; pass a checkpoint or set model.num_classes and model.in_chans")
     else:
@@ -157,7 +164,7 @@ def _from_recipe(spec: str, checkpoint) -> LoadedModel:
 
 def _from_config(cfg: Config, state_dict, names, where: str) -> LoadedModel:
     """cfg's model (plain layout, CPU), sized by the state dict where it says otherwise, with the weights loaded."""
-    num_classes, in_chans = _config_shape(cfg)
+    num_classes, in_chans = model_shape(cfg)
     if state_dict is not None:
         num_classes, in_chans = _state_dict_shape(cfg.model.name, state_dict, num_classes, in_chans)
     # channels_last is a training speed setting; inference builds the plain layout (a fast path may change it)
@@ -166,7 +173,7 @@ def _from_config(cfg: Config, state_dict, names, where: str) -> LoadedModel:
     if state_dict is not None:
         _load_exactly(model, state_dict, where)
     if names is None or len(names) != num_classes:
-        known = _format_classes(cfg)
+        known = (format_shape(cfg.data) or (0, 0, None))[2]
         names = known if known is not None and len(known) == num_classes else None
     return LoadedModel(model.eval(), _class_names(names, num_classes), eval_preprocess(cfg.data, in_chans), cfg)
 
@@ -205,15 +212,7 @@ def _from_model_name(name: str, checkpoint) -> LoadedModel:
     return LoadedModel(model.eval(), _class_names(None, model.num_classes), preprocess, None, source)
 
 
-# ---------------------------------------------------------------------------------------------- shapes
-def _config_shape(cfg: Config) -> tuple[int, int]:
-    """(num_classes, in_chans) a config fixes: the model block, else the data block, else its format (0: unknown)."""
-    fixed = _format_defaults(cfg.data)
-    num_classes = cfg.model.num_classes or cfg.data.num_classes or (fixed[0] if fixed else 0)
-    in_chans = cfg.model.in_chans or cfg.data.in_chans or (fixed[1] if fixed else 3)
-    return num_classes, in_chans
-
-
+# ---------------------------------------------------------------------------------------------- helpers
 def _state_dict_shape(name: str, state_dict, num_classes, in_chans) -> tuple:
     """(num_classes, in_chans) a state dict was trained with, read from its classifier and stem conv for model
     `name` (their key names are the model's `classifier` and `first_conv`); the given values where it has neither."""
@@ -237,23 +236,3 @@ def _class_names(names: list[str] | None, num_classes: int) -> list[str]:
     if names is not None:
         return list(names)
     return imagenet_class_names() if num_classes == 1000 else [str(i) for i in range(num_classes)]
-
-
-def _format_defaults(data) -> tuple[int, int, list[str] | None] | None:
-    """(num_classes, in_chans, class names or None) that a data format fixes, or None if the data decides."""
-    if data.name == "fashion_mnist":
-        return 10, 1, FASHION_MNIST_CLASSES
-    if data.name == "mnist":
-        return 10, 1, MNIST_CLASSES
-    if data.name == "cifar10":
-        return 10, 3, CIFAR10_CLASSES
-    if data.name == "cifar100":
-        return (20 if data.coarse_labels else 100), 3, None
-    if data.name == "imagenet":
-        return 1000, 3, imagenet_class_names()
-    return None
-
-
-def _format_classes(cfg: Config) -> list[str] | None:
-    fixed = _format_defaults(cfg.data)
-    return fixed[2] if fixed else None

@@ -1,0 +1,98 @@
+"""A tiny registry of dataset formats: one record per data.name, `register_format`, `get_format`, `list_formats`.
+
+A format is a row of data: how to read a split, whether the split lives in memory, what its targets are, and
+the facts it fixes for a model (classes, channels, stored image side). The built-in rows are registered in
+deepres.data.datasets; the names must match core.config's DatasetName (a test keeps the two equal).
+"""
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar, get_args
+
+from deepres.core.config import DataConfig
+
+# What a target is. classification: one class index per image. segmentation: a class-index mask per image
+# (no format or loader reads masks yet).
+Task = Literal["classification", "segmentation"]
+Split = Literal["train", "val"]  # data.train_split / data.val_split
+
+
+class Reader(Protocol):
+    def __call__(self, cfg: DataConfig, split: Split, root: Path | None, classes: list[str] | None,
+                 training: bool) -> Any:
+        """One split as a dataset (len, [i] -> (uint8 image (C, H, W), target), .classes, .num_classes,
+        .in_chans, .subset(n)); an in-memory format returns an ArrayDataset.
+
+        root: resolve_root(cfg), None for a format that needs none. classes: for the val split of a file format,
+        the class list its labels must index (the train split's, or a trained model's); None for a train split.
+        training: `classes` are the train split's (the val split must hold exactly them) rather than a model's
+        (a subset of them is allowed)."""
+
+
+T = TypeVar("T")
+PerConfig = Callable[[DataConfig], T]  # a fact that depends on other data.* keys (cifar100: coarse_labels)
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    name: str  # data.name
+    read: Reader
+    # One uint8 tensor per split, each split labelled on its own, small enough for the training device;
+    # otherwise images are decoded one by one and the val split is labelled with the train split's classes
+    in_memory: bool = False
+    task: Task = "classification"
+    # What the format fixes for a model built without reading the data (None: the data decides)
+    num_classes: int | PerConfig[int] | None = None
+    in_chans: int | None = None
+    class_names: Sequence[str] | PerConfig[Sequence[str]] | None = None  # by label index; None: unnamed or in the files
+    stored_side: int | PerConfig[int] | None = None  # in-memory: side of every stored (square) image, pixels
+    # The class list an eval split is labelled with when neither a model nor the train split gives one
+    eval_classes: Callable[[DataConfig, Path], list[str] | None] | None = None
+    fetch: str = ""  # `deepres data get` key; its package copy, if installed, is the default data.root
+    packable: bool = False  # a file format `deepres data pack` reads
+    needs_root: bool = True  # reads files under data.root (False: generated)
+
+
+_formats: dict[str, DatasetFormat] = {}
+
+
+def register_format(fmt: DatasetFormat) -> DatasetFormat:
+    """Add a format under its name; a name is registered once."""
+    if fmt.name in _formats:
+        raise ValueError(f"dataset format {fmt.name!r} is already registered")
+    if fmt.task not in get_args(Task):
+        raise ValueError(f"dataset format {fmt.name!r}: task must be one of {', '.join(get_args(Task))}, "
+                         f"got {fmt.task!r}")
+    _formats[fmt.name] = fmt
+    return fmt
+
+
+def get_format(name: str) -> DatasetFormat:
+    """The record of a registered format; KeyError naming the known ones."""
+    if name not in _formats:
+        raise KeyError(f"unknown dataset format {name!r}; known formats: {', '.join(_formats)}")
+    return _formats[name]
+
+
+def list_formats(**fields) -> list[str]:
+    """Format names in registration order; keywords keep those whose record has these values (packable=True)."""
+    return [name for name, fmt in _formats.items() if all(getattr(fmt, k) == v for k, v in fields.items())]
+
+
+def _for(fact, cfg: DataConfig):
+    return fact(cfg) if callable(fact) else fact
+
+
+def format_shape(cfg: DataConfig) -> tuple[int, int, list[str] | None] | None:
+    """(num_classes, in_chans, class names or None) that cfg's format fixes; None when the data decides."""
+    fmt = get_format(cfg.name)
+    num_classes = _for(fmt.num_classes, cfg)
+    if num_classes is None or fmt.in_chans is None:
+        return None
+    names = _for(fmt.class_names, cfg)
+    return num_classes, fmt.in_chans, None if names is None else list(names)
+
+
+def stored_side(cfg: DataConfig) -> int | None:
+    """Side (pixels) of the images an in-memory format stores; None for formats decoded per image."""
+    return _for(get_format(cfg.name).stored_side, cfg)
