@@ -7,7 +7,7 @@ deepres.data.datasets; the names must match core.config's DatasetName (a test ke
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar, get_args
+from typing import Any, Literal, get_args
 
 from deepres.core.config import DataConfig
 
@@ -17,20 +17,13 @@ Task = Literal["classification", "segmentation"]
 Split = Literal["train", "val"]  # data.train_split / data.val_split
 
 
-class Reader(Protocol):
-    def __call__(self, cfg: DataConfig, split: Split, root: Path | None, classes: list[str] | None,
-                 training: bool) -> Any:
-        """One split as a dataset (len, [i] -> (uint8 image (C, H, W), target), .classes, .num_classes,
-        .in_chans, .subset(n)); an in-memory format returns an ArrayDataset.
-
-        root: resolve_root(cfg), None for a format that needs none. classes: for the val split of a file format,
-        the class list its labels must index (the train split's, or a trained model's); None for a train split.
-        training: `classes` are the train split's (the val split must hold exactly them) rather than a model's
-        (a subset of them is allowed)."""
-
-
-T = TypeVar("T")
-PerConfig = Callable[[DataConfig], T]  # a fact that depends on other data.* keys (cifar100: coarse_labels)
+# A reader: (cfg, split, root, classes, training) -> one split as a dataset (len, [i] -> (uint8 image (C, H, W),
+# target), .classes, .num_classes, .in_chans, .subset(n)); an in-memory format returns an ArrayDataset. root:
+# resolve_root(cfg), None for a format that needs none. classes: for the val split of a file format, the class
+# list its labels must index (the train split's, or a trained model's); None for a train split. training:
+# `classes` are the train split's (the val split must hold exactly them), not a model's (a subset is allowed).
+Reader = Callable[[DataConfig, Split, Path | None, list[str] | None, bool], Any]
+PerConfig = Callable[[DataConfig], Any]  # a fact that depends on other data.* keys (cifar100: coarse_labels)
 
 
 @dataclass(frozen=True)
@@ -42,10 +35,10 @@ class DatasetFormat:
     in_memory: bool = False
     task: Task = "classification"
     # What the format fixes for a model built without reading the data (None: the data decides)
-    num_classes: int | PerConfig[int] | None = None
+    num_classes: int | PerConfig | None = None
     in_chans: int | None = None
-    class_names: Sequence[str] | PerConfig[Sequence[str]] | None = None  # by label index; None: unnamed or in the files
-    stored_side: int | PerConfig[int] | None = None  # in-memory: side of every stored (square) image, pixels
+    class_names: Sequence[str] | PerConfig | None = None  # by label index; None: unnamed or in the files
+    stored_side: int | PerConfig | None = None  # in-memory: side of every stored (square) image, pixels
     # The class list an eval split is labelled with when neither a model nor the train split gives one
     eval_classes: Callable[[DataConfig, Path], list[str] | None] | None = None
     fetch: str = ""  # `deepres data get` key; its package copy, if installed, is the default data.root
