@@ -281,7 +281,8 @@ train: {epochs: 2, deterministic: true, progress: false, log_every_iters: 1}
 
 
 def torchrun(tmp_path, recipe, *args):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "CUDA_VISIBLE_DEVICES": ""}  # CPU processes (gloo) on any machine: a 1-GPU box has no device for rank 1
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD),
                "-m", "deepres", "train", str(recipe), "--out", str(tmp_path), *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
