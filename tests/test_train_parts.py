@@ -7,7 +7,9 @@ import torch.nn.functional as F
 
 from deepres.models.bn import reset_bn_running_stats, set_bn_momentum
 from deepres.core.config import Config, OptimConfig, TrainConfig
-from deepres.tasks import get_task
+from deepres.core.config import DataConfig
+from deepres.core.preprocess import Preprocess
+from deepres.tasks import get_task, task_of
 from deepres.train.ema import ModelEMA
 from deepres.tasks.classification import classification_loss, cutmix_box, mixup_cutmix, soft_target_cross_entropy
 from deepres.train.optim import create_optimizer
@@ -112,6 +114,11 @@ def test_the_classification_task_row_mixes_and_scores_as_its_functions_do():
     assert task.record({"top1": 75.0, "top5": 100.0}) == {"test_error": 25.0, "top1": 75.0, "top5": 100.0}
     with pytest.raises(ValueError, match="unknown task 'segmentation'.*classification"):
         get_task("segmentation")
+    # the task of a run comes from its dataset format; it also gives the inference transform
+    data = DataConfig(name="fashion_mnist", mean=(0.286,), std=(0.353,))
+    assert task_of(data) is type(task)
+    assert task_of(data).eval_transform(data, 1) == Preprocess(resize=28, crop_size=28, mean=(0.286,),
+                                                              std=(0.353,), in_chans=1)
 
 
 def test_ema_tracks_weights_and_buffers():

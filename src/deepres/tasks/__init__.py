@@ -3,6 +3,9 @@ loss, its metrics, its eval transform). Classification is the task deepres has t
 
 A task is a row in TASKS: the training loop asks it for everything task-specific (`Task` below) and mentions
 no metric or label format itself, so another task (segmentation) is one more row, not a fork of the loop."""
+from deepres.core.config import DataConfig
+from deepres.data import get_format
+
 from .classification import ClassificationTask
 
 
@@ -10,7 +13,8 @@ from .classification import ClassificationTask
 # evaluate()'s dict that picks checkpoints/best, higher is better); `from_config(cfg)` (cfg resolved against the
 # data); `mix(images, labels, rng) -> (images, targets)` (the batch as trained on); `loss(logits, targets)` (a
 # float32 mean); `evaluate(model, loader, *, ema_model=None) -> dict` (summed over ranks); `record(metrics)` (the
-# epoch record's fields in metrics.jsonl); `summary(metrics)` (text for the epoch line).
+# epoch record's fields in metrics.jsonl); `summary(metrics)` (text for the epoch line); `eval_transform(data,
+# in_chans)` (class method: the Preprocess a model trained on that data expects at inference).
 Task = ClassificationTask
 TASKS: dict[str, type[Task]] = {"classification": ClassificationTask}
 
@@ -20,3 +24,8 @@ def get_task(name: str) -> type[Task]:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; registered: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def task_of(data: DataConfig) -> type[Task]:
+    """The task a data config serves: its dataset format's (deepres.data's registry)."""
+    return get_task(get_format(data.name).task)

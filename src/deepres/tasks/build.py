@@ -17,12 +17,14 @@ import torch.nn as nn
 from deepres.core.checkpoint import load_weights, resolve_checkpoint
 from deepres.core.config import Config, config_from_dict, load_config, resolve_recipe
 from deepres.core.preprocess import Preprocess
-from deepres.data import DataInfo, eval_preprocess, format_shape
+from deepres.data import DataInfo, format_shape
 from deepres.data.imagenet_classes import imagenet_class_names
 from deepres.models import create_model, default_input_size, list_models, load_pretrained, read_state_dict
 from deepres.models.bn import set_bn_momentum
 from deepres.models.pretrained import get_pretrained, is_pretrained_name, load_pretrained_weights
 from deepres.models.weights import remap_keys
+
+from . import task_of
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +177,7 @@ def _from_config(cfg: Config, state_dict, names, where: str) -> LoadedModel:
     if names is None or len(names) != num_classes:
         known = (format_shape(cfg.data) or (0, 0, None))[2]
         names = known if known is not None and len(known) == num_classes else None
-    return LoadedModel(model.eval(), _class_names(names, num_classes), eval_preprocess(cfg.data, in_chans), cfg)
+    return LoadedModel(model.eval(), _class_names(names, num_classes), task_of(cfg.data).eval_transform(cfg.data, in_chans), cfg)
 
 
 def _from_pretrained(name: str) -> LoadedModel:

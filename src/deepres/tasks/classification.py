@@ -9,8 +9,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from deepres.core.config import Config, EvalConfig, TrainConfig
+from deepres.core.config import Config, DataConfig, EvalConfig, TrainConfig
 from deepres.core.device import AMP_DTYPES
+from deepres.core.preprocess import Preprocess
+from deepres.data import eval_preprocess
 
 from .evaluate import evaluate
 
@@ -116,6 +118,10 @@ class ClassificationTask:
 
     def record(self, metrics: dict[str, float]) -> dict[str, float]:
         return {"test_error": 100.0 - metrics["top1"], **metrics}  # test_error: what curves.png plots
+
+    @classmethod
+    def eval_transform(cls, data: DataConfig, in_chans: int) -> Preprocess:
+        return eval_preprocess(data, in_chans)  # the eval loader's resize, crop and normalisation
 
     def summary(self, metrics: dict[str, float]) -> str:
         return f"test top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%"

@@ -19,14 +19,11 @@ from deepres.core.device import seed_everything, set_deterministic
 from deepres.core.distributed import DistInfo, raise_if_any_failed, same_on_all_ranks
 from deepres.core.runs import RunRecorder
 from deepres.data import DataInfo, build_loaders
-from deepres.tasks import Task, get_task
+from deepres.tasks import Task, task_of
 from deepres.tasks.build import build_model, resolve_config
 
 from .ema import ModelEMA
 from .optim import create_optimizer, scaled_lr
-
-TASK = "classification"  # the data config names no task yet
-
 
 @dataclass
 class TrainState:
@@ -103,7 +100,7 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
     if t.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys as BatchNorm
     run = Run(cfg=cfg, device=device, model=model, optimizer=create_optimizer(model, cfg.optim),
-              task=get_task(TASK).from_config(cfg), train_loader=train_loader, eval_loader=eval_loader, data=data,
+              task=task_of(cfg.data).from_config(cfg), train_loader=train_loader, eval_loader=eval_loader, data=data,
               scaler=torch.amp.GradScaler("cuda") if t.amp == "fp16" else None,
               ema=ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None, dist=dist,
               progress=t.progress and sys.stderr.isatty() and dist.is_main)
@@ -126,7 +123,7 @@ def _prepare(cfg: Config, resume: bool, device: torch.device, loaders, dist: Dis
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     saved = None
     if resume:
-        saved = load_run(run_dir / "checkpoints", get_task(TASK).best_metric, dist)  # every rank reads it
+        saved = load_run(run_dir / "checkpoints", task_of(cfg.data).best_metric, dist)  # every rank reads it
     elif dist.is_main:  # rank 0 alone creates the run directory
         _check_fresh_run_dir(run_dir)
     seed_everything(cfg.train.seed)
