@@ -31,7 +31,7 @@ demo: fashion-mnist
 	  --set data.root=$$root --set run.name=$(DEMO_RUN) && \
 	$(VENV)/bin/deepres eval runs/$(DEMO_RUN) --set data.root=$$root
 
-test: setup
+test: setup fashion-mnist
 	$(PY) -m pytest -q
 
 clean:
