@@ -264,7 +264,8 @@ def test_compiled_fast_path_pads_the_last_batch_instead_of_compiling_again():
     exact.model.load_state_dict(model.model.state_dict())
     images = [random_pixels(32, 32, seed=20 + i) for i in range(5)]
     results = inference_model(model, images, batch_size=4, top_k=10)  # batches of 4 and 1
-    assert model.fast_info.compiled and list(model._runner.compile_seconds) == [(4, 3, 32, 32)]  # compiled once, for batch 4
+    # compiled once, for batch 4
+    assert model.fast_info.compiled and list(model._runner.compile_seconds) == [(4, 3, 32, 32)]
     for result, reference in zip(results, inference_model(exact, images, batch_size=1, top_k=10)):
         assert_close_probabilities(result, reference, atol=0.02)
 

@@ -1,7 +1,8 @@
 """deepres: train, evaluate, run, export and study deep residual networks for image recognition.
 
-Each subcommand lives in its package's cli module, which provides `add_arguments(parser)` and `run(args) -> int` (or, for a module that serves several commands, a `COMMANDS` dict
-of name -> (add_arguments, run)); this file only lists them and imports the one that runs."""
+Each subcommand lives in its package's cli module, which provides `add_arguments(parser)` and `run(args) -> int`
+(or, for a module that serves several commands, a `COMMANDS` dict of name -> (add_arguments, run)); this file only
+lists them and imports the one that runs."""
 import argparse
 import importlib
 import sys
@@ -15,7 +16,8 @@ SUBCOMMANDS = {
     "study": ("deepres.studies.cli", "train every (variant, seed) of a study file, resumably; report mean ± std"),
     "compare": ("deepres.studies.compare", "compare finished runs: table (mean ± std over seeds) and curves"),
     "predict": ("deepres.inference.cli", "classify images or folders with a trained or published model; CSV out"),
-    "export": ("deepres.inference.cli", "export a checkpoint to ONNX, TorchScript or torch.export, checked against PyTorch"),
+    "export": ("deepres.inference.cli",
+               "export a checkpoint to ONNX, TorchScript or torch.export, checked against PyTorch"),
     "bench": ("deepres.inference.cli", "CPU inference speed: eager, deepres fast paths and ONNX Runtime side by side"),
 }
 

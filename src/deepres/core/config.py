@@ -70,7 +70,8 @@ class DataConfig:
     batch_size: int = 128  # per process; global batch = batch_size × processes × train.grad_accum_steps
     eval_batch_size: int = 256
     workers: int = 2  # DataLoader worker processes for folder datasets
-    on_device: Literal["auto", "yes", "no"] = "auto"  # "auto": small sets (CIFAR/MNIST-sized) live on the training device as uint8; "yes"/"no"
+    # "auto": small sets (CIFAR/MNIST-sized) live on the training device as uint8; "yes"/"no"
+    on_device: Literal["auto", "yes", "no"] = "auto"
     on_bad_image: Literal["error", "skip"] = "error"
     bad_image_cap: int = 100  # with skip: stop after this many bad images
     exif_rotate: bool = False  # apply EXIF orientation; off for ImageNet parity

@@ -231,7 +231,8 @@ def bench(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     rows = benchmark(cases, paths, warmup=args.warmup, seconds=args.seconds, min_iterations=args.min_iterations,
                      max_iterations=args.max_iterations, agreement_images=args.agreement_images, log=log)
-    results = checkpoint_agreement(args.agreement_checkpoint, paths, limit=args.agreement_limit, log=log) if args.agreement_checkpoint else []
+    results = (checkpoint_agreement(args.agreement_checkpoint, paths, limit=args.agreement_limit, log=log)
+               if args.agreement_checkpoint else [])
     env = environment()
     print(f"CPU inference, {env.get('cpu', '?')}, {env['threads']} threads, torch {env['torch']}, onnxruntime "
           f"{env.get('onnxruntime', '-')}; warm-up {args.warmup} calls excluded; agreement = top-1 agreement "

@@ -136,6 +136,11 @@ def _is_deepres_checkpoint(path: Path) -> bool:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
 
 
+def _read_weights(path: Path) -> tuple[dict, dict]:
+    """(state dict, deepres metadata or {}) of a deepres checkpoint or any .pth/.safetensors state dict."""
+    return load_weights(path) if _is_deepres_checkpoint(path) else (read_state_dict(path), {})
+
+
 def _from_deepres_checkpoint(path: Path) -> LoadedModel:
     state_dict, metadata = load_weights(path)
     cfg = config_from_dict(metadata["config"], where=f"{path} metadata")
@@ -148,11 +153,8 @@ def _from_recipe(spec: str, checkpoint) -> LoadedModel:
     cfg = load_config(spec)
     state_dict, names = None, None
     if checkpoint is not None:
-        if _is_deepres_checkpoint(Path(checkpoint)):
-            state_dict, metadata = load_weights(checkpoint)
-            names = metadata.get("classes") or None
-        else:
-            state_dict = read_state_dict(checkpoint)
+        state_dict, metadata = _read_weights(Path(checkpoint))
+        names = metadata.get("classes") or None
     elif not model_shape(cfg)[0]:
         raise ValueError(f"recipe {spec}: data.name={cfg.data.name} does not say how many classes and channels "
                          "the model has; pass a checkpoint or set model.num_classes and model.in_chans")
@@ -177,7 +179,8 @@ def _from_config(cfg: Config, state_dict, names, where: str) -> LoadedModel:
     if names is None or len(names) != num_classes:
         known = (format_shape(cfg.data) or (0, 0, None))[2]
         names = known if known is not None and len(known) == num_classes else None
-    return LoadedModel(model.eval(), _class_names(names, num_classes), task_of(cfg.data).eval_transform(cfg.data, in_chans), cfg)
+    preprocess = task_of(cfg.data).eval_transform(cfg.data, in_chans)
+    return LoadedModel(model.eval(), _class_names(names, num_classes), preprocess, cfg)
 
 
 def _from_pretrained(name: str) -> LoadedModel:
@@ -199,7 +202,7 @@ def _from_model_name(name: str, checkpoint) -> LoadedModel:
         return loaded
     channels, height, _ = default_input_size(name)
     num_classes, in_chans = None, None
-    state_dict = read_state_dict(checkpoint) if checkpoint is not None else None
+    state_dict = _read_weights(Path(checkpoint))[0] if checkpoint is not None else None
     if state_dict is None:
         log.warning("model %s without a checkpoint: random weights", name)
     else:
