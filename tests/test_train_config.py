@@ -165,3 +165,9 @@ def test_every_shipped_recipe_loads_and_states_its_expectation():
         assert cfg.run.name == name.replace("/", "-")
         if list_models():  # the zoo lands separately; only then can names be checked
             assert cfg.model.name in list_models(), f"{name}: model {cfg.model.name!r} is not registered"
+
+
+def test_yaml_error_in_a_set_value_names_the_option(recipe):
+    # a PyYAML traceback without the key before (issue 11)
+    with pytest.raises(ValueError, match=r"--set schedule.milestones=\[1, 2: the value of schedule.milestones is not "):
+        load_config(recipe, ["schedule.milestones=[1, 2"])
