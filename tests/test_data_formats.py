@@ -1,13 +1,14 @@
 """Dataset readers on fixtures in each format's real on-disk layout (plus the real Fashion-MNIST files)."""
 import dataclasses
 import gzip
+import pickle
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from data_helpers import FASHION_MNIST_DIR, idx_bytes, write_cifar10, write_cifar100, write_image, write_mnist
+from data_helpers import FASHION_MNIST_DIR, idx_bytes, python2_pickle, write_cifar10, write_cifar100, write_image, write_mnist
 from deepres.data import (FASHION_MNIST_CLASSES, DataConfig, build_datasets, build_eval_dataset, image_folder,
                           image_list, imagenet_val, load_image, make_synthetic, read_cifar10, read_cifar100,
                           read_class_names, read_fashion_mnist, read_idx, read_mnist)
@@ -49,6 +50,39 @@ def test_cifar_missing_key_and_file_are_named(tmp_path):
     with pytest.raises(ValueError, match="split 'holdout'"):
         read_cifar100(tmp_path / "c100", "holdout")
 
+
+
+class _Payload:
+    """Unpickling this calls open(marker, "w"): any code in a data file would run the same way."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_cifar_pickle_with_code_is_refused_naming_file_and_global(tmp_path):
+    write_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    marker = tmp_path / "payload-ran"
+    batch.write_bytes(pickle.dumps({b"data": _Payload(marker), b"labels": [0]}, protocol=2))
+    with pytest.raises(ValueError, match=r"data_batch_1: .*global (io|builtins)\.open") as info:
+        read_cifar10(tmp_path)
+    assert "\n" not in str(info.value) and str(batch) in str(info.value)
+    assert not marker.exists()
+
+
+def test_cifar_official_python2_batches_with_numpy_arrays_load(tmp_path):
+    data, _ = write_cifar10(tmp_path, images_per_batch=3)
+    directory = tmp_path / "cifar-10-batches-py"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        with open(directory / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        (directory / name).write_bytes(python2_pickle(batch))  # as Python 2 wrote them: numpy.core, BINSTRING
+    train = read_cifar10(tmp_path)
+    np.testing.assert_array_equal(train.images.reshape(15, -1).numpy(), data)
+    assert train.classes == CIFAR10_NAMES
 
 # --------------------------------------------------------------------------------------------- IDX files
 @pytest.mark.parametrize("gz", [True, False])
