@@ -1,5 +1,8 @@
 """deepres export: ONNX (dynamic batch, run by ONNX Runtime), TorchScript and torch.export files that match
 PyTorch, carry their preprocessing, and never overwrite a file unasked."""
+import json
+import zipfile
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -105,6 +108,28 @@ def test_read_metadata_rejects_foreign_files(tmp_path):
     with pytest.raises(KeyError, match="deepres.json"):
         read_metadata(plain)
 
+
+
+@pytest.mark.parametrize("name", ["m.torchscript.pt", "m.pt2"])
+def test_read_metadata_reads_the_json_member_without_loading_the_program(tmp_path, monkeypatch, name):
+    """The program inside may be anything (TorchScript code, pickles): reading the metadata must not run it."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("read_metadata loaded the program")
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    monkeypatch.setattr(torch.export, "load", refuse)
+    metadata = {"input_size": [3, 32, 32], "class_names": ["a", "b"]}
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("m/data.pkl", b"not a program")
+        archive.writestr("m/extra/deepres.json", json.dumps(metadata))
+    assert read_metadata(path) == metadata
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("m/extra/deepres.json", "{not json")
+    with pytest.raises(ValueError, match=r"m\.(torchscript\.pt|pt2).*deepres\.json"):
+        read_metadata(path)
+    path.write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match=rf"{name}.*not a zip"):
+        read_metadata(path)
 
 def test_export_model_leaves_the_model_as_it_was(run_dir, tmp_path):
     _, model = run_dir
