@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
 
 from deepres.core.files import atomic_write
 from deepres.core.checkpoint import (STATE_FORMAT, capture_rng_state, checkpoint_paths,
@@ -125,3 +126,12 @@ def test_one_save_under_several_names_writes_the_bytes_of_separate_saves(tmp_pat
     assert (both / "best.safetensors").read_bytes() == (both / "last.safetensors").read_bytes()
     assert sorted(p.name for p in (tmp_path / "both").iterdir()) == [
         "best.safetensors", "best.state.pt", "last.safetensors", "last.state.pt"]
+
+
+@pytest.mark.parametrize("key", ["config", "classes"])
+def test_metadata_that_is_not_json_names_the_file_and_key(tmp_path, key):
+    path = tmp_path / "w.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path), metadata={key: "{not json"})
+    with pytest.raises(ValueError, match=rf"w\.safetensors: metadata {key!r} is not JSON") as info:
+        load_weights(path)
+    assert "\n" not in str(info.value)
