@@ -3,6 +3,7 @@ and classes, through the same loaders; OUT is never overwritten; damaged packs a
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -16,6 +17,14 @@ from deepres.data import (BadImageError, DataConfig, PackOptions, build_datasets
 from deepres.data import transforms as T
 from deepres.data.images import pil_to_tensor
 from deepres.data.pack import parse_byte_size
+
+@pytest.fixture
+def umask_027():
+    """Run under umask 027: new files should be 0640 and new folders 0750, as any program's are."""
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
 
 # (width, height) of the source images: larger than the pack size 24 (resized down) and smaller (kept)
 SIZES = [(40, 30), (20, 16), (64, 48), (18, 30), (33, 25)]
@@ -245,3 +254,12 @@ def test_byte_sizes_parse_with_units():
     for bad in ("0MB", "-1", "12 parsecs", ""):
         with pytest.raises(ValueError, match="shard size"):
             parse_byte_size(bad)
+
+
+def test_pack_honours_the_umask(tmp_path, umask_027):
+    src = write_folder(tmp_path / "src")
+    out = tmp_path / "packed"
+    pack_dataset(folder_cfg(src), out, options=PackOptions(size=24, encoding="raw"), progress=False)
+    entries = [out, *out.rglob("*")]
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in entries}
+    assert modes == {str(p.relative_to(tmp_path)): "0o750" if p.is_dir() else "0o640" for p in entries}

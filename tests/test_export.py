@@ -1,6 +1,7 @@
 """deepres export: ONNX (dynamic batch, run by ONNX Runtime), TorchScript and torch.export files that match
 PyTorch, carry their preprocessing, and never overwrite a file unasked."""
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -18,6 +19,14 @@ from deepres.core.config import Config, config_to_dict
 CLASSES = [f"class_{i}" for i in range(10)]
 # torch 2.13 deprecates torch.jit; these tests load TorchScript files on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+
+
+@pytest.fixture
+def umask_027():
+    """Run under umask 027: new files should be 0640 and new folders 0750, as any program's are."""
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +149,9 @@ def test_export_model_leaves_the_model_as_it_was(run_dir, tmp_path):
         assert model.training and result["max_abs_error"] <= 1e-5  # exported in eval mode, from a copy
     finally:
         model.eval()
+
+
+def test_exported_file_honours_the_umask(run_dir, tmp_path, umask_027):
+    metadata = preprocessing_metadata(load_model(run_dir[0]))
+    export_model(run_dir[1], tmp_path / "m.pt", format="torchscript", metadata=metadata, log=lambda s: None)
+    assert oct((tmp_path / "m.pt").stat().st_mode & 0o777) == "0o640"

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from deepres.core.files import temp_file
 from deepres.core.preprocess import Preprocess
 from deepres.core.typed import plain
 from deepres.tasks.build import LoadedModel
@@ -92,7 +92,7 @@ def export_model(model: nn.Module, out: str | Path, *, format: str, metadata: di
     c, h, w = metadata["input_size"]
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, c, h, w, generator=generator)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=f".tmp{out.suffix}")
+    fd, tmp_name = temp_file(out.parent, prefix=f".{out.name}.", suffix=f".tmp{out.suffix}")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
