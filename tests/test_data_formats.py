@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from data_helpers import FASHION_MNIST_DIR, idx_bytes, python2_pickle, write_cifar10, write_cifar100, write_image, write_mnist
+from data_helpers import (FASHION_MNIST_DIR, idx_bytes, python2_pickle, write_cifar10, write_cifar100, write_image,
+                          write_mnist)
 from deepres.data import (FASHION_MNIST_CLASSES, DataConfig, build_datasets, build_eval_dataset, image_folder,
-                          image_list, imagenet_val, load_image, make_synthetic, read_cifar10, read_cifar100,
-                          read_class_names, read_fashion_mnist, read_idx, read_mnist)
+                          image_list, imagenet_val, list_image_files, load_image, make_synthetic, read_cifar10,
+                          read_cifar100, read_class_names, read_fashion_mnist, read_idx, read_mnist)
 from deepres.data.imagenet_classes import imagenet_synsets
 from deepres.data.formats import CIFAR10_CLASSES as CIFAR10_NAMES
 
@@ -191,6 +192,25 @@ def test_folder_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         image_folder(tmp_path / "missing")
 
+
+
+def test_symlink_loops_are_walked_once_and_links_elsewhere_still_followed(tmp_path):
+    root = tmp_path / "images"
+    for name in ("cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"):
+        write_image(root / name)
+    write_image(tmp_path / "elsewhere" / "emu" / "0.png")
+    (root / "dog" / "loop").symlink_to(root)  # back to the top: a walk that follows links never ends
+    (root / "cat" / "self").symlink_to(root / "cat")
+    (root / "emu").symlink_to(tmp_path / "elsewhere" / "emu")  # a linked folder elsewhere is still read
+    names = [p.relative_to(root).as_posix() for p in list_image_files(root)]
+    assert names == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png", "emu/0.png"]
+    for depth in (0, 1):
+        dataset = image_folder(root, class_depth=depth)
+        assert dataset.classes == ["cat", "dog", "emu"] and dataset.targets == [0, 0, 1, 1, 2], depth
+    nested = tmp_path / "nested"
+    write_image(nested / "a" / "x" / "0.png")
+    (nested / "a" / "back").symlink_to(nested)  # class_depth 2 would see a/back/a as a class
+    assert image_folder(nested, class_depth=2).classes == ["a/x"]
 
 # ------------------------------------------------------------------------------------------ ImageNet val
 SYNSETS_BY_ID = ["n02119789", "n01440764", "n01443537"]  # ILSVRC2012 ids 1, 2, 3 (devkit order, not sorted)
