@@ -263,3 +263,14 @@ def test_pack_honours_the_umask(tmp_path, umask_027):
     entries = [out, *out.rglob("*")]
     modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in entries}
     assert modes == {str(p.relative_to(tmp_path)): "0o750" if p.is_dir() else "0o640" for p in entries}
+
+
+def test_packed_jpeg_over_pillows_limit_reads_under_a_raised_max_image_pixels(tmp_path, monkeypatch):
+    src = write_folder(tmp_path / "src", splits=("train",))
+    pack_dataset(folder_cfg(src), tmp_path / "packed", splits=["train"], progress=False,
+                 options=PackOptions(size=24, encoding="jpeg"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow's hard error from 201 pixels; images are 24x32
+    image, _ = read_packed(tmp_path / "packed" / "train", max_pixels=10_000)[0]
+    assert image.shape[1] * image.shape[2] > 200
+    with pytest.raises(BadImageError, match=r"too many pixels \(\d+x\d+ > 300\)"):
+        read_packed(tmp_path / "packed" / "train", max_pixels=300)[0]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import mmap
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 from PIL import Image
 
 from .folders import ImageFileDataset
-from .images import BadImageError, pil_to_tensor, to_rgb
+from .images import BadImageError, pil_to_tensor, pillow_limit_off, to_rgb
 
 PACK_VERSION = 1
 PACK_FILE = "pack.json"
@@ -101,16 +100,20 @@ class PackedDataset(ImageFileDataset):
         if self.index["encoding"] == "raw":
             pixels = np.frombuffer(data, dtype=np.uint8, count=length, offset=offset).reshape(3, height, width)
             return torch.from_numpy(pixels.copy()), label
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # max_pixels (checked above on the index's size) is the limit that applies, not Pillow's; the header must
+        # agree with the index before any pixel is decoded.
+        with pillow_limit_off():
+            try:
                 image = Image.open(io.BytesIO(data[offset:offset + length]))
+            except (OSError, SyntaxError, ValueError, EOFError) as e:
+                raise BadImageError(self._where(index), f"corrupt packed JPEG ({e})") from None
+            if image.size != (width, height):
+                raise BadImageError(self._where(index), f"decoded {image.size[0]}x{image.size[1]}, the index "
+                                                        f"says {width}x{height}")
+            try:
                 image.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise BadImageError(self._where(index), f"corrupt packed JPEG ({e})") from None
-        if image.size != (width, height):
-            raise BadImageError(self._where(index), f"decoded {image.size[0]}x{image.size[1]}, the index says "
-                                                    f"{width}x{height}")
+            except (OSError, SyntaxError, ValueError, EOFError) as e:
+                raise BadImageError(self._where(index), f"corrupt packed JPEG ({e})") from None
         return pil_to_tensor(to_rgb(image)), label
 
 
