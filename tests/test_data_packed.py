@@ -274,3 +274,23 @@ def test_packed_jpeg_over_pillows_limit_reads_under_a_raised_max_image_pixels(tm
     assert image.shape[1] * image.shape[2] > 200
     with pytest.raises(BadImageError, match=r"too many pixels \(\d+x\d+ > 300\)"):
         read_packed(tmp_path / "packed" / "train", max_pixels=300)[0]
+
+
+def test_pack_index_cannot_point_outside_its_folder_and_records_never_unpickle(tmp_path):
+    src = write_folder(tmp_path / "src", splits=("train",))
+    split = tmp_path / "packed" / "train"
+    pack_dataset(folder_cfg(src), tmp_path / "packed", splits=["train"], progress=False,
+                 options=PackOptions(size=24))
+    index = json.loads((split / "index.json").read_text())
+    good = index["shards"][0]["file"]
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes((split / good).read_bytes())
+    index["shards"][0]["file"] = "../../outside.bin"
+    (split / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"index\.json: shard file '\.\./\.\./outside\.bin' is not a file name"):
+        read_packed(split)
+    index["shards"][0]["file"] = good
+    (split / "index.json").write_text(json.dumps(index))
+    np.save(split / "samples.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"samples\.npy: not a table of packed records"):
+        read_packed(split)

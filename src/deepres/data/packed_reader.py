@@ -134,11 +134,19 @@ def read_packed(directory, **options) -> PackedDataset:
     if index.get("version") != PACK_VERSION or index.get("encoding") not in ENCODINGS:
         raise ValueError(f"{index_path}: pack version {index.get('version')!r} / encoding {index.get('encoding')!r}; "
                          f"this deepres reads version {PACK_VERSION} ({', '.join(ENCODINGS)})")
-    records = np.load(directory / "samples.npy", allow_pickle=False)
+    try:
+        records = np.load(directory / "samples.npy", allow_pickle=False)  # never a pickle: a data file runs no code
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{directory / 'samples.npy'}: not a table of packed records ({e}); re-pack with "
+                         "--force") from None
     if records.dtype != RECORD_DTYPE or len(records) != index["num_images"]:
         raise ValueError(f"{directory / 'samples.npy'}: {len(records)} records of {records.dtype}, index.json "
                          f"says {index['num_images']} of {RECORD_DTYPE}; re-pack with --force")
     for shard in index["shards"]:
+        if not isinstance(shard["file"], str) or Path(shard["file"]).name != shard["file"] or \
+                shard["file"] in ("", ".", ".."):
+            raise ValueError(f"{index_path}: shard file {shard['file']!r} is not a file name in {directory} (a "
+                             "pack reads only its own shards)")
         path = directory / shard["file"]
         actual = path.stat().st_size if path.is_file() else None
         if actual != shard["bytes"]:
