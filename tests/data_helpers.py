@@ -93,3 +93,31 @@ def write_mnist(root, num_train: int = 12, num_test: int = 5, gz: bool = True, s
                 (root / name).write_bytes(data)
         arrays[prefix] = (images, labels)
     return arrays
+
+
+def python2_pickle(obj) -> bytes:
+    """Protocol-2 pickle as Python 2 and numpy 1.x wrote the official CIFAR batches: byte strings as BINSTRING (no
+    `_codecs.encode`), arrays through `numpy.core.multiarray._reconstruct`. Handles dicts, lists, bytes, ints and
+    uint8 arrays, which is all those files hold."""
+    def emit(value) -> bytes:
+        if isinstance(value, dict):
+            return b"}(" + b"".join(emit(k) + emit(v) for k, v in value.items()) + b"u"  # EMPTY_DICT MARK SETITEMS
+        if isinstance(value, list):
+            return b"](" + b"".join(emit(v) for v in value) + b"e"  # EMPTY_LIST MARK APPENDS
+        if isinstance(value, bytes):
+            return b"T" + struct.pack("<i", len(value)) + value  # BINSTRING: a Python 2 str
+        if isinstance(value, bool) or value is None:
+            return {True: b"\x88", False: b"\x89", None: b"N"}[value]
+        if isinstance(value, int):
+            return b"J" + struct.pack("<i", value)  # BININT
+        if isinstance(value, tuple):
+            return b"(" + b"".join(emit(v) for v in value) + b"t"  # MARK ... TUPLE
+        if isinstance(value, np.ndarray):
+            assert value.dtype == np.uint8
+            dtype = (b"cnumpy\ndtype\n" + emit((b"u1", 0, 1)) + b"R"
+                     + emit((3, b"|", None, None, None, -1, -1, 0)) + b"b")  # REDUCE, then BUILD with its state
+            return (b"cnumpy.core.multiarray\n_reconstruct\n" + b"(cnumpy\nndarray\n" + emit((0,)) + emit(b"b")
+                    + b"tR(" + emit(1) + emit(tuple(value.shape)) + dtype + emit(False)
+                    + emit(value.tobytes()) + b"tb")
+        raise TypeError(type(value))
+    return b"\x80\x02" + emit(obj) + b"."

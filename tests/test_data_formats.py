@@ -1,16 +1,18 @@
 """Dataset readers on fixtures in each format's real on-disk layout (plus the real Fashion-MNIST files)."""
 import dataclasses
 import gzip
+import pickle
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from data_helpers import FASHION_MNIST_DIR, idx_bytes, write_cifar10, write_cifar100, write_image, write_mnist
+from data_helpers import (FASHION_MNIST_DIR, idx_bytes, python2_pickle, write_cifar10, write_cifar100, write_image,
+                          write_mnist)
 from deepres.data import (FASHION_MNIST_CLASSES, DataConfig, build_datasets, build_eval_dataset, image_folder,
-                          image_list, imagenet_val, load_image, make_synthetic, read_cifar10, read_cifar100,
-                          read_class_names, read_fashion_mnist, read_idx, read_mnist)
+                          image_list, imagenet_val, list_image_files, load_image, make_synthetic, read_cifar10,
+                          read_cifar100, read_class_names, read_fashion_mnist, read_idx, read_mnist)
 from deepres.data.imagenet_classes import imagenet_synsets
 from deepres.data.formats import CIFAR10_CLASSES as CIFAR10_NAMES
 
@@ -49,6 +51,39 @@ def test_cifar_missing_key_and_file_are_named(tmp_path):
     with pytest.raises(ValueError, match="split 'holdout'"):
         read_cifar100(tmp_path / "c100", "holdout")
 
+
+
+class _Payload:
+    """Unpickling this calls open(marker, "w"): any code in a data file would run the same way."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_cifar_pickle_with_code_is_refused_naming_file_and_global(tmp_path):
+    write_cifar10(tmp_path)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    marker = tmp_path / "payload-ran"
+    batch.write_bytes(pickle.dumps({b"data": _Payload(marker), b"labels": [0]}, protocol=2))
+    with pytest.raises(ValueError, match=r"data_batch_1: .*global (io|builtins)\.open") as info:
+        read_cifar10(tmp_path)
+    assert "\n" not in str(info.value) and str(batch) in str(info.value)
+    assert not marker.exists()
+
+
+def test_cifar_official_python2_batches_with_numpy_arrays_load(tmp_path):
+    data, _ = write_cifar10(tmp_path, images_per_batch=3)
+    directory = tmp_path / "cifar-10-batches-py"
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        with open(directory / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        (directory / name).write_bytes(python2_pickle(batch))  # as Python 2 wrote them: numpy.core, BINSTRING
+    train = read_cifar10(tmp_path)
+    np.testing.assert_array_equal(train.images.reshape(15, -1).numpy(), data)
+    assert train.classes == CIFAR10_NAMES
 
 # --------------------------------------------------------------------------------------------- IDX files
 @pytest.mark.parametrize("gz", [True, False])
@@ -157,6 +192,25 @@ def test_folder_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         image_folder(tmp_path / "missing")
 
+
+
+def test_symlink_loops_are_walked_once_and_links_elsewhere_still_followed(tmp_path):
+    root = tmp_path / "images"
+    for name in ("cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png"):
+        write_image(root / name)
+    write_image(tmp_path / "elsewhere" / "emu" / "0.png")
+    (root / "dog" / "loop").symlink_to(root)  # back to the top: a walk that follows links never ends
+    (root / "cat" / "self").symlink_to(root / "cat")
+    (root / "emu").symlink_to(tmp_path / "elsewhere" / "emu")  # a linked folder elsewhere is still read
+    names = [p.relative_to(root).as_posix() for p in list_image_files(root)]
+    assert names == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/1.png", "emu/0.png"]
+    for depth in (0, 1):
+        dataset = image_folder(root, class_depth=depth)
+        assert dataset.classes == ["cat", "dog", "emu"] and dataset.targets == [0, 0, 1, 1, 2], depth
+    nested = tmp_path / "nested"
+    write_image(nested / "a" / "x" / "0.png")
+    (nested / "a" / "back").symlink_to(nested)  # class_depth 2 would see a/back/a as a class
+    assert image_folder(nested, class_depth=2).classes == ["a/x"]
 
 # ------------------------------------------------------------------------------------------ ImageNet val
 SYNSETS_BY_ID = ["n02119789", "n01440764", "n01443537"]  # ILSVRC2012 ids 1, 2, 3 (devkit order, not sorted)

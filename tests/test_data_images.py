@@ -93,6 +93,16 @@ def test_missing_file_and_pixel_bomb(tmp_path):
     assert load_image(path, max_pixels=320).size == (20, 16)
 
 
+
+def test_max_pixels_is_the_limit_that_applies_above_pillows_own(tmp_path, monkeypatch):
+    """Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS by itself; deepres's limit must win both ways."""
+    path = write_image(tmp_path / "big.png", size=(20, 16))  # 320 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow's hard error from 201 pixels
+    assert load_image(path, max_pixels=1000).size == (20, 16)
+    with pytest.raises(BadImageError, match=r"too many pixels \(20x16 = 320 > 300\)"):
+        load_image(path, max_pixels=300)
+    assert Image.MAX_IMAGE_PIXELS == 100  # Pillow's setting is left as it was
+
 def test_bad_image_error_rebuilds_from_its_message():
     # DataLoader re-raises worker exceptions as type(e)(message).
     error = BadImageError("worker said: x.jpg: zero bytes")

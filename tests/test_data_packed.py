@@ -3,6 +3,7 @@ and classes, through the same loaders; OUT is never overwritten; damaged packs a
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -16,6 +17,14 @@ from deepres.data import (BadImageError, DataConfig, PackOptions, build_datasets
 from deepres.data import transforms as T
 from deepres.data.images import pil_to_tensor
 from deepres.data.pack import parse_byte_size
+
+@pytest.fixture
+def umask_027():
+    """Run under umask 027: new files should be 0640 and new folders 0750, as any program's are."""
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
+
 
 # (width, height) of the source images: larger than the pack size 24 (resized down) and smaller (kept)
 SIZES = [(40, 30), (20, 16), (64, 48), (18, 30), (33, 25)]
@@ -245,3 +254,43 @@ def test_byte_sizes_parse_with_units():
     for bad in ("0MB", "-1", "12 parsecs", ""):
         with pytest.raises(ValueError, match="shard size"):
             parse_byte_size(bad)
+
+
+def test_pack_honours_the_umask(tmp_path, umask_027):
+    src = write_folder(tmp_path / "src")
+    out = tmp_path / "packed"
+    pack_dataset(folder_cfg(src), out, options=PackOptions(size=24, encoding="raw"), progress=False)
+    entries = [out, *out.rglob("*")]
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in entries}
+    assert modes == {str(p.relative_to(tmp_path)): "0o750" if p.is_dir() else "0o640" for p in entries}
+
+
+def test_packed_jpeg_over_pillows_limit_reads_under_a_raised_max_image_pixels(tmp_path, monkeypatch):
+    src = write_folder(tmp_path / "src", splits=("train",))
+    pack_dataset(folder_cfg(src), tmp_path / "packed", splits=["train"], progress=False,
+                 options=PackOptions(size=24, encoding="jpeg"))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow's hard error from 201 pixels; images are 24x32
+    image, _ = read_packed(tmp_path / "packed" / "train", max_pixels=10_000)[0]
+    assert image.shape[1] * image.shape[2] > 200
+    with pytest.raises(BadImageError, match=r"too many pixels \(\d+x\d+ > 300\)"):
+        read_packed(tmp_path / "packed" / "train", max_pixels=300)[0]
+
+
+def test_pack_index_cannot_point_outside_its_folder_and_records_never_unpickle(tmp_path):
+    src = write_folder(tmp_path / "src", splits=("train",))
+    split = tmp_path / "packed" / "train"
+    pack_dataset(folder_cfg(src), tmp_path / "packed", splits=["train"], progress=False,
+                 options=PackOptions(size=24))
+    index = json.loads((split / "index.json").read_text())
+    good = index["shards"][0]["file"]
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes((split / good).read_bytes())
+    index["shards"][0]["file"] = "../../outside.bin"
+    (split / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"index\.json: shard file '\.\./\.\./outside\.bin' is not a file name"):
+        read_packed(split)
+    index["shards"][0]["file"] = good
+    (split / "index.json").write_text(json.dumps(index))
+    np.save(split / "samples.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"samples\.npy: not a table of packed records"):
+        read_packed(split)

@@ -1,5 +1,9 @@
 """deepres export: ONNX (dynamic batch, run by ONNX Runtime), TorchScript and torch.export files that match
 PyTorch, carry their preprocessing, and never overwrite a file unasked."""
+import json
+import os
+import zipfile
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -15,6 +19,14 @@ from deepres.core.config import Config, config_to_dict
 CLASSES = [f"class_{i}" for i in range(10)]
 # torch 2.13 deprecates torch.jit; these tests load TorchScript files on purpose
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+
+
+@pytest.fixture
+def umask_027():
+    """Run under umask 027: new files should be 0640 and new folders 0750, as any program's are."""
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +118,28 @@ def test_read_metadata_rejects_foreign_files(tmp_path):
         read_metadata(plain)
 
 
+
+@pytest.mark.parametrize("name", ["m.torchscript.pt", "m.pt2"])
+def test_read_metadata_reads_the_json_member_without_loading_the_program(tmp_path, monkeypatch, name):
+    """The program inside may be anything (TorchScript code, pickles): reading the metadata must not run it."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("read_metadata loaded the program")
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    monkeypatch.setattr(torch.export, "load", refuse)
+    metadata = {"input_size": [3, 32, 32], "class_names": ["a", "b"]}
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("m/data.pkl", b"not a program")
+        archive.writestr("m/extra/deepres.json", json.dumps(metadata))
+    assert read_metadata(path) == metadata
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("m/extra/deepres.json", "{not json")
+    with pytest.raises(ValueError, match=r"m\.(torchscript\.pt|pt2).*deepres\.json"):
+        read_metadata(path)
+    path.write_bytes(b"not a zip archive")
+    with pytest.raises(ValueError, match=rf"{name}.*not a zip"):
+        read_metadata(path)
+
 def test_export_model_leaves_the_model_as_it_was(run_dir, tmp_path):
     _, model = run_dir
     model.train()
@@ -115,3 +149,9 @@ def test_export_model_leaves_the_model_as_it_was(run_dir, tmp_path):
         assert model.training and result["max_abs_error"] <= 1e-5  # exported in eval mode, from a copy
     finally:
         model.eval()
+
+
+def test_exported_file_honours_the_umask(run_dir, tmp_path, umask_027):
+    metadata = preprocessing_metadata(load_model(run_dir[0]))
+    export_model(run_dir[1], tmp_path / "m.pt", format="torchscript", metadata=metadata, log=lambda s: None)
+    assert oct((tmp_path / "m.pt").stat().st_mode & 0o777) == "0o640"

@@ -1,15 +1,25 @@
 """Checkpoints: bare-model safetensors + weights_only state, atomic writes, RNG round trip."""
+import os
 import random
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from safetensors.torch import save_file
 
 from deepres.core.files import atomic_write
 from deepres.core.checkpoint import (STATE_FORMAT, capture_rng_state, checkpoint_paths,
                                       load_checkpoint, load_weights, restore_rng_state, save_checkpoint,
                                       unwrap_model)
+
+
+@pytest.fixture
+def umask_027():
+    """Run under umask 027: new files should be 0640 and new folders 0750, as any program's are."""
+    old = os.umask(0o027)
+    yield
+    os.umask(old)
 
 
 def net():
@@ -125,3 +135,20 @@ def test_one_save_under_several_names_writes_the_bytes_of_separate_saves(tmp_pat
     assert (both / "best.safetensors").read_bytes() == (both / "last.safetensors").read_bytes()
     assert sorted(p.name for p in (tmp_path / "both").iterdir()) == [
         "best.safetensors", "best.state.pt", "last.safetensors", "last.state.pt"]
+
+
+@pytest.mark.parametrize("key", ["config", "classes"])
+def test_metadata_that_is_not_json_names_the_file_and_key(tmp_path, key):
+    path = tmp_path / "w.safetensors"
+    save_file({"x": torch.zeros(2)}, str(path), metadata={key: "{not json"})
+    with pytest.raises(ValueError, match=rf"w\.safetensors: metadata {key!r} is not JSON") as info:
+        load_weights(path)
+    assert "\n" not in str(info.value)
+
+
+def test_written_files_honour_the_umask(tmp_path, umask_027):
+    save_checkpoint(tmp_path / "checkpoints", "last", model=net(), state={"step": 1, "epoch": 1}, config={})
+    atomic_write(tmp_path / "manifest.csv", lambda f: f.write(b"path,label\n"))
+    files = sorted((tmp_path / "checkpoints").iterdir()) + [tmp_path / "manifest.csv"]
+    assert len(files) == 3
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o640" for p in files}

@@ -140,3 +140,14 @@ def test_missing_and_corrupt_files(tmp_path):
     good.write_bytes(good.read_bytes()[:1000])
     with pytest.raises(ValueError, match="trunc.pth"):
         load_pretrained(create_model("resnet20"), good)
+
+
+def test_zero_byte_checkpoint_gives_one_line_naming_the_file(tmp_path):
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.pth") as info:
+        load_pretrained(create_model("resnet20"), empty)
+    assert "\n" not in str(info.value)
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.safetensors: zero bytes"):
+        load_pretrained(create_model("resnet20"), tmp_path / "empty.safetensors")

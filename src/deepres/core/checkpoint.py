@@ -123,7 +123,10 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     for key in ("config", "classes"):
         if key in metadata:
-            metadata[key] = json.loads(metadata[key])
+            try:
+                metadata[key] = json.loads(metadata[key])
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: metadata {key!r} is not JSON ({e})") from None
     return tensors, metadata
 
 

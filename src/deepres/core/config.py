@@ -79,7 +79,7 @@ class DataConfig:
     limit_val: int = 0  # use only the first N evaluation images (0 = all)
     synthetic_size: tuple[int, int] = (512, 128)  # synthetic: (train, val) image counts
     synthetic_image_size: int = 32  # synthetic: image side, pixels
-    max_image_pixels: int = 89_478_485  # width*height above this is a bad image (decompression-bomb guard)
+    max_image_pixels: int = 89_478_485  # width*height above this is a bad image (replaces Pillow's bomb limit)
     # Format-specific; relative paths are taken relative to root
     # folder/imagenet: folder levels that name a class (1: n01440764/, 2: a/abbey/); 0 = every folder holding images
     class_depth: int = 0

@@ -24,7 +24,7 @@ def atomic_write_many(items: list[tuple[str | Path, Callable[[io.BufferedWriter]
         for path, write in items:
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+            fd, tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=suffix)
             temps.append((tmp, path))
             with os.fdopen(fd, "wb") as f:
                 write(f)
@@ -38,6 +38,46 @@ def atomic_write_many(items: list[tuple[str | Path, Callable[[io.BufferedWriter]
         raise
     for directory in {path.parent for _, path in temps}:
         _fsync_dir(directory)  # make the renames themselves durable
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc says it (os.umask can only read by setting, which
+    for a moment would give files another thread creates mode 0666)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_file(directory: str | Path, *, prefix: str, suffix: str = "") -> tuple[int, str]:
+    """tempfile.mkstemp (fd, path), with the mode any new file gets (0666 & ~umask) instead of mkstemp's 0600:
+    the temp file is renamed into place, and a checkpoint or CSV should be as readable as the user's other files."""
+    fd, path = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=suffix)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return fd, path
+
+
+def temp_dir(directory: str | Path, *, prefix: str) -> Path:
+    """tempfile.mkdtemp, with the mode any new folder gets (0777 & ~umask) instead of mkdtemp's 0700, for a folder
+    that is renamed into place."""
+    path = Path(tempfile.mkdtemp(dir=directory, prefix=prefix))
+    try:
+        path.chmod(0o777 & ~current_umask())
+    except BaseException:
+        path.rmdir()
+        raise
+    return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -154,12 +154,34 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def _walk_images(root: Path):
+def _real_dir(path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the directory `path` leads to, following links; None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _walk_images(root: Path, visited: set | None = None):
     """(folder, sorted names of its image files) for root and every folder below it, top-down, sub-folders in
-    sorted order; hidden entries skipped, symbolic links followed."""
+    sorted order; hidden entries skipped, symbolic links followed, each real folder visited once (the first path
+    to it in that order), so a link back up the tree is not a loop. Folders in `visited` (real ids, see _real_dir)
+    are not entered below root, and those walked are added to it."""
+    visited = set() if visited is None else visited
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = _real_dir(dirpath)
+        if real in visited and dirpath != str(root):
+            dirnames[:] = []
+            continue
+        visited.add(real)
         dirnames[:] = sorted(d for d in dirnames if _visible(d))
         yield Path(dirpath), sorted(f for f in filenames if _visible(f) and is_image_file(f))
+
+
+def _image_files(root: Path, visited: set | None = None) -> list[Path]:
+    found = [folder / name for folder, names in _walk_images(root, visited) for name in names]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
 def list_image_files(root) -> list[Path]:
@@ -167,23 +189,29 @@ def list_image_files(root) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image directory not found: {root}")
-    found = [folder / name for folder, names in _walk_images(root) for name in names]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    return _image_files(root)
 
 
-def _class_dirs(root: Path, class_depth: int) -> dict[Path, list[Path] | None]:
-    """Class directories: exactly `class_depth` levels below root, or (0) every folder holding images. Each maps
-    to its image files where the scan already listed them all (class_depth 0), else to None."""
+def _class_dirs(root: Path, class_depth: int) -> dict[Path, list[Path]]:
+    """Class directories, each with its image files: exactly `class_depth` levels below root, or (0) every folder
+    holding images. A folder reached twice through links counts once, where first met in sorted order."""
     if class_depth > 0:
         level = [root]
+        visited = {_real_dir(root)}  # a folder reached again through a link is not another class
         for _ in range(class_depth):
             entries = [e for parent in level for e in sorted(parent.iterdir()) if _visible(e.name)]
             stray = [e for e in entries if e.is_file() and is_image_file(e.name)]
             if stray:
                 raise ValueError(f"{stray[0]} lies above the class folders (data.class_depth={class_depth}); "
                                  "move it into a class folder or change data.class_depth")
-            level = [e for e in entries if e.is_dir()]
-        return dict.fromkeys(level)
+            level = []
+            for entry in entries:
+                real = _real_dir(entry) if entry.is_dir() else None
+                if real is not None and real not in visited:
+                    visited.add(real)
+                    level.append(entry)
+        # A class's images lie below it, in no folder seen above (a link up the tree) nor another class's.
+        return {d: _image_files(d, visited) for d in sorted(level, key=lambda d: d.relative_to(root).as_posix())}
     if any(_visible(f.name) and f.is_file() and is_image_file(f.name) for f in root.iterdir()):
         raise ValueError(f"{root} holds images directly, not in class folders; for a flat folder use a list "
                          "file (data.name=list) or ImageNet val with data.val_ground_truth")
@@ -213,7 +241,7 @@ def image_folder(root, *, class_depth: int = 0, **options) -> ImageFileDataset:
     classes = [d.relative_to(root).as_posix() for d in class_dirs]
     samples = []
     for label, class_dir in enumerate(class_dirs):
-        files = listed[class_dir] if listed[class_dir] is not None else list_image_files(class_dir)
+        files = listed[class_dir]
         if not files:
             raise FileNotFoundError(f"class folder {class_dir} holds no image files")
         samples.extend((str(f), label) for f in files)

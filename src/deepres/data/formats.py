@@ -9,6 +9,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+try:
+    from numpy._core.multiarray import _reconstruct  # numpy >= 2
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct
+
 MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -63,12 +68,54 @@ def _test_split(split: str, path_hint) -> bool:
     raise ValueError(f"split {split!r} for {path_hint}: expected train or test (val = test)")
 
 
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """`_codecs.encode` as protocol-2 pickles written by Python 3 use it for bytes, for latin-1 only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r}: only latin1 bytes are allowed")
+    return text.encode("latin1")
+
+
+# Every global a CIFAR pickle may name: numpy's array reconstruction (numpy 1.x wrote numpy.core, 2.x writes
+# numpy._core) and the bytes encoding of Python-3 protocol-2 pickles. Anything else could call arbitrary code.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_bytes,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads dicts, lists, strings, bytes, numbers and numpy arrays; refuses every other global, naming it."""
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _CIFAR_GLOBALS[(module, name)]
+        except KeyError:
+            raise ValueError(f"{self.path}: refusing to unpickle global {module}.{name} (a CIFAR batch holds only "
+                             "dicts, lists, bytes, numbers and numpy arrays; this file may run code)") from None
+
+    def persistent_load(self, pid):
+        raise ValueError(f"{self.path}: refusing a pickle persistent id (not a CIFAR batch)")
+
+
 def _unpickle(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR file not found: {path}")
     with open(path, "rb") as f:
         # The official batches were pickled by Python 2: byte-string keys, read with encoding="bytes".
-        return pickle.load(f, encoding="bytes")
+        try:
+            batch = _CifarUnpickler(f, path).load()
+        except (pickle.UnpicklingError, EOFError, TypeError, AttributeError, IndexError) as e:
+            raise ValueError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path}: a CIFAR pickle holds a dict, found a {type(batch).__name__}")
+    return batch
 
 
 def _key(batch: dict, key: str, path: Path):

@@ -1,6 +1,7 @@
 """Decoding one image file into an RGB PIL image, and the errors a bad file raises."""
+import contextlib
 import os
-import warnings
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Lower-case suffixes treated as images when scanning folders (matched case-insensitively: ".JPEG" counts).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
-# Largest accepted image, width * height pixels. Pillow's own bomb limit (89.5 Mpx, ~268 MB as RGB); the
-# largest ImageNet-1k training image is ~31 Mpx, so real datasets stay well below it.
+# Largest accepted image, width * height pixels: by default Pillow's own bomb limit (89.5 Mpx, ~268 MB as RGB);
+# the largest ImageNet-1k training image is ~31 Mpx, so real datasets stay well below it. data.max_image_pixels
+# replaces Pillow's limit while deepres decodes (pillow_limit_off), above it or below.
 DEFAULT_MAX_PIXELS = 89_478_485
 
 
@@ -49,6 +51,32 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+_pillow_limit_lock = threading.Lock()
+_pillow_limit_users = 0  # threads inside pillow_limit_off()
+_pillow_limit_saved = None  # Image.MAX_IMAGE_PIXELS as the user had it, put back when the last one leaves
+
+
+@contextlib.contextmanager
+def pillow_limit_off():
+    """Pillow's own bomb limit (Image.MAX_IMAGE_PIXELS, an error at twice it) off for the duration, so that the
+    caller's data.max_image_pixels is the limit that applies, above or below Pillow's; Pillow's setting is put
+    back after. The caller must check the size itself before decoding (as load_image does). Counted, so that
+    threads decoding at once restore the setting the user had, not one another's None."""
+    global _pillow_limit_users, _pillow_limit_saved
+    with _pillow_limit_lock:
+        if _pillow_limit_users == 0:
+            _pillow_limit_saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _pillow_limit_users += 1
+    try:
+        yield  # with no limit Pillow neither warns nor raises
+    finally:
+        with _pillow_limit_lock:
+            _pillow_limit_users -= 1
+            if _pillow_limit_users == 0:
+                Image.MAX_IMAGE_PIXELS = _pillow_limit_saved
+
+
 def load_image(path, *, exif_rotate: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode an image file into an RGB PIL image; raise BadImageError naming the file and the reason."""
     path = Path(path)
@@ -63,18 +91,15 @@ def load_image(path, *, exif_rotate: bool = False, max_pixels: int = DEFAULT_MAX
     except OSError as e:
         raise BadImageError(path, f"cannot read file ({e.strerror})") from None
     try:
-        with f, warnings.catch_warnings():
-            # The pixel limit is ours (max_pixels); silence Pillow's warning, map its hard error below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # The pixel limit is ours (max_pixels), checked on the header's size before any pixel is decoded, and
+        # again after (a GIF's first frame may be larger than its header says).
+        with f, pillow_limit_off():
             img = Image.open(f)
-            width, height = img.size
-            if width * height > max_pixels:
-                raise BadImageError(path, f"too many pixels ({width}x{height} = {width * height} > {max_pixels})")
+            _check_pixels(path, img, max_pixels)
             img.load()
+            _check_pixels(path, img, max_pixels)
     except BadImageError:
         raise
-    except Image.DecompressionBombError as e:
-        raise BadImageError(path, f"too many pixels ({e})") from None
     except UnidentifiedImageError:
         raise BadImageError(path, "not an image (format not recognised)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -84,6 +109,12 @@ def load_image(path, *, exif_rotate: bool = False, max_pixels: int = DEFAULT_MAX
     if exif_rotate:
         img = ImageOps.exif_transpose(img)
     return to_rgb(img)
+
+
+def _check_pixels(path, img: Image.Image, max_pixels: int) -> None:
+    width, height = img.size
+    if width * height > max_pixels:
+        raise BadImageError(path, f"too many pixels ({width}x{height} = {width * height} > {max_pixels})")
 
 
 def init_decode_worker(*_) -> None:

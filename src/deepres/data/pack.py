@@ -18,6 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from deepres.core.config import DataConfig
+from deepres.core.files import temp_dir
 
 from . import transforms as T
 from .datasets import build_datasets, build_train_dataset
@@ -226,7 +227,7 @@ def pack_dataset(cfg: DataConfig, out, *, splits: Sequence[str] = SPLITS, option
     # val alone still needs train (imagenet and list val take the train classes)
     train, val = build_datasets(cfg) if "val" in splits else (build_train_dataset(cfg), None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.packing-"))
+    temp = temp_dir(out.parent, prefix=f".{out.name}.packing-")  # renamed to out: mode 0777 & ~umask
     pool = mp.get_context("spawn").Pool(workers, initializer=init_decode_worker) if workers > 0 else None
     try:
         reports = [_pack_split(train if split == "train" else val, temp / split, split, split_options[split],
@@ -240,7 +241,7 @@ def pack_dataset(cfg: DataConfig, out, *, splits: Sequence[str] = SPLITS, option
         _write_file(temp / PACK_FILE, (json.dumps(pack, indent=1) + "\n").encode())
         _check_out(out, force)  # again: something may have appeared there while packing
         if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.replaced-"))
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.replaced-"))  # deleted below
             os.replace(out, old / out.name)
             os.replace(temp, out)
             shutil.rmtree(old)

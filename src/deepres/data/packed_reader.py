@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import mmap
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 from PIL import Image
 
 from .folders import ImageFileDataset
-from .images import BadImageError, pil_to_tensor, to_rgb
+from .images import BadImageError, pil_to_tensor, pillow_limit_off, to_rgb
 
 PACK_VERSION = 1
 PACK_FILE = "pack.json"
@@ -101,16 +100,20 @@ class PackedDataset(ImageFileDataset):
         if self.index["encoding"] == "raw":
             pixels = np.frombuffer(data, dtype=np.uint8, count=length, offset=offset).reshape(3, height, width)
             return torch.from_numpy(pixels.copy()), label
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # max_pixels (checked above on the index's size) is the limit that applies, not Pillow's; the header must
+        # agree with the index before any pixel is decoded.
+        with pillow_limit_off():
+            try:
                 image = Image.open(io.BytesIO(data[offset:offset + length]))
+            except (OSError, SyntaxError, ValueError, EOFError) as e:
+                raise BadImageError(self._where(index), f"corrupt packed JPEG ({e})") from None
+            if image.size != (width, height):
+                raise BadImageError(self._where(index), f"decoded {image.size[0]}x{image.size[1]}, the index "
+                                                        f"says {width}x{height}")
+            try:
                 image.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise BadImageError(self._where(index), f"corrupt packed JPEG ({e})") from None
-        if image.size != (width, height):
-            raise BadImageError(self._where(index), f"decoded {image.size[0]}x{image.size[1]}, the index says "
-                                                    f"{width}x{height}")
+            except (OSError, SyntaxError, ValueError, EOFError) as e:
+                raise BadImageError(self._where(index), f"corrupt packed JPEG ({e})") from None
         return pil_to_tensor(to_rgb(image)), label
 
 
@@ -131,11 +134,19 @@ def read_packed(directory, **options) -> PackedDataset:
     if index.get("version") != PACK_VERSION or index.get("encoding") not in ENCODINGS:
         raise ValueError(f"{index_path}: pack version {index.get('version')!r} / encoding {index.get('encoding')!r}; "
                          f"this deepres reads version {PACK_VERSION} ({', '.join(ENCODINGS)})")
-    records = np.load(directory / "samples.npy", allow_pickle=False)
+    try:
+        records = np.load(directory / "samples.npy", allow_pickle=False)  # never a pickle: a data file runs no code
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{directory / 'samples.npy'}: not a table of packed records ({e}); re-pack with "
+                         "--force") from None
     if records.dtype != RECORD_DTYPE or len(records) != index["num_images"]:
         raise ValueError(f"{directory / 'samples.npy'}: {len(records)} records of {records.dtype}, index.json "
                          f"says {index['num_images']} of {RECORD_DTYPE}; re-pack with --force")
     for shard in index["shards"]:
+        if not isinstance(shard["file"], str) or Path(shard["file"]).name != shard["file"] or \
+                shard["file"] in ("", ".", ".."):
+            raise ValueError(f"{index_path}: shard file {shard['file']!r} is not a file name in {directory} (a "
+                             "pack reads only its own shards)")
         path = directory / shard["file"]
         actual = path.stat().st_size if path.is_file() else None
         if actual != shard["bytes"]:

@@ -19,13 +19,14 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from deepres.core.files import temp_file
 from deepres.core.preprocess import Preprocess
 from deepres.core.typed import plain
 from deepres.tasks.build import LoadedModel
@@ -91,7 +92,7 @@ def export_model(model: nn.Module, out: str | Path, *, format: str, metadata: di
     c, h, w = metadata["input_size"]
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(2, c, h, w, generator=generator)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=f".tmp{out.suffix}")
+    fd, tmp_name = temp_file(out.parent, prefix=f".{out.name}.", suffix=f".tmp{out.suffix}")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -237,13 +238,22 @@ def read_metadata(path: str | Path) -> dict:
         if missing:
             raise KeyError(f"{path}: no deepres metadata ({', '.join(missing)} missing from metadata_props)")
         return {k: json.loads(props[k]) for k in METADATA_KEYS}
-    files = {METADATA_FILE: ""}
-    if path.suffix == ".pt2":
-        torch.export.load(path, extra_files=files)
-    else:
-        with _no_jit_deprecation():
-            torch.jit.load(str(path), _extra_files=files)
-    if not files[METADATA_FILE]:
-        raise KeyError(f"{path}: no {METADATA_FILE} inside (not exported by deepres)")
-    text = files[METADATA_FILE]
-    return json.loads(text.decode() if isinstance(text, bytes) else text)
+    return _read_archive_metadata(path)
+
+
+def _read_archive_metadata(path: Path) -> dict:
+    """`<archive>/extra/deepres.json` read from the zip archive a TorchScript or .pt2 file is, by name: loading
+    the program (torch.jit.load, torch.export.load) only to read its metadata would unpickle and run what it holds."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [n for n in archive.namelist() if n.split("/")[1:] == ["extra", METADATA_FILE]]
+            if len(members) != 1:
+                raise KeyError(f"{path}: no {METADATA_FILE} inside (not exported by deepres)" if not members else
+                               f"{path}: {len(members)} {METADATA_FILE} members ({', '.join(members)}), expected one")
+            text = archive.read(members[0])
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{path}: not a zip archive, so not a TorchScript or .pt2 file ({e})") from None
+    try:
+        return json.loads(text.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: {members[0]} is not JSON ({e})") from None

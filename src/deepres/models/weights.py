@@ -32,6 +32,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: zero bytes, not a checkpoint (an interrupted download or copy?)")
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
@@ -42,9 +44,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as e:
         raise ValueError(
             f"{path}: cannot be loaded as plain weights with weights_only=True (it may pickle code or whole "
-            f"modules, or be truncated). Save `model.state_dict()` instead. Loader said: {str(e).splitlines()[0]}"
+            f"modules, or be truncated). Save `model.state_dict()` instead. Loader said: {_first_line(e)}"
         ) from None
     return unwrap_state_dict(obj, source=str(path))
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type where the message is empty (EOFError on a zero-byte file)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def unwrap_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor]:
