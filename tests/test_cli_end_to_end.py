@@ -105,3 +105,31 @@ def test_eval_needs_only_the_val_folder_and_uses_the_checkpoints_classes(tmp_pat
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["top1"] == pytest.approx(40.0) and metrics["n"] == 5
     assert (tmp_path / "eval" / "confusion.csv").read_text().splitlines()[0].split(",")[1:] == ["cat", "dog", "owl"]
+
+
+def test_eval_drops_a_corrupt_image_and_counts_only_real_ones(tmp_path, capsys):
+    """With data.on_bad_image=skip a corrupt val image is dropped, not replaced: n and accuracy are those of the
+    real images (an always-"owl" model is right on 1 of the 4 good ones), and the skip is reported."""
+    from data_helpers import write_image
+    from deepres.models import create_model
+    from deepres.core.checkpoint import save_checkpoint
+    from deepres.core.config import Config, config_to_dict
+
+    for cls, count in (("cat", 3), ("owl", 2)):
+        for i in range(count):
+            write_image(tmp_path / "data" / "val" / cls / f"{i}.png", size=(24, 20), seed=i)
+    (tmp_path / "data" / "val" / "owl" / "1.png").write_bytes(b"not a png")
+    cfg = Config()
+    cfg.model.name, cfg.model.num_classes = "resnet20", 2
+    cfg.data.name, cfg.data.root, cfg.data.image_size = "folder", str(tmp_path / "data"), 16
+    model = create_model("resnet20", num_classes=2)
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([0.0, 1000.0]))  # always "owl"
+    save_checkpoint(tmp_path / "run" / "checkpoints", "last", model=model, state={"step": 1, "epoch": 1},
+                    config=config_to_dict(cfg), classes=["cat", "owl"])
+    assert main(["eval", str(tmp_path / "run"), "--out", str(tmp_path / "eval"),
+                 "--set", "data.on_bad_image=skip"]) == 0
+    out = capsys.readouterr().out
+    assert "4 images, 1 skipped" in out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 4 and metrics["skipped"] == 1 and metrics["top1"] == pytest.approx(25.0)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from deepres.core.config import DataConfig, validate_data_config
 from deepres.core.preprocess import Preprocess, parse_eval_preset
@@ -96,22 +96,38 @@ class BatchTransform:
 
 
 class _ItemSource(torch.utils.data.Dataset):
-    """What DataLoader workers index: key (sample index, per-item seed) -> (uint8 image, label)."""
+    """What DataLoader workers index: key (sample index, per-item seed) -> (uint8 image, label), or None for a bad
+    image that evaluation drops (data.on_bad_image=skip; training gets a stand-in from the dataset instead)."""
 
-    def __init__(self, dataset: Dataset, transform: ItemTransform | None):
+    def __init__(self, dataset: Dataset, transform: ItemTransform | None, train: bool):
         self.dataset = dataset
         self.transform = transform
+        self.train = train
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int] | None:
         index, seed = key
-        image, label = self.dataset[index]
+        load = getattr(self.dataset, "load", None)  # file datasets: drop or substitute bad images
+        item = load(index, substitute=self.train) if load is not None else self.dataset[index]
+        if item is None:
+            return None
+        image, label = item
         if self.transform is not None:
             generator = torch.Generator().manual_seed(seed) if self.transform.random_crop else None
             image = self.transform(image, generator)
         return image.contiguous(), label
+
+
+def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    """(images, labels, images dropped) of a batch; the dropped (None) items are left out, and a batch of only
+    dropped items gives (None, None, dropped)."""
+    kept = [item for item in items if item is not None]
+    if not kept:
+        return None, None, len(items)
+    images, labels = default_collate(kept)
+    return images, labels, len(items) - len(kept)
 
 
 class _PlannedBatches:
@@ -137,7 +153,8 @@ class Loader:
     """Iterates (images float32 (N, C, H, W) normalised, labels int64 (N,)), both on `device`.
 
     Train: shuffled per epoch, last incomplete batch dropped. Eval: in order, every sample of this rank's
-    shard exactly once. Call set_epoch(epoch) before iterating; a given (seed, epoch, rank) always yields
+    shard exactly once, except bad images dropped under data.on_bad_image=skip (batches may then be short, or
+    left out when empty; `skipped` counts them for the pass). Call set_epoch(epoch) before iterating; a given (seed, epoch, rank) always yields
     the same batches."""
 
     def __init__(self, dataset: Dataset, *, batch_size: int, device: torch.device, train: bool, seed: int,
@@ -152,13 +169,15 @@ class Loader:
         self.item_transform = item_transform
         self.batch_transform = batch_transform
         self.epoch = 0
+        self.skipped = 0  # bad images the last pass dropped (evaluation with data.on_bad_image=skip)
         self.on_device = on_device
         if on_device:
             self._images = dataset.images.to(device)
             self._labels = dataset.labels.to(device)
         else:
             self._loader = DataLoader(
-                _ItemSource(dataset, item_transform), batch_sampler=_PlannedBatches(self), num_workers=workers,
+                _ItemSource(dataset, item_transform, train), batch_sampler=_PlannedBatches(self), collate_fn=_collate,
+                num_workers=workers,
                 pin_memory=device.type == "cuda", persistent_workers=workers > 0, worker_init_fn=init_decode_worker,
                 # DataLoader draws its workers' base seed from this, not from the global RNG.
                 generator=torch.Generator().manual_seed(seed))
@@ -208,8 +227,12 @@ class Loader:
                             for image, seed in zip(images, seeds)])
 
     def __iter__(self):
+        self.skipped = 0
         if not self.on_device:
-            for batch_index, (images, labels) in enumerate(self._loader):
+            for batch_index, (images, labels, dropped) in enumerate(self._loader):
+                self.skipped += dropped
+                if images is None:  # every image of this batch was dropped
+                    continue
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
                 yield self.batch_transform(images, self._batch_generator(batch_index)), labels

@@ -70,12 +70,12 @@ def run(args: argparse.Namespace) -> int:
                       amp_dtype=AMP_DTYPES[args.amp], class_names=class_names)
 
     views = f"scales {scales}" if scales else "single scale"
-    print(f"{path}: {cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, {views}"
+    print(f"{path}: {cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, {result['skipped']} skipped, {views}"
           f"{', flip' if args.flip else ''}, {'bf16' if args.amp == 'bf16' else 'fp32'})")
     print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
     if out is not None:
         write_confusion_matrix(result["confusion"], result["class_names"], out)
-        metrics = {k: result[k] for k in ("top1", "top5", "top5_k", "loss", "n")}
+        metrics = {k: result[k] for k in ("top1", "top5", "top5_k", "loss", "n", "skipped")}
         metrics.update(checkpoint=str(path), model=cfg.model.name, dataset=cfg.data.name,
                        split=cfg.data.val_split, scales=scales, flip=args.flip, amp=args.amp)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
