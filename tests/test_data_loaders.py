@@ -8,6 +8,7 @@ import torch
 from data_helpers import FASHION_MNIST_DIR, write_image, write_mnist
 from deepres.data import (DataConfig, DataInfo, TooManyBadImagesError, build_datasets, build_eval_loader,
                           build_loaders, eval_preprocess)
+from deepres.data.images import BadImageError
 from deepres.inference.preprocess import preprocess_image
 
 # Raw pixel values out: plain mean subtraction with a zero mean.
@@ -242,3 +243,23 @@ def test_batches_land_on_cuda(folder_root):
         for loader in (train, val):
             images, labels = next(iter(loader))
             assert images.is_cuda and labels.is_cuda and images.dtype == torch.float32
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_image_in_a_worker_raises_the_same_one_line_error(folder_root, workers):
+    """A worker's BadImageError reaches the caller as itself (type, path, reason), not a worker traceback."""
+    bad = folder_root / "val" / "dog" / "1.jpg"
+    bad.write_bytes(b"")
+    cfg = DataConfig(name="folder", root=str(folder_root), image_size=8, batch_size=2, eval_batch_size=2, workers=workers)
+    _, val, _ = build_loaders(cfg, "cpu")
+    with pytest.raises(BadImageError) as caught:
+        epoch(val, 0)
+    assert str(caught.value) == f"{bad}: zero bytes" and caught.value.path == str(bad)
+    assert caught.value.reason == "zero bytes"
+    strict = DataConfig(name="folder", root=str(folder_root), image_size=8, batch_size=2, eval_batch_size=2,
+                        workers=workers,
+                        on_bad_image="skip", bad_image_cap=0)
+    _, val, _ = build_loaders(strict, "cpu")
+    with pytest.raises(TooManyBadImagesError) as caught:
+        epoch(val, 0)
+    assert "\n" not in str(caught.value) and str(bad) in str(caught.value)

@@ -10,12 +10,13 @@ sample for per-image crops, one seed per batch for flips/pad-crops/jitter. Nothi
 the result does not depend on the number of workers, so an epoch can be replayed exactly after a resume.
 """
 import math
+import pickle
 import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from deepres.core.config import DataConfig, validate_data_config
 from deepres.core.preprocess import Preprocess, parse_eval_preset
@@ -107,7 +108,17 @@ class _ItemSource(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, key: tuple[int, int]) -> "tuple[torch.Tensor, int] | _WorkerError | None":
+        if get_worker_info() is None:
+            return self._item(key)
+        try:
+            return self._item(key)
+        except Exception as error:  # noqa: BLE001 - handed to the main process whole, see _WorkerError
+            if not _WorkerError.can_carry(error):
+                raise
+            return _WorkerError(error)
+
+    def _item(self, key: tuple[int, int]) -> tuple[torch.Tensor, int] | None:
         index, seed = key
         load = getattr(self.dataset, "load", None)  # file datasets: drop or substitute bad images
         item = load(index, substitute=self.train) if load is not None else self.dataset[index]
@@ -120,9 +131,31 @@ class _ItemSource(torch.utils.data.Dataset):
         return image.contiguous(), label
 
 
-def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+class _WorkerError:
+    """An exception raised in a DataLoader worker, sent back as a batch and re-raised by Loader as itself.
+
+    torch re-raises a worker's exception as `type(e)(message)` with the worker's traceback inside the message, so
+    a one-line error (BadImageError naming the file) would become 20 lines ending in the file name."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    @staticmethod
+    def can_carry(error: Exception) -> bool:
+        """Whether `error` survives the trip back (pickling) as the same type and message."""
+        try:
+            copy = pickle.loads(pickle.dumps(error))
+        except Exception:  # noqa: BLE001 - any failure means: let torch report it its own way
+            return False
+        return type(copy) is type(error) and str(copy) == str(error)
+
+
+def _collate(items: list) -> "tuple[torch.Tensor | None, torch.Tensor | None, int] | _WorkerError":
     """(images, labels, images dropped) of a batch; the dropped (None) items are left out, and a batch of only
-    dropped items gives (None, None, dropped)."""
+    dropped items gives (None, None, dropped). A worker's error stands for the whole batch."""
+    failed = next((item for item in items if isinstance(item, _WorkerError)), None)
+    if failed is not None:
+        return failed
     kept = [item for item in items if item is not None]
     if not kept:
         return None, None, len(items)
@@ -229,7 +262,10 @@ class Loader:
     def __iter__(self):
         self.skipped = 0
         if not self.on_device:
-            for batch_index, (images, labels, dropped) in enumerate(self._loader):
+            for batch_index, batch in enumerate(self._loader):
+                if isinstance(batch, _WorkerError):
+                    raise batch.error  # as the single-process path raises it: one line naming the file
+                images, labels, dropped = batch
                 self.skipped += dropped
                 if images is None:  # every image of this batch was dropped
                     continue
