@@ -239,6 +239,9 @@ def _load_recipe_tree(path: Path, chain: tuple[Path, ...]) -> dict:
     if real in chain:
         raise ValueError(f"recipe base cycle: {' -> '.join(str(p) for p in (*chain, real))}")
     raw = read_yaml_mapping(path, "recipe")
+    if not raw:  # else it would silently train the schema's defaults (a 90-epoch run)
+        raise ValueError(f"{path}: the recipe sets nothing (an empty file or mapping); give at least a 'base' or "
+                         "the keys that differ from the defaults")
     base = raw.pop("base", None)
     SCHEMA.check(raw, str(path))  # unknown keys and bad types name this file
     if base is None:
@@ -272,6 +275,7 @@ def validate_config(cfg: Config) -> None:
          'must be null, a float in (0, 1], or "dynamic"')
     need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    need(0.0 <= o.momentum < 1.0, "optim.momentum", o.momentum, "must be in [0, 1)")
     need(not o.nesterov or (o.name == "sgd" and o.momentum > 0), "optim.nesterov", o.nesterov,
          "needs optim.name=sgd and optim.momentum > 0")
     need(s.milestones == sorted(s.milestones), "schedule.milestones", s.milestones, "must be increasing")
@@ -320,6 +324,10 @@ def validate_data_config(data: DataConfig) -> None:
     for key in ("workers", "crop_padding", "color_jitter", "pca_lighting", "num_classes", "in_chans"):
         if getattr(data, key) < 0:
             raise ValueError(f"data.{key} must be >= 0, got {getattr(data, key)}")
+    if data.bad_image_cap < 0:
+        raise ValueError(f"data.bad_image_cap must be >= 0, got {data.bad_image_cap}")
+    if data.max_image_pixels < 1:
+        raise ValueError(f"data.max_image_pixels must be >= 1, got {data.max_image_pixels}")
     if data.limit_train < 0 or data.limit_val < 0:
         raise ValueError(f"data.limit_train / limit_val must be >= 0, got {data.limit_train} / {data.limit_val}")
     parse_eval_preset(data.eval_preset, data.image_size)  # raises for an unknown preset
