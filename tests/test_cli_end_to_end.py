@@ -133,3 +133,12 @@ def test_eval_drops_a_corrupt_image_and_counts_only_real_ones(tmp_path, capsys):
     assert "4 images, 1 skipped" in out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n"] == 4 and metrics["skipped"] == 1 and metrics["top1"] == pytest.approx(25.0)
+
+
+@pytest.mark.parametrize("scales, words", [("abc", "'abc' is not a whole number"), ("224,0", "0"),
+                                           ("100000", "at most 4096")])
+def test_eval_test_scales_errors_name_the_option(tmp_path, capsys, scales, words):
+    # checked before the checkpoint is read: a missing one would be the error otherwise
+    assert main(["eval", str(tmp_path / "missing.safetensors"), "--test-scales", scales]) == 2
+    err = capsys.readouterr().err
+    assert f"--test-scales {scales}" in err and words in err and len(err.strip().splitlines()) == 1

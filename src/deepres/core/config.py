@@ -152,6 +152,11 @@ class TrainConfig:
     progress: bool = True  # tqdm bar per epoch (only when stderr is a terminal)
 
 
+# Largest test-time view side, pixels: a 4096x4096 RGB float32 batch of one is already 0.2 GB, and a typo such as
+# 100000 would ask for terabytes.
+MAX_TEST_SCALE = 4096
+
+
 @dataclass
 class EvalConfig:
     scales: list[int] = field(default_factory=list)  # extra test resolutions (pixels) averaged with the base one
@@ -300,7 +305,8 @@ def validate_config(cfg: Config) -> None:
     need(t.nonfinite_patience >= 1, "train.nonfinite_patience", t.nonfinite_patience, "must be >= 1")
     need(t.eval_every_epochs >= 1, "train.eval_every_epochs", t.eval_every_epochs, "must be >= 1")
     need(t.log_every_iters >= 1, "train.log_every_iters", t.log_every_iters, "must be >= 1")
-    need(all(x > 0 for x in cfg.eval.scales), "eval.scales", cfg.eval.scales, "must be positive pixel sizes")
+    need(all(0 < x <= MAX_TEST_SCALE for x in cfg.eval.scales), "eval.scales", cfg.eval.scales,
+         f"must be pixel sizes in 1..{MAX_TEST_SCALE}")
     need("/" not in cfg.run.name and cfg.run.name not in (".", ".."), "run.name", cfg.run.name,
          "must be a plain directory name")
     need(0.0 <= cfg.expect.accuracy <= 100.0, "expect.accuracy", cfg.expect.accuracy, "must be a percentage")

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from deepres.core.checkpoint import resolve_checkpoint
-from deepres.core.config import Config, apply_overrides
+from deepres.core.config import MAX_TEST_SCALE, Config, apply_overrides
 from deepres.core.device import AMP_DTYPES, default_device
 from deepres.data import build_eval_loader, list_formats
 from deepres.tasks.build import load_model
@@ -35,11 +35,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="allow --out to be a non-empty directory")
 
 
+def parse_test_scales(text: str) -> list[int]:
+    """--test-scales "224,256" -> [224, 256]; a ValueError naming the option for anything but sizes in
+    1..MAX_TEST_SCALE pixels."""
+    scales = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if not part.isdigit():
+            raise ValueError(f"--test-scales {text}: {part!r} is not a whole number of pixels")
+        if not 1 <= int(part) <= MAX_TEST_SCALE:
+            raise ValueError(f"--test-scales {text}: {part} is not a test size; give sizes of 1 to at most "
+                             f"{MAX_TEST_SCALE} pixels")
+        scales.append(int(part))
+    return scales
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir() and any(out.iterdir()) and not args.force:
         raise ValueError(f"--out {out} is not empty; choose another directory or pass --force")
-    scales = [int(s) for s in args.test_scales.split(",") if s.strip()] if args.test_scales else []
+    scales = parse_test_scales(args.test_scales)
 
     path = resolve_checkpoint(args.checkpoint)
     if args.model is None and not path.suffix == ".safetensors":
