@@ -2,6 +2,7 @@
 multi-scale and flip testing; prints top-1/top-5 and writes metrics, per-class accuracy and the confusion matrix."""
 import argparse
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -82,17 +83,22 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{path}: its classifier does not fit the {info.num_classes} classes of {cfg.data.name} "
                          f"(it has {model.num_classes} outputs); evaluate on the dataset it was trained for")
     class_names = list(info.classes) if len(info.classes) == model.num_classes else classes
+    started = time.perf_counter()
+    # progress=None: a bar on stderr only when it is a terminal
     result = evaluate(model.to(device), eval_loader, num_classes=model.num_classes, scales=scales, flip=args.flip,
-                      amp_dtype=AMP_DTYPES[args.amp], class_names=class_names)
+                      amp_dtype=AMP_DTYPES[args.amp], class_names=class_names, progress=None)
+    seconds = time.perf_counter() - started
 
     views = f"scales {scales}" if scales else "single scale"
     print(f"{path}: {cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, {result['skipped']} skipped, {views}"
           f"{', flip' if args.flip else ''}, {'bf16' if args.amp == 'bf16' else 'fp32'})")
-    print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+    print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
+          f"({result['n']} images in {seconds:.1f} s, {result['n'] / seconds:.1f} images/s, decoding included)")
     if out is not None:
         write_confusion_matrix(result["confusion"], result["class_names"], out)
         metrics = {k: result[k] for k in ("top1", "top5", "top5_k", "loss", "n", "skipped")}
-        metrics.update(checkpoint=str(path), model=cfg.model.name, dataset=cfg.data.name,
+        metrics.update(seconds=seconds, images_per_second=result["n"] / seconds, checkpoint=str(path),
+                       model=cfg.model.name, dataset=cfg.data.name,
                        split=cfg.data.val_split, scales=scales, flip=args.flip, amp=args.amp)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print(f"wrote {out}/metrics.json, per_class.csv, confusion.csv, confusion.png")

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from deepres.core.distributed import all_reduce_sum, is_distributed
 from deepres.models.base import eval_mode, module_device
@@ -40,7 +41,7 @@ def make_views(images: torch.Tensor, scales: Sequence[int] = (), flip: bool = Fa
 def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Sequence[int] = (),
              flip: bool = False, amp_dtype: torch.dtype | None = None,
              class_names: Sequence[str] | None = None, max_batches: int = 0,
-             distributed: bool | None = None) -> dict:
+             distributed: bool | None = None, progress: bool | None = False) -> dict:
     """Evaluate `model` on (images, labels) batches; accuracies in percent.
 
     Returns a dict:
@@ -55,6 +56,7 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
     `max_batches` > 0 stops after that many batches (0 = the whole loader).
     `distributed`: sum the counts over all ranks, each having evaluated its own shard (every rank must call
     evaluate, and all get the same result); None = whenever a process group of more than one is initialised.
+    `progress`: a tqdm bar of batches on stderr; None = only when stderr is a terminal.
     """
     _check_arguments(num_classes, scales, class_names, max_batches)
     if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -63,7 +65,12 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
     metrics = None
     # eval_mode restores each module's own flag, so submodules deliberately frozen in eval mode stay so
     with eval_mode(model), torch.inference_mode():
-        for batch_index, (images, labels) in enumerate(loader):
+        total = len(loader) if hasattr(loader, "__len__") else None
+        if max_batches and total is not None:
+            total = min(total, max_batches)
+        bar = tqdm(loader, total=total, desc="eval", unit="batch", leave=False, dynamic_ncols=True,
+                   disable=None if progress is None else not progress)
+        for batch_index, (images, labels) in enumerate(bar):
             if max_batches and batch_index >= max_batches:
                 break
             if metrics is None:
