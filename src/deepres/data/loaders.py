@@ -187,8 +187,8 @@ class Loader:
 
     Train: shuffled per epoch, last incomplete batch dropped. Eval: in order, every sample of this rank's
     shard exactly once, except bad images dropped under data.on_bad_image=skip (batches may then be short, or
-    left out when empty; `skipped` counts them for the pass). Call set_epoch(epoch) before iterating; a given (seed, epoch, rank) always yields
-    the same batches."""
+    left out when empty; `skipped` counts them for the pass). Call set_epoch(epoch) before iterating; a given
+    (seed, epoch, rank) always yields the same batches."""
 
     def __init__(self, dataset: Dataset, *, batch_size: int, device: torch.device, train: bool, seed: int,
                  rank: int, world_size: int, item_transform: ItemTransform | None, batch_transform: BatchTransform,

@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
 
     views = f"scales {scales}" if scales else "single scale"
-    print(f"{path}: {cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, {result['skipped']} skipped, {views}"
+    print(f"{path}: {cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, "
+          f"{result['skipped']} skipped, {views}"
           f"{', flip' if args.flip else ''}, {'bf16' if args.amp == 'bf16' else 'fp32'})")
     print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
           f"({result['n']} images in {seconds:.1f} s, {result['n'] / seconds:.1f} images/s, decoding included)")

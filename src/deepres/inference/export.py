@@ -121,15 +121,15 @@ def export_model(model: nn.Module, out: str | Path, *, format: str, metadata: di
                 expected = model(x)
             got = torch.from_numpy(run_exported(x))
             if got.shape != expected.shape:
-                raise ExportCheckError(f"exported {format} model returned shape {tuple(got.shape)} for batch {batch}, "
-                                 f"PyTorch {tuple(expected.shape)}")
+                raise ExportCheckError(f"exported {format} model returned shape {tuple(got.shape)} for batch "
+                                       f"{batch}, PyTorch {tuple(expected.shape)}")
             error = float((got - expected).abs().max())
             limit = tolerance * max(1.0, float(expected.abs().max()))
             errors[batch] = error
             log(f"check batch {batch}: max |{format} - pytorch| = {error:.3g} (limit {limit:.3g})")
             if not error <= limit:
-                raise ExportCheckError(f"exported {format} model disagrees with PyTorch on batch {batch}: max abs logit "
-                                 f"error {error:.3g} > {limit:.3g}; nothing was written to {out}")
+                raise ExportCheckError(f"exported {format} model disagrees with PyTorch on batch {batch}: max abs "
+                                       f"logit error {error:.3g} > {limit:.3g}; nothing was written to {out}")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,6 +1,5 @@
 """`deepres train RECIPE [--set k=v ...] [--resume] [--out DIR] [--max-epochs N]`."""
 import argparse
-import sys
 
 from deepres.core.config import load_config
 from deepres.core.distributed import is_main_process
