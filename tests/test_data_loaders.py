@@ -250,7 +250,8 @@ def test_a_bad_image_in_a_worker_raises_the_same_one_line_error(folder_root, wor
     """A worker's BadImageError reaches the caller as itself (type, path, reason), not a worker traceback."""
     bad = folder_root / "val" / "dog" / "1.jpg"
     bad.write_bytes(b"")
-    cfg = DataConfig(name="folder", root=str(folder_root), image_size=8, batch_size=2, eval_batch_size=2, workers=workers)
+    cfg = DataConfig(name="folder", root=str(folder_root), image_size=8, batch_size=2, eval_batch_size=2,
+                     workers=workers)
     _, val, _ = build_loaders(cfg, "cpu")
     with pytest.raises(BadImageError) as caught:
         epoch(val, 0)
