@@ -1,6 +1,8 @@
 """One end-to-end CLI run on a tiny set in the official CIFAR-10 pickle layout: train, then evaluate the
 checkpoint in the three ways a user would (run directory, multi-scale + flip with files, a plain .pth)."""
 import json
+import re
+import sys
 
 import pytest
 import torch
@@ -105,3 +107,58 @@ def test_eval_needs_only_the_val_folder_and_uses_the_checkpoints_classes(tmp_pat
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["top1"] == pytest.approx(40.0) and metrics["n"] == 5
     assert (tmp_path / "eval" / "confusion.csv").read_text().splitlines()[0].split(",")[1:] == ["cat", "dog", "owl"]
+
+
+def always_owl_checkpoint(tmp_path, corrupt: str | None = None):
+    """A run directory whose model always says "owl" (of cat, owl), and a val folder of 3 cats and 2 owls."""
+    from data_helpers import write_image
+    from deepres.models import create_model
+    from deepres.core.checkpoint import save_checkpoint
+    from deepres.core.config import Config, config_to_dict
+
+    for cls, count in (("cat", 3), ("owl", 2)):
+        for i in range(count):
+            write_image(tmp_path / "data" / "val" / cls / f"{i}.png", size=(24, 20), seed=i)
+    if corrupt:
+        (tmp_path / "data" / "val" / corrupt).write_bytes(b"not a png")
+    cfg = Config()
+    cfg.model.name, cfg.model.num_classes = "resnet20", 2
+    cfg.data.name, cfg.data.root, cfg.data.image_size = "folder", str(tmp_path / "data"), 16
+    model = create_model("resnet20", num_classes=2)
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([0.0, 1000.0]))  # always "owl"
+    save_checkpoint(tmp_path / "run" / "checkpoints", "last", model=model, state={"step": 1, "epoch": 1},
+                    config=config_to_dict(cfg), classes=["cat", "owl"])
+    return tmp_path / "run"
+
+
+def test_eval_drops_a_corrupt_image_and_counts_only_real_ones(tmp_path, capsys):
+    """With data.on_bad_image=skip a corrupt val image is dropped, not replaced: n and accuracy are those of the
+    real images (an always-"owl" model is right on 1 of the 4 good ones), and the skip is reported."""
+    run = always_owl_checkpoint(tmp_path, corrupt="owl/1.png")
+    assert main(["eval", str(run), "--out", str(tmp_path / "eval"), "--set", "data.on_bad_image=skip"]) == 0
+    out = capsys.readouterr().out
+    assert "4 images, 1 skipped" in out
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 4 and metrics["skipped"] == 1 and metrics["top1"] == pytest.approx(25.0)
+
+
+def test_eval_shows_progress_on_a_terminal_and_reports_speed(tmp_path, capsys, monkeypatch):
+    run = always_owl_checkpoint(tmp_path)
+    assert main(["eval", str(run), "--batch-size", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""  # no bar when stderr is not a terminal (logs, CI)
+    last = captured.out.strip().splitlines()[-1]
+    assert re.search(r"top-1 40\.00% .*5 images in \d+\.\d+ s, \d+(\.\d+)? images/s", last), last
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["eval", str(run), "--batch-size", "2"]) == 0
+    assert re.search(r"eval: .*\d/3 ", capsys.readouterr().err)  # the bar of 3 batches (5 images, 2 a batch)
+
+
+@pytest.mark.parametrize("scales, words", [("abc", "'abc' is not a whole number"), ("224,0", "0"),
+                                           ("100000", "at most 4096")])
+def test_eval_test_scales_errors_name_the_option(tmp_path, capsys, scales, words):
+    # checked before the checkpoint is read: a missing one would be the error otherwise
+    assert main(["eval", str(tmp_path / "missing.safetensors"), "--test-scales", scales]) == 2
+    err = capsys.readouterr().err
+    assert f"--test-scales {scales}" in err and words in err and len(err.strip().splitlines()) == 1

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from data_helpers import FASHION_MNIST_DIR, idx_bytes
+from deepres.cli import main as deepres_main
 from deepres.data import ChecksumError, DownloadError, find_local, get_dataset, read_mnist
 from deepres.data import cli as data_cli
 from deepres.data import fetch
@@ -138,11 +139,9 @@ def test_all_mirrors_failing_is_reported_with_each_url(server, tmp_path, monkeyp
     assert f"{base}missing/train-images-idx3-ubyte.gz: HTTP Error 404" in message
     assert f"checksum mismatch for {base}train-images-idx3-ubyte.gz" in message
     assert _leftovers(tmp_path / "m") == [] and not (tmp_path / "m" / "train-images-idx3-ubyte.gz").exists()
-    parser = argparse.ArgumentParser()
-    data_cli.add_arguments(parser)
-    args = parser.parse_args(["get", "mnist", "--dest", str(tmp_path / "m"), "--quiet"])
-    assert data_cli.run(args) == 1
-    assert "deepres data get: error: could not get train-images-idx3-ubyte.gz" in capsys.readouterr().err
+    # a failed download is a failed run (exit 1), not a user error (2)
+    assert deepres_main(["data", "get", "mnist", "--dest", str(tmp_path / "m"), "--quiet"]) == 1
+    assert "deepres data: error: could not get train-images-idx3-ubyte.gz" in capsys.readouterr().err
 
 
 def test_unknown_dataset_name():

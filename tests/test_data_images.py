@@ -10,6 +10,7 @@ from PIL import Image
 
 from data_helpers import random_pixels, write_image
 from deepres.data import BadImageError, ImageFileDataset, TooManyBadImagesError, load_image
+from deepres.cli import main as deepres_main
 from deepres.data import cli as data_cli
 
 
@@ -178,7 +179,7 @@ def test_verify_writes_manifest_of_bad_files_and_fails(mixed_folder, tmp_path, c
 def test_verify_keeps_existing_manifest_unless_forced(mixed_folder, tmp_path, capsys):
     root, manifest = tmp_path / "cls", tmp_path / "bad.csv"
     manifest.write_text("precious\n")
-    assert _run_data(["verify", str(root), "--manifest", str(manifest), "--quiet"]) == 1
+    assert deepres_main(["data", "verify", str(root), "--manifest", str(manifest), "--quiet"]) == 2  # user error
     assert manifest.read_text() == "precious\n"
     assert "already exists" in capsys.readouterr().err
     assert _run_data(["verify", str(root), "--manifest", str(manifest), "--force", "--quiet", "--workers", "2"]) == 1

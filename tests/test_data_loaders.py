@@ -1,5 +1,6 @@
 """build_loaders: batches, determinism per (seed, epoch, rank), eval coverage, sharding, both loading paths."""
 import dataclasses
+import logging
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 from data_helpers import FASHION_MNIST_DIR, write_image, write_mnist
 from deepres.data import (DataConfig, DataInfo, TooManyBadImagesError, build_datasets, build_eval_loader,
                           build_loaders, eval_preprocess)
+from deepres.data.images import BadImageError
 from deepres.inference.preprocess import preprocess_image
 
 # Raw pixel values out: plain mean subtraction with a zero mean.
@@ -181,19 +183,35 @@ def test_other_channel_counts_train_when_the_images_have_them():
     assert info.in_chans == 2 and next(iter(val))[0].shape[1] == 2 and next(iter(train))[0].shape[1] == 2
 
 
-def test_skip_policy_counts_bad_images_across_workers(folder_root):
+def test_skip_policy_drops_bad_images_in_eval_and_counts_them_across_workers(folder_root):
+    """Evaluation drops a bad image (never counts a stand-in twice); the loader says how many it dropped."""
     (folder_root / "val" / "cat" / "1.jpg").write_bytes(b"")
     (folder_root / "val" / "dog" / "2.jpg").write_bytes(b"GIF89a but not really")
     cfg = DataConfig(name="folder", root=str(folder_root), image_size=8, batch_size=2, eval_batch_size=1,
                      workers=2, on_bad_image="skip", bad_image_cap=5)
     _, val, _ = build_loaders(cfg, "cpu")
     _, labels = epoch(val, 0)
-    assert len(labels) == 6  # every position still yields an image (substituted)
-    assert labels.tolist() == [0, 0, 0, 1, 1, 0]  # 1.jpg -> next cat; dog/2.jpg wraps to cat/0.jpg
-    assert val.dataset.bad_image_count == 2
+    assert labels.tolist() == [0, 0, 1, 1]  # 1-image batches of a bad file are dropped whole
+    assert val.skipped == 2 and val.dataset.bad_image_count == 2
+    _, labels = epoch(val, 1)
+    assert labels.tolist() == [0, 0, 1, 1] and val.skipped == 2  # counted per pass
+    _, two_per_batch, _ = build_loaders(dataclasses.replace(cfg, eval_batch_size=2, workers=0), "cpu")
+    _, labels = epoch(two_per_batch, 0)
+    assert labels.tolist() == [0, 0, 1, 1] and two_per_batch.skipped == 2  # short batches
     _, strict, _ = build_loaders(dataclasses.replace(cfg, bad_image_cap=1), "cpu")
     with pytest.raises(TooManyBadImagesError, match="more than data.bad_image_cap=1"):  # re-raised from a worker
         epoch(strict, 0)
+
+
+def test_skip_policy_substitutes_in_training(folder_root, caplog):
+    (folder_root / "train" / "cat" / "1.jpg").write_bytes(b"")
+    cfg = DataConfig(name="folder", root=str(folder_root), image_size=8, batch_size=12, workers=0,
+                     on_bad_image="skip")
+    train, _, _ = build_loaders(cfg, "cpu")
+    with caplog.at_level(logging.WARNING, logger="deepres.data"):
+        _, labels = epoch(train, 0)
+    assert len(labels) == 12 and train.dataset.bad_image_count == 1
+    assert caplog.text.count("stands in") == 1
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -225,3 +243,24 @@ def test_batches_land_on_cuda(folder_root):
         for loader in (train, val):
             images, labels = next(iter(loader))
             assert images.is_cuda and labels.is_cuda and images.dtype == torch.float32
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_image_in_a_worker_raises_the_same_one_line_error(folder_root, workers):
+    """A worker's BadImageError reaches the caller as itself (type, path, reason), not a worker traceback."""
+    bad = folder_root / "val" / "dog" / "1.jpg"
+    bad.write_bytes(b"")
+    cfg = DataConfig(name="folder", root=str(folder_root), image_size=8, batch_size=2, eval_batch_size=2,
+                     workers=workers)
+    _, val, _ = build_loaders(cfg, "cpu")
+    with pytest.raises(BadImageError) as caught:
+        epoch(val, 0)
+    assert str(caught.value) == f"{bad}: zero bytes" and caught.value.path == str(bad)
+    assert caught.value.reason == "zero bytes"
+    strict = DataConfig(name="folder", root=str(folder_root), image_size=8, batch_size=2, eval_batch_size=2,
+                        workers=workers,
+                        on_bad_image="skip", bad_image_cap=0)
+    _, val, _ = build_loaders(strict, "cpu")
+    with pytest.raises(TooManyBadImagesError) as caught:
+        epoch(val, 0)
+    assert "\n" not in str(caught.value) and str(bad) in str(caught.value)

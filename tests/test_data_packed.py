@@ -237,7 +237,7 @@ def test_pack_cli_with_a_list_dataset_and_workers(tmp_path, capsys):
     packed = read_packed(tmp_path / "out" / "train")
     assert packed.classes == ["even", "odd"] and packed.targets == [i % 2 for i in range(9)]
 
-    assert main(args) == 1  # OUT exists
+    assert main(args) == 2  # OUT exists: a user error
     assert "already exists; pass --force" in capsys.readouterr().err
     assert main(args + ["--force"]) == 0  # in this process: the same bytes as the worker process wrote
     again = read_packed(tmp_path / "out" / "train")

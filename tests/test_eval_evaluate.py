@@ -192,3 +192,21 @@ def test_labels_out_of_range_and_empty_loader():
         evaluate(FixedLogits(TABLE), batches([0, 1, 6, 0, 0], 2), num_classes=6)
     with pytest.raises(ValueError, match="no images"):
         evaluate(FixedLogits(TABLE), [], num_classes=6)
+
+
+class DroppingLoader(list):
+    """Batches from a loader that dropped `skipped` bad images (as the eval Loader reports after a pass)."""
+    skipped = 3
+
+
+def test_skipped_images_are_reported_not_counted():
+    from deepres.core.config import EvalConfig, TrainConfig
+    from deepres.tasks.classification import ClassificationTask
+
+    model = FixedLogits([[9.0, 0, 0], [0, 9.0, 0], [0, 0, 9.0], [0, 0, 9.0]])
+    loader = DroppingLoader(batches([0, 1, 2, 2], batch_size=3))
+    result = evaluate(model, loader, num_classes=3)
+    assert result["n"] == 4 and result["skipped"] == 3 and result["top1"] == 100.0
+    assert evaluate(model, batches([0, 1], batch_size=2), num_classes=3)["skipped"] == 0  # any iterable
+    metrics = ClassificationTask(3, TrainConfig(), EvalConfig()).evaluate(model, loader)
+    assert metrics["test_skipped"] == 3

@@ -82,7 +82,7 @@ def test_refuses_to_overwrite_without_force(run_dir, tmp_path, capsys):
     run, _ = run_dir
     out = tmp_path / "model.torchscript.pt"
     out.write_bytes(b"precious")
-    assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 1
+    assert main(["export", str(run), "--format", "torchscript", "--out", str(out)]) == 2  # a user error
     assert "--force" in capsys.readouterr().err and out.read_bytes() == b"precious"
     assert main(["export", str(run), "--format", "torchscript", "--out", str(out), "--force"]) == 0
     assert read_metadata(out)["num_classes"] == 10
@@ -92,7 +92,7 @@ def test_failed_check_writes_nothing(run_dir, tmp_path, capsys):
     run, _ = run_dir
     out = tmp_path / "model.onnx"
     # ONNX Runtime fuses conv and BN, so its logits differ from PyTorch's by ~1e-6: a 1e-12 limit must fail
-    assert main(["export", str(run), "--out", str(out), "--exporter", "legacy", "--tolerance", "1e-12"]) == 2
+    assert main(["export", str(run), "--out", str(out), "--exporter", "legacy", "--tolerance", "1e-12"]) == 1  # failed
     assert "disagrees with PyTorch" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
 

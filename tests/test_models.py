@@ -237,7 +237,8 @@ def test_flops_match_published_tables():
     assert model_complexity("resnet20", num_classes=10)["gmacs"] == pytest.approx(0.041, abs=0.001)
 
 
-def test_models_cli_table(capsys):
+def test_models_cli_table(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("DEEPRES_CACHE", str(tmp_path))
     assert cli_main(["models", "--filter", "resnet50*"]) == 0
     out = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split() for line in out[1:]}
@@ -245,3 +246,35 @@ def test_models_cli_table(capsys):
     assert rows["resnet50"][1:3] == ["25.56", "4.09"]
     assert math.isclose(float(rows["resnet50d"][2]), 4.33, abs_tol=0.01)
     assert cli_main(["models", "--filter", "nothing*"]) == 2
+
+
+def test_models_cli_reuses_its_cached_table_and_says_gmacs(capsys, monkeypatch, tmp_path):
+    """The table is counted once (meta-device builds and FLOP counting take ~13 s for the whole zoo) and read
+    from the cache afterwards, while the models package and torch are unchanged."""
+    from deepres.models import complexity
+
+    monkeypatch.setenv("DEEPRES_CACHE", str(tmp_path))
+    assert cli_main(["models", "--filter", "resnet5*"]) == 0
+    first = capsys.readouterr().out
+    assert first.splitlines()[0].split()[:4] == ["model", "params", "(M)", "GMACs"]
+    assert {line.split()[0] for line in first.splitlines()[1:]} == {"resnet50", "resnet50c", "resnet50d", "resnet56"}
+
+    def no_counting(*args, **kwargs):
+        raise AssertionError("counted again instead of reading the cache")
+
+    monkeypatch.setattr(complexity, "model_complexity", no_counting)
+    assert cli_main(["models", "--filter", "resnet5*"]) == 0
+    assert capsys.readouterr().out == first
+    assert cli_main(["models", "--filter", "resnet5*", "--no-flops"]) == 0  # cached rows have GMACs anyway
+    assert capsys.readouterr().out == first
+    (tmp_path / "model_complexity.json").write_text("{not json")  # a damaged cache is counted anew
+    monkeypatch.undo()
+    monkeypatch.setenv("DEEPRES_CACHE", str(tmp_path))
+    assert cli_main(["models", "--filter", "resnet5*"]) == 0 and capsys.readouterr().out == first
+
+
+def test_models_help_names_gmacs_not_flops(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["models", "--help"])
+    help_text = capsys.readouterr().out
+    assert "GMACs" in help_text and "FLOP" not in help_text.upper().replace("--NO-FLOPS", "")

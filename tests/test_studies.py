@@ -149,6 +149,23 @@ def test_compare_groups_by_config_or_parent(tiny_study, tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
+def test_compare_out_keeps_an_existing_directory_unless_forced(tiny_study, tmp_path, capsys):
+    out, _ = tiny_study
+    run = str(out / "narrow" / "seed0")
+    target = tmp_path / "report"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    assert main(["compare", run, "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "--force" in err and str(target) in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]  # nothing written
+    assert main(["compare", run, "--out", str(target), "--force"]) == 0
+    assert (target / "results.csv").is_file() and (target / "notes.txt").read_text() == "mine"  # only the report
+    (tmp_path / "a_file").write_text("x")
+    assert main(["compare", run, "--out", str(tmp_path / "a_file"), "--force"]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
 def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path, capsys):
     write_recipe(tmp_path)
     study = load_study(write_study(tmp_path, """

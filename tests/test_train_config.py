@@ -100,9 +100,24 @@ def test_range_validation(recipe):
         load_config(recipe, ["optim.momentum=0"])
 
 
+@pytest.mark.parametrize("value", ["1.5", "1.0", "-0.1"])
+def test_momentum_outside_0_1_is_refused(recipe, value):
+    with pytest.raises(ValueError, match=rf"optim.momentum={value}: must be in \[0, 1\)"):
+        load_config(recipe, [f"optim.momentum={value}"])
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "{}\n"])
+def test_an_empty_recipe_is_an_error_naming_the_file(tmp_path, text):
+    path = write(tmp_path / "empty.yaml", text)
+    with pytest.raises(ValueError, match=rf"{path}: the recipe sets nothing"):
+        load_config(path)
+
+
 @pytest.mark.parametrize("override, message", [
     ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
     ("data.workers=-1", "data.workers must be >= 0, got -1"),
+    ("data.bad_image_cap=-1", "data.bad_image_cap must be >= 0, got -1"),
+    ("data.max_image_pixels=0", "data.max_image_pixels must be >= 1, got 0"),
     ("data.limit_val=-2", "data.limit_train / limit_val must be >= 0"),
     ("data.eval_preset=center", "unknown data.eval_preset 'center'"),
     ("data.eval_preset=crop_pct:1.5", "crop_pct must be a number in"),

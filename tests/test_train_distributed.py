@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from dist_helpers import NOBN_MODEL, RankPool
 
-from deepres.data import build_loaders
+from deepres.data import build_eval_loader, build_loaders
 from deepres.data.formats import ArrayDataset
 from deepres.data.loaders import BatchTransform, Loader
 from deepres.eval import evaluate
@@ -149,6 +149,15 @@ def task_evaluate(rank, world_size, table, labels, flip):
     return len(list(loader)), evaluate(ValueTable(table), loader, num_classes=6, flip=flip)
 
 
+def task_evaluate_folder_with_bad_images(rank, world_size, root):
+    from dist_helpers import NoBNNet
+
+    cfg = DataConfig(name="folder", root=root, image_size=8, eval_batch_size=2, workers=0, on_bad_image="skip")
+    loader, _ = build_eval_loader(cfg, "cpu", classes=["cat", "dog"], rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    return evaluate(NoBNNet(num_classes=2), loader, num_classes=2)
+
+
 # ------------------------------------------------------------------------------------------------ tests
 
 
@@ -207,6 +216,23 @@ def test_two_rank_evaluation_is_exactly_the_single_process_one(pool, num_images)
             for key in ("top1", "top5", "loss", "per_class", "n"):
                 assert result[key] == single[key] or (key == "per_class" and str(result[key]) == str(single[key])), key
             assert torch.equal(result["confusion"], single["confusion"])
+
+
+def test_two_rank_evaluation_drops_bad_images_exactly_as_one_process(pool, tmp_path):
+    """Rank 0's shard (the first 2 of 5 images) is all bad: its batch is dropped whole, and the counts still add up."""
+    from data_helpers import write_image
+
+    for cls, count in (("cat", 3), ("dog", 2)):
+        for i in range(count):
+            write_image(tmp_path / "val" / cls / f"{i}.png", size=(12, 10), seed=i)
+    for name in ("0.png", "1.png"):
+        (tmp_path / "val" / "cat" / name).write_bytes(b"")
+    single = task_evaluate_folder_with_bad_images(0, 1, str(tmp_path))
+    assert single["n"] == 3 and single["skipped"] == 2
+    for result in values(pool.run(task_evaluate_folder_with_bad_images, str(tmp_path))):
+        for key in ("top1", "loss", "n", "skipped"):
+            assert result[key] == pytest.approx(single[key]), key
+        assert torch.equal(result["confusion"], single["confusion"])
 
 
 def test_nonfinite_loss_on_one_rank_stops_both_ranks_together(pool, tmp_path):

@@ -2,10 +2,17 @@
 
 Each subcommand lives in its package's cli module, which provides `add_arguments(parser)` and `run(args) -> int`
 (or, for a module that serves several commands, a `COMMANDS` dict of name -> (add_arguments, run)); this file only
-lists them and imports the one that runs."""
+lists them and imports the one that runs.
+
+Exit codes, the same for every subcommand: 0 success; 2 a usage or user error (a bad option, path, key or value, an
+output that exists without --force: argparse's own code for a bad option too), printed as one line; 1 a run that
+failed on valid input (a non-finite loss, a failed export check, a download that failed, `data verify` finding
+bad images)."""
 import argparse
 import importlib
 import sys
+
+from deepres.core.errors import DownloadError, RunFailedError  # plain exception classes: no torch import
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
@@ -45,8 +52,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return runner(args) or 0
-    except (FileNotFoundError, KeyError, ValueError) as e:
-        # User errors (bad path, key, value) get one clear line, not a traceback.
+    except (RunFailedError, DownloadError) as e:
+        print(f"deepres {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
+        # User errors (bad path, key, value, an output in the way) get one clear line, not a traceback.
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"deepres {args.command}: error: {msg}", file=sys.stderr)
         return 2

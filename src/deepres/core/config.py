@@ -152,6 +152,11 @@ class TrainConfig:
     progress: bool = True  # tqdm bar per epoch (only when stderr is a terminal)
 
 
+# Largest test-time view side, pixels: a 4096x4096 RGB float32 batch of one is already 0.2 GB, and a typo such as
+# 100000 would ask for terabytes.
+MAX_TEST_SCALE = 4096
+
+
 @dataclass
 class EvalConfig:
     scales: list[int] = field(default_factory=list)  # extra test resolutions (pixels) averaged with the base one
@@ -239,6 +244,9 @@ def _load_recipe_tree(path: Path, chain: tuple[Path, ...]) -> dict:
     if real in chain:
         raise ValueError(f"recipe base cycle: {' -> '.join(str(p) for p in (*chain, real))}")
     raw = read_yaml_mapping(path, "recipe")
+    if not raw:  # else it would silently train the schema's defaults (a 90-epoch run)
+        raise ValueError(f"{path}: the recipe sets nothing (an empty file or mapping); give at least a 'base' or "
+                         "the keys that differ from the defaults")
     base = raw.pop("base", None)
     SCHEMA.check(raw, str(path))  # unknown keys and bad types name this file
     if base is None:
@@ -272,6 +280,7 @@ def validate_config(cfg: Config) -> None:
          'must be null, a float in (0, 1], or "dynamic"')
     need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
     need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
+    need(0.0 <= o.momentum < 1.0, "optim.momentum", o.momentum, "must be in [0, 1)")
     need(not o.nesterov or (o.name == "sgd" and o.momentum > 0), "optim.nesterov", o.nesterov,
          "needs optim.name=sgd and optim.momentum > 0")
     need(s.milestones == sorted(s.milestones), "schedule.milestones", s.milestones, "must be increasing")
@@ -296,7 +305,8 @@ def validate_config(cfg: Config) -> None:
     need(t.nonfinite_patience >= 1, "train.nonfinite_patience", t.nonfinite_patience, "must be >= 1")
     need(t.eval_every_epochs >= 1, "train.eval_every_epochs", t.eval_every_epochs, "must be >= 1")
     need(t.log_every_iters >= 1, "train.log_every_iters", t.log_every_iters, "must be >= 1")
-    need(all(x > 0 for x in cfg.eval.scales), "eval.scales", cfg.eval.scales, "must be positive pixel sizes")
+    need(all(0 < x <= MAX_TEST_SCALE for x in cfg.eval.scales), "eval.scales", cfg.eval.scales,
+         f"must be pixel sizes in 1..{MAX_TEST_SCALE}")
     need("/" not in cfg.run.name and cfg.run.name not in (".", ".."), "run.name", cfg.run.name,
          "must be a plain directory name")
     need(0.0 <= cfg.expect.accuracy <= 100.0, "expect.accuracy", cfg.expect.accuracy, "must be a percentage")
@@ -320,6 +330,10 @@ def validate_data_config(data: DataConfig) -> None:
     for key in ("workers", "crop_padding", "color_jitter", "pca_lighting", "num_classes", "in_chans"):
         if getattr(data, key) < 0:
             raise ValueError(f"data.{key} must be >= 0, got {getattr(data, key)}")
+    if data.bad_image_cap < 0:
+        raise ValueError(f"data.bad_image_cap must be >= 0, got {data.bad_image_cap}")
+    if data.max_image_pixels < 1:
+        raise ValueError(f"data.max_image_pixels must be >= 1, got {data.max_image_pixels}")
     if data.limit_train < 0 or data.limit_val < 0:
         raise ValueError(f"data.limit_train / limit_val must be >= 0, got {data.limit_train} / {data.limit_val}")
     parse_eval_preset(data.eval_preset, data.image_size)  # raises for an unknown preset

@@ -1,7 +1,11 @@
 """The error types more than one layer raises or must recognise."""
 
 
-class NonFiniteLossError(RuntimeError):
+class RunFailedError(RuntimeError):
+    """A run that went wrong on valid input (the `deepres` command exits with 1; a user error exits with 2)."""
+
+
+class NonFiniteLossError(RunFailedError):
     """Raised after train.nonfinite_patience non-finite losses in a row."""
 
 

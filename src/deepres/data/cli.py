@@ -1,11 +1,10 @@
 """`deepres data get NAME`, `deepres data verify DIR` and `deepres data pack SRC OUT`."""
 import argparse
-import sys
 from pathlib import Path
 
 from deepres.core.config import Config, DataConfig, apply_overrides
 
-from .fetch import DATASETS, DownloadError, canonical_name, get_dataset
+from .fetch import DATASETS, canonical_name, get_dataset
 from .formats import read_mnist
 from .images import DEFAULT_MAX_PIXELS
 from .pack import PackOptions, pack_dataset, parse_byte_size
@@ -128,8 +127,4 @@ def _pack(args) -> int:
 
 def run(args) -> int:
     commands = {"get": _get, "verify": _verify, "pack": _pack}
-    try:
-        return commands[args.data_command](args)
-    except (DownloadError, FileExistsError) as e:
-        print(f"deepres data {args.data_command}: error: {e}", file=sys.stderr)
-        return 1
+    return commands[args.data_command](args)

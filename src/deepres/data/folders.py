@@ -107,17 +107,27 @@ class ImageFileDataset:
         return pil_to_tensor(image), label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.load(index)
+
+    def load(self, index: int, *, substitute: bool = True) -> tuple[torch.Tensor, int] | None:
+        """Item `index`. A bad image raises BadImageError (policy "error"); with policy "skip" it is replaced by
+        the next good one (`substitute`, for training) or gives None (for evaluation, which drops it)."""
         try:
             return self._decode(index)
         except BadImageError as error:
             if self.on_bad_image == "error":
                 raise
+            if not substitute:
+                self._skip(index, error)
+                return None
             return self._substitute(index, error)
 
-    def _skip(self, index: int, error: BadImageError) -> None:
+    def _skip(self, index: int, error: BadImageError, substitute: bool = False) -> None:
         new, count = self._ledger.record(index)
         if new:
-            log.warning("skipping bad image %s (%s); %d skipped so far", error.path, error.reason, count)
+            # Said once per dataset (the first bad image found by any process): training replaces, never drops.
+            note = "; in training the next good image stands in for each bad one" if substitute and count == 1 else ""
+            log.warning("skipping bad image %s (%s); %d skipped so far%s", error.path, error.reason, count, note)
         if count > self.bad_image_cap:
             raise TooManyBadImagesError(
                 f"{count} bad images skipped, more than data.bad_image_cap={self.bad_image_cap}; the last was "
@@ -125,7 +135,7 @@ class ImageFileDataset:
 
     def _substitute(self, index: int, error: BadImageError) -> tuple[torch.Tensor, int]:
         """Policy "skip": return the next good sample after `index` (wrapping), so the choice is deterministic."""
-        self._skip(index, error)
+        self._skip(index, error, substitute=True)
         n = len(self.samples)
         for step in range(1, n):
             candidate = (index + step) % n
@@ -134,7 +144,7 @@ class ImageFileDataset:
             try:
                 return self._decode(candidate)
             except BadImageError as next_error:
-                self._skip(candidate, next_error)
+                self._skip(candidate, next_error, substitute=True)
         raise TooManyBadImagesError(f"no decodable image among the {n} samples (first bad: {error})")
 
 

@@ -27,6 +27,10 @@ class BadImageError(ValueError):
         self.reason = reason
         super().__init__(f"{path}: {reason}" if reason else str(path))
 
+    def __reduce__(self):
+        # pickled whole (path and reason), so one sent back from a DataLoader worker is the same error
+        return type(self), (self.path, self.reason)
+
 
 def is_image_file(name: str | os.PathLike) -> bool:
     """True if the file name has an image extension (case-insensitive)."""

@@ -10,12 +10,13 @@ sample for per-image crops, one seed per batch for flips/pad-crops/jitter. Nothi
 the result does not depend on the number of workers, so an epoch can be replayed exactly after a resume.
 """
 import math
+import pickle
 import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from deepres.core.config import DataConfig, validate_data_config
 from deepres.core.preprocess import Preprocess, parse_eval_preset
@@ -96,22 +97,70 @@ class BatchTransform:
 
 
 class _ItemSource(torch.utils.data.Dataset):
-    """What DataLoader workers index: key (sample index, per-item seed) -> (uint8 image, label)."""
+    """What DataLoader workers index: key (sample index, per-item seed) -> (uint8 image, label), or None for a bad
+    image that evaluation drops (data.on_bad_image=skip; training gets a stand-in from the dataset instead)."""
 
-    def __init__(self, dataset: Dataset, transform: ItemTransform | None):
+    def __init__(self, dataset: Dataset, transform: ItemTransform | None, train: bool):
         self.dataset = dataset
         self.transform = transform
+        self.train = train
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> "tuple[torch.Tensor, int] | _WorkerError | None":
+        if get_worker_info() is None:
+            return self._item(key)
+        try:
+            return self._item(key)
+        except Exception as error:  # noqa: BLE001 - handed to the main process whole, see _WorkerError
+            if not _WorkerError.can_carry(error):
+                raise
+            return _WorkerError(error)
+
+    def _item(self, key: tuple[int, int]) -> tuple[torch.Tensor, int] | None:
         index, seed = key
-        image, label = self.dataset[index]
+        load = getattr(self.dataset, "load", None)  # file datasets: drop or substitute bad images
+        item = load(index, substitute=self.train) if load is not None else self.dataset[index]
+        if item is None:
+            return None
+        image, label = item
         if self.transform is not None:
             generator = torch.Generator().manual_seed(seed) if self.transform.random_crop else None
             image = self.transform(image, generator)
         return image.contiguous(), label
+
+
+class _WorkerError:
+    """An exception raised in a DataLoader worker, sent back as a batch and re-raised by Loader as itself.
+
+    torch re-raises a worker's exception as `type(e)(message)` with the worker's traceback inside the message, so
+    a one-line error (BadImageError naming the file) would become 20 lines ending in the file name."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    @staticmethod
+    def can_carry(error: Exception) -> bool:
+        """Whether `error` survives the trip back (pickling) as the same type and message."""
+        try:
+            copy = pickle.loads(pickle.dumps(error))
+        except Exception:  # noqa: BLE001 - any failure means: let torch report it its own way
+            return False
+        return type(copy) is type(error) and str(copy) == str(error)
+
+
+def _collate(items: list) -> "tuple[torch.Tensor | None, torch.Tensor | None, int] | _WorkerError":
+    """(images, labels, images dropped) of a batch; the dropped (None) items are left out, and a batch of only
+    dropped items gives (None, None, dropped). A worker's error stands for the whole batch."""
+    failed = next((item for item in items if isinstance(item, _WorkerError)), None)
+    if failed is not None:
+        return failed
+    kept = [item for item in items if item is not None]
+    if not kept:
+        return None, None, len(items)
+    images, labels = default_collate(kept)
+    return images, labels, len(items) - len(kept)
 
 
 class _PlannedBatches:
@@ -137,8 +186,9 @@ class Loader:
     """Iterates (images float32 (N, C, H, W) normalised, labels int64 (N,)), both on `device`.
 
     Train: shuffled per epoch, last incomplete batch dropped. Eval: in order, every sample of this rank's
-    shard exactly once. Call set_epoch(epoch) before iterating; a given (seed, epoch, rank) always yields
-    the same batches."""
+    shard exactly once, except bad images dropped under data.on_bad_image=skip (batches may then be short, or
+    left out when empty; `skipped` counts them for the pass). Call set_epoch(epoch) before iterating; a given
+    (seed, epoch, rank) always yields the same batches."""
 
     def __init__(self, dataset: Dataset, *, batch_size: int, device: torch.device, train: bool, seed: int,
                  rank: int, world_size: int, item_transform: ItemTransform | None, batch_transform: BatchTransform,
@@ -152,13 +202,15 @@ class Loader:
         self.item_transform = item_transform
         self.batch_transform = batch_transform
         self.epoch = 0
+        self.skipped = 0  # bad images the last pass dropped (evaluation with data.on_bad_image=skip)
         self.on_device = on_device
         if on_device:
             self._images = dataset.images.to(device)
             self._labels = dataset.labels.to(device)
         else:
             self._loader = DataLoader(
-                _ItemSource(dataset, item_transform), batch_sampler=_PlannedBatches(self), num_workers=workers,
+                _ItemSource(dataset, item_transform, train), batch_sampler=_PlannedBatches(self), collate_fn=_collate,
+                num_workers=workers,
                 pin_memory=device.type == "cuda", persistent_workers=workers > 0, worker_init_fn=init_decode_worker,
                 # DataLoader draws its workers' base seed from this, not from the global RNG.
                 generator=torch.Generator().manual_seed(seed))
@@ -208,8 +260,15 @@ class Loader:
                             for image, seed in zip(images, seeds)])
 
     def __iter__(self):
+        self.skipped = 0
         if not self.on_device:
-            for batch_index, (images, labels) in enumerate(self._loader):
+            for batch_index, batch in enumerate(self._loader):
+                if isinstance(batch, _WorkerError):
+                    raise batch.error  # as the single-process path raises it: one line naming the file
+                images, labels, dropped = batch
+                self.skipped += dropped
+                if images is None:  # every image of this batch was dropped
+                    continue
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
                 yield self.batch_transform(images, self._batch_generator(batch_index)), labels

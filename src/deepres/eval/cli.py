@@ -2,11 +2,12 @@
 multi-scale and flip testing; prints top-1/top-5 and writes metrics, per-class accuracy and the confusion matrix."""
 import argparse
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from deepres.core.checkpoint import resolve_checkpoint
-from deepres.core.config import Config, apply_overrides
+from deepres.core.config import MAX_TEST_SCALE, Config, apply_overrides
 from deepres.core.device import AMP_DTYPES, default_device
 from deepres.data import build_eval_loader, list_formats
 from deepres.tasks.build import load_model
@@ -35,11 +36,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="allow --out to be a non-empty directory")
 
 
+def parse_test_scales(text: str) -> list[int]:
+    """--test-scales "224,256" -> [224, 256]; a ValueError naming the option for anything but sizes in
+    1..MAX_TEST_SCALE pixels."""
+    scales = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if not part.isdigit():
+            raise ValueError(f"--test-scales {text}: {part!r} is not a whole number of pixels")
+        if not 1 <= int(part) <= MAX_TEST_SCALE:
+            raise ValueError(f"--test-scales {text}: {part} is not a test size; give sizes of 1 to at most "
+                             f"{MAX_TEST_SCALE} pixels")
+        scales.append(int(part))
+    return scales
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir() and any(out.iterdir()) and not args.force:
         raise ValueError(f"--out {out} is not empty; choose another directory or pass --force")
-    scales = [int(s) for s in args.test_scales.split(",") if s.strip()] if args.test_scales else []
+    scales = parse_test_scales(args.test_scales)
 
     path = resolve_checkpoint(args.checkpoint)
     if args.model is None and not path.suffix == ".safetensors":
@@ -66,17 +83,23 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{path}: its classifier does not fit the {info.num_classes} classes of {cfg.data.name} "
                          f"(it has {model.num_classes} outputs); evaluate on the dataset it was trained for")
     class_names = list(info.classes) if len(info.classes) == model.num_classes else classes
+    started = time.perf_counter()
+    # progress=None: a bar on stderr only when it is a terminal
     result = evaluate(model.to(device), eval_loader, num_classes=model.num_classes, scales=scales, flip=args.flip,
-                      amp_dtype=AMP_DTYPES[args.amp], class_names=class_names)
+                      amp_dtype=AMP_DTYPES[args.amp], class_names=class_names, progress=None)
+    seconds = time.perf_counter() - started
 
     views = f"scales {scales}" if scales else "single scale"
-    print(f"{path}: {cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, {views}"
+    print(f"{path}: {cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, "
+          f"{result['skipped']} skipped, {views}"
           f"{', flip' if args.flip else ''}, {'bf16' if args.amp == 'bf16' else 'fp32'})")
-    print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+    print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
+          f"({result['n']} images in {seconds:.1f} s, {result['n'] / seconds:.1f} images/s, decoding included)")
     if out is not None:
         write_confusion_matrix(result["confusion"], result["class_names"], out)
-        metrics = {k: result[k] for k in ("top1", "top5", "top5_k", "loss", "n")}
-        metrics.update(checkpoint=str(path), model=cfg.model.name, dataset=cfg.data.name,
+        metrics = {k: result[k] for k in ("top1", "top5", "top5_k", "loss", "n", "skipped")}
+        metrics.update(seconds=seconds, images_per_second=result["n"] / seconds, checkpoint=str(path),
+                       model=cfg.model.name, dataset=cfg.data.name,
                        split=cfg.data.val_split, scales=scales, flip=args.flip, amp=args.amp)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print(f"wrote {out}/metrics.json, per_class.csv, confusion.csv, confusion.png")

@@ -160,12 +160,8 @@ def export(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, args.checkpoint) if args.model else load_model(args.checkpoint)
     metadata = preprocessing_metadata(loaded)
     out = Path(args.out) if args.out else default_output(args.checkpoint, args.format)
-    try:
-        result = export_model(loaded.model, out, format=args.format, metadata=metadata, opset=args.opset,
-                              exporter=args.exporter, force=args.force, tolerance=args.tolerance)
-    except FileExistsError as e:
-        print(f"deepres export: error: {e}", file=sys.stderr)
-        return 1
+    result = export_model(loaded.model, out, format=args.format, metadata=metadata, opset=args.opset,
+                          exporter=args.exporter, force=args.force, tolerance=args.tolerance)
     c, h, w = metadata["input_size"]
     print(f"wrote {result['path']} ({metadata['model']}, input [batch, {c}, {h}, {w}], {args.format}); max abs "
           f"logit error vs PyTorch {result['max_abs_error']:.3g} on batches "

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from deepres.core.errors import RunFailedError
 from deepres.core.files import temp_file
 from deepres.core.preprocess import Preprocess
 from deepres.core.typed import plain
@@ -37,6 +38,12 @@ METADATA_FILE = "deepres.json"  # extra file inside TorchScript and .pt2 archive
 # centre `crop_size` square, then `normalize` ("meanstd": (x/255 - mean)/std; "mean": x - 255*mean).
 METADATA_KEYS = ("model", "input_size", "resize", "crop_size", "interpolation", "normalize", "mean", "std",
                  "class_names", "num_classes", "input_layout", "deepres_format")
+
+
+class ExportCheckError(RunFailedError):
+    """The exported model's outputs differ from PyTorch's beyond the tolerance (nothing was written)."""
+
+
 DEFAULT_TOLERANCE = 1e-4  # max |exported - PyTorch| logit error allowed, times max(1, largest |logit|)
 
 
@@ -115,15 +122,15 @@ def export_model(model: nn.Module, out: str | Path, *, format: str, metadata: di
                 expected = model(x)
             got = torch.from_numpy(run_exported(x))
             if got.shape != expected.shape:
-                raise ValueError(f"exported {format} model returned shape {tuple(got.shape)} for batch {batch}, "
-                                 f"PyTorch {tuple(expected.shape)}")
+                raise ExportCheckError(f"exported {format} model returned shape {tuple(got.shape)} for batch "
+                                       f"{batch}, PyTorch {tuple(expected.shape)}")
             error = float((got - expected).abs().max())
             limit = tolerance * max(1.0, float(expected.abs().max()))
             errors[batch] = error
             log(f"check batch {batch}: max |{format} - pytorch| = {error:.3g} (limit {limit:.3g})")
             if not error <= limit:
-                raise ValueError(f"exported {format} model disagrees with PyTorch on batch {batch}: max abs logit "
-                                 f"error {error:.3g} > {limit:.3g}; nothing was written to {out}")
+                raise ExportCheckError(f"exported {format} model disagrees with PyTorch on batch {batch}: max abs "
+                                       f"logit error {error:.3g} > {limit:.3g}; nothing was written to {out}")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,10 +1,24 @@
 """Parameter and FLOP counts. FLOPs are counted by torch.utils.flop_counter on the meta device (no compute) and
-reported as multiply-accumulates (GMACs), the convention of torchvision and mmcls tables (resnet50 = 4.1)."""
+reported as multiply-accumulates (GMACs), the convention of torchvision and mmcls tables (resnet50 = 4.1).
+
+Counting is slow for deep models even on the meta device (its kernels are Python: preact_resnet1001 takes ~1.4 s to
+build and ~1.5 s to count, the whole zoo ~13 s; one run each on the 2-core CPU dev box), so the `deepres models`
+table is kept in a cache, valid while this package's source and torch's version are unchanged."""
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from deepres.core.files import atomic_write_text
+
 from .base import module_device
-from .registry import create_model, default_input_size
+from .registry import builder_module, create_model, default_input_size
+
+log = logging.getLogger(__name__)
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -29,3 +43,54 @@ def model_complexity(name: str, num_classes: int | None = None, input_size=None,
         model = create_model(name, num_classes=num_classes, in_chans=input_size[0], **overrides)
     gmacs = count_gmacs(model, input_size) if flops else float("nan")
     return {"name": name, "params": count_params(model), "gmacs": gmacs, "input_size": input_size}
+
+
+def complexity_cache_path() -> Path:
+    """$DEEPRES_CACHE/model_complexity.json, else ~/.cache/deepres/model_complexity.json."""
+    root = os.environ.get("DEEPRES_CACHE")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "deepres") / "model_complexity.json"
+
+
+def _source_fingerprint() -> str:
+    """torch's version and every source file of this package: a change to a model's code or table recounts."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path, fingerprint: str) -> dict:
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or damaged: counted anew
+    if not isinstance(cache, dict) or cache.get("fingerprint") != fingerprint:
+        return {}
+    rows = cache.get("rows")
+    return rows if isinstance(rows, dict) else {}
+
+
+def table_complexity(names: list[str], flops: bool = True) -> list[dict]:
+    """model_complexity of each model at its defaults, for the `deepres models` table. Rows of deepres's own
+    models are read from the cache (complexity_cache_path) when there; new ones counted are added to it."""
+    path, fingerprint = complexity_cache_path(), _source_fingerprint()
+    cached = _read_cache(path, fingerprint)
+    rows, added = [], False
+    for name in names:
+        cacheable = builder_module(name).startswith("deepres.models.")  # a user's builder may change unseen
+        if cacheable and name in cached:
+            row = cached[name]
+            rows.append({**row, "name": name, "input_size": tuple(row["input_size"])})
+            continue
+        row = model_complexity(name, flops=flops)
+        rows.append(row)
+        if cacheable and flops:
+            cached[name] = {"params": row["params"], "gmacs": row["gmacs"], "input_size": list(row["input_size"])}
+            added = True
+    if added:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps({"fingerprint": fingerprint, "rows": cached}, indent=1))
+        except OSError as e:  # a read-only home: the table is still right, only slower next time
+            log.warning("could not write the model table cache %s: %s", path, e)
+    return rows

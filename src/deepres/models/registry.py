@@ -26,6 +26,12 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, input_size=(3,
     return wrap(fn) if fn is not None else wrap
 
 
+def builder_module(name: str) -> str:
+    """The module that defines a registered model's builder (deepres.models.* for the built-in ones)."""
+    _check_known(name)
+    return _model_builders[name].__module__
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style `pattern`, sorted."""
     return sorted(n for n in _model_builders if fnmatch(n, pattern))

@@ -1,4 +1,4 @@
-"""`deepres compare RUN_DIR... [--out DIR] [--group-by-parent] [--metric top1|top5] [--band minmax|std]
+"""`deepres compare RUN_DIR... [--out DIR [--force]] [--group-by-parent] [--metric top1|top5] [--band minmax|std]
 [--best-epoch]`: the study report for any set of runs.
 
 Runs are grouped into variants by their configs: runs whose config.yaml differ only in the seed (and in
@@ -33,9 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--best-epoch", action="store_true",
                         help="also show the best epoch's error (optimistic: selected on the test set)")
     parser.add_argument("--title", default="Comparison", help="report title")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an existing --out directory (replacing only the report's files)")
 
 
 def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise ValueError(f"--out {out} is not empty; choose another directory or pass --force (which replaces "
+                         "only the report's files)")
     dirs = [Path(d) for d in args.runs]
     for d in dirs:
         if not (d / METRICS_FILE).is_file():

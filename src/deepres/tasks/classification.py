@@ -107,11 +107,14 @@ class ClassificationTask:
         return classification_loss(logits, targets, kind=self.train.loss, label_smoothing=self.train.label_smoothing)
 
     def evaluate(self, model: nn.Module, loader, *, ema_model: nn.Module | None = None) -> dict[str, float]:
-        """top1, top5 (%) and test_loss (nats) on `loader`, and ema_top1 with an EMA model; summed over ranks."""
+        """top1, top5 (%) and test_loss (nats) on `loader`, test_skipped (bad images dropped) when any, and ema_top1
+        with an EMA model; summed over ranks."""
         kwargs = dict(num_classes=self.num_classes, scales=tuple(self.eval.scales), flip=self.eval.flip,
                       amp_dtype=AMP_DTYPES[self.train.amp])
         result = evaluate(model, loader, **kwargs)
         metrics = {"top1": result["top1"], "top5": result["top5"], "test_loss": result["loss"]}
+        if result["skipped"]:  # bad images dropped from the test set (data.on_bad_image=skip), summed over ranks
+            metrics["test_skipped"] = result["skipped"]
         if ema_model is not None:
             metrics["ema_top1"] = evaluate(ema_model, loader, **kwargs)["top1"]
         return metrics
@@ -124,4 +127,5 @@ class ClassificationTask:
         return eval_preprocess(data, in_chans)  # the eval loader's resize, crop and normalisation
 
     def summary(self, metrics: dict[str, float]) -> str:
-        return f"test top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%"
+        skipped = f"  ({metrics['test_skipped']} bad images skipped)" if metrics.get("test_skipped") else ""
+        return f"test top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%{skipped}"

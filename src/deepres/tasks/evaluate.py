@@ -6,7 +6,7 @@ softmax probabilities of all views and predicts from the average, as in the ResN
 pooling, so any input size works.
 
 Distributed evaluation: each rank evaluates its own disjoint shard (the eval loaders shard contiguously, no
-padding), and the counts (confusion matrix, top-k hits, loss sum, images) are summed over ranks with
+padding), and the counts (confusion matrix, top-k hits, loss sum, images, skipped images) are summed over ranks with
 all_reduce before anything is computed from them, so N ranks give exactly the numbers of one process.
 """
 import math
@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from deepres.core.distributed import all_reduce_sum, is_distributed
 from deepres.models.base import eval_mode, module_device
@@ -40,7 +41,7 @@ def make_views(images: torch.Tensor, scales: Sequence[int] = (), flip: bool = Fa
 def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Sequence[int] = (),
              flip: bool = False, amp_dtype: torch.dtype | None = None,
              class_names: Sequence[str] | None = None, max_batches: int = 0,
-             distributed: bool | None = None) -> dict:
+             distributed: bool | None = None, progress: bool | None = False) -> dict:
     """Evaluate `model` on (images, labels) batches; accuracies in percent.
 
     Returns a dict:
@@ -48,12 +49,14 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
       loss         mean cross-entropy (nats). One view: of the logits. Several views (scales/flip):
                    of the log of the averaged softmax probabilities, i.e. the loss of the prediction made.
       n            images counted
+      skipped      bad images the loader dropped (its `skipped` after the pass; 0 for a loader without one)
       per_class    accuracy (%) per true class; nan for classes absent from the data
       confusion    (num_classes, num_classes) int64 CPU tensor, rows = true class, cols = predicted
       class_names  the names given (or "0", "1", ...)
     `max_batches` > 0 stops after that many batches (0 = the whole loader).
     `distributed`: sum the counts over all ranks, each having evaluated its own shard (every rank must call
     evaluate, and all get the same result); None = whenever a process group of more than one is initialised.
+    `progress`: a tqdm bar of batches on stderr; None = only when stderr is a terminal.
     """
     _check_arguments(num_classes, scales, class_names, max_batches)
     if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -62,7 +65,12 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
     metrics = None
     # eval_mode restores each module's own flag, so submodules deliberately frozen in eval mode stay so
     with eval_mode(model), torch.inference_mode():
-        for batch_index, (images, labels) in enumerate(loader):
+        total = len(loader) if hasattr(loader, "__len__") else None
+        if max_batches and total is not None:
+            total = min(total, max_batches)
+        bar = tqdm(loader, total=total, desc="eval", unit="batch", leave=False, dynamic_ncols=True,
+                   disable=None if progress is None else not progress)
+        for batch_index, (images, labels) in enumerate(bar):
             if max_batches and batch_index >= max_batches:
                 break
             if metrics is None:
@@ -70,14 +78,20 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
             labels = metrics.checked_labels(labels.to(images.device, non_blocking=True))
             scores, loss_sum = _predict(model, images, labels, num_classes, scales, flip, amp_dtype)
             metrics.update(scores, labels, loss_sum)
+    skipped = int(getattr(loader, "skipped", 0))
+    if metrics is not None:
+        metrics.skipped = skipped
     if distributed is None:
         distributed = is_distributed()
     if distributed:
         if metrics is None:  # a rank whose shard is empty still takes part in the sums
             metrics = _Accumulators(num_classes, top_k, module_device(model))
+            metrics.skipped = skipped
         metrics.all_reduce()
     if metrics is None or metrics.count == 0:
-        raise ValueError("evaluate: the loader yielded no images")
+        skipped = metrics.skipped if metrics is not None else skipped
+        raise ValueError("evaluate: the loader yielded no images"
+                         + (f" ({skipped} bad images skipped)" if skipped else ""))
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     return metrics.result(top_k, names)
 
@@ -128,6 +142,7 @@ class _Accumulators:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.bad_labels = torch.zeros((), dtype=torch.int64, device=device)
         self.count = 0
+        self.skipped = 0  # bad images the loader dropped, not counted in `count`
         self.device = device
 
     def checked_labels(self, labels: torch.Tensor) -> torch.Tensor:
@@ -151,10 +166,11 @@ class _Accumulators:
         # All of these metrics' states are counts summed over updates (torchmetrics dist_reduce_fx="sum":
         # tp/fp/tn/fn, confmat), so the sum over ranks is the state of one metric that saw every image.
         states = [s for metric in (self.top1, self.topk, self.confusion) for s in metric.metric_state.values()]
-        counts = torch.stack([self.bad_labels, torch.tensor(self.count, dtype=torch.int64, device=self.device)])
+        counts = torch.stack([self.bad_labels, torch.tensor(self.count, dtype=torch.int64, device=self.device),
+                              torch.tensor(self.skipped, dtype=torch.int64, device=self.device)])
         for tensor in (*states, counts, self.loss_sum):
             all_reduce_sum(tensor)
-        self.bad_labels, self.count = counts[0], int(counts[1])
+        self.bad_labels, self.count, self.skipped = counts[0], int(counts[1]), int(counts[2])
 
     def result(self, top_k: int, class_names: list[str]) -> dict:
         bad = int(self.bad_labels)
@@ -168,6 +184,7 @@ class _Accumulators:
             "top5_k": top_k,
             "loss": float(self.loss_sum) / self.count,
             "n": self.count,
+            "skipped": self.skipped,
             "per_class": per_class_accuracy(confusion),
             "confusion": confusion,
             "class_names": class_names,

@@ -1,6 +1,5 @@
 """`deepres train RECIPE [--set k=v ...] [--resume] [--out DIR] [--max-epochs N]`."""
 import argparse
-import sys
 
 from deepres.core.config import load_config
 from deepres.core.distributed import is_main_process
@@ -31,14 +30,10 @@ def run(args: argparse.Namespace) -> int:
     main = is_main_process()
     try:
         result = fit(cfg, resume=args.resume, stop_after_epochs=args.max_epochs)
-    except (FileExistsError, NonFiniteLossError) as e:
+    except (NonFiniteLossError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
         if main:
-            print(f"deepres train: error: {e}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, KeyError, ValueError):
-        if main:
-            raise  # deepres.cli prints it as a user error
-        return 2
+            raise  # deepres.cli prints it in one line, with its exit code
+        return 1 if isinstance(e, NonFiniteLossError) else 2
     if not main:
         return 0
     state = "finished" if result["finished"] else f"stopped after epoch {result['epoch']} (continue with --resume)"
