@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=0.05 --set train.amp=bf16 (repeatable)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in OUT/run.name exactly from checkpoints/last")
+                        help="continue the run in OUT/run.name exactly from checkpoints/last; one stopped before its "
+                             "first checkpoint (or not started at all) starts, with the same config")
     parser.add_argument("--out", metavar="DIR", help="parent directory of the run directory (run.out_dir)")
     parser.add_argument("--max-epochs", type=int, metavar="N",
                         help="stop once N epochs are complete; the schedule still spans the whole recipe, so "

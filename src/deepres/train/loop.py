@@ -158,7 +158,8 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
         log: Callable[[str], None] = print) -> dict:
     """Train `cfg` in cfg.run.out_dir/cfg.run.name; returns the final test metrics and where the run lives.
 
-    resume: continue exactly from checkpoints/last (the config may differ only in RESUME_MAY_DIFFER keys).
+    resume: continue exactly from checkpoints/last (the config may differ only in RESUME_MAY_DIFFER keys); with
+    no checkpoint yet (a new run, or one stopped during its first epoch), start it, in the same directory.
     stop_after_epochs: stop once this many epochs are complete (the schedule still spans the whole run),
     to be continued with resume=True. loaders: (train, eval, DataInfo) instead of deepres.data.build_loaders.
     Under torchrun every process calls fit (see deepres.core.distributed); `loaders` must then hold this
@@ -179,7 +180,10 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
             with run.recorder or nullcontext():  # rank 0's; closed however the loop ends
                 if run.recorder is not None:
                     run.recorder.write_env()
-                log(_start_line(run, resume))
+                log(_start_line(run))
+                if resume and not run.resumed:
+                    log(f"--resume: no checkpoint in {run.run_dir / 'checkpoints'} yet (stopped before its first "
+                        f"one): starting the run from step 0")
                 log(_batch_line(run))
                 while state.step < run.total_iters and (stop_after_epochs is None or state.epoch < stop_after_epochs):
                     run.train_loader.set_epoch(state.epoch)
@@ -229,12 +233,12 @@ def _record_and_save(run: Run, record: dict, *, best: bool) -> None:
     raise_if_any_failed(error)
 
 
-def _start_line(run: Run, resume: bool) -> str:
+def _start_line(run: Run) -> str:
     cfg, s = run.cfg, run.state
     n_params = sum(p.numel() for p in run.model.parameters())
     return (f"run {run.run_dir}: {cfg.model.name} ({n_params / 1e6:.2f}M params) on {run.device}, "
             f"amp={cfg.train.amp}, {run.iters_per_epoch} steps/epoch, {run.total_iters} steps" +
-            (f", resuming after epoch {s.epoch} (step {s.step})" if resume else ""))
+            (f", resuming after epoch {s.epoch} (step {s.step})" if run.resumed else ""))
 
 
 def _batch_line(run: Run) -> str:
