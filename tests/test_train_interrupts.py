@@ -1,20 +1,26 @@
 """Issue 11, every interrupted run restarts: a run stopped before its first checkpoint, SIGTERM / Ctrl-C
 mid-epoch, leftover and half-renamed checkpoint files, and what the loop says while it runs."""
+import os
+import signal
+import threading
+
 import pytest
 import torch
 from train_fakes import tiny_loaders
 
 from deepres.core.checkpoint import load_checkpoint
+from deepres.core.config import validate_config
+from deepres.core.errors import TrainingInterrupted
 from deepres.train.loop import fit
 
 from test_train_loop import quiet, tiny_config
 
 
 class FailingLoader:
-    """A train loader that raises after `after` batches of one epoch (a bad image, a full disk...)."""
+    """A train loader that raises after `after` batches of epoch `epoch` (a bad image, a full disk...)."""
 
-    def __init__(self, loader, after, error=OSError("bad image: broken.jpg")):
-        self.loader, self.after, self.error = loader, after, error
+    def __init__(self, loader, after, epoch=0, error=OSError("bad image: broken.jpg")):
+        self.loader, self.after, self.epoch, self.error = loader, after, epoch, error
 
     def __len__(self):
         return len(self.loader)
@@ -24,7 +30,7 @@ class FailingLoader:
 
     def __iter__(self):
         for i, batch in enumerate(self.loader):
-            if i == self.after:
+            if self.loader.epoch == self.epoch and i == self.after:
                 raise self.error
             yield batch
 
@@ -69,3 +75,79 @@ def test_resume_of_a_run_that_never_started_starts_it(tmp_path):
     # the SLURM recipe passes --resume to the first job as well as to the requeued ones
     result = fit(tiny_config(tmp_path, epochs=1), loaders=tiny_loaders(), device="cpu", resume=True, log=quiet)
     assert result["finished"] and (tmp_path / "run" / "checkpoints" / "last.state.pt").is_file()
+
+
+# ------------------------------------------------------------------------- 2. SIGTERM / Ctrl-C mid-epoch
+
+
+class SignalLoader:
+    """A train loader that sends this process `signum` while yielding batch `at` of epoch `epoch`."""
+
+    def __init__(self, loader, epoch, at, signum):
+        self.loader, self.epoch, self.at, self.signum = loader, epoch, at, signum
+
+    def __len__(self):
+        return len(self.loader)
+
+    def set_epoch(self, epoch):
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if self.loader.epoch == self.epoch and i == self.at:
+                os.kill(os.getpid(), self.signum)
+            yield batch
+
+
+EXACT = dict(deterministic=True, ema_decay=0.9, mixup_alpha=0.4, cutmix_alpha=1.0, label_smoothing=0.1,
+             grad_accum_steps=2, epochs=3)
+
+
+def eight_batch_loaders():  # 8 micro-batches, 4 optimizer steps per epoch
+    return tiny_loaders(n_train=128)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_epoch_saves_last_and_the_resume_is_bit_identical(tmp_path, signum, code):
+    fit(tiny_config(tmp_path, "straight", **EXACT), loaders=eight_batch_loaders(), device="cpu", log=quiet)
+    before = signal.getsignal(signum)
+    train, test, info = eight_batch_loaders()
+    lines = []
+    with pytest.raises(TrainingInterrupted) as stopped:
+        fit(tiny_config(tmp_path, **EXACT), loaders=(SignalLoader(train, 1, 2, signum), test, info), device="cpu",
+            log=lines.append)
+    assert stopped.value.exit_code == code
+    assert signal.getsignal(signum) is before  # the previous handler is back
+    # the signal came during micro-batch 2 of epoch 2: the step of micro-batches 2 and 3 finished, then it stopped
+    _, state = load_checkpoint(tmp_path / "run" / "checkpoints")
+    assert (state["step"], state["epoch"], state["batches_done"]) == (6, 1, 4)
+    assert any("--resume" in line and "deepres train" in line for line in lines), lines
+    resumed = fit(tiny_config(tmp_path, **EXACT), loaders=eight_batch_loaders(), device="cpu", resume=True, log=quiet)
+    assert resumed["finished"] and resumed["step"] == 12 and resumed["epoch"] == 3
+    assert same_weights(tmp_path / "straight", tmp_path / "run")
+    _, a = load_checkpoint(tmp_path / "straight" / "checkpoints")
+    _, b = load_checkpoint(tmp_path / "run" / "checkpoints")
+    assert all(torch.equal(a["ema"][k], b["ema"][k]) for k in a["ema"])
+
+
+def test_checkpoint_every_iters_saves_mid_epoch_and_a_crash_resumes_from_there(tmp_path):
+    fit(tiny_config(tmp_path, "straight", **EXACT), loaders=eight_batch_loaders(), device="cpu", log=quiet)
+    train, test, info = eight_batch_loaders()
+    with pytest.raises(OSError, match="bad image"):  # a crash after step 7 (epoch 2, micro-batch 6)
+        fit(tiny_config(tmp_path, **EXACT, checkpoint_every_iters=3), loaders=(FailingLoader(train, 6, epoch=1), test, info),
+            device="cpu", log=quiet)
+    _, state = load_checkpoint(tmp_path / "run" / "checkpoints")
+    assert (state["step"], state["epoch"], state["batches_done"]) == (6, 1, 4)
+    fit(tiny_config(tmp_path, **EXACT), loaders=eight_batch_loaders(), device="cpu", resume=True, log=quiet)
+    assert same_weights(tmp_path / "straight", tmp_path / "run")
+    with pytest.raises(ValueError, match="checkpoint_every_iters"):
+        validate_config(tiny_config(tmp_path, checkpoint_every_iters=-1))
+
+
+def test_fit_in_a_worker_thread_installs_no_signal_handler(tmp_path):
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(fit(tiny_config(tmp_path, epochs=1),
+                                                                loaders=tiny_loaders(), device="cpu", log=quiet)))
+    worker.start()
+    worker.join()
+    assert outcome.get("finished")

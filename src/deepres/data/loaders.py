@@ -10,6 +10,7 @@ sample for per-image crops, one seed per batch for flips/pad-crops/jitter. Nothi
 the result does not depend on the number of workers, so an epoch can be replayed exactly after a resume.
 """
 import math
+import signal
 import weakref
 from dataclasses import dataclass
 
@@ -114,6 +115,17 @@ class _ItemSource(torch.utils.data.Dataset):
         return image.contiguous(), label
 
 
+def _init_loader_worker(worker_id: int) -> None:
+    """A DataLoader worker: one decode thread (init_decode_worker), deaf to SIGINT and SIGTERM.
+
+    Ctrl-C and SLURM's SIGTERM reach every process of the job, but the training process stops only at its next
+    optimizer step, after saving a checkpoint: its workers must feed it until then. The DataLoader stops them
+    itself (and they exit when the training process dies)."""
+    init_decode_worker(worker_id)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class _PlannedBatches:
     """DataLoader batch sampler that replays its loader's plan for the current epoch."""
 
@@ -126,11 +138,12 @@ class _PlannedBatches:
         return len(self.loader)
 
     def __iter__(self):
+        # Not a generator: the plan and the first batch (Loader.iter_from) are read now, when the DataLoader
+        # iterator is made, not at its first batch.
         order, seeds = self.loader._plan()
-        size = self.loader.batch_size
+        size, first = self.loader.batch_size, self.loader._first_batch
         pairs = list(zip(order.tolist(), seeds.tolist()))
-        for start in range(0, len(pairs), size):
-            yield pairs[start:start + size]
+        return iter([pairs[start:start + size] for start in range(first * size, len(pairs), size)])
 
 
 class Loader:
@@ -152,6 +165,7 @@ class Loader:
         self.item_transform = item_transform
         self.batch_transform = batch_transform
         self.epoch = 0
+        self._first_batch = 0  # the batch the DataLoader's sampler starts at (iter_from)
         self.on_device = on_device
         if on_device:
             self._images = dataset.images.to(device)
@@ -159,7 +173,7 @@ class Loader:
         else:
             self._loader = DataLoader(
                 _ItemSource(dataset, item_transform), batch_sampler=_PlannedBatches(self), num_workers=workers,
-                pin_memory=device.type == "cuda", persistent_workers=workers > 0, worker_init_fn=init_decode_worker,
+                pin_memory=device.type == "cuda", persistent_workers=workers > 0, worker_init_fn=_init_loader_worker,
                 # DataLoader draws its workers' base seed from this, not from the global RNG.
                 generator=torch.Generator().manual_seed(seed))
 
@@ -208,15 +222,27 @@ class Loader:
                             for image, seed in zip(images, seeds)])
 
     def __iter__(self):
+        return self.iter_from(0)
+
+    def iter_from(self, first: int):
+        """The current epoch's batches from batch `first` on, equal to those a whole iteration gives there (a
+        checkpoint saved mid-epoch resumes this way); the batches before it are not read."""
+        if not 0 <= first <= len(self):
+            raise ValueError(f"first batch {first} is not in 0..{len(self)}")
         if not self.on_device:
-            for batch_index, (images, labels) in enumerate(self._loader):
+            self._first_batch = first
+            try:
+                batches = iter(self._loader)  # the sampler reads _first_batch here
+            finally:
+                self._first_batch = 0
+            for batch_index, (images, labels) in enumerate(batches, start=first):
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
                 yield self.batch_transform(images, self._batch_generator(batch_index)), labels
             return
         order, seeds = self._plan()
         order_on_device = order.to(self.device)
-        for batch_index in range(len(self)):
+        for batch_index in range(first, len(self)):
             batch = slice(batch_index * self.batch_size, (batch_index + 1) * self.batch_size)
             index = order_on_device[batch]
             images, labels = self._images[index], self._labels[index]

@@ -4,7 +4,7 @@ import sys
 
 from deepres.core.config import load_config
 from deepres.core.distributed import is_main_process
-from deepres.core.errors import NonFiniteLossError
+from deepres.core.errors import NonFiniteLossError, TrainingInterrupted
 
 from .loop import fit
 
@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     main = is_main_process()
     try:
         result = fit(cfg, resume=args.resume, stop_after_epochs=args.max_epochs)
+    except TrainingInterrupted as e:
+        return e.exit_code  # fit logged where it stopped and how to resume
     except (FileExistsError, NonFiniteLossError) as e:
         if main:
             print(f"deepres train: error: {e}", file=sys.stderr)

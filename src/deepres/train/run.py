@@ -4,11 +4,12 @@ as a `Checkpoint` record that `setup_run` restores for a resume (file layout: de
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -25,6 +26,7 @@ from deepres.tasks import Task, task_of
 from deepres.tasks.build import build_model, resolve_config
 
 from .ema import ModelEMA
+from .interrupts import StopRequest
 from .optim import create_optimizer, scaled_lr
 
 @dataclass
@@ -38,6 +40,10 @@ class TrainState:
     last_finite_loss: float = math.nan
     last_finite_step: int = -1
     nonfinite_streak: int = 0  # non-finite losses in a row (optimizer steps); a resumed run starts afresh
+    # Where a checkpoint saved mid-epoch (an interrupt, train.checkpoint_every_iters) stands in epoch `epoch`:
+    # micro-batches already trained, which a resume skips, and the batch-mixing generator's state after them
+    batches_done: int = 0
+    mix_rng: dict | None = None  # numpy bit_generator.state; None = fresh from (seed, epoch)
 
 
 @dataclass
@@ -59,6 +65,8 @@ class Run:
     recorder: RunRecorder | None = None  # rank 0 only
     progress: bool = False  # tqdm bar per epoch
     resumed: bool = False  # setup_run restored checkpoints/last into it
+    stop: StopRequest = field(default_factory=StopRequest)  # set by SIGINT/SIGTERM (fit) to stop at the next step
+    log: Callable[[str], None] | None = None  # progress lines when the bar is off (rank 0; set by fit)
 
     def __post_init__(self):
         if self.train_model is None:
@@ -202,6 +210,9 @@ def save_run(run: Run, *, best: bool) -> None:
         "rng": _capture_rng(run.device),
         "metrics": dict(s.metrics),
         "world_size": run.dist.world_size,
+        # position inside epoch `epoch` (0 and None at epoch ends; older checkpoints lack both: 0)
+        "batches_done": s.batches_done,
+        "mix_rng": json.dumps(s.mix_rng) if s.mix_rng is not None else None,
     }
     save_checkpoint(run.run_dir / "checkpoints", "last", model=run.model, state=payload, config=config_to_dict(run.cfg),
                     classes=list(run.data.classes), also=("best",) if best else ())
@@ -217,7 +228,8 @@ def load_run(ckpt_dir: Path, best_metric: str, dist: DistInfo = DistInfo()) -> C
         raise FileNotFoundError(f"nothing to resume: no checkpoint 'last' in {ckpt_dir}{shared}") from None
     state = TrainState(step=p["step"], epoch=p["epoch"], best=p[f"best_{best_metric}"], best_epoch=p["best_epoch"],
                        last_finite_loss=p["last_finite_loss"], last_finite_step=p["last_finite_step"],
-                       metrics=dict(p.get("metrics") or {}))
+                       metrics=dict(p.get("metrics") or {}), batches_done=int(p.get("batches_done", 0)),
+                       mix_rng=json.loads(p["mix_rng"]) if p.get("mix_rng") else None)
     return Checkpoint(weights=weights, state=state, optimizer=p["optimizer"], scaler=p.get("scaler"), ema=p["ema"],
                       rng=p["rng"], world_size=int(p.get("world_size", 1)), config=p["config"])
 
