@@ -151,3 +151,33 @@ def test_fit_in_a_worker_thread_installs_no_signal_handler(tmp_path):
     worker.start()
     worker.join()
     assert outcome.get("finished")
+
+
+# ------------------------------------------------------------------------ 3. what killed saves leave behind
+
+
+def test_leftover_temp_files_are_removed_when_the_run_resumes(tmp_path):
+    fit(tiny_config(tmp_path, epochs=2), loaders=tiny_loaders(), device="cpu", stop_after_epochs=1, log=quiet)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    for i in range(30):  # 30 kills during a save
+        (checkpoints / f".last.safetensors.{i:06d}.tmp").write_bytes(b"\0" * 1000)
+        (checkpoints / f".best.state.pt.{i:06d}.tmp").write_bytes(b"\0" * 1000)
+    fit(tiny_config(tmp_path, epochs=2), loaders=tiny_loaders(), device="cpu", resume=True, log=quiet)
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.safetensors", "best.state.pt",
+                                                             "last.safetensors", "last.state.pt"]
+
+
+def test_a_resume_repairs_a_last_pair_torn_by_a_kill_between_its_renames(tmp_path):
+    fit(tiny_config(tmp_path, "straight", **EXACT), loaders=eight_batch_loaders(), device="cpu", log=quiet)
+    fit(tiny_config(tmp_path, **EXACT), loaders=eight_batch_loaders(), device="cpu", stop_after_epochs=1, log=quiet)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    older = {p.name: p.read_bytes() for p in checkpoints.glob("last.*")}
+    fit(tiny_config(tmp_path, **EXACT), loaders=eight_batch_loaders(), device="cpu", resume=True,
+        stop_after_epochs=2, log=quiet)
+    # kill -9 between the renames of the epoch-2 save: its state is in place, its weights still in the temp file
+    (checkpoints / "last.safetensors").replace(checkpoints / ".last.safetensors.a1b2c3.tmp")
+    (checkpoints / "last.safetensors").write_bytes(older["last.safetensors"])
+    lines = []
+    fit(tiny_config(tmp_path, **EXACT), loaders=eight_batch_loaders(), device="cpu", resume=True, log=lines.append)
+    assert any("completed it (step 8)" in line for line in lines), lines
+    assert same_weights(tmp_path / "straight", tmp_path / "run")

@@ -238,7 +238,7 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
     try:
         with process_group(device) as (dist, device):
             log = log if dist.is_main else _silent
-            run = setup_run(cfg, resume=resume, device=device, loaders=loaders, dist=dist)
+            run = setup_run(cfg, resume=resume, device=device, loaders=loaders, dist=dist, log=log)
             state, task = run.state, run.task
             with run.recorder or nullcontext():  # rank 0's; closed however the loop ends
                 if run.recorder is not None:

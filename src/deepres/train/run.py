@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import yaml
 
-from deepres.core.checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, restore_rng_state,
-                                     save_checkpoint)
+from deepres.core.checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, repair_checkpoints,
+                                     restore_rng_state, save_checkpoint)
 from deepres.core.config import RESUME_MAY_DIFFER, Config, config_diff, config_from_dict, config_to_dict
 from deepres.core.device import seed_everything, set_deterministic
 from deepres.core.distributed import DistInfo, raise_if_any_failed, same_on_all_ranks
@@ -95,11 +95,20 @@ class Run:
 
 
 def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loaders=None,
-              dist: DistInfo = DistInfo()) -> Run:
+              dist: DistInfo = DistInfo(), log: Callable[[str], None] = print) -> Run:
     """The run fit trains: data, the config resolved against it, model, optimizer, EMA, task, recorder (rank 0);
-    with `resume`, checkpoints/last restored into them, RNG states last (a run stopped before its first
-    checkpoint has none: it starts from step 0, with the config its config.yaml holds). Every rank calls it."""
+    with `resume`, checkpoints/last restored into them (repaired first when a killed save left it torn), RNG
+    states last (a run stopped before its first checkpoint has none: it starts from step 0, with the config its
+    config.yaml holds). Every rank calls it; `log` gets what was repaired."""
     ckpt_dir = Path(cfg.run.out_dir) / cfg.run.name / "checkpoints"
+    if resume:  # rank 0 completes pairs and removes temp files that killed saves left; the others wait for it
+        error = None
+        try:
+            for line in repair_checkpoints(ckpt_dir) if dist.is_main else ():
+                log(line)
+        except Exception as e:
+            error = e
+        raise_if_any_failed(error)
     found = resume and any(p.exists() for p in checkpoint_paths(ckpt_dir, "last"))
     same_on_all_ranks(int(found), f"whether {ckpt_dir} holds a checkpoint 'last' (1) or not (0)",
                       "every process reads it: with several nodes, run.out_dir must be on a filesystem they all share")
