@@ -134,8 +134,8 @@ def test_checkpoint_every_iters_saves_mid_epoch_and_a_crash_resumes_from_there(t
     fit(tiny_config(tmp_path, "straight", **EXACT), loaders=eight_batch_loaders(), device="cpu", log=quiet)
     train, test, info = eight_batch_loaders()
     with pytest.raises(OSError, match="bad image"):  # a crash after step 7 (epoch 2, micro-batch 6)
-        fit(tiny_config(tmp_path, **EXACT, checkpoint_every_iters=3), loaders=(FailingLoader(train, 6, epoch=1), test, info),
-            device="cpu", log=quiet)
+        fit(tiny_config(tmp_path, **EXACT, checkpoint_every_iters=3),
+            loaders=(FailingLoader(train, 6, epoch=1), test, info), device="cpu", log=quiet)
     _, state = load_checkpoint(tmp_path / "run" / "checkpoints")
     assert (state["step"], state["epoch"], state["batches_done"]) == (6, 1, 4)
     fit(tiny_config(tmp_path, **EXACT), loaders=eight_batch_loaders(), device="cpu", resume=True, log=quiet)
@@ -181,3 +181,29 @@ def test_a_resume_repairs_a_last_pair_torn_by_a_kill_between_its_renames(tmp_pat
     fit(tiny_config(tmp_path, **EXACT), loaders=eight_batch_loaders(), device="cpu", resume=True, log=lines.append)
     assert any("completed it (step 8)" in line for line in lines), lines
     assert same_weights(tmp_path / "straight", tmp_path / "run")
+
+
+# ------------------------------------------------------------------------------ 4. what the loop tells you
+
+
+def test_a_warmup_longer_than_the_run_is_one_warning_line(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=1)
+    cfg.schedule.warmup_iters = 10
+    lines = []
+    fit(cfg, loaders=tiny_loaders(), device="cpu", log=lines.append)
+    warned = [line for line in lines if "warmup_iters" in line]
+    assert len(warned) == 1 and "schedule.warmup_iters=10" in warned[0] and "4 steps" in warned[0], lines
+    lines.clear()
+    fit(tiny_config(tmp_path, "fine", epochs=1), loaders=tiny_loaders(), device="cpu", log=lines.append)
+    assert not [line for line in lines if "warmup_iters" in line]
+
+
+@pytest.mark.parametrize("progress", [True, False])  # True: stderr is no terminal under pytest, the bar is off
+def test_without_a_bar_the_epoch_prints_plain_progress_lines(tmp_path, progress):
+    lines = []
+    fit(tiny_config(tmp_path, epochs=2, log_every_iters=2, progress=progress), loaders=tiny_loaders(), device="cpu",
+        log=lines.append)
+    steps = [line for line in lines if line.startswith("epoch ") and " step " in line and "img/s" in line
+             and "/" in line.split(" step ")[1].split()[0]]
+    assert [line.split(" step ")[1].split()[0] for line in steps] == ["2/8", "4/8", "6/8", "8/8"], lines
+    assert all(" loss " in line and " lr " in line for line in steps)

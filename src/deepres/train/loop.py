@@ -248,6 +248,8 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
                     log(f"--resume: no checkpoint in {run.run_dir / 'checkpoints'} yet (stopped before its first "
                         f"one): starting the run from step 0")
                 log(_batch_line(run))
+                if run.cfg.schedule.warmup_iters > run.total_iters:
+                    log(_warmup_warning(run))
                 run.log = log if dist.is_main else None
                 try:  # SIGINT/SIGTERM only set run.stop: the loop stops at the next step and saves checkpoints/last
                     with stop_on_signals(run.stop):
@@ -338,6 +340,15 @@ def _batch_line(run: Run) -> str:
     if o.lr_scaling == "linear":
         line += f" = {o.lr:g} x {run.global_batch} / {o.lr_base_batch} (optim.lr_scaling=linear)"
     return line
+
+
+def _warmup_warning(run: Run) -> str:
+    """A warm-up longer than the run (a shortened smoke run of a recipe) never lets the lr reach its peak."""
+    s, total = run.cfg.schedule, run.total_iters
+    last_lr = lr_at(total - 1, s, run.peak_lr, run.iters_per_epoch, total)
+    return (f"warning: schedule.warmup_iters={s.warmup_iters} is longer than the run's {total} steps: the lr never "
+            f"reaches its peak {run.peak_lr:.6g} (its last step uses {last_lr:.4g}); lower schedule.warmup_iters "
+            f"or train longer")
 
 
 def _epoch_line(run: Run, stats: dict, summary: str) -> str:
