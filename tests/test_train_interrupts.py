@@ -207,3 +207,17 @@ def test_without_a_bar_the_epoch_prints_plain_progress_lines(tmp_path, progress)
              and "/" in line.split(" step ")[1].split()[0]]
     assert [line.split(" step ")[1].split()[0] for line in steps] == ["2/8", "4/8", "6/8", "8/8"], lines
     assert all(" loss " in line and " lr " in line for line in steps)
+
+
+def test_slow_steps_print_a_progress_line_at_least_every_minute(tmp_path, monkeypatch):
+    import deepres.train.loop
+
+    def step_lines(name):
+        lines = []
+        fit(tiny_config(tmp_path, name, epochs=1, log_every_iters=100), loaders=tiny_loaders(), device="cpu",
+            log=lines.append)
+        return [line for line in lines if " step " in line and "img/s" in line and "/4 " in line]
+
+    assert step_lines("fast") == []  # 4 quick steps, no log_every_iters boundary: nothing to say
+    monkeypatch.setattr(deepres.train.loop._ProgressLines.__init__, "__defaults__", (0.0,))  # "a minute" = 0 s
+    assert len(step_lines("slow")) == 4
