@@ -1,8 +1,8 @@
 """build_loaders: batches, determinism per (seed, epoch, rank), eval coverage, sharding, both loading paths."""
 import dataclasses
 import multiprocessing
-import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -11,6 +11,7 @@ import torch
 from data_helpers import FASHION_MNIST_DIR, write_image, write_mnist
 from deepres.data import (DataConfig, DataInfo, TooManyBadImagesError, build_datasets, build_eval_loader,
                           build_loaders, eval_preprocess)
+from deepres.data.loaders import _init_loader_worker
 from deepres.inference.preprocess import preprocess_image
 
 # Raw pixel values out: plain mean subtraction with a zero mean.
@@ -189,10 +190,29 @@ def test_loader_workers_outlive_a_signal_to_the_process_group(folder_root, signu
     first = next(batches)
     workers = multiprocessing.active_children()
     assert workers
-    for worker in workers:
-        os.kill(worker.pid, signum)
+    for worker in workers:  # from another process, as from SLURM or a terminal
+        subprocess.run(["kill", f"-{signum.name[3:]}", str(worker.pid)], check=True)
     time.sleep(0.5)
     assert len([first, *batches]) == len(train)
+
+
+
+def _idle_loader_worker():
+    _init_loader_worker(0)
+    time.sleep(60)
+
+
+def test_a_loader_worker_still_ends_on_a_sigterm_from_the_training_process():
+    # multiprocessing's terminate(), also at interpreter exit for daemonic workers: ignoring it would hang the exit
+    worker = multiprocessing.get_context("fork").Process(target=_idle_loader_worker, daemon=True)
+    worker.start()
+    time.sleep(0.5)
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # from elsewhere: ignored
+    time.sleep(0.5)
+    assert worker.is_alive()
+    worker.terminate()
+    worker.join(5)
+    assert worker.exitcode == -signal.SIGTERM
 
 
 @pytest.mark.parametrize("overrides", [dict(eval_preset="crop_pct:0.8", image_size=12), dict(image_size=10),

@@ -10,7 +10,9 @@ sample for per-image crops, one seed per batch for flips/pad-crops/jitter. Nothi
 the result does not depend on the number of workers, so an epoch can be replayed exactly after a resume.
 """
 import math
+import os
 import signal
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -116,14 +118,26 @@ class _ItemSource(torch.utils.data.Dataset):
 
 
 def _init_loader_worker(worker_id: int) -> None:
-    """A DataLoader worker: one decode thread (init_decode_worker), deaf to SIGINT and SIGTERM.
+    """A DataLoader worker: one decode thread (init_decode_worker), deaf to Ctrl-C and to a SIGTERM that does not
+    come from the training process.
 
     Ctrl-C and SLURM's SIGTERM reach every process of the job, but the training process stops only at its next
-    optimizer step, after saving a checkpoint: its workers must feed it until then. The DataLoader stops them
-    itself (and they exit when the training process dies)."""
+    optimizer step, after saving a checkpoint, and its workers must feed it until then; it stops them itself.
+    SIGTERM from the training process (multiprocessing's terminate(), also at its exit) still ends a worker."""
     init_decode_worker(worker_id)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Blocked here, before the worker starts any thread (threads inherit the mask), and taken by one thread below.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_end_on_sigterm_from_parent, args=(os.getppid(),), daemon=True,
+                     name="deepres-sigterm").start()
+
+
+def _end_on_sigterm_from_parent(parent: int) -> None:
+    while True:
+        sender = signal.sigwaitinfo({signal.SIGTERM}).si_pid
+        if sender == parent or os.getppid() != parent:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # the default action: end the process
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
 
 
 class _PlannedBatches:

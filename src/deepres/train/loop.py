@@ -46,8 +46,9 @@ def train_one_epoch(run: Run) -> dict:
     images, images_per_s. Under DDP the loss and images/s are over all ranks.
 
     A checkpoint saved mid-epoch (state.batches_done > 0) continues the epoch after the micro-batches it had
-    trained. After an optimizer step it saves checkpoints/last when train.checkpoint_every_iters asks, or when
-    run.stop was requested (SIGINT/SIGTERM: see fit), and then raises TrainingInterrupted."""
+    trained (the returned loss and images are then those of the rest). After an optimizer step it saves
+    checkpoints/last when train.checkpoint_every_iters asks, or when run.stop was requested (SIGINT/SIGTERM:
+    see fit), and then raises TrainingInterrupted."""
     cfg, t, state, task = run.cfg, run.cfg.train, run.state, run.task
     model, optimizer, amp_dtype = run.train_model, run.optimizer, AMP_DTYPES[t.amp]
     accum, n_batches, world_size = t.grad_accum_steps, len(run.train_loader), run.dist.world_size
@@ -218,7 +219,7 @@ def _count_nonfinite(state: TrainState, ok: bool, loss: float, patience: int) ->
 
 
 def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = None, device=None, loaders=None,
-        log: Callable[[str], None] = print) -> dict:
+        log: Callable[[str], None] | None = None) -> dict:
     """Train `cfg` in cfg.run.out_dir/cfg.run.name; returns the final test metrics and where the run lives.
 
     resume: continue exactly from checkpoints/last (the config may differ only in RESUME_MAY_DIFFER keys); with
@@ -226,7 +227,9 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
     stop_after_epochs: stop once this many epochs are complete (the schedule still spans the whole run),
     to be continued with resume=True. loaders: (train, eval, DataInfo) instead of deepres.data.build_loaders.
     Under torchrun every process calls fit (see deepres.core.distributed); `loaders` must then hold this
-    rank's shards, and every rank returns the same metrics.
+    rank's shards, and every rank returns the same metrics. log: where its lines go (None: stdout, flushed
+    line by line, so a SLURM log shows them as they come). SIGINT/SIGTERM stop it at the next optimizer step,
+    after saving checkpoints/last there, with TrainingInterrupted.
     """
     device = torch.device(device) if device is not None else default_device()
     if cfg.train.amp == "fp16" and device.type != "cuda":
@@ -237,7 +240,7 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         with process_group(device) as (dist, device):
-            log = log if dist.is_main else _silent
+            log = (log or _print_line) if dist.is_main else _silent
             run = setup_run(cfg, resume=resume, device=device, loaders=loaders, dist=dist, log=log)
             state, task = run.state, run.task
             with run.recorder or nullcontext():  # rank 0's; closed however the loop ends
@@ -299,6 +302,10 @@ def _epoch(run: Run, stop_after_epochs: int | None, log: Callable[[str], None]) 
 
 def _silent(_: str) -> None:
     pass
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)  # stdout to a file (a SLURM log) is block-buffered
 
 
 def _stop_on_any_rank(run: Run) -> int:
