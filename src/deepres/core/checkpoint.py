@@ -213,6 +213,8 @@ def _repair_pair(directory: Path, name: str, finals: tuple[Path, Path], temps: l
         return None  # whole (the common case): the temp files are leftovers
     pairs = [(int(a[0]), w, s) for w, a in found[0].items() for s, b in found[1].items() if a is not None and a == b]
     if not pairs:
+        if not all(have):
+            return None  # a lone file and nothing to complete it with: left as it is (older best = weights only)
         steps = [found[k].get(p) for k, p in enumerate(finals)]
         return ValueError(_torn_message(directory, name, steps[0][0] if steps[0] else "(missing or unreadable)",
                                         steps[1][0] if steps[1] else "(missing or unreadable)", repaired=True))
