@@ -1,6 +1,10 @@
 """build_loaders: batches, determinism per (seed, epoch, rank), eval coverage, sharding, both loading paths."""
 import dataclasses
 import logging
+import multiprocessing
+import signal
+import subprocess
+import time
 
 import pytest
 import torch
@@ -9,6 +13,7 @@ from data_helpers import FASHION_MNIST_DIR, write_image, write_mnist
 from deepres.data import (DataConfig, DataInfo, TooManyBadImagesError, build_datasets, build_eval_loader,
                           build_loaders, eval_preprocess)
 from deepres.data.images import BadImageError
+from deepres.data.loaders import _init_loader_worker
 from deepres.inference.preprocess import preprocess_image
 
 # Raw pixel values out: plain mean subtraction with a zero mean.
@@ -113,6 +118,21 @@ def test_device_path_and_dataloader_path_give_identical_batches():
     assert xa.shape[-2:] == (6, 6)  # eval: shorter side 8 -> centre 6
 
 
+@pytest.mark.parametrize("on_device, workers", [("yes", 0), ("no", 0), ("no", 2)])
+def test_iter_from_continues_an_epoch_with_the_batches_it_would_have_given(on_device, workers):
+    # a checkpoint saved mid-epoch resumes there: the rest of the epoch, without reading the first batches
+    cfg = synthetic(crop_padding=2, hflip=True, color_jitter=0.2, random_resized_crop=True, image_size=6,
+                    on_device=on_device, workers=workers)
+    train, _, _ = build_loaders(cfg, "cpu", seed=4)
+    train.set_epoch(2)
+    whole = list(train)
+    rest = list(train.iter_from(4))
+    assert len(rest) == len(whole) - 4
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(whole[4:], rest))
+    assert len(list(train)) == len(whole)  # a plain iteration is the whole epoch again
+    assert list(train.iter_from(len(train))) == []
+
+
 def test_mnist_style_sets_stay_one_channel(tmp_path):
     write_mnist(tmp_path, num_train=20, num_test=6)
     cfg = DataConfig(name="mnist", root=str(tmp_path), batch_size=4, eval_batch_size=4, mean=(0.1307,),
@@ -159,6 +179,42 @@ def test_folder_loader_crops_to_size_and_ignores_worker_count(folder_root):
     v0, labels = epoch(val0, 0)
     assert v0.shape == (6, 3, 16, 16) and labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert torch.equal(epoch(val2, 0)[0], v0)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_loader_workers_outlive_a_signal_to_the_process_group(folder_root, signum):
+    # Ctrl-C and SLURM's SIGTERM reach the workers too; the training process must get its epoch's batches until
+    # it has saved its checkpoint at the next step
+    cfg = DataConfig(name="folder", root=str(folder_root), image_size=16, batch_size=2, workers=2)
+    train, _, _ = build_loaders(cfg, "cpu", seed=2)
+    train.set_epoch(0)
+    batches = iter(train)
+    first = next(batches)
+    workers = multiprocessing.active_children()
+    assert workers
+    for worker in workers:  # from another process, as from SLURM or a terminal
+        subprocess.run(["kill", f"-{signum.name[3:]}", str(worker.pid)], check=True)
+    time.sleep(0.5)
+    assert len([first, *batches]) == len(train)
+
+
+
+def _idle_loader_worker():
+    _init_loader_worker(0)
+    time.sleep(60)
+
+
+def test_a_loader_worker_still_ends_on_a_sigterm_from_the_training_process():
+    # multiprocessing's terminate(), also at interpreter exit for daemonic workers: ignoring it would hang the exit
+    worker = multiprocessing.get_context("fork").Process(target=_idle_loader_worker, daemon=True)
+    worker.start()
+    time.sleep(0.5)
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # from elsewhere: ignored
+    time.sleep(0.5)
+    assert worker.is_alive()
+    worker.terminate()
+    worker.join(5)
+    assert worker.exitcode == -signal.SIGTERM
 
 
 @pytest.mark.parametrize("overrides", [dict(eval_preset="crop_pct:0.8", image_size=12), dict(image_size=10),

@@ -154,3 +154,30 @@ def test_curves_without_records(tmp_path):
     with RunRecorder(tmp_path, CONFIG, tensorboard=False) as recorder:
         path = recorder.plot_curves()
     assert matplotlib.image.imread(path).shape[1] >= 800
+
+
+def test_config_yaml_is_never_left_torn_by_a_full_disk(tmp_path, monkeypatch):
+    import errno
+    import pathlib
+
+    import deepres.core.files
+
+    def disk_full(*_, **__):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def write_nothing(self, *_, **__):  # what a full disk does to a plain write: an empty file, then the error
+        open(self, "w").close()
+        disk_full()
+
+    with monkeypatch.context() as m:
+        m.setattr(pathlib.Path, "write_text", write_nothing)
+        m.setattr(deepres.core.files.os, "fsync", disk_full)
+        with pytest.raises(OSError, match="No space"):
+            RunRecorder(tmp_path, CONFIG, tensorboard=False)
+    assert not (tmp_path / "config.yaml").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    (tmp_path / "config.yaml").write_text("")  # left by older versions
+    with RunRecorder(tmp_path, CONFIG, tensorboard=False, resume=True):
+        pass
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == CONFIG
+    assert not (tmp_path / "config.resume1.yaml").exists()

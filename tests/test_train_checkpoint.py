@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from deepres.core.files import atomic_write
 from deepres.core.checkpoint import (STATE_FORMAT, capture_rng_state, checkpoint_paths,
-                                      load_checkpoint, load_weights, restore_rng_state, save_checkpoint,
-                                      unwrap_model)
+                                      load_checkpoint, load_weights, repair_checkpoints, restore_rng_state,
+                                      save_checkpoint, unwrap_model)
 
 
 @pytest.fixture
@@ -152,3 +152,46 @@ def test_written_files_honour_the_umask(tmp_path, umask_027):
     files = sorted((tmp_path / "checkpoints").iterdir()) + [tmp_path / "manifest.csv"]
     assert len(files) == 3
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o640" for p in files}
+
+
+def torn_pair(directory, model, state):
+    """What kill -9 between a save's two renames leaves: last.state.pt from step 8 over a last.safetensors still
+    from step 7, and the step-8 weights complete in their temp file (plus an older, truncated temp)."""
+    save_checkpoint(directory, "last", model=model, state=state, config={})
+    newer = directory.parent / "newer"
+    save_checkpoint(newer, "last", model=model, state={**state, "step": 8}, config={})
+    weights, state_file = checkpoint_paths(newer, "last")
+    state_file.replace(directory / "last.state.pt")
+    weights.replace(directory / ".last.safetensors.k9x2ab.tmp")
+    (directory / ".last.state.pt.old123.tmp").write_bytes(b"PK\x03\x04 half a zip")
+
+
+def test_a_pair_torn_between_its_renames_is_repaired_from_its_temp_file(tmp_path):
+    model = net()
+    directory = tmp_path / "checkpoints"
+    torn_pair(directory, model, trained_state(model))
+    (directory / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="inconsistent"):
+        load_checkpoint(directory, "last")
+    said = repair_checkpoints(directory)
+    assert len(said) == 1 and "step 8" in said[0] and ".last.safetensors.k9x2ab.tmp" in said[0]
+    weights, state = load_checkpoint(directory, "last")
+    assert state["step"] == 8 and torch.equal(weights["0.weight"], model[0].weight)
+    assert sorted(p.name for p in directory.iterdir()) == ["last.safetensors", "last.state.pt", "notes.txt"]
+    assert repair_checkpoints(directory) == []  # whole again: nothing to do
+
+
+def test_a_torn_pair_without_its_temp_file_says_what_to_do(tmp_path):
+    model = net()
+    directory = tmp_path / "checkpoints"
+    torn_pair(directory, model, trained_state(model))
+    (directory / ".last.safetensors.k9x2ab.tmp").unlink()
+    save_checkpoint(directory, "best", model=model, state={**trained_state(model), "step": 4}, config={})
+    with pytest.raises(ValueError) as err:
+        repair_checkpoints(directory)
+    message = str(err.value)
+    assert "step 7" in message and "step 8" in message and "best" in message and "--resume" in message
+    assert "delete" in message and "last.safetensors" in message and "last.state.pt" in message
+    with pytest.raises(ValueError, match="delete"):
+        load_checkpoint(directory, "last")
+    assert not list(directory.glob(".*.tmp"))  # the leftovers go either way

@@ -39,3 +39,17 @@ def test_end_to_end_train_stop_resume_and_refuse_overwrite(tmp_path, capsys):
     assert (tmp_path / "runs" / "tiny" / "checkpoints" / "last.safetensors").is_file()
     assert main(args) == 2  # a user error (the output is in the way), not a failed run
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_exits_with_the_signal_code(tmp_path, monkeypatch):
+    import signal
+
+    import deepres.train.cli
+    from deepres.core.errors import TrainingInterrupted
+
+    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        def stopped(*_, signum=signum, **__):  # fit after saving checkpoints/last at the step the signal came
+            raise TrainingInterrupted(f"stopped by {signum.name} at step 3", signum)
+
+        monkeypatch.setattr(deepres.train.cli, "fit", stopped)
+        assert main(["train", str(recipe(tmp_path)), "--out", str(tmp_path / "runs")]) == code

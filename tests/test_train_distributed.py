@@ -4,6 +4,7 @@ exact sharded evaluation, non-finite and setup errors stop every rank, and resum
 The rank-side code is the `task_*` functions below (spawned processes import this module to run them)."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -19,6 +20,7 @@ from deepres.data.formats import ArrayDataset
 from deepres.data.loaders import BatchTransform, Loader
 from deepres.eval import evaluate
 from deepres.core.checkpoint import load_checkpoint
+from deepres.core.errors import TrainingInterrupted
 from deepres.core.config import (Config, DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig,
                                   TrainConfig, load_config, validate_config)
 from deepres.core.distributed import DistInfo, torchrun_env
@@ -99,6 +101,39 @@ def task_fit_nan_on_rank_1(rank, world_size, cfg):
     if rank == 1:
         train = NaNFromBatch(train, first=1)
     return fit(cfg, device="cpu", loaders=(train, val, info), log=quiet)
+
+
+class SignalAt:
+    """Wraps a loader: this process sends itself SIGTERM while yielding batch `at` of epoch `epoch`."""
+
+    def __init__(self, loader, epoch, at):
+        self.loader, self.epoch, self.at = loader, epoch, at
+
+    def __len__(self):
+        return len(self.loader)
+
+    def set_epoch(self, epoch):
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if self.loader.epoch == self.epoch and i == self.at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+
+def task_fit_sigterm_on_rank_1(rank, world_size, cfg):
+    train, val, info = build_loaders(cfg.data, "cpu", seed=cfg.train.seed, rank=rank, world_size=world_size)
+    if rank == 1:
+        train = SignalAt(train, epoch=1, at=1)
+    try:
+        return fit(cfg, device="cpu", loaders=(train, val, info), log=quiet)
+    except TrainingInterrupted as e:
+        return "interrupted", e.exit_code
+
+
+def task_fit_resume(rank, world_size, cfg):
+    return fit(cfg, device="cpu", resume=True, log=quiet)
 
 
 def task_count_gradient_allreduces(rank, world_size, accum):
@@ -247,6 +282,19 @@ def test_nonfinite_loss_on_one_rank_stops_both_ranks_together(pool, tmp_path):
     assert not (tmp_path / "nan" / "checkpoints").exists()
     # the process group is still usable afterwards: no rank was left inside a collective
     assert values(pool.run(task_evaluate, torch.randn(3, 6), torch.tensor([0, 1, 2]), False))[0][1]["n"] == 3
+
+
+def test_sigterm_on_one_rank_stops_both_at_the_same_step_and_the_resume_is_exact(pool, tmp_path):
+    values(pool.run(task_fit, small_config(tmp_path, "straight", batch_size=8)))
+    # 4 batches per epoch and rank; rank 1 alone gets SIGTERM during batch 2 of epoch 2
+    stopped = values(pool.run(task_fit_sigterm_on_rank_1, small_config(tmp_path, "split", batch_size=8)))
+    assert stopped == [("interrupted", 143)] * 2
+    _, state = load_checkpoint(tmp_path / "split" / "checkpoints")
+    assert (state["step"], state["epoch"], state["batches_done"]) == (6, 1, 2)
+    values(pool.run(task_fit_resume, small_config(tmp_path, "split", batch_size=8)))
+    a, _ = load_checkpoint(tmp_path / "straight" / "checkpoints")
+    b, _ = load_checkpoint(tmp_path / "split" / "checkpoints")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_setup_error_on_one_rank_is_raised_on_every_rank(pool, tmp_path):

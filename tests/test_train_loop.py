@@ -93,11 +93,6 @@ def test_resume_refuses_a_changed_config_but_allows_bookkeeping(tmp_path):
     assert fit(fine, loaders=tiny_loaders(), device="cpu", resume=True, log=quiet)["epoch"] == 2
 
 
-def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):
-        fit(tiny_config(tmp_path), loaders=tiny_loaders(), device="cpu", resume=True, log=quiet)
-
-
 def test_existing_run_dir_is_never_overwritten(tmp_path):
     fit(tiny_config(tmp_path, epochs=1), loaders=tiny_loaders(), device="cpu", log=quiet)
     ckpt = tmp_path / "run" / "checkpoints" / "last.safetensors"

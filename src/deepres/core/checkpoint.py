@@ -7,12 +7,15 @@ A checkpoint `<name>` in a directory is two files:
                       (torch CPU/CUDA, numpy, python), resolved config, best metric
 Every write goes to a hidden temp file in the same directory, is fsynced, then os.replace()d over the
 final name, so a crash leaves either the old or the new file, never a torn one. Loads read only the final
-names; stray `.<name>...tmp` files are ignored.
+names; stray `.<name>...tmp` files are ignored. A kill between a pair's two renames leaves the pair from two
+different steps; `repair_checkpoints` (run when a run resumes) completes it from the temp file still there and
+removes the temp files killed saves left behind.
 """
 from __future__ import annotations
 
 import io
 import json
+import os
 import random
 from pathlib import Path
 from typing import Sequence
@@ -144,9 +147,87 @@ def load_checkpoint(directory: str | Path, name: str = "last") -> tuple[dict[str
     if state.get("format") != STATE_FORMAT:
         raise ValueError(f"{state_path}: state format {state.get('format')!r}, this version reads {STATE_FORMAT}")
     if (metadata.get("step"), metadata.get("epoch")) != (str(state["step"]), str(state["epoch"])):
-        raise ValueError(f"checkpoint {name!r} in {directory} is inconsistent: weights are from step "
-                         f"{metadata.get('step')}, state from step {state['step']} (interrupted save?)")
+        raise ValueError(_torn_message(directory, name, metadata.get("step"), state["step"]))
     return tensors, state
+
+
+def _torn_message(directory: str | Path, name: str, weights_step, state_step, *, repaired: bool = False) -> str:
+    directory = Path(directory)
+    w, st = (p.name for p in checkpoint_paths(directory, name))
+    if name != "best" and all(p.is_file() for p in checkpoint_paths(directory, "best")):
+        fix = (f"copy best.safetensors and best.state.pt over {w} and {st} (--resume then continues from the best "
+               f"checkpoint), or delete all four (--resume then starts the run again)")
+    else:
+        fix = f"delete {w} and {st} (--resume then starts the run again from step 0)"
+    where = ("no complete temp file of that save is left to repair it from: " if repaired else
+             "--resume repairs it when that save's temp file is still there; if not, ")
+    return (f"checkpoint {name!r} in {directory} is inconsistent: weights are from step {weights_step}, state from "
+            f"step {state_step} (a save killed between its two renames); {where}{fix}")
+
+
+def _checkpoint_position(path: Path, weights: bool) -> tuple[str, str] | None:
+    """(step, epoch) of a weights or state file, complete or temp; None when it cannot be read (a torn write)."""
+    try:
+        if weights:
+            with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = f.metadata() or {}
+            return metadata["step"], metadata["epoch"]
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return str(state["step"]), str(state["epoch"])
+    except Exception:  # truncated, foreign or without the keys: not a candidate
+        return None
+
+
+def repair_checkpoints(directory: str | Path, names: Sequence[str] = ("last", "best")) -> list[str]:
+    """After saves killed part way: complete each checkpoint pair whose two files are from different steps (or
+    one of which is missing) from a complete temp file of the same step, and delete every temp file of these
+    names. Returns one line per repair; raises ValueError, saying what to do, for a pair it cannot repair."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    said, error = [], None
+    for name in names:
+        finals = checkpoint_paths(directory, name)
+        temps = [sorted(directory.glob(f".{p.name}.*.tmp")) for p in finals]
+        try:
+            line = _repair_pair(directory, name, finals, temps)
+        finally:
+            for path in temps[0] + temps[1]:
+                path.unlink(missing_ok=True)  # complete or not, a temp file is never read again
+        if isinstance(line, ValueError):
+            error = error or line
+        elif line:
+            said.append(line)
+    if error is not None:
+        raise error
+    return said
+
+
+def _repair_pair(directory: Path, name: str, finals: tuple[Path, Path], temps: list[list[Path]]):
+    """A repair line, None (whole or absent), or the ValueError to raise once the temp files are gone."""
+    weights_path, state_path = finals
+    have = [p.is_file() for p in finals]
+    if not any(have):
+        return None
+    found = [{p: _checkpoint_position(p, weights=k == 0) for p in ([final] if have[k] else []) + temps[k]}
+             for k, final in enumerate(finals)]
+    if have[0] and have[1] and found[0][weights_path] is not None \
+            and found[0][weights_path] == found[1][state_path]:
+        return None  # whole (the common case): the temp files are leftovers
+    pairs = [(int(a[0]), w, s) for w, a in found[0].items() for s, b in found[1].items() if a is not None and a == b]
+    if not pairs:
+        if not all(have):
+            return None  # a lone file and nothing to complete it with: left as it is (older best = weights only)
+        steps = [found[k].get(p) for k, p in enumerate(finals)]
+        return ValueError(_torn_message(directory, name, steps[0][0] if steps[0] else "(missing or unreadable)",
+                                        steps[1][0] if steps[1] else "(missing or unreadable)", repaired=True))
+    step, weights_from, state_from = max(pairs, key=lambda pair: pair[0])
+    moved = [(source, final) for source, final in ((weights_from, weights_path), (state_from, state_path))
+             if source != final]
+    for source, final in moved:
+        os.replace(source, final)
+    return (f"checkpoint {name!r} in {directory}: a save was killed between its renames; completed it (step {step}) "
+            f"from {', '.join(source.name for source, _ in moved)}")
 
 
 def resolve_checkpoint(path: str) -> Path:

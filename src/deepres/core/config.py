@@ -148,7 +148,9 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms; bit-exact resume on CPU
     nonfinite_patience: int = 5  # stop after this many non-finite losses in a row (those steps are skipped)
     eval_every_epochs: int = 1  # evaluate every N epochs (and always after the last)
-    log_every_iters: int = 50  # step-level metrics, optimizer steps
+    log_every_iters: int = 50  # step-level metrics (and a progress line when the bar is off), optimizer steps
+    # also save checkpoints/last every N optimizer steps, mid-epoch (long ImageNet epochs); 0 = at epoch ends only
+    checkpoint_every_iters: int = 0
     progress: bool = True  # tqdm bar per epoch (only when stderr is a terminal)
 
 
@@ -192,7 +194,8 @@ class Config:
 
 # Keys that may differ between a run and its --resume: they do not change the trained weights.
 RESUME_MAY_DIFFER = ("run", "expect", "eval", "train.progress", "train.log_every_iters",
-                     "train.eval_every_epochs", "data.root", "data.workers", "data.eval_batch_size")
+                     "train.eval_every_epochs", "train.checkpoint_every_iters", "data.root", "data.workers",
+                     "data.eval_batch_size")
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -305,6 +308,8 @@ def validate_config(cfg: Config) -> None:
     need(t.nonfinite_patience >= 1, "train.nonfinite_patience", t.nonfinite_patience, "must be >= 1")
     need(t.eval_every_epochs >= 1, "train.eval_every_epochs", t.eval_every_epochs, "must be >= 1")
     need(t.log_every_iters >= 1, "train.log_every_iters", t.log_every_iters, "must be >= 1")
+    need(t.checkpoint_every_iters >= 0, "train.checkpoint_every_iters", t.checkpoint_every_iters,
+         "must be >= 0 (optimizer steps; 0 = at epoch ends only)")
     need(all(0 < x <= MAX_TEST_SCALE for x in cfg.eval.scales), "eval.scales", cfg.eval.scales,
          f"must be pixel sizes in 1..{MAX_TEST_SCALE}")
     need("/" not in cfg.run.name and cfg.run.name not in (".", ".."), "run.name", cfg.run.name,

@@ -178,15 +178,15 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
             dist.broadcast(buffer, src)
 
 
-def same_on_all_ranks(value: int, what: str) -> None:
-    """Raise on every rank unless `value` is equal on all of them (e.g. batches per epoch)."""
+def same_on_all_ranks(value: int, what: str, hint: str = "every rank must run the same number of steps") -> None:
+    """Raise on every rank unless `value` is equal on all of them (e.g. batches per epoch); `hint` ends the message."""
     if not is_distributed():
         return
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, int(value))
     if len(set(gathered)) > 1:
         listed = ", ".join(f"rank {r}: {v}" for r, v in enumerate(gathered))
-        raise ValueError(f"{what} differs between ranks ({listed}); every rank must run the same number of steps")
+        raise ValueError(f"{what} differs between ranks ({listed}); {hint}")
 
 
 def find_ddp(model: nn.Module) -> nn.parallel.DistributedDataParallel | None:

@@ -15,3 +15,18 @@ class ChecksumError(ValueError):
 
 class DownloadError(OSError):
     """Every mirror failed for a file; the message lists each URL and why."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training at an optimizer step, after checkpoints/last was saved there.
+
+    exit_code is the shell's convention for a process ended by that signal (128 + signal number: 130 for
+    Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message, signum)  # both in args: the error pickles (study worker processes)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    def __str__(self) -> str:
+        return self.args[0]

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from .device import cpu_model_name
+from .files import atomic_write_text
 from .plots import plot_curves
 
 METRICS_FILE = "metrics.jsonl"
@@ -34,7 +35,8 @@ class RunRecorder:
 
     A directory that already holds a metrics.jsonl or config.yaml is refused (FileExistsError) unless
     `resume=True`, which appends to the existing metrics and keeps the existing config.yaml (a different
-    new config is written next to it as config.resume<N>.yaml).
+    new config is written next to it as config.resume<N>.yaml; an empty one, left by a full disk before
+    config.yaml was written atomically, is replaced).
     """
 
     def __init__(self, run_dir: str | os.PathLike, config: dict, *, tensorboard: bool = True,
@@ -61,15 +63,15 @@ class RunRecorder:
 
     def _write_config(self, config: dict, config_path: Path) -> None:
         text = yaml.safe_dump(config, sort_keys=False)
-        if not config_path.exists():
-            config_path.write_text(text)
+        if not config_path.exists() or not config_path.read_text().strip():
+            atomic_write_text(config_path, text)
             return
         if config_path.read_text() == text:
             return
         n = 1
         while (self.run_dir / f"config.resume{n}.yaml").exists():
             n += 1
-        (self.run_dir / f"config.resume{n}.yaml").write_text(text)
+        atomic_write_text(self.run_dir / f"config.resume{n}.yaml", text)
 
     def log_step(self, step: int, **scalars) -> None:
         """Append a step record to metrics.jsonl; numbers also go to TensorBoard as train/<key>."""

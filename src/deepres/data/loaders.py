@@ -10,7 +10,10 @@ sample for per-image crops, one seed per batch for flips/pad-crops/jitter. Nothi
 the result does not depend on the number of workers, so an epoch can be replayed exactly after a resume.
 """
 import math
+import os
 import pickle
+import signal
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -163,6 +166,29 @@ def _collate(items: list) -> "tuple[torch.Tensor | None, torch.Tensor | None, in
     return images, labels, len(items) - len(kept)
 
 
+def _init_loader_worker(worker_id: int) -> None:
+    """A DataLoader worker: one decode thread (init_decode_worker), deaf to Ctrl-C and to a SIGTERM that does not
+    come from the training process.
+
+    Ctrl-C and SLURM's SIGTERM reach every process of the job, but the training process stops only at its next
+    optimizer step, after saving a checkpoint, and its workers must feed it until then; it stops them itself.
+    SIGTERM from the training process (multiprocessing's terminate(), also at its exit) still ends a worker."""
+    init_decode_worker(worker_id)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Blocked here, before the worker starts any thread (threads inherit the mask), and taken by one thread below.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=_end_on_sigterm_from_parent, args=(os.getppid(),), daemon=True,
+                     name="deepres-sigterm").start()
+
+
+def _end_on_sigterm_from_parent(parent: int) -> None:
+    while True:
+        sender = signal.sigwaitinfo({signal.SIGTERM}).si_pid
+        if sender == parent or os.getppid() != parent:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # the default action: end the process
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+
 class _PlannedBatches:
     """DataLoader batch sampler that replays its loader's plan for the current epoch."""
 
@@ -175,11 +201,12 @@ class _PlannedBatches:
         return len(self.loader)
 
     def __iter__(self):
+        # Not a generator: the plan and the first batch (Loader.iter_from) are read now, when the DataLoader
+        # iterator is made, not at its first batch.
         order, seeds = self.loader._plan()
-        size = self.loader.batch_size
+        size, first = self.loader.batch_size, self.loader._first_batch
         pairs = list(zip(order.tolist(), seeds.tolist()))
-        for start in range(0, len(pairs), size):
-            yield pairs[start:start + size]
+        return iter([pairs[start:start + size] for start in range(first * size, len(pairs), size)])
 
 
 class Loader:
@@ -203,6 +230,7 @@ class Loader:
         self.batch_transform = batch_transform
         self.epoch = 0
         self.skipped = 0  # bad images the last pass dropped (evaluation with data.on_bad_image=skip)
+        self._first_batch = 0  # the batch the DataLoader's sampler starts at (iter_from)
         self.on_device = on_device
         if on_device:
             self._images = dataset.images.to(device)
@@ -210,8 +238,8 @@ class Loader:
         else:
             self._loader = DataLoader(
                 _ItemSource(dataset, item_transform, train), batch_sampler=_PlannedBatches(self), collate_fn=_collate,
-                num_workers=workers,
-                pin_memory=device.type == "cuda", persistent_workers=workers > 0, worker_init_fn=init_decode_worker,
+                num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                worker_init_fn=_init_loader_worker,
                 # DataLoader draws its workers' base seed from this, not from the global RNG.
                 generator=torch.Generator().manual_seed(seed))
 
@@ -260,9 +288,21 @@ class Loader:
                             for image, seed in zip(images, seeds)])
 
     def __iter__(self):
+        return self.iter_from(0)
+
+    def iter_from(self, first: int):
+        """The current epoch's batches from batch `first` on, equal to those a whole iteration gives there (a
+        checkpoint saved mid-epoch resumes this way); the batches before it are not read."""
+        if not 0 <= first <= len(self):
+            raise ValueError(f"first batch {first} is not in 0..{len(self)}")
         self.skipped = 0
         if not self.on_device:
-            for batch_index, batch in enumerate(self._loader):
+            self._first_batch = first
+            try:
+                batches = iter(self._loader)  # the sampler reads _first_batch here
+            finally:
+                self._first_batch = 0
+            for batch_index, batch in enumerate(batches, start=first):
                 if isinstance(batch, _WorkerError):
                     raise batch.error  # as the single-process path raises it: one line naming the file
                 images, labels, dropped = batch
@@ -275,7 +315,7 @@ class Loader:
             return
         order, seeds = self._plan()
         order_on_device = order.to(self.device)
-        for batch_index in range(len(self)):
+        for batch_index in range(first, len(self)):
             batch = slice(batch_index * self.batch_size, (batch_index + 1) * self.batch_size)
             index = order_on_device[batch]
             images, labels = self._images[index], self._labels[index]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
 
 import yaml
 
+from deepres.core.errors import TrainingInterrupted
 from deepres.core.runs import METRICS_FILE
 
 from .report import RunResult, print_table, read_run, write_report
@@ -64,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         write_resolved_study(study_dir, study, args.overrides)
         try:
             run_study(runs, parallel=args.parallel, threads=args.threads, max_runs=args.max_runs)
+        except TrainingInterrupted as e:  # checkpoints/last of the run in progress is saved
+            print(f"study stopped by {signal.Signals(e.signum).name}; the same command again resumes it")
+            return e.exit_code
         except (FileNotFoundError, ValueError) as e:
             if "data.root" not in str(e):
                 raise

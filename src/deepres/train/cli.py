@@ -3,7 +3,7 @@ import argparse
 
 from deepres.core.config import load_config
 from deepres.core.distributed import is_main_process
-from deepres.core.errors import NonFiniteLossError
+from deepres.core.errors import NonFiniteLossError, TrainingInterrupted
 
 from .loop import fit
 
@@ -13,7 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set optim.lr=0.05 --set train.amp=bf16 (repeatable)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in OUT/run.name exactly from checkpoints/last")
+                        help="continue the run in OUT/run.name exactly from checkpoints/last; one stopped before its "
+                             "first checkpoint (or not started at all) starts, with the same config")
     parser.add_argument("--out", metavar="DIR", help="parent directory of the run directory (run.out_dir)")
     parser.add_argument("--max-epochs", type=int, metavar="N",
                         help="stop once N epochs are complete; the schedule still spans the whole recipe, so "
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     main = is_main_process()
     try:
         result = fit(cfg, resume=args.resume, stop_after_epochs=args.max_epochs)
+    except TrainingInterrupted as e:
+        return e.exit_code  # fit logged where it stopped and how to resume
     except (NonFiniteLossError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:
         if main:
             raise  # deepres.cli prints it in one line, with its exit code

@@ -4,25 +4,29 @@ as a `Checkpoint` record that `setup_run` restores for a resume (file layout: de
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
+import yaml
 
-from deepres.core.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from deepres.core.checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, repair_checkpoints,
+                                     restore_rng_state, save_checkpoint)
 from deepres.core.config import RESUME_MAY_DIFFER, Config, config_diff, config_from_dict, config_to_dict
 from deepres.core.device import seed_everything, set_deterministic
 from deepres.core.distributed import DistInfo, raise_if_any_failed, same_on_all_ranks
-from deepres.core.runs import RunRecorder
+from deepres.core.runs import CONFIG_FILE, RunRecorder
 from deepres.data import DataInfo, build_loaders
 from deepres.tasks import Task, task_of
 from deepres.tasks.build import build_model, resolve_config
 
 from .ema import ModelEMA
+from .interrupts import StopRequest
 from .optim import create_optimizer, scaled_lr
 
 @dataclass
@@ -36,6 +40,10 @@ class TrainState:
     last_finite_loss: float = math.nan
     last_finite_step: int = -1
     nonfinite_streak: int = 0  # non-finite losses in a row (optimizer steps); a resumed run starts afresh
+    # Where a checkpoint saved mid-epoch (an interrupt, train.checkpoint_every_iters) stands in epoch `epoch`:
+    # micro-batches already trained, which a resume skips, and the batch-mixing generator's state after them
+    batches_done: int = 0
+    mix_rng: dict | None = None  # numpy bit_generator.state; None = fresh from (seed, epoch)
 
 
 @dataclass
@@ -56,6 +64,9 @@ class Run:
     data: DataInfo | None = None
     recorder: RunRecorder | None = None  # rank 0 only
     progress: bool = False  # tqdm bar per epoch
+    resumed: bool = False  # setup_run restored checkpoints/last into it
+    stop: StopRequest = field(default_factory=StopRequest)  # set by SIGINT/SIGTERM (fit) to stop at the next step
+    log: Callable[[str], None] | None = None  # progress lines when the bar is off (rank 0; set by fit)
 
     def __post_init__(self):
         if self.train_model is None:
@@ -84,12 +95,26 @@ class Run:
 
 
 def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loaders=None,
-              dist: DistInfo = DistInfo()) -> Run:
+              dist: DistInfo = DistInfo(), log: Callable[[str], None] = print) -> Run:
     """The run fit trains: data, the config resolved against it, model, optimizer, EMA, task, recorder (rank 0);
-    with `resume`, checkpoints/last restored into them, RNG states last. Every rank calls it."""
+    with `resume`, checkpoints/last restored into them (repaired first when a killed save left it torn), RNG
+    states last (a run stopped before its first checkpoint has none: it starts from step 0, with the config its
+    config.yaml holds). Every rank calls it; `log` gets what was repaired."""
+    ckpt_dir = Path(cfg.run.out_dir) / cfg.run.name / "checkpoints"
+    if resume:  # rank 0 completes pairs and removes temp files that killed saves left; the others wait for it
+        error = None
+        try:
+            for line in repair_checkpoints(ckpt_dir) if dist.is_main else ():
+                log(line)
+        except Exception as e:
+            error = e
+        raise_if_any_failed(error)
+    found = resume and any(p.exists() for p in checkpoint_paths(ckpt_dir, "last"))
+    same_on_all_ranks(int(found), f"whether {ckpt_dir} holds a checkpoint 'last' (1) or not (0)",
+                      "every process reads it: with several nodes, run.out_dir must be on a filesystem they all share")
     saved, error = None, None
     try:
-        saved, cfg, loaders = _prepare(cfg, resume, device, loaders, dist)
+        saved, cfg, loaders = _prepare(cfg, resume, found, device, loaders, dist)
     except Exception as e:  # may happen on one rank only: every rank must learn of it, or the others wait forever
         error = e
     raise_if_any_failed(error)
@@ -103,7 +128,7 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
               task=task_of(cfg.data).from_config(cfg), train_loader=train_loader, eval_loader=eval_loader, data=data,
               scaler=torch.amp.GradScaler("cuda") if t.amp == "fp16" else None,
               ema=ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None, dist=dist,
-              progress=t.progress and sys.stderr.isatty() and dist.is_main)
+              progress=t.progress and sys.stderr.isatty() and dist.is_main, resumed=saved is not None)
     if saved is not None:
         restore_run(run, saved)
     if dist.enabled:  # checkpoints and evaluation use the bare run.model
@@ -112,19 +137,19 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
     if t.compile:
         run.train_model = torch.compile(run.train_model)
     if dist.is_main:
-        run.recorder = RunRecorder(run.run_dir, config_to_dict(cfg), resume=saved is not None)
+        run.recorder = RunRecorder(run.run_dir, config_to_dict(cfg), resume=resume)
     if saved is not None:  # last: everything above may have drawn random numbers
         _restore_rng(saved.rng, device, dist.enabled)
     return run
 
 
-def _prepare(cfg: Config, resume: bool, device: torch.device, loaders, dist: DistInfo):
+def _prepare(cfg: Config, resume: bool, found: bool, device: torch.device, loaders, dist: DistInfo):
     """Everything before the model: checkpoint, seeds, data, the resolved config; may fail on one rank only."""
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     saved = None
-    if resume:
+    if found:
         saved = load_run(run_dir / "checkpoints", task_of(cfg.data).best_metric, dist)  # every rank reads it
-    elif dist.is_main:  # rank 0 alone creates the run directory
+    elif dist.is_main and not resume:  # rank 0 alone creates the run directory
         _check_fresh_run_dir(run_dir)
     seed_everything(cfg.train.seed)
     set_deterministic(cfg.train.deterministic, device)
@@ -141,6 +166,11 @@ def _prepare(cfg: Config, resume: bool, device: torch.device, loaders, dist: Dis
             raise ValueError(f"cannot resume from {where}: it was trained by {saved.world_size} process(es), "
                              f"this run has {dist.world_size}; the data shards and the global batch depend "
                              f"on it, so resume with the same number of processes")
+    elif resume:  # nothing saved yet: what was started must still be what is started now
+        stored = run_dir / CONFIG_FILE
+        text = stored.read_text() if stored.is_file() else ""
+        if text.strip():
+            check_resume_config(yaml.safe_load(text), cfg, stored)
     return saved, cfg, loaders
 
 
@@ -189,6 +219,9 @@ def save_run(run: Run, *, best: bool) -> None:
         "rng": _capture_rng(run.device),
         "metrics": dict(s.metrics),
         "world_size": run.dist.world_size,
+        # position inside epoch `epoch` (0 and None at epoch ends; older checkpoints lack both: 0)
+        "batches_done": s.batches_done,
+        "mix_rng": json.dumps(s.mix_rng) if s.mix_rng is not None else None,
     }
     save_checkpoint(run.run_dir / "checkpoints", "last", model=run.model, state=payload, config=config_to_dict(run.cfg),
                     classes=list(run.data.classes), also=("best",) if best else ())
@@ -204,7 +237,8 @@ def load_run(ckpt_dir: Path, best_metric: str, dist: DistInfo = DistInfo()) -> C
         raise FileNotFoundError(f"nothing to resume: no checkpoint 'last' in {ckpt_dir}{shared}") from None
     state = TrainState(step=p["step"], epoch=p["epoch"], best=p[f"best_{best_metric}"], best_epoch=p["best_epoch"],
                        last_finite_loss=p["last_finite_loss"], last_finite_step=p["last_finite_step"],
-                       metrics=dict(p.get("metrics") or {}))
+                       metrics=dict(p.get("metrics") or {}), batches_done=int(p.get("batches_done", 0)),
+                       mix_rng=json.loads(p["mix_rng"]) if p.get("mix_rng") else None)
     return Checkpoint(weights=weights, state=state, optimizer=p["optimizer"], scaler=p.get("scaler"), ema=p["ema"],
                       rng=p["rng"], world_size=int(p.get("world_size", 1)), config=p["config"])
 
