@@ -4,12 +4,13 @@ from pathlib import Path
 
 from deepres.core.config import Config, DataConfig, apply_overrides
 
-from .fetch import DATASETS, canonical_name, get_dataset
+from .fetch import DATASETS, canonical_name, find_local, get_dataset
 from .formats import read_mnist
 from .images import DEFAULT_MAX_PIXELS
 from .pack import PackOptions, pack_dataset, parse_byte_size
 from .packed_reader import ENCODINGS, SPLITS
 from .registry import list_formats
+from .scenes import SCENE_CLASSES, make_fashion_mnist_scenes
 from .verify import verify_images, write_manifest
 
 
@@ -80,6 +81,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pack.add_argument("--force", action="store_true", help="replace OUT if it is an existing pack")
     pack.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    make = actions.add_parser("make", help="generate a dataset from real images: fashion-mnist-scenes",
+                              description="fashion-mnist-scenes: 64x64 canvases with 2-4 Fashion-MNIST items each at "
+                                          "random positions and scales 0.75-1.5x, later ones occluding earlier ones, "
+                                          "and their masks (0 background, 1 + garment class: 11 classes); train "
+                                          "scenes from the training split, test scenes from the test split, fixed "
+                                          "seeds. Written as OUT/{train,test}/{images,masks}/NNNNNN.png + "
+                                          "OUT/classes.txt.")
+    make.add_argument("dataset", choices=["fashion-mnist-scenes"], help="what to make")
+    make.add_argument("out", type=Path, help="output folder (must be empty or not exist)")
+    make.add_argument("--source", type=Path, default=None,
+                      help="the Fashion-MNIST IDX files (default: Debian's copy; `deepres data get fashion-mnist`)")
+    make.add_argument("--train", type=int, default=50_000, help="training scenes (default 50000)")
+    make.add_argument("--test", type=int, default=10_000, help="test scenes (default 10000)")
+    make.add_argument("--size", type=int, default=64, help="canvas side, pixels (default 64)")
+    make.add_argument("--force", action="store_true", help="rewrite a scenes folder made before")
+    make.add_argument("--quiet", action="store_true", help="no progress bars")
+
 
 def _get(args) -> int:
     name = canonical_name(args.dataset)
@@ -125,6 +143,20 @@ def _pack(args) -> int:
     return 0
 
 
+def _make(args) -> int:
+    source = args.source or find_local("fashion-mnist")
+    if source is None:
+        raise FileNotFoundError("no Fashion-MNIST copy found: pass --source DIR (`deepres data get fashion-mnist "
+                                "--dest DIR` fetches one)")
+    if args.size < 28:
+        raise ValueError(f"--size must be >= 28 pixels (one Fashion-MNIST item), got {args.size}")
+    out = make_fashion_mnist_scenes(source, args.out, train=args.train, test=args.test, size=args.size,
+                                    force=args.force, progress=not args.quiet)
+    print(f"wrote {args.train} train and {args.test} test scenes ({args.size}x{args.size}, "
+          f"{len(SCENE_CLASSES)} classes) to {out}")
+    return 0
+
+
 def run(args) -> int:
-    commands = {"get": _get, "verify": _verify, "pack": _pack}
+    commands = {"get": _get, "verify": _verify, "pack": _pack, "make": _make}
     return commands[args.data_command](args)
