@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 from dist_helpers import NOBN_MODEL, RankPool
+from train_fakes import EventAt, send_signal
 
 from deepres.data import build_eval_loader, build_loaders
 from deepres.data.formats import ArrayDataset
@@ -103,29 +104,10 @@ def task_fit_nan_on_rank_1(rank, world_size, cfg):
     return fit(cfg, device="cpu", loaders=(train, val, info), log=quiet)
 
 
-class SignalAt:
-    """Wraps a loader: this process sends itself SIGTERM while yielding batch `at` of epoch `epoch`."""
-
-    def __init__(self, loader, epoch, at):
-        self.loader, self.epoch, self.at = loader, epoch, at
-
-    def __len__(self):
-        return len(self.loader)
-
-    def set_epoch(self, epoch):
-        self.loader.set_epoch(epoch)
-
-    def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if self.loader.epoch == self.epoch and i == self.at:
-                os.kill(os.getpid(), signal.SIGTERM)
-            yield batch
-
-
 def task_fit_sigterm_on_rank_1(rank, world_size, cfg):
     train, val, info = build_loaders(cfg.data, "cpu", seed=cfg.train.seed, rank=rank, world_size=world_size)
     if rank == 1:
-        train = SignalAt(train, epoch=1, at=1)
+        train = EventAt(train, 1, send_signal(signal.SIGTERM), epoch=1)
     try:
         return fit(cfg, device="cpu", loaders=(train, val, info), log=quiet)
     except TrainingInterrupted as e:

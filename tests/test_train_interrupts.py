@@ -1,12 +1,11 @@
 """Issue 11, every interrupted run restarts: a run stopped before its first checkpoint, SIGTERM / Ctrl-C
 mid-epoch, leftover and half-renamed checkpoint files, and what the loop says while it runs."""
-import os
 import signal
 import threading
 
 import pytest
 import torch
-from train_fakes import tiny_loaders
+from train_fakes import EventAt, raise_, send_signal, tiny_loaders
 
 from deepres.core.checkpoint import load_checkpoint
 from deepres.core.config import validate_config
@@ -16,28 +15,9 @@ from deepres.train.loop import fit
 from test_train_loop import quiet, tiny_config
 
 
-class FailingLoader:
-    """A train loader that raises after `after` batches of epoch `epoch` (a bad image, a full disk...)."""
-
-    def __init__(self, loader, after, epoch=0, error=OSError("bad image: broken.jpg")):
-        self.loader, self.after, self.epoch, self.error = loader, after, epoch, error
-
-    def __len__(self):
-        return len(self.loader)
-
-    def set_epoch(self, epoch):
-        self.loader.set_epoch(epoch)
-
-    def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if self.loader.epoch == self.epoch and i == self.after:
-                raise self.error
-            yield batch
-
-
 def failing_loaders(after):
     train, test, info = tiny_loaders()
-    return FailingLoader(train, after), test, info
+    return EventAt(train, after, raise_(OSError("bad image: broken.jpg"))), test, info
 
 
 def same_weights(a_dir, b_dir):
@@ -80,25 +60,6 @@ def test_resume_of_a_run_that_never_started_starts_it(tmp_path):
 # ------------------------------------------------------------------------- 2. SIGTERM / Ctrl-C mid-epoch
 
 
-class SignalLoader:
-    """A train loader that sends this process `signum` while yielding batch `at` of epoch `epoch`."""
-
-    def __init__(self, loader, epoch, at, signum):
-        self.loader, self.epoch, self.at, self.signum = loader, epoch, at, signum
-
-    def __len__(self):
-        return len(self.loader)
-
-    def set_epoch(self, epoch):
-        self.loader.set_epoch(epoch)
-
-    def __iter__(self):
-        for i, batch in enumerate(self.loader):
-            if self.loader.epoch == self.epoch and i == self.at:
-                os.kill(os.getpid(), self.signum)
-            yield batch
-
-
 EXACT = dict(deterministic=True, ema_decay=0.9, mixup_alpha=0.4, cutmix_alpha=1.0, label_smoothing=0.1,
              grad_accum_steps=2, epochs=3)
 
@@ -114,8 +75,8 @@ def test_a_signal_mid_epoch_saves_last_and_the_resume_is_bit_identical(tmp_path,
     train, test, info = eight_batch_loaders()
     lines = []
     with pytest.raises(TrainingInterrupted) as stopped:
-        fit(tiny_config(tmp_path, **EXACT), loaders=(SignalLoader(train, 1, 2, signum), test, info), device="cpu",
-            log=lines.append)
+        fit(tiny_config(tmp_path, **EXACT), loaders=(EventAt(train, 2, send_signal(signum), epoch=1), test, info),
+            device="cpu", log=lines.append)
     assert stopped.value.exit_code == code
     assert signal.getsignal(signum) is before  # the previous handler is back
     # the signal came during micro-batch 2 of epoch 2: the step of micro-batches 2 and 3 finished, then it stopped
@@ -135,7 +96,8 @@ def test_checkpoint_every_iters_saves_mid_epoch_and_a_crash_resumes_from_there(t
     train, test, info = eight_batch_loaders()
     with pytest.raises(OSError, match="bad image"):  # a crash after step 7 (epoch 2, micro-batch 6)
         fit(tiny_config(tmp_path, **EXACT, checkpoint_every_iters=3),
-            loaders=(FailingLoader(train, 6, epoch=1), test, info), device="cpu", log=quiet)
+            loaders=(EventAt(train, 6, raise_(OSError("bad image: broken.jpg")), epoch=1), test, info), device="cpu",
+            log=quiet)
     _, state = load_checkpoint(tmp_path / "run" / "checkpoints")
     assert (state["step"], state["epoch"], state["batches_done"]) == (6, 1, 4)
     fit(tiny_config(tmp_path, **EXACT), loaders=eight_batch_loaders(), device="cpu", resume=True, log=quiet)

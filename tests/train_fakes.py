@@ -1,5 +1,6 @@
 """Small stand-ins for the training tests: a list-backed loader and a tiny registered model."""
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -80,3 +81,35 @@ def tiny_loaders(batch_size=16, seed=0, device="cpu", **kwargs):
                     eval_size=len(ye))
     return (ListLoader(xt, yt, batch_size, seed=seed, device=device),
             ListLoader(xe, ye, 32, train=False, device=device), info)
+
+
+class EventAt:
+    """Wraps a train loader: calls `event()` while yielding batch `at` of epoch `epoch` (raise a bad-image error,
+    send this process a signal...), then goes on as the loader does."""
+
+    def __init__(self, loader, at, event, epoch=0):
+        self.loader, self.at, self.event, self.epoch = loader, at, event, epoch
+
+    def __len__(self):
+        return len(self.loader)
+
+    def set_epoch(self, epoch):
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if self.loader.epoch == self.epoch and i == self.at:
+                self.event()
+            yield batch
+
+
+def raise_(error: BaseException):
+    """An event that raises `error`."""
+    def event():
+        raise error
+    return event
+
+
+def send_signal(signum: int):
+    """An event that sends this process `signum`."""
+    return lambda: os.kill(os.getpid(), signum)
