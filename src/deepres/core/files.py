@@ -40,6 +40,12 @@ def atomic_write_many(items: list[tuple[str | Path, Callable[[io.BufferedWriter]
         _fsync_dir(directory)  # make the renames themselves durable
 
 
+def cache_dir() -> Path:
+    """deepres's cache folder (downloaded weights, the model table): $DEEPRES_CACHE, else ~/.cache/deepres."""
+    root = os.environ.get("DEEPRES_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "deepres"
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where /proc says it (os.umask can only read by setting, which
     for a moment would give files another thread creates mode 0666)."""

@@ -7,13 +7,12 @@ table is kept in a cache, valid while this package's source and torch's version 
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from deepres.core.files import atomic_write_text
+from deepres.core.files import atomic_write_text, cache_dir
 
 from .base import module_device
 from .registry import builder_module, create_model, default_input_size
@@ -47,8 +46,7 @@ def model_complexity(name: str, num_classes: int | None = None, input_size=None,
 
 def complexity_cache_path() -> Path:
     """$DEEPRES_CACHE/model_complexity.json, else ~/.cache/deepres/model_complexity.json."""
-    root = os.environ.get("DEEPRES_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "deepres") / "model_complexity.json"
+    return cache_dir() / "model_complexity.json"
 
 
 def _source_fingerprint() -> str:

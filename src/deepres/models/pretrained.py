@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 from deepres.core.download import download_verified, file_hash
 from deepres.core.errors import ChecksumError
+from deepres.core.files import cache_dir
 from deepres.core.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,7 @@ def is_pretrained_name(name: str) -> bool:
 # ------------------------------------------------------------------------------------------- cache / download
 def default_cache_dir() -> Path:
     """$DEEPRES_CACHE/checkpoints, else ~/.cache/deepres/checkpoints."""
-    root = os.environ.get("DEEPRES_CACHE")
-    return Path(root).expanduser() / "checkpoints" if root else Path.home() / ".cache" / "deepres" / "checkpoints"
+    return cache_dir() / "checkpoints"
 
 
 def sha256sum(path) -> str:
