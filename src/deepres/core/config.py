@@ -27,7 +27,7 @@ RECIPES_DIR = Path(os.environ.get("DEEPRES_RECIPES") or Path(__file__).resolve()
 
 # The dataset formats deepres reads (deepres.data registers one record for each; a test keeps the two equal)
 DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "folder", "imagenet", "list", "packed",
-                      "synthetic"]
+                      "synthetic", "pairs", "voc", "cityscapes", "ade20k"]
 
 
 @dataclass
@@ -41,6 +41,9 @@ class ModelConfig:
     # or "dynamic": cumulative average 1/(1+n) over the batches of the current epoch, reset at each epoch start
     bn_momentum: float | str | None = None
     kwargs: dict = field(default_factory=dict)  # extra builder overrides, e.g. {shortcut: B, bn_after_add: true}
+    # Keep every BatchNorm in eval mode while training: running statistics frozen, affine weights still trained
+    # (ademxapp fine-tunes its segmentation models this way)
+    freeze_bn: bool = False
 
 
 @dataclass
@@ -90,6 +93,13 @@ class DataConfig:
     val_ground_truth: str = ""
     synset_map: str = ""  # imagenet with the .txt ground truth: synsets in ILSVRC2012 id order, one per line
     coarse_labels: bool = False  # cifar100: the 20 superclasses instead of the 100 classes
+    # Segmentation formats (pairs, voc, cityscapes, ade20k): uint8 masks, 255 = ignore; image and mask move together
+    scale_range: tuple[float, float] = (1.0, 1.0)  # train: random rescale factor (mmseg 0.5-2.0, ademxapp 0.7-1.3)
+    base_size: int = 0  # the factors scale an image resized to base_size on its `base_side` (0: its stored size)
+    base_side: Literal["longer", "shorter"] = "longer"  # the side base_size and test_size set
+    cat_max_ratio: float = 1.0  # train crop: redraw (up to 10 times) while one class fills more than this; 1 = off
+    test_size: int = 0  # eval: resize the image's `base_side` to this (0: as stored); scored at the stored size
+    sbd_root: str = ""  # voc train_split=train_aug: the SBD folder (benchmark_RELEASE), relative to root
     extra: dict = field(default_factory=dict)  # free-form keys for formats added outside deepres.data
 
 
@@ -106,6 +116,12 @@ class OptimConfig:
     nesterov: bool = False  # sgd only
     weight_decay: float = 1e-4  # L2 coefficient (adamw: decoupled decay, multiplied by lr)
     wd_exclude_bn_bias: bool = False  # no weight decay on BN weights and biases (every param with ndim <= 1)
+    # Per-group multipliers (mmseg's paramwise_cfg): parameters under the model's head modules (a segmentation
+    # model's classifier / aux_classifier) get lr x head_lr_mult; conv/linear biases lr x bias_lr_mult and weight
+    # decay x bias_decay_mult (ademxapp: biases x2 lr, no decay)
+    head_lr_mult: float = 1.0
+    bias_lr_mult: float = 1.0
+    bias_decay_mult: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
     eps: float | None = None  # denominator term; None = the optimizer's default (adam 1e-8, adagrad 1e-10, ...)
     alpha: float | None = None  # squared-gradient smoothing: rmsprop alpha (0.99), adadelta rho (0.9); None = default
@@ -113,7 +129,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["multistep", "step", "cosine", "linear", "constant"] = "multistep"
+    name: Literal["multistep", "step", "cosine", "linear", "constant", "poly"] = "multistep"
     unit: Literal["iter", "epoch"] = "iter"  # unit of `milestones` and `step_size`: optimizer steps or epochs
     milestones: list[int] = field(default_factory=list)  # multistep: lr *= gamma at each milestone (in `unit`)
     step_size: int = 30  # step: lr *= gamma every step_size `unit`s
@@ -124,14 +140,21 @@ class ScheduleConfig:
     # optimizer steps, then the normal schedule (milestones still count from step 0); 0 = off
     warm_start_lr: float = 0.0
     warm_start_iters: int = 0
-    min_lr: float = 0.0  # cosine/linear: lr reached at the last step
+    min_lr: float = 0.0  # cosine/linear/poly: lr reached at the last step
+    power: float = 0.9  # poly: lr = min_lr + (lr - min_lr)(1 - step/total)^power (mmseg, torchvision's reference)
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 90  # passes over the training set; ignored when max_iters > 0
     max_iters: int = 0  # total optimizer steps (0 = epochs decide); the CIFAR paper schedule stops at 64k
-    loss: Literal["ce", "bce"] = "ce"  # softmax cross-entropy, or sigmoid BCE on (mixed) one-hot targets (RSB A3)
+    # softmax cross-entropy, sigmoid BCE on (mixed) one-hot targets (RSB A3), or (segmentation) ademxapp's
+    # bootstrapped cross-entropy: only pixels with p(target) <= bootstrap_threshold, at least the
+    # bootstrap_min_kept hardest per batch
+    loss: Literal["ce", "bce", "bootstrap"] = "ce"
+    bootstrap_threshold: float = 0.6
+    bootstrap_min_kept: int = 256
+    aux_weight: float = 0.5  # segmentation: weight of the auxiliary head's loss (models built with one)
     label_smoothing: float = 0.0  # probability mass spread uniformly over all classes
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of whole images; 0 = off
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) box pasting; 0 = off
@@ -163,6 +186,12 @@ MAX_TEST_SCALE = 4096
 class EvalConfig:
     scales: list[int] = field(default_factory=list)  # extra test resolutions (pixels) averaged with the base one
     flip: bool = False  # also average predictions on the horizontally flipped image
+    # Segmentation test-time modes (softmax averaged over every view)
+    mode: Literal["whole", "slide"] = "whole"  # one pass over the whole image, or sliding windows (mmseg)
+    crop: int = 0  # slide: window side, pixels (0 = data.image_size)
+    stride: int = 0  # slide: window step, pixels (0 = two thirds of the window)
+    scale_ratios: list[float] = field(default_factory=list)  # multi-scale: factors of the test size (mmseg 0.5-1.75)
+    test_steps: int = 1  # ademxapp shift-and-stitch: k > 1 runs k x k passes shifted by output_stride / k pixels
 
 
 @dataclass

@@ -10,21 +10,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Eval transform of a classifier: shorter side to `resize`, centre `crop_size` square, normalise."""
+    """Eval transform: the `resize_side` side to `resize`, centre `crop_size` square (0: no crop, the whole
+    resized image, as segmentation models see it), normalise."""
 
-    resize: int = 256  # shorter side before the centre crop, pixels
-    crop_size: int = 224  # side of the square the model sees, pixels
+    resize: int = 256  # shorter (or `resize_side`) side before the centre crop, pixels
+    crop_size: int = 224  # side of the square the model sees, pixels; 0 = no crop (segmentation)
     interpolation: str = "bilinear"  # antialiased "bilinear" (deepres training) or "bicubic" (timm weights)
     mean: tuple[float, ...] = IMAGENET_MEAN  # per channel, 0-1 scale (3 values on a 1-channel model: averaged)
     std: tuple[float, ...] = IMAGENET_STD  # per channel, 0-1 scale
     in_chans: int = 3  # channels the model takes; images are converted to it (gray <-> RGB; others must match)
     normalize: str = "meanstd"  # "meanstd": (x/255 - mean)/std; "mean": x - mean*255 (plain mean subtraction)
+    resize_side: str = "shorter"  # the side `resize` sets: "shorter" (classifiers, torchvision) or "longer"
 
     def __post_init__(self):
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        if self.resize < 1 or self.crop_size < 1:
-            raise ValueError(f"preprocess resize and crop_size must be >= 1 pixel, got {self.resize}, {self.crop_size}")
+        if self.resize < 1 or self.crop_size < 0:
+            raise ValueError(f"preprocess resize must be >= 1 pixel and crop_size >= 0 (0 = no crop), got "
+                             f"{self.resize}, {self.crop_size}")
+        if self.resize_side not in ("shorter", "longer"):
+            raise ValueError(f"preprocess resize_side must be shorter or longer, got {self.resize_side!r}")
         if self.interpolation not in ("bilinear", "bicubic"):
             raise ValueError(f"preprocess interpolation must be bilinear or bicubic, got {self.interpolation!r}")
         if self.normalize not in ("meanstd", "mean"):
@@ -34,12 +39,13 @@ class Preprocess:
 
     @property
     def input_size(self) -> tuple[int, int, int]:
-        """(C, H, W) of one model input."""
-        return self.in_chans, self.crop_size, self.crop_size
+        """(C, H, W) of one model input (without a crop: a square image resized to `resize`)."""
+        side = self.crop_size or self.resize
+        return self.in_chans, side, side
 
     @property
     def crop_pct(self) -> float:
-        return self.crop_size / self.resize
+        return (self.crop_size or self.resize) / self.resize
 
 
 def parse_eval_preset(preset: str, image_size: int) -> tuple[int, int] | None:
