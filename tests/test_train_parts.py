@@ -112,8 +112,8 @@ def test_the_classification_task_row_mixes_and_scores_as_its_functions_do():
     logits = torch.randn(4, 4)
     assert torch.equal(task.loss(logits, targets), classification_loss(logits, soft, kind="bce", label_smoothing=0.1))
     assert task.record({"top1": 75.0, "top5": 100.0}) == {"test_error": 25.0, "top1": 75.0, "top5": 100.0}
-    with pytest.raises(ValueError, match="unknown task 'segmentation'.*classification"):
-        get_task("segmentation")
+    with pytest.raises(ValueError, match="unknown task .detection.*classification, segmentation"):
+        get_task("detection")
     # the task of a run comes from its dataset format; it also gives the inference transform
     data = DataConfig(name="fashion_mnist", mean=(0.286,), std=(0.353,))
     assert task_of(data) is type(task)

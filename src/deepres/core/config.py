@@ -205,7 +205,7 @@ class RunConfig:
 @dataclass
 class ExpectConfig:
     accuracy: float = 0.0  # test accuracy (%) this recipe is expected to reach, as `metric`
-    metric: Literal["top1", "top5"] = "top1"
+    metric: Literal["top1", "top5", "miou", "pixel_acc"] = "top1"  # miou / pixel_acc: segmentation (%)
     note: str = ""  # where that number comes from (paper, table, hardware, number of runs)
 
 
@@ -343,6 +343,18 @@ def validate_config(cfg: Config) -> None:
          f"must be pixel sizes in 1..{MAX_TEST_SCALE}")
     need("/" not in cfg.run.name and cfg.run.name not in (".", ".."), "run.name", cfg.run.name,
          "must be a plain directory name")
+    need(t.aux_weight >= 0, "train.aux_weight", t.aux_weight, "must be >= 0")
+    need(0.0 < t.bootstrap_threshold <= 1.0, "train.bootstrap_threshold", t.bootstrap_threshold, "must be in (0, 1]")
+    need(t.bootstrap_min_kept >= 0, "train.bootstrap_min_kept", t.bootstrap_min_kept, "must be >= 0 (pixels)")
+    need(s.power > 0, "schedule.power", s.power, "must be > 0")
+    for key in ("head_lr_mult", "bias_lr_mult", "bias_decay_mult"):
+        need(getattr(o, key) >= 0, f"optim.{key}", getattr(o, key), "must be >= 0")
+    need(not (m.freeze_bn and bn == "dynamic"), "model.freeze_bn", m.freeze_bn,
+         'frozen BN statistics cannot also be re-estimated (model.bn_momentum="dynamic")')
+    e = cfg.eval
+    need(e.crop >= 0 and e.stride >= 0, "eval.crop/stride", (e.crop, e.stride), "must be >= 0 pixels (0 = default)")
+    need(e.test_steps >= 1, "eval.test_steps", e.test_steps, "must be >= 1 (1 = off)")
+    need(all(0 < r <= 8 for r in e.scale_ratios), "eval.scale_ratios", e.scale_ratios, "must be factors in (0, 8]")
     need(0.0 <= cfg.expect.accuracy <= 100.0, "expect.accuracy", cfg.expect.accuracy, "must be a percentage")
     validate_data_config(cfg.data)
 
@@ -364,6 +376,14 @@ def validate_data_config(data: DataConfig) -> None:
     for key in ("workers", "crop_padding", "color_jitter", "pca_lighting", "num_classes", "in_chans"):
         if getattr(data, key) < 0:
             raise ValueError(f"data.{key} must be >= 0, got {getattr(data, key)}")
+    low, high = data.scale_range
+    if not 0 < low <= high:
+        raise ValueError(f"data.scale_range must be [low, high] with 0 < low <= high, got {list(data.scale_range)}")
+    if not 0 < data.cat_max_ratio <= 1:
+        raise ValueError(f"data.cat_max_ratio must be in (0, 1] (1 = off), got {data.cat_max_ratio}")
+    if data.base_size < 0 or data.test_size < 0:
+        raise ValueError(f"data.base_size / test_size must be >= 0 pixels (0 = as stored), got {data.base_size} / "
+                         f"{data.test_size}")
     if data.bad_image_cap < 0:
         raise ValueError(f"data.bad_image_cap must be >= 0, got {data.bad_image_cap}")
     if data.max_image_pixels < 1:

@@ -15,7 +15,9 @@ import pickle
 import signal
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ from . import transforms as T
 from .datasets import Dataset, build_datasets, build_eval_dataset
 from .registry import DatasetFormat, get_format, list_formats, stored_side
 from .images import init_decode_worker
+#SEGT from .seg_transforms import SegEvalTransform, SegTrainTransform
 
 # Seed streams, so the order, per-item and per-batch draws never share a generator state.
 _ORDER, _ITEM, _BATCH = 0, 1, 2
@@ -71,6 +74,20 @@ class ItemTransform:
 
 
 @dataclass(frozen=True)
+class PairTransform:
+    """Per-item geometry of a segmentation pair: `transform(image, mask[, generator]) -> (image, mask)` moves both
+    together (deepres.data.seg_transforms); random ones get a per-item generator like the random resized crop."""
+
+    transform: Callable
+    random_crop: bool = False  # draws random numbers: needs the per-item seed
+    joint: ClassVar[bool] = True  # transforms the target too
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(image, mask, generator) if self.random_crop else self.transform(image, mask)
+
+
+@dataclass(frozen=True)
 class BatchTransform:
     """uint8 batch on the device -> augmented, normalised float32 batch."""
 
@@ -103,7 +120,7 @@ class _ItemSource(torch.utils.data.Dataset):
     """What DataLoader workers index: key (sample index, per-item seed) -> (uint8 image, label), or None for a bad
     image that evaluation drops (data.on_bad_image=skip; training gets a stand-in from the dataset instead)."""
 
-    def __init__(self, dataset: Dataset, transform: ItemTransform | None, train: bool):
+    def __init__(self, dataset: Dataset, transform: ItemTransform | PairTransform | None, train: bool):
         self.dataset = dataset
         self.transform = transform
         self.train = train
@@ -130,7 +147,10 @@ class _ItemSource(torch.utils.data.Dataset):
         image, label = item
         if self.transform is not None:
             generator = torch.Generator().manual_seed(seed) if self.transform.random_crop else None
-            image = self.transform(image, generator)
+            if getattr(self.transform, "joint", False):  # a segmentation pair: the mask moves with the image
+                image, label = self.transform(image, label, generator)
+            else:
+                image = self.transform(image, generator)
         return image.contiguous(), label
 
 
@@ -162,6 +182,8 @@ def _collate(items: list) -> "tuple[torch.Tensor | None, torch.Tensor | None, in
     kept = [item for item in items if item is not None]
     if not kept:
         return None, None, len(items)
+    if len({tuple(image.shape) for image, _ in kept}) > 1:  # segmentation eval images as stored: one batch each
+        return [image[None] for image, _ in kept], [mask[None] for _, mask in kept], len(items) - len(kept)
     images, labels = default_collate(kept)
     return images, labels, len(items) - len(kept)
 
@@ -210,7 +232,9 @@ class _PlannedBatches:
 
 
 class Loader:
-    """Iterates (images float32 (N, C, H, W) normalised, labels int64 (N,)), both on `device`.
+    """Iterates (images float32 (N, C, H, W) normalised, targets), both on `device`; targets are int64 labels (N,),
+    or uint8 masks (N, H, W) for a segmentation format (whose eval images of different sizes come as lists of
+    single-image batches).
 
     Train: shuffled per epoch, last incomplete batch dropped. Eval: in order, every sample of this rank's
     shard exactly once, except bad images dropped under data.on_bad_image=skip (batches may then be short, or
@@ -309,6 +333,10 @@ class Loader:
                 self.skipped += dropped
                 if images is None:  # every image of this batch was dropped
                     continue
+                if isinstance(images, list):  # images of different sizes (segmentation eval): a list of batches
+                    yield ([self.batch_transform(x.to(self.device, non_blocking=True)) for x in images],
+                           [y.to(self.device, non_blocking=True) for y in labels])
+                    continue
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
                 yield self.batch_transform(images, self._batch_generator(batch_index)), labels
@@ -368,13 +396,10 @@ def _data_shape(cfg: DataConfig, dataset) -> tuple[int, int]:
     return num_classes, in_chans
 
 
-def _classification_format(cfg: DataConfig) -> DatasetFormat:
-    """cfg's format record, checked: the loaders batch class-index targets only."""
+def _checked_format(cfg: DataConfig) -> DatasetFormat:
+    """cfg's format record, after checking the data section (a DataConfig made in Python is unchecked)."""
     validate_data_config(cfg)
-    fmt = get_format(cfg.name)
-    if fmt.task != "classification":
-        raise ValueError(f"data.name={cfg.name} has {fmt.task} targets; the loaders batch class labels only")
-    return fmt
+    return get_format(cfg.name)
 
 
 def _on_device(cfg: DataConfig, fmt: DatasetFormat) -> bool:
@@ -384,9 +409,15 @@ def _on_device(cfg: DataConfig, fmt: DatasetFormat) -> bool:
     return fmt.in_memory and cfg.on_device != "no"
 
 
-def _eval_loader(cfg: DataConfig, eval_set, in_chans: int, in_memory: bool, loader_args: dict) -> "Loader":
+def _eval_loader(cfg: DataConfig, fmt: DatasetFormat, eval_set, in_chans: int, loader_args: dict) -> "Loader":
     """The evaluation loader applying eval_preprocess(cfg, in_chans): resize and centre crop per image, then
-    normalisation per batch."""
+    normalisation per batch. Segmentation: the image resized to data.test_size (the mask as stored), batches of
+    images of one size, else a list of single-image batches."""
+    if fmt.task == "segmentation":
+        batches = BatchTransform(in_chans=in_chans, normalize=cfg.normalize, mean=tuple(cfg.mean), std=tuple(cfg.std))
+        return Loader(eval_set, batch_size=cfg.eval_batch_size, train=False, batch_transform=batches,
+                      item_transform=PairTransform(SegEvalTransform.from_config(cfg)), **loader_args)
+    in_memory = fmt.in_memory
     pp = eval_preprocess(cfg, in_chans)
     # In-memory images already of the crop size (no eval preset: as stored) need no per-image step.
     as_stored = in_memory and pp.resize == pp.crop_size and tuple(eval_set.images.shape[-2:]) == (pp.crop_size,) * 2
@@ -403,37 +434,43 @@ def build_eval_loader(cfg: DataConfig, device, *, classes: list[str] | None = No
     """(eval_loader, info) reading only the evaluation split (see build_eval_dataset; `classes`: the class list
     the model was trained with); info (DataInfo) with train_size 0. For `deepres eval`."""
     _check_process(seed, rank, world_size)
-    fmt = _classification_format(cfg)
+    fmt = _checked_format(cfg)
     eval_set = build_eval_dataset(cfg, classes)
     num_classes, in_chans = _data_shape(cfg, eval_set)
     loader_args = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
                        on_device=_on_device(cfg, fmt), workers=cfg.workers)
     info = DataInfo(num_classes=num_classes, in_chans=in_chans, classes=list(eval_set.classes), train_size=0,
                     eval_size=len(eval_set))
-    return _eval_loader(cfg, eval_set, in_chans, fmt.in_memory, loader_args), info
+    return _eval_loader(cfg, fmt, eval_set, in_chans, loader_args), info
 
 
 def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, world_size: int = 1):
     """(train_loader, eval_loader, info) for the config; info: num_classes, in_chans, classes, train_size,
     eval_size (whole dataset sizes, after limit_train / limit_val) as a DataInfo."""
     _check_process(seed, rank, world_size)
-    fmt = _classification_format(cfg)
+    fmt = _checked_format(cfg)
     train_set, eval_set = build_datasets(cfg)
     num_classes, in_chans = _data_shape(cfg, train_set)
     if cfg.pca_lighting and in_chans != 3:
         raise ValueError(f"data.pca_lighting needs RGB input, but in_chans={in_chans}")
 
     # File datasets need a fixed size per batch; in-memory sets keep their stored size unless asked.
-    if cfg.random_resized_crop:
+    segmentation = fmt.task == "segmentation"
+    if segmentation:  # scale, crop and flip move the mask with the image; the batch step only jitters colour
+        if cfg.random_resized_crop or cfg.crop_padding:
+            raise ValueError(f"data.name={cfg.name} is a segmentation format: use data.scale_range and "
+                             f"data.image_size (the crop) instead of data.random_resized_crop / crop_padding")
+        train_items = PairTransform(SegTrainTransform.from_config(cfg), random_crop=True)
+    elif cfg.random_resized_crop:
         train_items = ItemTransform(size=cfg.image_size, random_crop=True)
     else:
         train_items = None if fmt.in_memory else ItemTransform(size=cfg.image_size, resize_to=cfg.image_size)
     common = dict(in_chans=in_chans, normalize=cfg.normalize, mean=tuple(cfg.mean), std=tuple(cfg.std))
-    train_batches = BatchTransform(crop_padding=cfg.crop_padding, hflip=cfg.hflip, color_jitter=cfg.color_jitter,
-                                   pca_lighting=cfg.pca_lighting, **common)
+    train_batches = BatchTransform(crop_padding=cfg.crop_padding, hflip=cfg.hflip and not segmentation,
+                                   color_jitter=cfg.color_jitter, pca_lighting=cfg.pca_lighting, **common)
     loader_args = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
                        on_device=_on_device(cfg, fmt), workers=cfg.workers)
-    eval_loader = _eval_loader(cfg, eval_set, in_chans, fmt.in_memory, loader_args)
+    eval_loader = _eval_loader(cfg, fmt, eval_set, in_chans, loader_args)
     train_loader = Loader(train_set, batch_size=cfg.batch_size, train=True, item_transform=train_items,
                           batch_transform=train_batches, **loader_args)
     if len(train_loader) == 0:

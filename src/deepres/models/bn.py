@@ -28,3 +28,10 @@ def reset_bn_running_stats(model: nn.Module) -> None:
     for bn in batchnorm_layers(model):
         if bn.track_running_stats:
             bn.reset_running_stats()
+
+
+def freeze_bn_stats(model: nn.Module) -> None:
+    """Put every BN layer in eval mode: it normalises with its running statistics and no longer updates them,
+    while its weight and bias still train (model.freeze_bn; call after each model.train())."""
+    for bn in batchnorm_layers(model):
+        bn.eval()

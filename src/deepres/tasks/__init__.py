@@ -1,5 +1,5 @@
 """Tasks: what turns a config into a model, and what a task supplies to the shared loop and evaluator (its
-loss, its metrics, its eval transform). Classification is the task deepres has today.
+loss, its metrics, its eval transform): classification and semantic segmentation.
 
 A task is a row in TASKS: the training loop asks it for everything task-specific (`Task` below) and mentions
 no metric or label format itself, so another task (segmentation) is one more row, not a fork of the loop."""
@@ -7,6 +7,7 @@ from deepres.core.config import DataConfig
 from deepres.data import get_format
 
 from .classification import ClassificationTask
+from .segmentation import SegmentationTask
 
 
 # What the loop asks of a task (ClassificationTask is the example): `best_metric` (class attribute: the key of
@@ -15,8 +16,8 @@ from .classification import ClassificationTask
 # float32 mean); `evaluate(model, loader, *, ema_model=None) -> dict` (summed over ranks); `record(metrics)` (the
 # epoch record's fields in metrics.jsonl); `summary(metrics)` (text for the epoch line); `eval_transform(data,
 # in_chans)` (class method: the Preprocess a model trained on that data expects at inference).
-Task = ClassificationTask
-TASKS: dict[str, type[Task]] = {"classification": ClassificationTask}
+Task = ClassificationTask | SegmentationTask
+TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "segmentation": SegmentationTask}
 
 
 def get_task(name: str) -> type[Task]:

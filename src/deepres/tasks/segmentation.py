@@ -7,13 +7,26 @@ left out of the mean. Pixel accuracy = all TP / all counted pixels; mean accurac
 over the classes present in the ground truth. Only the (C, C) matrix is kept, never a dataset's predictions, and
 its counts add up exactly over batches and over ranks (all_reduce), so N processes score as one.
 
-The segmentation task row (loss, batch mixing, eval transform) comes with the segmentation dataset formats.
+`SegmentationTask` is the task row the training loop and `deepres eval` use (loss, metrics, eval transform), and
+`segment` the one test-time predictor (whole image or sliding windows, multi-scale, flip, shift-and-stitch) that
+evaluation and inference share.
 """
 import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
+import numpy as np
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
 
-from deepres.core.distributed import all_reduce_sum
+from deepres.core.config import Config, DataConfig, EvalConfig, TrainConfig
+from deepres.core.device import AMP_DTYPES
+from deepres.core.distributed import all_reduce_sum, is_distributed
+from deepres.core.preprocess import Preprocess
+from deepres.models.base import eval_mode, module_device
 
 IGNORE_INDEX = 255  # target value of pixels that are not scored (void, borders, "other")
 
@@ -75,3 +88,235 @@ class ConfusionMatrix:
 def _nanmean(values: list[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     return sum(kept) / len(kept) if kept else math.nan
+
+
+# ------------------------------------------------------------------------------------------------- losses
+
+
+def bootstrapped_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, threshold: float = 0.6,
+                               min_kept: int = 256, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """ademxapp's bootstrapped softmax: the mean cross-entropy over the pixels whose probability of the true class
+    is at most `threshold`, and at least the `min_kept` hardest ones of the batch (all of them when fewer)."""
+    losses = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none").flatten()
+    losses = losses[target.flatten() != ignore_index]
+    if losses.numel() == 0:
+        return logits.sum() * 0.0  # nothing scored: a zero that still has a graph
+    hard = losses >= -math.log(threshold)  # p(target) <= threshold
+    kept = int(hard.sum())
+    if kept >= min_kept:
+        return losses[hard].mean()
+    return losses.topk(min(min_kept, losses.numel())).values.mean()
+
+
+def segmentation_loss(output, target: torch.Tensor, train: TrainConfig) -> torch.Tensor:
+    """The training loss of a segmentation model's output (logits (N, C, H, W), or {"out", "aux"} from a model with
+    an auxiliary head: out + train.aux_weight x aux), targets (N, H, W) with 255 ignored; float32."""
+    if isinstance(output, dict):
+        main = segmentation_loss(output["out"], target, train)
+        return main + train.aux_weight * segmentation_loss(output["aux"], target, train) if train.aux_weight else main
+    logits, target = output.float(), target.long()
+    if train.loss == "bootstrap":
+        return bootstrapped_cross_entropy(logits, target, threshold=train.bootstrap_threshold,
+                                          min_kept=train.bootstrap_min_kept)
+    if train.loss != "ce":
+        raise ValueError(f"train.loss={train.loss!r}: segmentation trains with 'ce' or 'bootstrap'")
+    return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, label_smoothing=train.label_smoothing)
+
+
+# ------------------------------------------------------------------------------------------ test-time views
+
+
+@dataclass(frozen=True)
+class SegViews:
+    """How a segmentation model is run on one image at test time (eval.* keys): every view's class probabilities
+    are averaged; sliding windows average their logits first, as mmseg does."""
+    mode: str = "whole"  # "whole" or "slide"
+    crop: int = 512  # slide: window side, pixels
+    stride: int = 0  # slide: window step (0: two thirds of the window)
+    scale_ratios: tuple[float, ...] = ()  # factors of the input size (none: 1.0 only)
+    flip: bool = False
+    test_steps: int = 1  # shift-and-stitch: k x k passes shifted by output_stride / k pixels
+
+    @classmethod
+    def from_config(cls, ev: EvalConfig, data: DataConfig) -> "SegViews":
+        crop = ev.crop or data.image_size
+        return cls(ev.mode, crop, ev.stride, tuple(ev.scale_ratios), ev.flip, ev.test_steps)
+
+    def __post_init__(self):
+        if self.mode not in ("whole", "slide"):
+            raise ValueError(f"eval.mode must be whole or slide, got {self.mode!r}")
+        if self.crop < 1 or self.stride < 0 or self.test_steps < 1:
+            raise ValueError(f"eval.crop must be >= 1, eval.stride >= 0 and eval.test_steps >= 1, got {self.crop}, "
+                             f"{self.stride}, {self.test_steps}")
+        if any(not 0 < r <= 8 for r in self.scale_ratios):
+            raise ValueError(f"eval.scale_ratios must be factors in (0, 8], got {list(self.scale_ratios)}")
+
+
+def slide_logits(model: nn.Module, images: torch.Tensor, crop: int, stride: int, num_classes: int) -> torch.Tensor:
+    """Logits of overlapping `crop` windows every `stride` pixels, averaged where they overlap (mmseg's window
+    placement: the last window in each direction ends at the border)."""
+    n, _, height, width = images.shape
+    stride = stride or max(crop * 2 // 3, 1)
+    rows = max(height - crop + stride - 1, 0) // stride + 1
+    cols = max(width - crop + stride - 1, 0) // stride + 1
+    total = images.new_zeros(n, num_classes, height, width, dtype=torch.float32)
+    count = images.new_zeros(1, 1, height, width, dtype=torch.float32)
+    for r in range(rows):
+        for c in range(cols):
+            y1, x1 = r * stride, c * stride
+            y2, x2 = min(y1 + crop, height), min(x1 + crop, width)
+            y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+            total[:, :, y1:y2, x1:x2] += model(images[:, :, y1:y2, x1:x2]).float()
+            count[:, :, y1:y2, x1:x2] += 1
+    return total / count
+
+
+def _shifted_logits(model, images, mode: SegViews, num_classes: int, output_stride: int) -> torch.Tensor:
+    """Logits at the input's size; with test_steps k, the mean over k x k copies of the image shifted (padded at
+    the top-left with edge pixels) by multiples of output_stride / k, each output shifted back."""
+    k = mode.test_steps
+    offsets = [round(i * output_stride / k) for i in range(k)]
+    height, width = images.shape[-2:]
+    total = None
+    for dy in offsets:
+        for dx in offsets:
+            x = F.pad(images, (dx, 0, dy, 0), mode="replicate") if dy or dx else images
+            logits = (slide_logits(model, x, mode.crop, mode.stride, num_classes) if mode.mode == "slide"
+                      else model(x).float())
+            logits = logits[:, :, dy:dy + height, dx:dx + width]
+            total = logits if total is None else total + logits
+    return total / (k * k)
+
+
+def segment(model: nn.Module, images: torch.Tensor, out_size: tuple[int, int] | None = None, *,
+            mode: SegViews = SegViews(), num_classes: int | None = None,
+            amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Class probabilities (N, C, *out_size) of normalised `images` (N, C, H, W) under the test-time `mode`,
+    averaged over its views (scales x flips); out_size defaults to the input's (the stored mask's size when the
+    image was resized for testing). Call under torch.inference_mode() with the model in eval mode."""
+    out_size = tuple(out_size or images.shape[-2:])
+    num_classes = num_classes or int(getattr(model, "num_classes"))
+    output_stride = int(getattr(model, "output_stride", 8) or 8)
+    height, width = images.shape[-2:]
+    probs = None
+    ratios = mode.scale_ratios or (1.0,)
+    for ratio in ratios:
+        size = (max(round(height * ratio), 1), max(round(width * ratio), 1))
+        x = images if size == (height, width) else F.interpolate(images, size=size, mode="bilinear",
+                                                                  align_corners=False)
+        for flipped in (False, True) if mode.flip else (False,):
+            view = x.flip(-1) if flipped else x
+            with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = _shifted_logits(model, view, mode, num_classes, output_stride)
+            logits = logits.float()
+            if logits.shape[1] != num_classes:
+                raise ValueError(f"the model gives {logits.shape[1]} classes, expected {num_classes}")
+            if flipped:
+                logits = logits.flip(-1)
+            if tuple(logits.shape[-2:]) != out_size:
+                logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+            view_probs = logits.softmax(dim=1)
+            probs = view_probs if probs is None else probs + view_probs
+    return probs / (len(ratios) * (2 if mode.flip else 1))
+
+
+def _batches(images, masks):
+    """One loader batch as (image batch, mask batch) pairs: itself, or one pair per image when the loader gave
+    lists (images of different sizes)."""
+    if isinstance(images, (list, tuple)):
+        return zip(images, masks)
+    return ((images, masks),)
+
+
+def evaluate_segmentation(model: nn.Module, loader: Iterable, *, num_classes: int, mode: SegViews = SegViews(),
+                          amp_dtype: torch.dtype | None = None, class_names: Sequence[str] | None = None,
+                          distributed: bool | None = None, progress: bool | None = False,
+                          max_batches: int = 0) -> dict:
+    """Score `model` on (images, masks) batches with one confusion matrix over the whole loader (and all ranks):
+    ConfusionMatrix.scores() (miou, pixel_acc, mean_acc in %, per-class IoU/accuracy) plus test_loss (mean NLL of
+    the averaged probabilities over scored pixels), n (images) and confusion (the matrix, CPU int64)."""
+    device = module_device(model)
+    matrix = ConfusionMatrix(num_classes, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    images_seen = torch.zeros((), dtype=torch.int64, device=device)
+    with eval_mode(model), torch.inference_mode():
+        total = len(loader) if hasattr(loader, "__len__") else None
+        bar = tqdm(loader, total=total, desc="eval", unit="batch", leave=False, dynamic_ncols=True,
+                   disable=None if progress is None else not progress)
+        for index, (images, masks) in enumerate(bar):
+            if max_batches and index >= max_batches:
+                break
+            for x, target in _batches(images, masks):
+                target = target.to(device).long()
+                probs = segment(model, x.to(device), tuple(target.shape[-2:]), mode=mode, num_classes=num_classes,
+                                amp_dtype=amp_dtype)
+                matrix.update(probs.argmax(dim=1), target)
+                log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+                scored = torch.where(target == IGNORE_INDEX, target, target.clamp(0, num_classes - 1))
+                loss_sum += F.nll_loss(log_probs, scored, ignore_index=IGNORE_INDEX, reduction="sum").double()
+                images_seen += target.shape[0]
+    if distributed if distributed is not None else is_distributed():
+        matrix.all_reduce()
+        all_reduce_sum(loss_sum)
+        all_reduce_sum(images_seen)
+    if int(images_seen) == 0:
+        raise ValueError("evaluate: the loader yielded no images")
+    result = matrix.scores(class_names)
+    result.update(test_loss=float(loss_sum) / max(result["pixels"], 1), n=int(images_seen),
+                  confusion=matrix.counts.cpu())
+    return result
+
+
+# --------------------------------------------------------------------------------------------- the task
+
+
+def seg_preprocess(data: DataConfig, in_chans: int) -> Preprocess:
+    """The eval transform of a segmentation data config: the `base_side` side to data.test_size (data.image_size
+    when the test images are used as stored), no crop, the config's normalisation."""
+    return Preprocess(resize=data.test_size or data.image_size, crop_size=0, resize_side=data.base_side,
+                      mean=tuple(data.mean), std=tuple(data.std), in_chans=in_chans, normalize=data.normalize)
+
+
+@dataclass(frozen=True)
+class SegmentationTask:
+    """What the training loop asks of semantic segmentation (the `deepres.tasks.Task` interface): per-pixel
+    cross-entropy (or bootstrapped) with 255 ignored plus the weighted auxiliary loss; mIoU picks the best."""
+    num_classes: int
+    train: TrainConfig
+    mode: SegViews
+    best_metric: ClassVar[str] = "miou"
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "SegmentationTask":
+        if cfg.train.mixup_alpha or cfg.train.cutmix_alpha:
+            raise ValueError("train.mixup_alpha / cutmix_alpha mix class labels; a segmentation run has masks: set "
+                             "them to 0")
+        if cfg.train.loss == "bce":
+            raise ValueError("train.loss=bce is for classification; segmentation trains with ce or bootstrap")
+        return cls(cfg.model.num_classes, cfg.train, SegViews.from_config(cfg.eval, cfg.data))
+
+    def mix(self, images: torch.Tensor, masks: torch.Tensor,
+            rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return images, masks  # no batch mixing for masks
+
+    def loss(self, output, targets: torch.Tensor) -> torch.Tensor:
+        return segmentation_loss(output, targets, self.train)
+
+    def evaluate(self, model: nn.Module, loader, *, ema_model: nn.Module | None = None) -> dict[str, float]:
+        """miou, pixel_acc, mean_acc (%), test_loss, and ema_miou with an EMA model; summed over ranks."""
+        kwargs = dict(num_classes=self.num_classes, mode=self.mode, amp_dtype=AMP_DTYPES[self.train.amp])
+        result = evaluate_segmentation(model, loader, **kwargs)
+        metrics = {key: result[key] for key in ("miou", "pixel_acc", "mean_acc", "test_loss")}
+        if ema_model is not None:
+            metrics["ema_miou"] = evaluate_segmentation(ema_model, loader, **kwargs)["miou"]
+        return metrics
+
+    def record(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {"test_error": 100.0 - metrics["miou"], **metrics}  # what curves.png plots: 100 - mIoU
+
+    @classmethod
+    def eval_transform(cls, data: DataConfig, in_chans: int) -> Preprocess:
+        return seg_preprocess(data, in_chans)
+
+    def summary(self, metrics: dict[str, float]) -> str:
+        return f"test mIoU {metrics['miou']:.2f}%  pixel acc {metrics['pixel_acc']:.2f}%"

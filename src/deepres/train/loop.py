@@ -30,7 +30,7 @@ from deepres.core.config import Config
 from deepres.core.device import AMP_DTYPES, default_device
 from deepres.core.distributed import all_reduce_sum, broadcast_buffers, find_ddp, process_group, raise_if_any_failed
 from deepres.core.errors import NonFiniteLossError, TrainingInterrupted
-from deepres.models.bn import reset_bn_running_stats
+from deepres.models.bn import freeze_bn_stats, reset_bn_running_stats
 
 from .ema import ModelEMA
 from .interrupts import stop_on_signals
@@ -59,6 +59,8 @@ def train_one_epoch(run: Run) -> dict:
     if first and state.mix_rng is not None:
         rng.bit_generator.state = state.mix_rng
     model.train()
+    if cfg.model.freeze_bn:
+        freeze_bn_stats(model)
     bar = tqdm(total=max(min(iters_per_epoch - -(-first // accum), total_iters - state.step), 0),
                desc=f"epoch {state.epoch + 1}", disable=not run.progress, leave=False, unit="step", dynamic_ncols=True)
     progress = _ProgressLines(run, every=t.log_every_iters) if not run.progress and run.log is not None else None
@@ -73,7 +75,7 @@ def train_one_epoch(run: Run) -> dict:
             group_size, group_ok, group_loss = min(accum, n_batches - i), True, 0.0
             lr = lr_at(state.step, cfg.schedule, peak_lr, iters_per_epoch, total_iters)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_mult", 1.0)
         if t.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         images, targets = task.mix(images, labels, rng)

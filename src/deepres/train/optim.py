@@ -5,20 +5,41 @@ import torch.nn as nn
 from deepres.core.config import OptimConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -> list[dict]:
-    """Trainable parameters in one group, or two with BN weights and biases (ndim <= 1) in a no-decay group."""
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not exclude_bn_bias or weight_decay == 0:
-        return [{"params": [p for _, p in params], "weight_decay": weight_decay, "group": "all"}]
-    decay = [p for _, p in params if p.ndim > 1]
-    no_decay = [p for _, p in params if p.ndim <= 1]  # BN gamma/beta, conv/fc biases
-    return [{"params": decay, "weight_decay": weight_decay, "group": "decay"},
-            {"params": no_decay, "weight_decay": 0.0, "group": "no_decay"}]
+HEAD_MODULES = ("fc", "classifier", "aux_classifier")  # top-level modules that optim.head_lr_mult scales
+
+
+def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool, *, head_lr_mult: float = 1.0,
+                 bias_lr_mult: float = 1.0, bias_decay_mult: float = 1.0) -> list[dict]:
+    """Trainable parameters grouped by (lr multiplier, weight decay); the loop sets each group's lr to the
+    schedule's lr x its `lr_mult`. exclude_bn_bias: no decay on every parameter with ndim <= 1 (BN weights and
+    biases); head_lr_mult: parameters of the HEAD_MODULES; bias_lr_mult / bias_decay_mult: conv and linear
+    biases (BatchNorm's are not biases here: mmseg's and ademxapp's convention)."""
+    conv_biases = {id(m.bias) for m in model.modules()
+                   if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None}
+    groups: dict[tuple[float, float], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lr_mult, decay = 1.0, weight_decay
+        if exclude_bn_bias and p.ndim <= 1:
+            decay = 0.0
+        if id(p) in conv_biases:
+            lr_mult, decay = lr_mult * bias_lr_mult, decay * bias_decay_mult
+        if name.split(".")[0] in HEAD_MODULES:
+            lr_mult *= head_lr_mult
+        group = groups.setdefault((lr_mult, decay), {"params": [], "weight_decay": decay, "lr_mult": lr_mult})
+        group["params"].append(p)
+    out = list(groups.values())
+    for group in out:
+        group["group"] = ("all" if len(out) == 1 else "decay" if group["weight_decay"] else "no_decay") + (
+            f" lr x{group['lr_mult']:g}" if group["lr_mult"] != 1.0 else "")
+    return out
 
 
 def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """Build the optimizer named by cfg.name; lr is the peak lr (the schedule overwrites it each step)."""
-    groups = param_groups(model, cfg.weight_decay, cfg.wd_exclude_bn_bias)
+    groups = param_groups(model, cfg.weight_decay, cfg.wd_exclude_bn_bias, head_lr_mult=cfg.head_lr_mult,
+                          bias_lr_mult=cfg.bias_lr_mult, bias_decay_mult=cfg.bias_decay_mult)
     eps = {} if cfg.eps is None else {"eps": cfg.eps}
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)

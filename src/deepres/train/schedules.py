@@ -35,11 +35,13 @@ def _decayed_lr(step: int, cfg: ScheduleConfig, base_lr: float, iters_per_epoch:
         else:
             n_decays = position // cfg.step_size
         return base_lr * cfg.gamma**n_decays
-    # cosine / linear: smooth per step, from base_lr after warmup to min_lr at total_iters
+    # cosine / linear / poly: smooth per step, from base_lr after warmup to min_lr at total_iters
     span = max(total_iters - cfg.warmup_iters, 1)
     progress = min(max(step - cfg.warmup_iters, 0) / span, 1.0)
     if cfg.name == "cosine":
         return cfg.min_lr + (base_lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if cfg.name == "linear":
         return cfg.min_lr + (base_lr - cfg.min_lr) * (1.0 - progress)
+    if cfg.name == "poly":  # mmseg's PolyLR / torchvision's segmentation reference, power 0.9
+        return cfg.min_lr + (base_lr - cfg.min_lr) * (1.0 - progress) ** cfg.power
     raise ValueError(f"schedule.name={cfg.name!r}: unknown schedule")
