@@ -208,11 +208,17 @@ def test_ade20k_reduces_zero_exactly_once_and_reads_object_info(tmp_path):
         assert train[0][1].tolist() == expected and train[0][1].tolist() == expected  # read twice: still once
         assert val[0][1].tolist() == expected
     assert train.classes == list(ADE20K_CLASSES)  # no objectInfo150.txt: the built-in names
-    rows = ["Idx\tRatio\tTrain\tVal\tName"] + [f"{i}\t0.01\t100\t10\tclass{i};other{i}" for i in range(1, 151)]
-    rows[13] = "13\t0.0110\t5212\t5111\tperson;individual;someone;somebody;mortal;soul"
+    # as the SceneParsing repository ships it: tabs, ", " between synonyms, stray spaces after some fields
+    rows = ["Idx\tRatio\tTrain\tVal\tName"] + [f"{i}\t0.01\t100\t10\tclass{i}, other{i}" for i in range(1, 151)]
+    rows[8], rows[22] = "8\t0.0231\t1906\t199\tbed ", "22 \t0.0074\t709\t75\twater"
+    rows[13] = "13\t0.0160\t5075\t526\tperson, individual, someone, somebody, mortal, soul"
     (tmp_path / "objectInfo150.txt").write_text("\n".join(rows) + "\n")
     val = build_eval_dataset(DataConfig(name="ade20k", root=str(tmp_path)))
-    assert val.classes[0] == "class1" and val.classes[12] == "person" and len(val.classes) == 150
+    assert len(val.classes) == 150 and val.classes[0] == "class1"
+    assert (val.classes[7], val.classes[12], val.classes[21]) == ("bed", "person", "water")
+    rows[13] = "13\t0.0160\t5075\t526\tperson;individual;someone;somebody;mortal;soul"  # the ';' copies
+    (tmp_path / "objectInfo150.txt").write_text("\n".join(rows) + "\n")
+    assert build_eval_dataset(DataConfig(name="ade20k", root=str(tmp_path))).classes[12] == "person"
     bad = np.array([[151, 0]], np.uint8)
     write_gray_png(tmp_path / "annotations" / "validation" / "ADE_val_00000001.png", bad)
     write_image(tmp_path / "images" / "validation" / "ADE_val_00000001.jpg", size=(2, 1))

@@ -9,6 +9,7 @@ Masks are uint8 class indices, 255 = ignore. The tables here are data:
   palette as mmsegmentation lists them (mmseg/datasets/ade.py); annotation PNGs hold 0 = "other" and 1..150,
   which ade_reduce_zero turns into 255 and 0..149 (the reader applies it, once per mask).
 """
+import re
 from pathlib import Path
 
 import numpy as np
@@ -137,17 +138,19 @@ def ade_reduce_zero(mask):
 
 
 def read_ade_class_names(path) -> list[str]:
-    """Class names from objectInfo150.txt (header, then "Idx Ratio Train Val Name" rows, tab-separated): the
-    first name of each row ("person;individual;someone" -> "person"), in Idx order."""
+    """Class names from objectInfo150.txt (a header, then "Idx Ratio Train Val Name" rows, tab-separated; the
+    csv copy object150_info.csv, comma-separated, reads too): the first synonym of each Name, in Idx order
+    ("person, individual, someone" or "person;individual;someone" -> "person")."""
     path = Path(path)
-    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    separator = "\t" if lines and "\t" in lines[0] else ","
     names: dict[int, str] = {}
-    for line_no, fields in enumerate(rows, 2):
+    for line_no, line in enumerate(lines[1:], 2):
+        fields = line.split(separator, 4)
         if len(fields) < 5 or not fields[0].strip().isdigit():
-            raise ValueError(f"{path}:{line_no}: expected 'Idx<TAB>Ratio<TAB>Train<TAB>Val<TAB>Name', "
-                             f"got {chr(9).join(fields)!r}")
-        names[int(fields[0])] = fields[4].split(";")[0].strip()
-    if sorted(names) != list(range(1, len(names) + 1)):
+            raise ValueError(f"{path}:{line_no}: expected Idx, Ratio, Train, Val, Name, got {line!r}")
+        names[int(fields[0])] = re.split(r"[;,]", fields[4])[0].strip()
+    if not names or sorted(names) != list(range(1, len(names) + 1)):
         raise ValueError(f"{path}: class indices must be 1..{len(names)} without gaps")
     return [names[i] for i in range(1, len(names) + 1)]
 
