@@ -27,8 +27,9 @@ from .seg_labels import (ADE20K_CLASSES, ADE_REDUCE_ZERO, CITYSCAPES_CLASSES, CI
 
 try:  # scipy reads SBD's MATLAB files; it is a deepres dependency, optional only so that `import deepres.data`
     from scipy.io import loadmat  # works in an environment installed before it was added
+    from scipy.io.matlab import MatReadError
 except ImportError:
-    loadmat = None
+    loadmat, MatReadError = None, ValueError
 
 
 class SegmentationDataset(ImageFileDataset):
@@ -91,7 +92,7 @@ def read_sbd_mask(path) -> np.ndarray:
     try:
         # squeeze_me: 1x1 MATLAB structs and cells become scalars; struct_as_record=False: fields as attributes
         gtcls = loadmat(path, squeeze_me=True, struct_as_record=False, variable_names=["GTcls"]).get("GTcls")
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, MatReadError) as e:
         raise BadImageError(path, f"not a readable MATLAB file ({e})") from None
     segmentation = getattr(gtcls, "Segmentation", None)
     if segmentation is None or np.ndim(segmentation) != 2:
