@@ -8,8 +8,8 @@ import torch
 from data_helpers import idx_bytes, write_image
 from PIL import Image
 
-from deepres.data import (DataConfig, SegEvalTransform, SegTrainTransform, build_datasets, build_eval_dataset,
-                          format_shape, get_format)
+from deepres.data import (BadImageError, DataConfig, SegEvalTransform, SegTrainTransform, build_datasets,
+                          build_eval_dataset, format_shape, get_format)
 from deepres.data.scenes import SCENE_CLASSES, make_fashion_mnist_scenes
 from deepres.data.seg_labels import (ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, VOC_CLASSES,
                                      ade_reduce_zero, cityscapes_label_to_train, cityscapes_train_to_label,
@@ -393,3 +393,15 @@ def test_rescale_and_eval_transform_never_interpolate_mask_values():
     out_image, _ = SegEvalTransform(test_size=34, base_side="shorter")(image, mask)
     assert out_image.shape == (3, 42, 34)
     assert SegEvalTransform()(image, mask)[0] is image
+
+
+def test_bad_image_or_mask_follows_on_bad_image(tmp_path):
+    write_pairs(tmp_path, ["a", "b", "c"], masks=[np.full((5, 6), k, np.uint8) for k in (0, 1, 0)])
+    (tmp_path / "train" / "masks" / "b.png").write_bytes(b"")  # a mask that does not decode
+    cfg = DataConfig(name="pairs", root=str(tmp_path), val_split="train")
+    train, _ = build_datasets(cfg)
+    with pytest.raises(BadImageError, match=r"masks/b.png: zero bytes"):
+        train[1]
+    skipping, _ = build_datasets(dataclasses.replace(cfg, on_bad_image="skip"))
+    image, mask = skipping[1]  # the next good pair stands in, image and mask together
+    assert torch.equal(image, skipping[2][0]) and torch.equal(mask, skipping[2][1])
