@@ -17,6 +17,8 @@ and the on-disk layouts they read, relative to data.root:
 - packed: root/train and root/val written by `deepres data pack` (a folder/list/imagenet set as a few large
   shard files of pre-resized images plus an index; see deepres.data.packed_reader); read like a folder, faster.
 - synthetic: random images with a learnable per-class template, synthetic_size images of synthetic_image_size.
+- pairs, voc, cityscapes, ade20k: segmentation (images with uint8 class-index masks, 255 = ignore); their layouts
+  are listed in deepres.data.segmentation, the label tables in deepres.data.seg_labels.
 """
 from . import transforms
 from deepres.core.config import DataConfig
@@ -34,4 +36,6 @@ from .images import IMAGE_EXTENSIONS, BadImageError, is_image_file, load_image
 from .loaders import DataInfo, Loader, build_eval_loader, build_loaders, eval_preprocess
 from .pack import PackOptions, pack_dataset
 from .packed_reader import PackedDataset, read_packed
+from .seg_transforms import SegEvalTransform, SegTrainTransform
+from .segmentation import SegmentationDataset
 from .verify import VerifyReport, verify_images, write_manifest

@@ -10,8 +10,11 @@ from .packed_reader import read_packed
 from .formats import (CIFAR10_CLASSES, CIFAR_SIDE, FASHION_MNIST_CLASSES, MNIST_CLASSES, MNIST_SIDE, ArrayDataset,
                       make_synthetic, read_cifar10, read_cifar100, read_fashion_mnist, read_mnist)
 from .registry import DatasetFormat, get_format, list_formats, register_format
+from .seg_labels import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
+from .segmentation import (SegmentationDataset, ade20k_class_names, ade20k_dataset, cityscapes_dataset,
+                           pairs_dataset, read_pair_classes, voc_dataset)
 
-Dataset = ArrayDataset | ImageFileDataset
+Dataset = ArrayDataset | ImageFileDataset  # SegmentationDataset is an ImageFileDataset
 
 
 def _format(cfg: DataConfig) -> DatasetFormat:
@@ -120,6 +123,47 @@ def _read_cifar100(cfg: DataConfig, split: str, root: Path, classes, training) -
     return read_cifar100(root, _split_dir(cfg, split), coarse=cfg.coarse_labels)
 
 
+# Segmentation readers: the class list is the format's (or the pairs folder's classes file); a model's list
+# (`classes`) must have as many entries, since mask values index it.
+def _seg_classes(dataset: SegmentationDataset, classes, against: str) -> SegmentationDataset:
+    if classes is None or list(classes) == dataset.classes:
+        return dataset
+    if len(classes) != dataset.num_classes:
+        raise ValueError(f"{against} has {dataset.num_classes} classes but {len(classes)} were expected")
+    return SegmentationDataset(dataset.samples, classes, mask_table=dataset.mask_table, **dataset._options())
+
+
+def _pairs_class_names(cfg: DataConfig, root: Path) -> list[str]:
+    """data.class_names (relative to root), else root/classes.txt: line i names mask value i."""
+    return read_pair_classes(_under(root, cfg.class_names) or root / "classes.txt")
+
+
+def _read_pairs(cfg: DataConfig, split: str, root: Path, classes, training) -> SegmentationDataset:
+    split_dir = root / _split_dir(cfg, split)
+    dataset = pairs_dataset(split_dir, _pairs_class_names(cfg, root), **_file_options(cfg))
+    return _seg_classes(dataset, classes, split_dir)
+
+
+def _read_voc(cfg: DataConfig, split: str, root: Path, classes, training) -> SegmentationDataset:
+    dataset = voc_dataset(root, _split_dir(cfg, split), sbd_root=_under(root, cfg.sbd_root), **_file_options(cfg))
+    return _seg_classes(dataset, classes, f"VOC {_split_dir(cfg, split)}")
+
+
+def _read_cityscapes(cfg: DataConfig, split: str, root: Path, classes, training) -> SegmentationDataset:
+    dataset = cityscapes_dataset(root, _split_dir(cfg, split), **_file_options(cfg))
+    return _seg_classes(dataset, classes, f"Cityscapes {_split_dir(cfg, split)}")
+
+
+def _read_ade20k(cfg: DataConfig, split: str, root: Path, classes, training) -> SegmentationDataset:
+    dataset = ade20k_dataset(root, _split_dir(cfg, split), **_file_options(cfg))
+    return _seg_classes(dataset, classes, f"ADE20K {_split_dir(cfg, split)}")
+
+
+def _fixed(names):
+    """eval_classes of a format whose class list is fixed."""
+    return lambda cfg, root: list(names)
+
+
 # ------------------------------------------------------------------------------------ the built-in formats
 for _fmt in (
     DatasetFormat("fashion_mnist", _split_files(read_fashion_mnist), in_memory=True, num_classes=10, in_chans=1,
@@ -139,6 +183,14 @@ for _fmt in (
     DatasetFormat("packed", _read_packed),
     DatasetFormat("synthetic", _read_synthetic, in_memory=True, stored_side=lambda cfg: cfg.synthetic_image_size,
                   needs_root=False),
+    # Segmentation: uint8 class-index masks, 255 = ignore (deepres.data.segmentation)
+    DatasetFormat("pairs", _read_pairs, task="segmentation", eval_classes=_pairs_class_names),
+    DatasetFormat("voc", _read_voc, task="segmentation", num_classes=len(VOC_CLASSES), in_chans=3,
+                  class_names=VOC_CLASSES, eval_classes=_fixed(VOC_CLASSES)),
+    DatasetFormat("cityscapes", _read_cityscapes, task="segmentation", num_classes=len(CITYSCAPES_CLASSES),
+                  in_chans=3, class_names=CITYSCAPES_CLASSES, eval_classes=_fixed(CITYSCAPES_CLASSES)),
+    DatasetFormat("ade20k", _read_ade20k, task="segmentation", num_classes=len(ADE20K_CLASSES), in_chans=3,
+                  class_names=ADE20K_CLASSES, eval_classes=lambda cfg, root: ade20k_class_names(root)),
 ):
     register_format(_fmt)
 

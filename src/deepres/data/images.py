@@ -83,6 +83,14 @@ def pillow_limit_off():
 
 def load_image(path, *, exif_rotate: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode an image file into an RGB PIL image; raise BadImageError naming the file and the reason."""
+    img = open_image(path, max_pixels=max_pixels)
+    if exif_rotate:
+        img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+def open_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image file as stored (its own mode: a palette mask stays "P"); BadImageError as load_image."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -110,9 +118,7 @@ def load_image(path, *, exif_rotate: bool = False, max_pixels: int = DEFAULT_MAX
         # Pillow reports truncated or corrupt data as OSError ("image file is truncated"), SyntaxError
         # ("broken PNG file") or ValueError depending on the codec.
         raise BadImageError(path, f"truncated or corrupt ({e})") from None
-    if exif_rotate:
-        img = ImageOps.exif_transpose(img)
-    return to_rgb(img)
+    return img
 
 
 def _check_pixels(path, img: Image.Image, max_pixels: int) -> None:

@@ -1,0 +1,407 @@
+"""Segmentation data: the label tables, the four readers on files written in each dataset's real layout, and the
+joint image/mask transforms (image and mask stay aligned; masks are never interpolated)."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from data_helpers import idx_bytes, write_image
+from PIL import Image
+
+from deepres.data import (BadImageError, DataConfig, SegEvalTransform, SegTrainTransform, build_datasets,
+                          build_eval_dataset, format_shape, get_format)
+from deepres.data.scenes import SCENE_CLASSES, make_fashion_mnist_scenes
+from deepres.data.seg_labels import (ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, VOC_CLASSES,
+                                     ade_reduce_zero, cityscapes_label_to_train, cityscapes_train_to_label,
+                                     palette_for, read_mask_png, voc_colormap, write_mask_png)
+from deepres.data.seg_transforms import rescale
+from deepres.data.segmentation import voc_train_aug_ids
+
+
+def write_palette_png(path, mask: np.ndarray, palette: np.ndarray | None = None):
+    """A mask as VOC ships them: mode "P", the VOC colour map as palette."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(mask, mode="P")
+    image.putpalette((voc_colormap() if palette is None else palette).tobytes())
+    image.save(path)
+
+
+def write_gray_png(path, mask: np.ndarray):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask, mode="L").save(path)
+
+
+def blob_mask(height, width, values, seed, block=4) -> np.ndarray:
+    """Random blocky regions of `values`."""
+    rng = np.random.default_rng(seed)
+    small = rng.choice(np.array(values, np.uint8), size=(-(-height // block), -(-width // block)))
+    return np.kron(small, np.ones((block, block), np.uint8))[:height, :width]
+
+
+# ------------------------------------------------------------------------------------------------ labels
+def test_voc_colormap_and_palette_png_round_trip_keep_indices(tmp_path):
+    colours = voc_colormap()
+    assert colours.shape == (256, 3) and colours.dtype == np.uint8
+    assert colours[:4].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
+    assert colours[15].tolist() == [192, 128, 128] and colours[255].tolist() == [224, 224, 192]
+    mask = blob_mask(12, 10, [0, 3, 20, 255], seed=0)
+    path = write_mask_png(tmp_path / "m.png", torch.from_numpy(mask))
+    assert Image.open(path).mode == "P"
+    assert np.array_equal(read_mask_png(path), mask)  # indices, not colours
+
+
+def test_read_mask_png_refuses_colour_masks_naming_the_file(tmp_path):
+    path = write_image(tmp_path / "rgb_mask.png", size=(6, 5))
+    with pytest.raises(ValueError, match=r"rgb_mask.png: a mask must be a palette \(P\) or grayscale \(L\) image.*"
+                                         r"mode RGB"):
+        read_mask_png(path)
+
+
+def test_cityscapes_tables_both_directions():
+    label_ids = np.array([[7, 26, 0], [33, 24, 1]], np.uint8)
+    assert cityscapes_label_to_train(label_ids).tolist() == [[0, 13, 255], [18, 11, 255]]
+    as_tensor = cityscapes_label_to_train(torch.from_numpy(label_ids))
+    assert as_tensor.dtype == torch.uint8 and as_tensor.tolist() == [[0, 13, 255], [18, 11, 255]]
+    train_ids = np.arange(19, dtype=np.uint8)
+    assert cityscapes_label_to_train(cityscapes_train_to_label(train_ids)).tolist() == list(range(19))
+    assert cityscapes_train_to_label(np.array([255, 0, 13], np.uint8)).tolist() == [0, 7, 26]
+    assert cityscapes_label_to_train(np.arange(34, 256, dtype=np.uint8)).tolist() == [255] * 222  # not label ids
+    assert len(CITYSCAPES_CLASSES) == 19 and "license plate" not in CITYSCAPES_CLASSES
+    assert CITYSCAPES_CLASSES[:3] == ("road", "sidewalk", "building") and CITYSCAPES_CLASSES[-1] == "bicycle"
+
+
+def test_ade_reduce_zero_and_palettes():
+    assert ade_reduce_zero(np.array([0, 1, 150, 255], np.uint8)).tolist() == [255, 0, 149, 255]
+    assert ade_reduce_zero(torch.tensor([0, 2], dtype=torch.uint8)).tolist() == [255, 1]
+    assert len(ADE20K_CLASSES) == len(ADE20K_PALETTE) == 150 and ADE20K_CLASSES[:3] == ("wall", "building", "sky")
+    for name, classes, first in (("ade20k", 150, (120, 120, 120)), ("cityscapes", 19, (128, 64, 128)),
+                                 ("voc", 21, (0, 0, 0)), ("pairs", 11, (0, 0, 0))):
+        palette = palette_for(name, classes)
+        assert palette.shape == (256, 3) and palette.dtype == np.uint8 and tuple(palette[0]) == first
+    assert np.array_equal(palette_for("cityscapes", 40), voc_colormap())  # more classes than the table
+
+
+# ----------------------------------------------------------------------------------------------- readers
+def test_segmentation_records():
+    assert format_shape(DataConfig(name="voc")) == (21, 3, list(VOC_CLASSES))
+    assert format_shape(DataConfig(name="cityscapes")) == (19, 3, list(CITYSCAPES_CLASSES))
+    assert format_shape(DataConfig(name="ade20k")) == (150, 3, list(ADE20K_CLASSES))
+    assert format_shape(DataConfig(name="pairs")) is None  # its classes.txt decides
+    for name in ("pairs", "voc", "cityscapes", "ade20k"):
+        fmt = get_format(name)
+        assert fmt.task == "segmentation" and not fmt.packable and not fmt.in_memory and fmt.needs_root
+
+
+def write_voc(root, ids_by_split: dict[str, list[str]], size=(14, 11)) -> dict[str, np.ndarray]:
+    """VOCdevkit/VOC2012 with JPEG images, palette masks with a 255 border, and the split lists."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    masks = {}
+    for split, ids in ids_by_split.items():
+        (voc / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for n, i in enumerate(ids):
+            write_image(voc / "JPEGImages" / f"{i}.jpg", size=size, seed=n)
+            mask = blob_mask(size[1], size[0], [0, 5, 15], seed=hash(i) % 1000)
+            mask[0, :] = mask[-1, :] = mask[:, 0] = 255  # VOC's object borders
+            write_palette_png(voc / "SegmentationClass" / f"{i}.png", mask)
+            masks[i] = mask
+    return masks
+
+
+def test_voc_reads_palette_indices_with_255_borders(tmp_path):
+    masks = write_voc(tmp_path, {"train": ["2007_000032", "2007_000039"], "val": ["2007_000033"]})
+    for root in (tmp_path, tmp_path / "VOCdevkit", tmp_path / "VOCdevkit" / "VOC2012"):
+        train, val = build_datasets(DataConfig(name="voc", root=str(root)))
+        assert (len(train), len(val), train.num_classes, train.in_chans) == (2, 1, 21, 3)
+        assert train.classes == list(VOC_CLASSES)
+        image, mask = train[1]
+        assert image.shape == (3, 11, 14) and image.dtype == torch.uint8
+        assert mask.dtype == torch.uint8 and np.array_equal(mask.numpy(), masks["2007_000039"])
+        assert set(mask.unique().tolist()) <= {0, 5, 15, 255}
+    assert [p.rsplit("/", 1)[-1] for p in train.image_paths] == ["2007_000032.jpg", "2007_000039.jpg"]
+    with pytest.raises(FileNotFoundError, match="no VOC2012 folder"):
+        build_datasets(DataConfig(name="voc", root=str(tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages")))
+
+
+def write_sbd(root, train: list[str], val: list[str], size=(14, 11)) -> dict[str, np.ndarray]:
+    """benchmark_RELEASE/dataset/{train,val}.txt and cls/<id>.mat holding GTcls.Segmentation (as SBD ships)."""
+    savemat = pytest.importorskip("scipy.io").savemat
+    dataset = root / "benchmark_RELEASE" / "dataset"
+    (dataset / "cls").mkdir(parents=True)
+    (dataset / "train.txt").write_text("".join(f"{i}\n" for i in train))
+    (dataset / "val.txt").write_text("".join(f"{i}\n" for i in val))
+    masks = {}
+    for n, i in enumerate(train + val):
+        masks[i] = np.full((size[1], size[0]), 1 + n, np.uint8)  # one class per file: easy to tell apart
+        masks[i][:, :3] = 0
+        savemat(str(dataset / "cls" / f"{i}.mat"), {"GTcls": {"Segmentation": masks[i], "Boundaries": np.zeros(1),
+                                                          "CategoriesPresent": np.array([1 + n], np.uint8)}})
+    return masks
+
+
+def test_train_aug_ids_union_minus_voc_val(tmp_path):
+    voc_ids = {"train": ["a_voc_train", "b_both"], "val": ["c_voc_val", "d_voc_val"]}
+    for split, ids in voc_ids.items():
+        (tmp_path / "voc" / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "voc" / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    (tmp_path / "sbd" / "dataset").mkdir(parents=True)
+    (tmp_path / "sbd" / "dataset" / "train.txt").write_text("b_both\ne_sbd_train\nc_voc_val\n")
+    (tmp_path / "sbd" / "dataset" / "val.txt").write_text("f_sbd_val\n")
+    ids, with_png = voc_train_aug_ids(tmp_path / "voc", tmp_path / "sbd")
+    assert ids == ["a_voc_train", "b_both", "e_sbd_train", "f_sbd_val"]  # c: in VOC val, so never trained on
+    assert with_png == {"a_voc_train", "b_both"}
+
+
+def test_voc_train_aug_reads_sbd_mat_where_voc_has_no_png(tmp_path):
+    sbd_masks = write_sbd(tmp_path, train=["b_both", "e_sbd_train", "c_voc_val"], val=["f_sbd_val"])
+    voc_masks = write_voc(tmp_path, {"train": ["a_voc_train", "b_both"], "val": ["c_voc_val"]})
+    for i in ("e_sbd_train", "f_sbd_val"):  # VOC2012's JPEGImages holds every image, SBD's ids included
+        write_image(tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{i}.jpg", size=(14, 11))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    cfg = DataConfig(name="voc", root=str(tmp_path / "VOCdevkit"), train_split="train_aug",
+                     sbd_root=str(tmp_path / "benchmark_RELEASE"))
+    train, val = build_datasets(cfg)
+    assert [p.rsplit("/", 1)[-1] for p in train.mask_paths] == ["a_voc_train.png", "b_both.png", "e_sbd_train.mat",
+                                                                "f_sbd_val.mat"]
+    assert np.array_equal(train[1][1].numpy(), voc_masks["b_both"])  # VOC's PNG wins over SBD's .mat
+    for index, i in ((2, "e_sbd_train"), (3, "f_sbd_val")):
+        assert np.array_equal(train[index][1].numpy(), sbd_masks[i])
+    assert len(val) == 1
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+    relative = dataclasses.replace(cfg, root=str(tmp_path), sbd_root="benchmark_RELEASE")
+    assert len(build_datasets(relative)[0]) == 4
+    with pytest.raises(ValueError, match="train_aug needs data.sbd_root"):
+        build_datasets(dataclasses.replace(cfg, sbd_root=""))
+
+
+def test_cityscapes_maps_label_ids_to_train_ids(tmp_path):
+    label_ids = np.array([[7, 7, 26, 26], [0, 33, 24, 9], [11, 23, 1, 7]], np.uint8)
+    for split, annotation in (("train", "gtFine"), ("val", "gtFine"), ("train_extra", "gtCoarse")):
+        for city in ("aachen", "bochum"):
+            stem = f"{city}_000000_000019"
+            write_image(tmp_path / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", size=(4, 3))
+            write_gray_png(tmp_path / annotation / split / city / f"{stem}_{annotation}_labelIds.png", label_ids)
+    train, val = build_datasets(DataConfig(name="cityscapes", root=str(tmp_path)))
+    assert len(train) == len(val) == 2 and train.num_classes == 19 and train.classes == list(CITYSCAPES_CLASSES)
+    image, mask = train[0]
+    assert image.shape == (3, 3, 4) and "aachen" in train.image_paths[0]
+    assert mask.tolist() == [[0, 0, 13, 13], [255, 18, 11, 255], [2, 10, 255, 0]]
+    extra = build_datasets(DataConfig(name="cityscapes", root=str(tmp_path), train_split="train_extra"))[0]
+    assert "gtCoarse" in extra.mask_paths[0] and extra[1][1].tolist() == mask.tolist()
+
+
+def write_ade(root, split: str, annotation: np.ndarray, count: int = 2):
+    prefix = "ADE_train" if split == "training" else "ADE_val"
+    for n in range(1, count + 1):
+        write_image(root / "images" / split / f"{prefix}_{n:08d}.jpg", size=annotation.shape[::-1], seed=n)
+        write_gray_png(root / "annotations" / split / f"{prefix}_{n:08d}.png", annotation)
+
+
+def test_ade20k_reduces_zero_exactly_once_and_reads_object_info(tmp_path):
+    annotation = np.array([[0, 1, 150], [2, 0, 149]], np.uint8)
+    write_ade(tmp_path, "training", annotation)
+    write_ade(tmp_path, "validation", annotation, count=1)
+    for splits in (dict(train_split="training", val_split="validation"), {}):  # train/val mean the same folders
+        train, val = build_datasets(DataConfig(name="ade20k", root=str(tmp_path), **splits))
+        assert (len(train), len(val), train.num_classes) == (2, 1, 150)
+        expected = [[255, 0, 149], [1, 255, 148]]
+        assert train[0][1].tolist() == expected and train[0][1].tolist() == expected  # read twice: still once
+        assert val[0][1].tolist() == expected
+    assert train.classes == list(ADE20K_CLASSES)  # no objectInfo150.txt: the built-in names
+    # as the SceneParsing repository ships it: tabs, ", " between synonyms, stray spaces after some fields
+    rows = ["Idx\tRatio\tTrain\tVal\tName"] + [f"{i}\t0.01\t100\t10\tclass{i}, other{i}" for i in range(1, 151)]
+    rows[8], rows[22] = "8\t0.0231\t1906\t199\tbed ", "22 \t0.0074\t709\t75\twater"
+    rows[13] = "13\t0.0160\t5075\t526\tperson, individual, someone, somebody, mortal, soul"
+    (tmp_path / "objectInfo150.txt").write_text("\n".join(rows) + "\n")
+    val = build_eval_dataset(DataConfig(name="ade20k", root=str(tmp_path)))
+    assert len(val.classes) == 150 and val.classes[0] == "class1"
+    assert (val.classes[7], val.classes[12], val.classes[21]) == ("bed", "person", "water")
+    rows[13] = "13\t0.0160\t5075\t526\tperson;individual;someone;somebody;mortal;soul"  # the ';' copies
+    (tmp_path / "objectInfo150.txt").write_text("\n".join(rows) + "\n")
+    assert build_eval_dataset(DataConfig(name="ade20k", root=str(tmp_path))).classes[12] == "person"
+    bad = np.array([[151, 0]], np.uint8)
+    write_gray_png(tmp_path / "annotations" / "validation" / "ADE_val_00000001.png", bad)
+    write_image(tmp_path / "images" / "validation" / "ADE_val_00000001.jpg", size=(2, 1))
+    with pytest.raises(ValueError, match=r"ADE_val_00000001.png: mask value 150 is neither a class index"):
+        val[0]
+
+
+def write_item_source(root):
+    """Fashion-MNIST IDX files of grey squares (as tests/test_data_scenes.py)."""
+    root.mkdir(parents=True)
+    for prefix, labels in (("train", [0, 1, 2, 3, 4] * 2), ("t10k", [5, 6, 7, 8, 9])):
+        images = np.zeros((len(labels), 28, 28), np.uint8)
+        images[:, 6:22, 6:22] = 200
+        (root / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images))
+        (root / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(np.array(labels, np.uint8)))
+
+
+def test_pairs_reads_the_fashion_mnist_scenes_folder(tmp_path):
+    write_item_source(tmp_path / "items")
+    out = make_fashion_mnist_scenes(tmp_path / "items", tmp_path / "scenes", train=4, test=3, size=32,
+                                    progress=False)
+    cfg = DataConfig(name="pairs", root=str(out), val_split="test")
+    train, val = build_datasets(cfg)
+    assert (len(train), len(val), train.classes, train.in_chans) == (4, 3, SCENE_CLASSES, 3)
+    for image, mask in (train[0], val[2]):
+        assert image.shape == (3, 32, 32) and mask.shape == (32, 32) and mask.dtype == torch.uint8
+        assert torch.equal(image[0] > 0, mask > 0) and int(mask.max()) < len(SCENE_CLASSES)
+    assert build_eval_dataset(cfg).classes == SCENE_CLASSES  # classes.txt: no train split needed
+    assert len(train.subset(2)) == 2 and train.subset(2).image_paths == train.image_paths[:2]
+
+
+def write_pairs(root, stems, size=(6, 5), masks=None):
+    (root / "classes.txt").write_text("background\nthing\n")
+    for n, stem in enumerate(stems):
+        write_image(root / "train" / "images" / f"{stem}.png", size=size, seed=n)
+        mask = np.zeros(size[::-1], np.uint8) if masks is None else masks[n]
+        write_gray_png(root / "train" / "masks" / f"{stem}.png", mask)
+
+
+def test_pairs_errors_name_the_files(tmp_path):
+    write_pairs(tmp_path, ["a", "b", "c"])
+    (tmp_path / "train" / "masks" / "b.png").rename(tmp_path / "train" / "masks" / "z.png")
+    cfg = DataConfig(name="pairs", root=str(tmp_path), val_split="train")
+    with pytest.raises(ValueError, match=r"train/images and .*train/masks do not pair up: 1 images without a mask "
+                                         r"\(e.g. \['b'\]\), 1 masks without an image \(e.g. \['z'\]\)"):
+        build_datasets(cfg)
+    (tmp_path / "train" / "masks" / "z.png").rename(tmp_path / "train" / "masks" / "b.png")
+    bad = np.zeros((5, 6), np.uint8)
+    bad[2, 3] = 2  # only classes 0, 1 (and 255)
+    write_gray_png(tmp_path / "train" / "masks" / "b.png", bad)
+    write_image(tmp_path / "train" / "masks" / "c.png", size=(6, 5))  # an RGB mask
+    train, _ = build_datasets(cfg)
+    assert train[0][1].sum() == 0
+    with pytest.raises(ValueError, match=r"masks/b.png: mask value 2 is neither a class index \(0..1\) nor 255"):
+        train[1]
+    with pytest.raises(ValueError, match=r"masks/c.png: a mask must be a palette \(P\) or grayscale \(L\)"):
+        train[2]
+    with pytest.raises(FileNotFoundError, match="class-name file .*nope.txt not found"):
+        build_datasets(dataclasses.replace(cfg, class_names="nope.txt"))
+
+
+def test_pairs_mask_of_another_size_is_an_error(tmp_path):
+    write_pairs(tmp_path, ["a"], masks=[np.zeros((4, 4), np.uint8)])
+    train, _ = build_datasets(DataConfig(name="pairs", root=str(tmp_path), val_split="train"))
+    with pytest.raises(ValueError, match=r"masks/a.png: mask is 4x4 but its image .*images/a.png is 6x5"):
+        train[0]
+
+
+# -------------------------------------------------------------------------------------------- transforms
+def painted(height, width, seed):
+    """(image, mask): channel 0 = mask * 10 (7 where the mask is 255), channels 1-2 = 100 (never 0)."""
+    mask = blob_mask(height, width, [0, 1, 2, 3, 4, 5, 255], seed=seed, block=3)
+    image = torch.full((3, height, width), 100, dtype=torch.uint8)
+    image[0] = torch.from_numpy(np.where(mask == 255, 7, mask.astype(np.int64) * 10).astype(np.uint8))
+    return image, torch.from_numpy(mask)
+
+
+@pytest.mark.parametrize("scale_range", [(1.0, 1.0), (0.5, 2.0), (0.3, 0.6), (1.5, 3.0)])
+def test_train_transform_keeps_image_and_mask_aligned(scale_range):
+    transform = SegTrainTransform(crop_size=24, scale_range=scale_range, interpolation="nearest")
+    padded_seen = 0
+    for seed in range(25):
+        image, mask = painted(20 + seed % 7, 33 - seed % 5, seed)
+        out_image, out_mask = transform(image, mask, torch.Generator().manual_seed(seed))
+        assert out_image.shape == (3, 24, 24) and out_mask.shape == (24, 24)
+        assert out_image.dtype == out_mask.dtype == torch.uint8
+        pad = out_image[1] == 0
+        assert (out_image[:, pad] == 0).all() and (out_mask[pad] == 255).all()  # padding: image 0, mask 255
+        inside = ~pad
+        labelled = inside & (out_mask != 255)
+        assert torch.equal(out_image[0][labelled], out_mask[labelled] * 10)
+        assert (out_image[0][inside & (out_mask == 255)] == 7).all()
+        assert set(out_mask.unique().tolist()) <= {0, 1, 2, 3, 4, 5, 255}
+        rows, cols = int(inside.any(1).sum()), int(inside.any(0).sum())
+        assert inside[:rows, :cols].all() and inside.sum() == rows * cols  # padded at the bottom and right only
+        padded_seen += int(pad.any())
+    if scale_range[1] <= 1:
+        assert padded_seen > 0  # images smaller than the crop were padded
+
+
+def test_bilinear_train_transform_agrees_with_the_mask_inside_regions():
+    transform = SegTrainTransform(crop_size=32, scale_range=(0.5, 2.0))
+    for seed in range(10):
+        mask = torch.from_numpy(blob_mask(64, 72, [0, 2, 4, 6, 8], seed=seed, block=16))
+        image = (mask * 20).expand(3, -1, -1).clone()
+        out_image, out_mask = transform(image, mask, torch.Generator().manual_seed(seed))
+        windows = out_mask.float()[None, None]
+        local_max = torch.nn.functional.max_pool2d(windows, 5, 1, 2)[0, 0]
+        local_min = -torch.nn.functional.max_pool2d(-windows, 5, 1, 2)[0, 0]
+        uniform = (local_max == local_min) & (out_mask != 255)
+        uniform[:2], uniform[-2:], uniform[:, :2], uniform[:, -2:] = False, False, False, False
+        assert uniform.sum() > 100
+        diff = (out_image[0].int() - out_mask.int() * 20)[uniform].abs()
+        assert diff.max() <= 2
+
+
+def test_train_transform_repeats_for_a_seed_and_follows_the_config():
+    image, mask = painted(40, 30, 0)
+    cfg = DataConfig(name="pairs", image_size=16, scale_range=(0.5, 1.5), base_size=20, base_side="shorter",
+                     cat_max_ratio=0.75, hflip=False)
+    transform = SegTrainTransform.from_config(cfg)
+    assert (transform.crop_size, transform.scale_range, transform.base_size, transform.base_side,
+            transform.cat_max_ratio, transform.hflip) == (16, (0.5, 1.5), 20, "shorter", 0.75, False)
+    first = transform(image, mask, torch.Generator().manual_seed(3))
+    again = transform(image, mask, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    others = [transform(image, mask, torch.Generator().manual_seed(s))[1] for s in range(4, 10)]
+    assert any(not torch.equal(first[1], other) for other in others)
+    with pytest.raises(ValueError, match=r"scale_range must be 0 < low <= high"):
+        SegTrainTransform(crop_size=8, scale_range=(2.0, 1.0))
+    with pytest.raises(ValueError, match=r"cat_max_ratio must be in \(0, 1\]"):
+        SegTrainTransform(crop_size=8, cat_max_ratio=0)
+
+
+def test_hflip_mirrors_image_and_mask_together():
+    image, mask = painted(16, 16, 1)
+    flips = 0
+    for seed in range(20):
+        out_image, out_mask = SegTrainTransform(crop_size=16)(image, mask, torch.Generator().manual_seed(seed))
+        assert torch.equal(out_mask, mask) or torch.equal(out_mask, mask.flip(-1))
+        flipped = torch.equal(out_mask, mask.flip(-1)) and not torch.equal(mask, mask.flip(-1))
+        assert torch.equal(out_image, image.flip(-1) if flipped else image)
+        flips += flipped
+    assert 0 < flips < 20
+
+
+def test_cat_max_ratio_redraws_crops_dominated_by_one_class():
+    mask = torch.zeros(64, 64, dtype=torch.uint8)
+    mask[:20, :20] = 1  # a small class in a corner; most 16x16 crops see only class 0
+    image = torch.zeros(3, 64, 64, dtype=torch.uint8)
+
+    def mixed_crops(ratio):
+        transform = SegTrainTransform(crop_size=16, cat_max_ratio=ratio, hflip=False)
+        count = 0
+        for seed in range(60):
+            crop = transform(image, mask, torch.Generator().manual_seed(seed))[1]
+            counts = torch.bincount(crop.flatten().long(), minlength=2)[:2]
+            count += int((counts > 0).all() and counts.max() / counts.sum() < 0.75)
+        return count
+
+    assert mixed_crops(0.75) > 2 * mixed_crops(1.0) + 5
+
+
+def test_rescale_and_eval_transform_never_interpolate_mask_values():
+    image, mask = painted(21, 17, 2)
+    for factor in (0.37, 0.5, 1.0, 1.3, 2.0, 3.7):
+        out_image, out_mask = rescale(image, mask, factor)
+        assert out_mask.shape == (round(21 * factor), round(17 * factor)) == out_image.shape[-2:]
+        assert set(out_mask.unique().tolist()) <= set(mask.unique().tolist())
+    out_image, out_mask = SegEvalTransform.from_config(DataConfig(name="pairs", test_size=42))(image, mask)
+    assert out_image.shape == (3, 42, 34) and out_mask is mask  # scored at the stored size
+    out_image, _ = SegEvalTransform(test_size=34, base_side="shorter")(image, mask)
+    assert out_image.shape == (3, 42, 34)
+    assert SegEvalTransform()(image, mask)[0] is image
+
+
+def test_bad_image_or_mask_follows_on_bad_image(tmp_path):
+    write_pairs(tmp_path, ["a", "b", "c"], masks=[np.full((5, 6), k, np.uint8) for k in (0, 1, 0)])
+    (tmp_path / "train" / "masks" / "b.png").write_bytes(b"")  # a mask that does not decode
+    cfg = DataConfig(name="pairs", root=str(tmp_path), val_split="train")
+    train, _ = build_datasets(cfg)
+    with pytest.raises(BadImageError, match=r"masks/b.png: zero bytes"):
+        train[1]
+    skipping, _ = build_datasets(dataclasses.replace(cfg, on_bad_image="skip"))
+    image, mask = skipping[1]  # the next good pair stands in, image and mask together
+    assert torch.equal(image, skipping[2][0]) and torch.equal(mask, skipping[2][1])
