@@ -44,6 +44,10 @@ class ModelConfig:
     # Keep every BatchNorm in eval mode while training: running statistics frozen, affine weights still trained
     # (ademxapp fine-tunes its segmentation models this way)
     freeze_bn: bool = False
+    # Initial weights of a new run: published weights `arch.tag` (resnet50.tv2_in1k), a run directory or a checkpoint
+    # / state dict file. A classifier that does not fit is dropped; a segmentation model given a classifier's weights
+    # loads them into its backbone. "" = random init
+    pretrained: str = ""
 
 
 @dataclass

@@ -30,7 +30,7 @@ from . import transforms as T
 from .datasets import Dataset, build_datasets, build_eval_dataset
 from .registry import DatasetFormat, get_format, list_formats, stored_side
 from .images import init_decode_worker
-#SEGT from .seg_transforms import SegEvalTransform, SegTrainTransform
+from .seg_transforms import SegEvalTransform, SegTrainTransform
 
 # Seed streams, so the order, per-item and per-batch draws never share a generator state.
 _ORDER, _ITEM, _BATCH = 0, 1, 2

@@ -1,5 +1,6 @@
 """`deepres eval CHECKPOINT`: evaluate a checkpoint on a dataset (any supported layout), with optional
-multi-scale and flip testing; prints top-1/top-5 and writes metrics, per-class accuracy and the confusion matrix."""
+multi-scale and flip testing; prints top-1/top-5 (segmentation: mIoU, pixel and mean accuracy) and writes metrics,
+per-class accuracy (segmentation: IoU) and the confusion matrix."""
 import argparse
 import json
 import time
@@ -10,10 +11,12 @@ from deepres.core.checkpoint import resolve_checkpoint
 from deepres.core.config import MAX_TEST_SCALE, Config, apply_overrides
 from deepres.core.device import AMP_DTYPES, default_device
 from deepres.data import build_eval_loader, list_formats
+from deepres.tasks import SegmentationTask, task_of
 from deepres.tasks.build import load_model
 from deepres.tasks.evaluate import evaluate
+from deepres.tasks.segmentation import SegViews, evaluate_segmentation
 
-from .confusion import write_confusion_matrix
+from .confusion import write_confusion_matrix, write_segmentation_scores
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-scales", default="", metavar="S1,S2,...",
                         help="average softmax over these square test sizes, pixels (e.g. 224,256,320)")
     parser.add_argument("--flip", action="store_true", help="also average over horizontally flipped images")
+    add_view_arguments(parser)
     parser.add_argument("--batch-size", type=int, help="data.eval_batch_size")
     parser.add_argument("--amp", choices=("none", "bf16"), default="none",
                         help="autocast for evaluation (default none: fp32, the reference numbers)")
@@ -34,6 +38,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="any other config override, e.g. --set data.limit_val=1000")
     parser.add_argument("--out", metavar="DIR", help="write metrics.json, per_class.csv, confusion.csv/png here")
     parser.add_argument("--force", action="store_true", help="allow --out to be a non-empty directory")
+
+
+def add_view_arguments(parser: argparse.ArgumentParser) -> None:
+    """Segmentation test-time options (eval.* and data.test_size); --flip is shared with classification."""
+    group = parser.add_argument_group("segmentation test-time views (default: the checkpoint's eval.* settings)")
+    group.add_argument("--mode", choices=("whole", "slide"), help="eval.mode: the whole image, or sliding windows")
+    group.add_argument("--crop", type=int, help="eval.crop: sliding-window side, pixels")
+    group.add_argument("--stride", type=int, help="eval.stride: sliding-window step, pixels")
+    group.add_argument("--scale-ratios", metavar="R1,R2,...", help="eval.scale_ratios: multi-scale factors "
+                                                                   "(e.g. 0.5,0.75,1.0,1.25,1.5,1.75)")
+    group.add_argument("--test-steps", type=int, help="eval.test_steps: ademxapp shift-and-stitch, k x k passes")
+    group.add_argument("--test-size", type=int, help="data.test_size: resize the images' data.base_side to this")
+
+
+def view_overrides(args: argparse.Namespace) -> list[str]:
+    """The --set overrides the test-time view options stand for."""
+    pairs = (("eval.mode", args.mode), ("eval.crop", args.crop), ("eval.stride", args.stride),
+             ("eval.test_steps", args.test_steps), ("data.test_size", args.test_size),
+             ("eval.scale_ratios", f"[{args.scale_ratios}]" if args.scale_ratios else None),
+             ("eval.flip", "true" if args.flip else None))
+    return [f"{key}={value}" for key, value in pairs if value is not None]
 
 
 def parse_test_scales(text: str) -> list[int]:
@@ -72,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
         ("eval_batch_size", args.batch_size)) if value is not None]
     # Evaluation runs in the checkpoint's layout, fp32 unless --amp; of the train.* keys only seed and
     # channels_last are read here (train.amp and train.compile are the training loop's alone).
-    cfg = apply_overrides(cfg, [*overrides, *args.overrides])
+    segmentation = task_of(cfg.data) is SegmentationTask
+    if segmentation and scales:
+        raise ValueError("--test-scales are square classification sizes; a segmentation model takes --scale-ratios")
+    cfg = apply_overrides(cfg, [*overrides, *(view_overrides(args) if segmentation else ()), *args.overrides])
     # the images are given the channels the model's stem takes (gray <-> RGB)
     cfg = replace(cfg, data=replace(cfg.data, in_chans=loaded.preprocess.in_chans))
 
@@ -83,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{path}: its classifier does not fit the {info.num_classes} classes of {cfg.data.name} "
                          f"(it has {model.num_classes} outputs); evaluate on the dataset it was trained for")
     class_names = list(info.classes) if len(info.classes) == model.num_classes else classes
+    if segmentation:
+        return _evaluate_segmentation(model.to(device), eval_loader, cfg, class_names, args, path, out)
     started = time.perf_counter()
     # progress=None: a bar on stderr only when it is a terminal
     result = evaluate(model.to(device), eval_loader, num_classes=model.num_classes, scales=scales, flip=args.flip,
@@ -103,4 +133,33 @@ def run(args: argparse.Namespace) -> int:
                        split=cfg.data.val_split, scales=scales, flip=args.flip, amp=args.amp)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print(f"wrote {out}/metrics.json, per_class.csv, confusion.csv, confusion.png")
+    return 0
+
+
+def _evaluate_segmentation(model, loader, cfg: Config, class_names, args, path, out) -> int:
+    views = SegViews.from_config(cfg.eval, cfg.data)
+    started = time.perf_counter()
+    result = evaluate_segmentation(model, loader, num_classes=model.num_classes, mode=views,
+                                   amp_dtype=AMP_DTYPES[args.amp], class_names=class_names, progress=None)
+    seconds = time.perf_counter() - started
+    size = f"test size {cfg.data.test_size} ({cfg.data.base_side} side)" if cfg.data.test_size else "as stored"
+    print(f"{path}: {cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, {size}, "
+          f"{views.mode}, scales {list(views.scale_ratios) or [1.0]}{', flip' if views.flip else ''}"
+          f"{f', test_steps {views.test_steps}' if views.test_steps > 1 else ''}, "
+          f"{'bf16' if args.amp == 'bf16' else 'fp32'})")
+    print(f"mIoU {result['miou']:.2f}%  pixel acc {result['pixel_acc']:.2f}%  mean acc {result['mean_acc']:.2f}%  "
+          f"({result['n']} images in {seconds:.1f} s, {result['n'] / seconds:.1f} images/s, decoding included)")
+    width = max(len(name) for name in result["class_names"])
+    for name, iou in zip(result["class_names"], result["per_class_iou"]):
+        print(f"  {name:<{width}}  IoU {iou:6.2f}%")
+    if out is not None:
+        write_segmentation_scores(result, out)
+        metrics = {k: result[k] for k in ("miou", "pixel_acc", "mean_acc", "test_loss", "n", "pixels")}
+        metrics.update(per_class_iou=dict(zip(result["class_names"], result["per_class_iou"])), seconds=seconds,
+                       checkpoint=str(path), model=cfg.model.name, dataset=cfg.data.name, split=cfg.data.val_split,
+                       test_size=cfg.data.test_size, mode=views.mode, crop=views.crop, stride=views.stride,
+                       scale_ratios=list(views.scale_ratios), flip=views.flip, test_steps=views.test_steps,
+                       amp=args.amp)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(f"wrote {out}/metrics.json, per_class.csv (IoU), confusion.csv, confusion.png")
     return 0

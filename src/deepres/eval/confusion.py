@@ -1,4 +1,4 @@
-"""Write a confusion matrix as CSV and PNG, and per-class accuracy as CSV."""
+"""Write a confusion matrix as CSV and PNG, and per-class accuracy (segmentation: IoU and accuracy) as CSV."""
 import csv
 import os
 from collections.abc import Sequence
@@ -13,8 +13,9 @@ MAX_ANNOTATED_CLASSES = 20
 
 
 def write_confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str] | None,
-                           out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write confusion.csv, confusion.png and per_class.csv into `out_dir`; returns their paths.
+                           out_dir: str | os.PathLike, unit: str = "images") -> dict[str, Path]:
+    """Write confusion.csv, confusion.png and per_class.csv into `out_dir`; returns their paths. `unit`: what
+    the counts count (images; pixels for segmentation).
 
     `out_dir` is created if needed. Files of these names already in it are replaced: the caller owns
     the output directory (a run directory or an eval output directory it created for this result).
@@ -41,16 +42,30 @@ def write_confusion_matrix(confusion: torch.Tensor, class_names: Sequence[str] |
             writer.writerow([name, *row])
     with open(paths["per_class_csv"], "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["class", "images", "correct", "accuracy_percent"])
+        writer.writerow(["class", unit, "correct", "accuracy_percent"])
         for i, (name, row) in enumerate(zip(names, rows)):
             total = sum(row)
             accuracy = f"{100.0 * row[i] / total:.4f}" if total else "nan"
             writer.writerow([name, total, row[i], accuracy])
-    _plot_confusion(confusion, names, paths["confusion_png"])
+    _plot_confusion(confusion, names, paths["confusion_png"], unit)
     return paths
 
 
-def _plot_confusion(confusion: torch.Tensor, names: list[str], path: Path) -> None:
+def write_segmentation_scores(result: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """confusion.csv/png (pixels) and per_class.csv with each class's IoU and accuracy (%) from a segmentation
+    result (deepres.tasks.segmentation.ConfusionMatrix.scores() plus its `confusion`)."""
+    paths = write_confusion_matrix(result["confusion"], result["class_names"], out_dir, unit="pixels")
+    labelled = torch.as_tensor(result["confusion"]).sum(dim=1).tolist()
+    with open(paths["per_class_csv"], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "pixels", "iou_percent", "accuracy_percent"])
+        for name, pixels, iou, acc in zip(result["class_names"], labelled, result["per_class_iou"],
+                                          result["per_class_acc"]):
+            writer.writerow([name, pixels, f"{iou:.4f}", f"{acc:.4f}"])
+    return paths
+
+
+def _plot_confusion(confusion: torch.Tensor, names: list[str], path: Path, unit: str = "images") -> None:
     # Figure + Agg canvas directly: no pyplot, so no global backend switch and no GUI window.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -67,7 +82,7 @@ def _plot_confusion(confusion: torch.Tensor, names: list[str], path: Path) -> No
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"confusion matrix ({int(confusion.sum())} images)")
+    ax.set_title(f"confusion matrix ({int(confusion.sum())} {unit})")
     if num_classes <= MAX_LABELLED_CLASSES:
         fontsize = max(4.0, min(10.0, 400.0 / num_classes))
         ax.set_xticks(range(num_classes), names, rotation=90, fontsize=fontsize)

@@ -17,9 +17,10 @@ from tqdm import tqdm
 from deepres.core.preprocess import Preprocess
 from deepres.data.images import BadImageError
 from deepres.models.base import eval_mode, module_device
+from deepres.tasks.segmentation import SegViews, segment
 
 from .fastpath import MODES, InferenceInfo, prepare_for_inference
-from .preprocess import expand_inputs, input_path, preprocess_image
+from .preprocess import expand_inputs, input_path, preprocess_image, preprocess_tensor, to_image_tensor
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,60 @@ class Predictor:
                 bar.update(len(chunk))
                 yield from results
 
+    @property
+    def is_segmentation(self) -> bool:
+        """Whether the model labels pixels (a deepres segmentation model) rather than images."""
+        return getattr(self.model, "task", "classification") == "segmentation"
+
+    def iter_segmentations(self, inputs, *, views: SegViews = SegViews(), probabilities: bool = True,
+                           skip_bad: bool = False, progress: bool | None = False):
+        """Yield one result dict per image, in input order (see `segment`)."""
+        items, _ = expand_inputs(inputs)
+        names = self.class_names
+        with eval_mode(self.model), tqdm(total=len(items), unit="img", disable=None if progress is None
+                                         else not progress) as bar:
+            for item in items:
+                try:
+                    image = to_image_tensor(item)
+                    x = preprocess_tensor(image, self.preprocess)
+                except BadImageError as error:
+                    if not skip_bad:
+                        raise
+                    yield {"path": input_path(item), "failed": True, "error": str(error)}
+                    bar.update(1)
+                    continue
+                runner = self._fast_runner(1) or self.model
+                with torch.inference_mode():
+                    probs = segment(runner, x[None].to(self.device), tuple(image.shape[-2:]), mode=views,
+                                    num_classes=len(names), output_stride=getattr(self.model, "output_stride", None))
+                probs = probs[0].cpu()
+                class_map = probs.argmax(dim=0).to(torch.uint8)
+                counts = torch.bincount(class_map.flatten().long(), minlength=len(names)).tolist()
+                result = {"class_map": class_map,
+                          "class_shares": {n: c / class_map.numel() for n, c in zip(names, counts) if c}}
+                if probabilities:
+                    result["probabilities"] = probs
+                path = input_path(item)
+                if path is not None:
+                    result["path"] = path
+                bar.update(1)
+                yield result
+
+    def segment(self, inputs, *, views: SegViews = SegViews(), probabilities: bool = True, skip_bad: bool = False,
+                progress: bool | None = False):
+        """Label every pixel of one image (-> dict) or several (-> list of dicts, in order), at each image's own size.
+
+        Each dict: class_map (uint8 (H, W) class indices), class_shares ({class name: share of the pixels} for the
+        classes present), probabilities (float32 (C, H, W), unless probabilities=False) and "path" for files.
+        `views`: the test-time views (sliding windows, scales, flip, shift-and-stitch) as `deepres eval` runs them.
+        The image is resized by the model's Preprocess (no crop), the prediction back to the image's size."""
+        if not self.is_segmentation:
+            raise ValueError(f"{type(self.model).__name__} is a classifier: use predict()")
+        items, single = expand_inputs(inputs)
+        results = list(self.iter_segmentations(items, views=views, probabilities=probabilities, skip_bad=skip_bad,
+                                               progress=progress))
+        return results[0] if single else results
+
     def predict(self, inputs, *, top_k: int = 5, batch_size: int = 32, skip_bad: bool = False,
                 progress: bool | None = False):
         """Classify one image (-> dict) or several (a list, a 4-D tensor or a folder -> list of dicts, in order).
@@ -183,6 +238,8 @@ class Predictor:
         (bf16 by default on CPUs with AVX-512 BF16) scores can differ from the fp32 model's in the third decimal;
         fast=False gives the fp32 model's. A file that cannot be decoded raises BadImageError naming it; with
         skip_bad=True its result is {"path", "failed": True, "error"} and the other images still come back."""
+        if self.is_segmentation:
+            return self.segment(inputs, skip_bad=skip_bad, progress=progress)
         items, single = expand_inputs(inputs)
         results = list(self.iter_predictions(items, top_k=top_k, batch_size=batch_size, skip_bad=skip_bad,
                                              progress=progress))

@@ -97,13 +97,24 @@ def _tensor_to_image(tensor: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ transform
 def resize_and_crop(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     """Shorter side to pp.resize, then the centre pp.crop_size square (same dtype as the input): the eval
-    loaders' own function, with the preprocess's interpolation."""
-    return T.resize_center_crop(image, pp.resize, pp.crop_size, pp.interpolation)
+    loaders' own function, with the preprocess's interpolation. Without a crop (crop_size 0, segmentation): the
+    pp.resize_side side to pp.resize, aspect ratio kept."""
+    if pp.crop_size:
+        return T.resize_center_crop(image, pp.resize, pp.crop_size, pp.interpolation)
+    height, width = image.shape[-2:]
+    scale = pp.resize / (min(height, width) if pp.resize_side == "shorter" else max(height, width))
+    size = (max(round(height * scale), 1), max(round(width * scale), 1))
+    return image if size == (height, width) else T.resize(image, size, pp.interpolation)
 
 
 def preprocess_image(item, pp: Preprocess) -> torch.Tensor:
     """One image of any accepted kind -> normalised float32 tensor pp.input_size."""
-    x = resize_and_crop(to_image_tensor(item), pp)
+    return preprocess_tensor(to_image_tensor(item), pp)
+
+
+def preprocess_tensor(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
+    """A decoded image (to_image_tensor's (C, H, W), 0-255) -> normalised float32 model input."""
+    x = resize_and_crop(image, pp)
     x = T.adapt_channels(x, pp.in_chans).float()
     if pp.normalize == "mean":
         return T.subtract_mean(x, pp.mean)

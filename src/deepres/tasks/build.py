@@ -66,6 +66,21 @@ def build_model(cfg: Config, device: torch.device) -> nn.Module:
     return model
 
 
+def load_initial_weights(model: nn.Module, spec: str) -> dict:
+    """model.pretrained: load published weights `arch.tag`, a run directory's or checkpoint's weights, or a state
+    dict file into `model` (into model.backbone when the model has one and the weights are a classifier's);
+    a classifier that does not fit stays at its init. Returns load_pretrained's report."""
+    if is_pretrained_name(spec):
+        state_dict = read_state_dict(load_pretrained_weights(spec))
+    else:
+        path = resolve_checkpoint(spec)
+        state_dict = _read_weights(path)[0]
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and not any(key.startswith("backbone.") for key in state_dict):
+        return load_pretrained(backbone, state_dict)
+    return load_pretrained(model, state_dict)
+
+
 # ---------------------------------------------------------------------------------------------- from weights
 @dataclass
 class LoadedModel:

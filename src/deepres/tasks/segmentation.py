@@ -41,6 +41,9 @@ class ConfusionMatrix:
         self.counts = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
         # targets outside [0, num_classes) other than ignore_index: counted on the device (no sync per batch)
         self.bad_targets = torch.zeros((), dtype=torch.int64, device=device)
+        # per ground-truth class, pixels predicted as no class (a prediction outside [0, num_classes): ADE20K's
+        # "other" in a prediction file): missed, but no class's false positive
+        self.unassigned = torch.zeros(num_classes, dtype=torch.int64, device=device)
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: `prediction` class indices (N, H, W), or scores (N, C, H, W) whose argmax is taken;
@@ -55,13 +58,16 @@ class ConfusionMatrix:
         valid = scored & (target >= 0) & (target < self.num_classes)
         self.bad_targets += (scored & ~valid).sum()
         k = self.num_classes
-        index = target[valid] * k + prediction[valid].clamp(0, k - 1)
-        self.counts += torch.bincount(index, minlength=k * k).view(k, k)
+        target, prediction = target[valid], prediction[valid]
+        assigned = (prediction >= 0) & (prediction < k)
+        self.counts += torch.bincount(target[assigned] * k + prediction[assigned], minlength=k * k).view(k, k)
+        self.unassigned += torch.bincount(target[~assigned], minlength=k)
 
     def all_reduce(self) -> None:
         """Sum the counts over all ranks, each having scored its own shard (collective: every rank calls it)."""
         all_reduce_sum(self.counts)
         all_reduce_sum(self.bad_targets)
+        all_reduce_sum(self.unassigned)
 
     def scores(self, class_names: list[str] | None = None) -> dict:
         """miou, pixel_acc, mean_acc (%), per_class_iou and per_class_acc (%, nan where undefined), pixels,
@@ -72,11 +78,11 @@ class ConfusionMatrix:
                              f"{self.ignore_index} (the ignore index)")
         counts = self.counts.double().cpu()
         true_positive = counts.diagonal()
-        labelled, predicted = counts.sum(dim=1), counts.sum(dim=0)
+        labelled, predicted = counts.sum(dim=1) + self.unassigned.double().cpu(), counts.sum(dim=0)
         union = labelled + predicted - true_positive
         iou = [100.0 * float(t / u) if u > 0 else math.nan for t, u in zip(true_positive, union)]
         acc = [100.0 * float(t / n) if n > 0 else math.nan for t, n in zip(true_positive, labelled)]
-        pixels = float(counts.sum())
+        pixels = float(labelled.sum())
         names = list(class_names) if class_names is not None else [str(i) for i in range(self.num_classes)]
         if len(names) != self.num_classes:
             raise ValueError(f"{len(names)} class names for {self.num_classes} classes")
@@ -189,14 +195,14 @@ def _shifted_logits(model, images, mode: SegViews, num_classes: int, output_stri
 
 
 def segment(model: nn.Module, images: torch.Tensor, out_size: tuple[int, int] | None = None, *,
-            mode: SegViews = SegViews(), num_classes: int | None = None,
+            mode: SegViews = SegViews(), num_classes: int | None = None, output_stride: int | None = None,
             amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Class probabilities (N, C, *out_size) of normalised `images` (N, C, H, W) under the test-time `mode`,
     averaged over its views (scales x flips); out_size defaults to the input's (the stored mask's size when the
     image was resized for testing). Call under torch.inference_mode() with the model in eval mode."""
     out_size = tuple(out_size or images.shape[-2:])
     num_classes = num_classes or int(getattr(model, "num_classes"))
-    output_stride = int(getattr(model, "output_stride", 8) or 8)
+    output_stride = int(output_stride or getattr(model, "output_stride", None) or 8)
     height, width = images.shape[-2:]
     probs = None
     ratios = mode.scale_ratios or (1.0,)

@@ -23,7 +23,7 @@ from deepres.core.distributed import DistInfo, raise_if_any_failed, same_on_all_
 from deepres.core.runs import CONFIG_FILE, RunRecorder
 from deepres.data import DataInfo, build_loaders
 from deepres.tasks import Task, task_of
-from deepres.tasks.build import build_model, resolve_config
+from deepres.tasks.build import build_model, load_initial_weights, resolve_config
 
 from .ema import ModelEMA
 from .interrupts import StopRequest
@@ -122,6 +122,10 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
     same_on_all_ranks(len(train_loader), "batches per epoch (len(train_loader))")
     t = cfg.train
     model = build_model(cfg, device)
+    if saved is None and cfg.model.pretrained:  # a new run starts from these weights (a resume, from its own)
+        report = load_initial_weights(model, cfg.model.pretrained)
+        log(f"model.pretrained: loaded {cfg.model.pretrained}" + (
+            f" (left at init: {', '.join(report['dropped'])})" if report["dropped"] else ""))
     if t.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys as BatchNorm
     run = Run(cfg=cfg, device=device, model=model, optimizer=create_optimizer(model, cfg.optim),
