@@ -190,7 +190,7 @@ def _from_pretrained(name: str) -> LoadedModel:
     _load_exactly(model, read_state_dict(path), str(path))
     names = imagenet_class_names() if record.categories == "imagenet-1k" else None
     source = {"source": "pretrained", "name": name, "model": record.arch, "checkpoint": str(path),
-              "url": record.url, "top1": record.top1, "top5": record.top5}
+              "url": record.url, **record.metrics}
     return LoadedModel(model.eval(), _class_names(names, record.num_classes), record.preprocess, None, source)
 
 
