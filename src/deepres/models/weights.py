@@ -119,17 +119,16 @@ def load_pretrained(model: nn.Module, path_or_state_dict, strict: bool = True) -
 
     dropped = []
     # The layers whose outputs are the classes (a segmentation model's aux head too): refitted, not loaded.
-    classifiers = [getattr(model, name, None) for name in ("classifier_key", "aux_classifier_key")]
-    if any(classifiers):
-        for key in (f"{prefix}.{kind}" for prefix in classifiers if prefix for kind in ("weight", "bias")):
+    for prefix in filter(None, (getattr(model, name, None) for name in ("classifier_key", "aux_classifier_key"))):
+        for key in (f"{prefix}.weight", f"{prefix}.bias"):
             if key in state_dict and (key not in own or state_dict[key].shape != own[key].shape):
                 dropped.append(key)
-        if dropped:
-            ckpt_classes = state_dict[dropped[0]].shape[0]
-            log.warning("%s: classifier dropped (checkpoint has %d classes, model has %d); %s keep their init",
-                        source, ckpt_classes, getattr(model, "num_classes", -1), ", ".join(dropped))
-            for key in dropped:
-                del state_dict[key]
+    if dropped:
+        ckpt_classes = state_dict[dropped[0]].shape[0]
+        log.warning("%s: classifier dropped (checkpoint has %d classes, model has %d); %s keep their init",
+                    source, ckpt_classes, getattr(model, "num_classes", -1), ", ".join(dropped))
+        for key in dropped:
+            del state_dict[key]
 
     missing = [k for k in own if k not in state_dict and k not in dropped]
     unexpected = [k for k in state_dict if k not in own]
