@@ -169,7 +169,12 @@ def test_shipped_records_are_consistent():
         assert record.url.startswith("https://") and record.filename.endswith(".pth"), name
         # torch.hub convention: the file name ends in the first 8 hex digits of the sha256
         assert record.sha256 or record.filename.rsplit("-", 1)[1] == f"{record.sha256_prefix}.pth", name
-        assert 60 < record.top1 < record.top5 < 100 and record.accuracy_source and record.license, name
+        assert record.accuracy_source and record.license, name
+        if record.categories == "voc-21":  # segmentation: mIoU and pixel accuracy, the whole resized image
+            assert 50 < record.miou < record.pixel_acc < 100 and record.num_classes == 21, name
+            assert record.top1 is None and record.preprocess.crop_size == 0, name
+            continue
+        assert 60 < record.top1 < record.top5 < 100 and record.miou is None, name
         assert record.num_classes == 1000 and record.categories == "imagenet-1k", name
         assert 0.85 <= record.crop_pct <= 1.0, name
     tv2 = get_pretrained("resnet50.tv2_in1k")
@@ -186,6 +191,8 @@ def test_record_validation_and_unknown_names():
     with pytest.raises(ValueError, match="hex"):
         PretrainedWeights(name="resnet50.x", url="u", license="l", top1=1, top5=2, accuracy_source="s",
                           sha256_prefix="XYZ")
+    with pytest.raises(ValueError, match="top1 and top5"):
+        PretrainedWeights(name="resnet50.x", url="u", license="l", top1=1, accuracy_source="s", sha256_prefix="ab")
     with pytest.raises(KeyError, match="resnet50.tv_in1k"):
         get_pretrained("resnet50.nope")
     with pytest.raises(ValueError, match="already registered"):

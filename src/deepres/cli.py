@@ -26,6 +26,8 @@ SUBCOMMANDS = {
     "export": ("deepres.inference.cli",
                "export a checkpoint to ONNX, TorchScript or torch.export, checked against PyTorch"),
     "bench": ("deepres.inference.cli", "CPU inference speed: eager, deepres fast paths and ONNX Runtime side by side"),
+    "convert": ("deepres.inference.convert",
+                "convert a foreign checkpoint (ademxapp MXNet .params) to a deepres safetensors state dict"),
 }
 
 

@@ -41,8 +41,12 @@ class ResidualNetwork(nn.Module):
     (and `forward_final` if the last stage needs a final norm, as pre-activation nets do)."""
 
     stage_names: tuple[str, ...] = ()
+    stage_channels: tuple[int, ...] = ()  # channels of each forward_stages map (segmentation heads size from them)
+    output_stride = 32  # input pixels per pixel of the last stage map (after any dilation)
     first_conv = "conv1.weight"  # key of the stem conv, adapted when loading weights for another in_chans
-    classifier = "fc"  # prefix of the classifier keys, dropped when num_classes differs
+    # Prefix of the classifier keys, dropped when num_classes differs. Not "classifier": torchvision's segmentation
+    # models have a submodule of that name.
+    classifier_key = "fc"
 
     def __init__(self, num_classes: int, drop_rate: float = 0.0):
         super().__init__()

@@ -4,6 +4,7 @@
 Each unit computes BN-ReLU first; a shape-changing unit's projection shortcut reads that pre-activated input.
 The last stage is followed by a final BN-ReLU (`bn_final`) before pooling.
 """
+import math
 from functools import partial
 
 import torch.nn as nn
@@ -98,6 +99,8 @@ class PreActResNet(ResidualNetwork):
             in_chs = planes * block.expansion
             units += [unit(in_chs, planes, dilation=dilation, first_dilation=dilation) for _ in range(1, n)]
             setattr(self, name, nn.Sequential(*units))
+        self.stage_channels = tuple(planes * block.expansion for planes in widths)
+        self.output_stride = stem_stride * math.prod(stride for stride, _, _ in plan)
         self.bn_final = nn.BatchNorm2d(in_chs)
         self._make_classifier(in_chs)
         init_weights(self)

@@ -1,4 +1,5 @@
-"""Known published ImageNet-1k checkpoints for deepres architectures, and a verified download cache.
+"""Known published checkpoints for deepres architectures (ImageNet-1k classifiers, torchvision's COCO/VOC segmentation
+models), and a verified download cache.
 
 Each checkpoint is a typed record named `arch.tag` (timm's naming: `resnet50.tv_in1k` is torchvision's first
 ResNet-50 weights, `tv2` its 2021 recipe, `a1` the "ResNet strikes back" A1 recipe). Facts and their sources:
@@ -42,13 +43,18 @@ class PretrainedWeights:
     name: str  # "arch.tag"; arch is a registered deepres model
     url: str
     license: str
-    top1: float  # reported ImageNet-1k val top-1 (%), with the eval transform below
-    top5: float  # reported top-5 (%)
-    accuracy_source: str  # where top1/top5 are published
+    accuracy_source: str  # where the metrics below are published
+    # Classifiers report top1/top5, segmentation models miou/pixel_acc; each with the eval transform below.
+    top1: float | None = None  # reported ImageNet-1k val top-1 (%)
+    top5: float | None = None  # reported top-5 (%)
+    miou: float | None = None  # reported mean intersection over union (%) on the categories below
+    pixel_acc: float | None = None  # reported pixel accuracy (%)
     sha256: str = ""  # full hex digest of the file, when known for certain
     sha256_prefix: str = ""  # leading hex digits of the sha256 (torch.hub file-name convention), when no full one
     recipe: str = ""  # how the weights were trained (link)
-    categories: str = "imagenet-1k"  # label set: class index i is ImageNet-1k class i (sorted synsets)
+    # label set: "imagenet-1k" (class i is ImageNet-1k class i, sorted synsets) or "voc-21" (background, then the
+    # 20 Pascal VOC categories in VOC's order)
+    categories: str = "imagenet-1k"
     num_classes: int = 1000
     # The eval transform the accuracy above was measured with (torchvision's Weights.transforms, timm's
     # pretrained_cfg): default shorter side 256 -> centre 224, bilinear, ImageNet mean/std
@@ -64,6 +70,16 @@ class PretrainedWeights:
             value = getattr(self, field_name)
             if value and (value != value.lower() or any(c not in "0123456789abcdef" for c in value)):
                 raise ValueError(f"pretrained weights {self.name}: {field_name} {value!r} is not lower-case hex")
+        if not self.metrics or None in self.metrics.values():
+            raise ValueError(f"pretrained weights {self.name}: give top1 and top5 (classification) or miou and "
+                             "pixel_acc (segmentation)")
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The published numbers: {"top1", "top5"} of a classifier, {"miou", "pixel_acc"} of a segmentation model."""
+        if self.miou is not None or self.pixel_acc is not None:
+            return {"miou": self.miou, "pixel_acc": self.pixel_acc}
+        return {"top1": self.top1, "top5": self.top5} if self.top1 is not None or self.top5 is not None else {}
 
     @property
     def arch(self) -> str:
@@ -245,6 +261,30 @@ for _record in (
         top1=81.37, top5=95.74, accuracy_source=_TIMM_TABLE, sha256_prefix="464e36ba",
         recipe="https://github.com/huggingface/pytorch-image-models",
         preprocess=Preprocess(resize=303, crop_size=288, interpolation="bicubic")),
+):
+    register_pretrained(_record)
+
+
+# torchvision's segmentation weights: trained on a COCO train2017 subset holding the 20 Pascal VOC categories
+# (21 classes with background); mIoU / pixel accuracy on COCO val2017 with VOC labels, from the weight enums of
+# torchvision/models/segmentation/{fcn,deeplabv3}.py. Their transform (SemanticSegmentation): shorter side
+# resized to 520, bilinear, no crop, ImageNet mean/std. The checkpoints include the aux_classifier.
+_TV_SEG_DOCS = "torchvision/models/segmentation weight enums (COCO-val2017-VOC-labels)"
+_TV_SEG_RECIPE = "https://github.com/pytorch/vision/tree/main/references/segmentation"
+
+
+def _tv_seg(name: str, file: str, miou: float, pixel_acc: float) -> PretrainedWeights:
+    return PretrainedWeights(
+        name=name, url=_TV_BASE + file, license="BSD-3-Clause (torchvision)", miou=miou, pixel_acc=pixel_acc,
+        accuracy_source=_TV_SEG_DOCS, sha256_prefix=file.rsplit("-", 1)[1].split(".")[0], recipe=_TV_SEG_RECIPE,
+        categories="voc-21", num_classes=21, preprocess=Preprocess(resize=520, crop_size=0))
+
+
+for _record in (
+    _tv_seg("fcn_resnet50.tv_coco_voc", "fcn_resnet50_coco-1167a1af.pth", 60.5, 91.4),
+    _tv_seg("fcn_resnet101.tv_coco_voc", "fcn_resnet101_coco-7ecb50ca.pth", 63.7, 91.9),
+    _tv_seg("deeplabv3_resnet50.tv_coco_voc", "deeplabv3_resnet50_coco-cd0a2569.pth", 66.4, 92.4),
+    _tv_seg("deeplabv3_resnet101.tv_coco_voc", "deeplabv3_resnet101_coco-586e9e4e.pth", 67.4, 92.4),
 ):
     register_pretrained(_record)
 del _record

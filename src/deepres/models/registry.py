@@ -89,5 +89,6 @@ def register_variant(name: str, constructor: Callable[..., nn.Module], *, input_
         return constructor(**{**settings, **overrides})
 
     build.__name__ = build.__qualname__ = name
+    build.__module__ = constructor.__module__  # where the variant's code lives (builder_module)
     build.__doc__ = doc
     return register_model(build, input_size=input_size)

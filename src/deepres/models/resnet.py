@@ -5,6 +5,7 @@ torch-residual-networks (BN after the addition, no ReLU after the addition).
 State-dict keys match torchvision (conv1, bn1, layer1..layer4, fc, downsample.0/1) and timm for the C/D variants
 (conv1.0/1/3/4/6 deep stem, downsample.1/2 after the average pool), so their checkpoints load unchanged.
 """
+import math
 from functools import partial
 
 import torch
@@ -167,6 +168,8 @@ class ResNet(ResidualNetwork):
             units += [unit(out_chs, planes, dilation=dilation, first_dilation=dilation) for _ in range(1, n)]
             setattr(self, name, nn.Sequential(*units))
             in_chs = out_chs
+        self.stage_channels = tuple(planes * block.expansion for planes in widths)
+        self.output_stride = stem_stride * math.prod(stride for stride, _, _ in plan)
         self._make_classifier(in_chs)
         init_weights(self)
         if zero_init_last:

@@ -10,6 +10,8 @@ instead. A final BN-ReLU (`bn7`) precedes pooling.
 Key names (conv1a, b2, b2_1, ..., bn_branch2a, conv_branch2a, conv_branch1, bn7) follow the public PyTorch port of
 the ademxapp weights, so converted ResNet-38 checkpoints load unchanged.
 """
+import math
+
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -106,6 +108,8 @@ class ResNet38(ResidualNetwork):
             self.stage_pools.append(downsample == "maxpool" and stride > 1)
             in_chs = out
         self.stage_names = tuple(names[0] for names in self.stage_units)
+        self.stage_channels = tuple(out for *_, out in _BASIC_STAGES) + tuple(out for _, out in _BOTTLENECK_STAGES)
+        self.output_stride = math.prod(stride for stride, _, _ in plan)
         self.bn7 = nn.BatchNorm2d(in_chs)
         self._make_classifier(in_chs)
         init_weights(self)

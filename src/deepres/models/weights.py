@@ -68,14 +68,16 @@ def unwrap_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor
     raise ValueError(f"{source}: not a state dict (found a {kind}{keys}); expected a mapping of names to tensors")
 
 
-def remap_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip wrapper prefixes and rename mmcls keys to deepres/torchvision names."""
+def remap_keys(state_dict: dict[str, torch.Tensor], model_keys=()) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes and rename mmcls keys to deepres/torchvision names. A prefix that the model's own
+    keys (`model_keys`) start with is kept: a segmentation model's `backbone.` is part of its layout."""
+    prefixes = [p for p in _STRIP_PREFIXES if not any(k.startswith(p) for k in model_keys)]
     out = {}
     for key, value in state_dict.items():
         changed = True
         while changed:
             changed = False
-            for prefix in _STRIP_PREFIXES:
+            for prefix in prefixes:
                 if key.startswith(prefix):
                     key, changed = key[len(prefix):], True
         for pattern, replacement in _RENAMES:
@@ -108,25 +110,25 @@ def load_pretrained(model: nn.Module, path_or_state_dict, strict: bool = True) -
     else:
         source = "state dict"
         state_dict = unwrap_state_dict(path_or_state_dict)
-    state_dict = remap_keys(state_dict)
     own = model.state_dict()
+    state_dict = remap_keys(state_dict, own)
 
     first_conv = getattr(model, "first_conv", None)
     if first_conv in state_dict and first_conv in own:
         state_dict[first_conv] = adapt_input_channels(state_dict[first_conv], own[first_conv].shape[1], first_conv)
 
     dropped = []
-    classifier = getattr(model, "classifier", None)
-    if classifier:
-        for key in (f"{classifier}.weight", f"{classifier}.bias"):
+    # The layers whose outputs are the classes (a segmentation model's aux head too): refitted, not loaded.
+    for prefix in filter(None, (getattr(model, name, None) for name in ("classifier_key", "aux_classifier_key"))):
+        for key in (f"{prefix}.weight", f"{prefix}.bias"):
             if key in state_dict and (key not in own or state_dict[key].shape != own[key].shape):
                 dropped.append(key)
-        if dropped:
-            ckpt_classes = state_dict[dropped[0]].shape[0]
-            log.warning("%s: classifier dropped (checkpoint has %d classes, model has %d); %s keep their init",
-                        source, ckpt_classes, getattr(model, "num_classes", -1), ", ".join(dropped))
-            for key in dropped:
-                del state_dict[key]
+    if dropped:
+        ckpt_classes = state_dict[dropped[0]].shape[0]
+        log.warning("%s: classifier dropped (checkpoint has %d classes, model has %d); %s keep their init",
+                    source, ckpt_classes, getattr(model, "num_classes", -1), ", ".join(dropped))
+        for key in dropped:
+            del state_dict[key]
 
     missing = [k for k in own if k not in state_dict and k not in dropped]
     unexpected = [k for k in state_dict if k not in own]

@@ -205,7 +205,7 @@ def _from_pretrained(name: str) -> LoadedModel:
     _load_exactly(model, read_state_dict(path), str(path))
     names = imagenet_class_names() if record.categories == "imagenet-1k" else None
     source = {"source": "pretrained", "name": name, "model": record.arch, "checkpoint": str(path),
-              "url": record.url, "top1": record.top1, "top5": record.top5}
+              "url": record.url, **record.metrics}
     return LoadedModel(model.eval(), _class_names(names, record.num_classes), record.preprocess, None, source)
 
 
@@ -235,13 +235,14 @@ def _from_model_name(name: str, checkpoint) -> LoadedModel:
 # ---------------------------------------------------------------------------------------------- helpers
 def _state_dict_shape(name: str, state_dict, num_classes, in_chans) -> tuple:
     """(num_classes, in_chans) a state dict was trained with, read from its classifier and stem conv for model
-    `name` (their key names are the model's `classifier` and `first_conv`); the given values where it has neither."""
+    `name` (their key names are the model's `classifier_key` and `first_conv`); the given values where it has
+    neither. The classifier is a linear layer (2-D weight) or, in segmentation models, a conv (4-D)."""
     with torch.device("meta"):  # only the key names are needed: no memory, no init
         probe = create_model(name)
-    keys = remap_keys(dict(state_dict))
-    weight = keys.get(f"{probe.classifier}.weight")
+    keys = remap_keys(dict(state_dict), probe.state_dict())
+    weight = keys.get(f"{probe.classifier_key}.weight")
     stem = keys.get(probe.first_conv)
-    return (int(weight.shape[0]) if weight is not None and weight.dim() == 2 else num_classes,
+    return (int(weight.shape[0]) if weight is not None and weight.dim() in (2, 4) else num_classes,
             int(stem.shape[1]) if stem is not None and stem.dim() == 4 else in_chans)
 
 
