@@ -4,11 +4,10 @@ import dataclasses
 from typing import get_args
 
 import pytest
-import torch
 
 from data_helpers import write_cifar10, write_cifar100, write_image, write_mnist
 from deepres.core.config import DatasetName
-from deepres.data import (DataConfig, build_datasets, build_eval_loader, build_loaders, eval_preprocess, format_shape,
+from deepres.data import (DataConfig, build_datasets, build_loaders, eval_preprocess, format_shape,
                           get_format, list_formats, pack_dataset, register_format, registry, resolve_root, stored_side)
 from deepres.data.imagenet_classes import imagenet_class_names
 
@@ -110,12 +109,3 @@ def test_in_memory_format_batches_on_the_device_and_file_format_decodes(tmp_path
     message = r"on_device=yes needs an in-memory dataset \(fashion_mnist, mnist, cifar10, cifar100, synthetic\)"
     with pytest.raises(ValueError, match=message):
         build_loaders(dataclasses.replace(folder, on_device="yes"), "cpu")
-
-
-def test_loaders_refuse_a_format_whose_targets_are_not_class_labels(monkeypatch):
-    segmentation = dataclasses.replace(get_format("synthetic"), task="segmentation")
-    monkeypatch.setitem(registry._formats, "synthetic", segmentation)
-    cfg = DataConfig(name="synthetic", synthetic_size=(8, 4), synthetic_image_size=8, batch_size=4)
-    for build in (build_loaders, build_eval_loader):
-        with pytest.raises(ValueError, match="data.name=synthetic has segmentation targets"):
-            build(cfg, "cpu")

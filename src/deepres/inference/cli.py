@@ -9,22 +9,28 @@ import io
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from deepres.core.checkpoint import resolve_checkpoint
 from deepres.core.device import default_device
-from deepres.core.files import atomic_write_text
+from deepres.core.files import atomic_write, atomic_write_text
+from deepres.data.seg_labels import CITYSCAPES_CLASSES, cityscapes_train_to_label, palette_for, write_mask_png
+from deepres.eval.cli import add_view_arguments
 from deepres.models import list_models
 from deepres.tasks.build import load_model
+from deepres.tasks.segmentation import SegViews
 
 from .api import init_model
 from .bench import (DEFAULT_CASES, DEFAULT_PATHS, PATHS, agreement_table, benchmark, checkpoint_agreement,
                     environment, markdown_table)
 from .export import DEFAULT_TOLERANCE, FORMATS, export_model, preprocessing_metadata
+from .predictor import Predictor
+from .preprocess import to_image_tensor
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +56,13 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "evenly spaced)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the fast path (compiles once per batch size; pays off on large folders)")
+    seg = parser.add_argument_group("segmentation models (--out is then a folder: a palette PNG per image and an "
+                                    "overlay JPEG)")
+    seg.add_argument("--label-ids", action="store_true",
+                     help="write Cityscapes labelId PNGs (what the official evaluator reads) instead of palette PNGs")
+    seg.add_argument("--no-overlay", action="store_true", help="do not write <stem>_overlay.jpg")
+    seg.add_argument("--flip", action="store_true", help="also average over the horizontally flipped image")
+    add_view_arguments(seg)
 
 
 def csv_header(top_k: int) -> list[str]:
@@ -76,7 +89,7 @@ def predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not args.force:
+    if out is not None and out.is_file() and not args.force:
         raise ValueError(f"--out {out} already exists; choose another file or pass --force")
     missing = [p for p in args.inputs if not Path(p).exists()]
     if missing:
@@ -95,6 +108,15 @@ def predict(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--calibration: no such file or folder: {', '.join(missing)}")
     model = init_model(args.model, args.checkpoint, device=device, fast=args.precision, compile=args.compile,
                        calibration=args.calibration)
+    if model.is_segmentation:
+        return predict_segmentation(args, model, out)
+    seg_options = [f"--{k.replace('_', '-')}" for k in ("label_ids", "no_overlay", "flip") if getattr(args, k)]
+    seg_options += [f"--{k.replace('_', '-')}" for k in ("mode", "crop", "stride", "scale_ratios", "test_steps",
+                                                          "test_size") if getattr(args, k) is not None]
+    if seg_options:
+        raise ValueError(f"{', '.join(seg_options)}: options of segmentation models; {args.model} is a classifier")
+    if out is not None and out.is_dir():
+        raise ValueError(f"--out {out} is a folder; a classifier's predictions go to a CSV file")
     pp = model.preprocess
     print(f"{args.model}: {len(model.class_names)} classes, shorter side {pp.resize} -> centre {pp.crop_size} px "
           f"({pp.interpolation}), {pp.in_chans} channel(s)", file=sys.stderr)
@@ -123,6 +145,76 @@ def predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} of {len(rows)} images could not be decoded (marked FAILED)", file=sys.stderr)
     return 0
+
+
+def predict_segmentation(args: argparse.Namespace, model: Predictor, out: Path | None) -> int:
+    """`deepres predict` for a segmentation model: per image the classes covering most pixels; with --out DIR a
+    palette PNG of the class map (or Cityscapes labelIds), and an overlay JPEG, named after the image."""
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise ValueError(f"--out {out} exists and is not an empty folder; choose another or pass --force")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    names = model.class_names
+    dataset = model.config.data.name if model.config is not None else ""
+    if args.label_ids and len(names) != len(CITYSCAPES_CLASSES):
+        raise ValueError(f"--label-ids writes Cityscapes labelIds: the model has {len(names)} classes, not the 19 "
+                         f"Cityscapes train classes")
+    palette = palette_for(dataset or ("cityscapes" if args.label_ids else "voc"), len(names))
+    views = SegViews(mode=args.mode or "whole", crop=args.crop or model.preprocess.resize, stride=args.stride or 0,
+                     scale_ratios=tuple(parse_ratios(args.scale_ratios)), flip=args.flip,
+                     test_steps=args.test_steps or 1)
+    if args.test_size is not None:
+        model.preprocess = replace(model.preprocess, resize=args.test_size)
+    folders = any(Path(p).is_dir() for p in args.inputs)
+    written: dict[str, str] = {}
+    failed = 0
+    for result in model.iter_segmentations(list(args.inputs), views=views, probabilities=False,
+                                           skip_bad=args.skip_bad, progress=None if folders else False):
+        path = result.get("path", "")
+        if result.get("failed"):
+            failed += 1
+            tqdm.write(f"{path}\tFAILED\t{result['error']}", file=sys.stderr)
+            continue
+        shares = sorted(result["class_shares"].items(), key=lambda kv: -kv[1])[:3]
+        tqdm.write(f"{path}\t" + "  ".join(f"{name} {share:.1%}" for name, share in shares))
+        if out is None:
+            continue
+        stem = Path(path).stem
+        if stem in written:
+            raise ValueError(f"{path} and {written[stem]} would both be written as {stem}.png in --out {out}; "
+                             f"predict them into separate folders")
+        written[stem] = path
+        class_map = result["class_map"]
+        if args.label_ids:
+            write_mask_png(out / f"{stem}.png", cityscapes_train_to_label(class_map.numpy()), palette)
+        else:
+            write_mask_png(out / f"{stem}.png", class_map, palette)
+        if not args.no_overlay:
+            write_overlay(out / f"{stem}_overlay.jpg", to_image_tensor(path), class_map, palette)
+    if out is not None:
+        kind = "Cityscapes labelId" if args.label_ids else "palette"
+        print(f"wrote {len(written)} {kind} PNGs{'' if args.no_overlay else ' and overlays'} to {out}",
+              file=sys.stderr)
+    if failed:
+        print(f"{failed} images could not be decoded (marked FAILED)", file=sys.stderr)
+    return 0
+
+
+def parse_ratios(text: str | None) -> list[float]:
+    """--scale-ratios "0.5,1,1.5" -> [0.5, 1.0, 1.5]; a ValueError naming the option otherwise."""
+    try:
+        return [float(part) for part in (text or "").split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--scale-ratios {text}: give factors separated by commas, e.g. 0.5,1.0,1.5") from None
+
+
+def write_overlay(path: Path, image: torch.Tensor, class_map: torch.Tensor, palette, alpha: float = 0.5) -> None:
+    """The image with its class map's colours blended in (`alpha` of the colour), as a JPEG."""
+    image = image.float().expand(3, -1, -1) if image.shape[0] == 1 else image.float()
+    colours = torch.as_tensor(palette, dtype=torch.float32)[class_map.long()].permute(2, 0, 1)
+    blended = (image * (1 - alpha) + colours * alpha).round().clamp(0, 255).to(torch.uint8)
+    picture = Image.fromarray(blended.permute(1, 2, 0).numpy())
+    atomic_write(path, lambda f: picture.save(f, format="JPEG", quality=90))
 
 
 # ------------------------------------------------------------------------------------- deepres export

@@ -35,9 +35,10 @@ from deepres.tasks.build import LoadedModel
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "export": ".pt2"}
 METADATA_FILE = "deepres.json"  # extra file inside TorchScript and .pt2 archives
 # Every metadata key; values are JSON. They are deepres.inference.Preprocess's fields: shorter side to `resize`,
-# centre `crop_size` square, then `normalize` ("meanstd": (x/255 - mean)/std; "mean": x - 255*mean).
+# centre `crop_size` square (0: no crop, the `resize_side` side to `resize`: segmentation), then `normalize`
+# ("meanstd": (x/255 - mean)/std; "mean": x - 255*mean).
 METADATA_KEYS = ("model", "input_size", "resize", "crop_size", "interpolation", "normalize", "mean", "std",
-                 "class_names", "num_classes", "input_layout", "deepres_format")
+                 "resize_side", "class_names", "num_classes", "input_layout", "deepres_format")
 
 
 class ExportCheckError(RunFailedError):
@@ -69,7 +70,9 @@ def preprocessing_metadata(loaded: LoadedModel) -> dict:
 
 def preprocess_from_metadata(metadata: dict) -> Preprocess:
     """The Preprocess recorded in an exported file's metadata (see read_metadata)."""
-    return Preprocess(in_chans=metadata["input_size"][0], **{key: metadata[key] for key in _PREPROCESS_KEYS})
+    # files written before resize_side existed resized the shorter side
+    return Preprocess(in_chans=metadata["input_size"][0],
+                      **{key: metadata[key] for key in _PREPROCESS_KEYS if key in metadata})
 
 
 # ---------------------------------------------------------------------------------- writing
@@ -241,10 +244,10 @@ def read_metadata(path: str | Path) -> dict:
 
         proto = onnx.load(str(path), load_external_data=False)
         props = {p.key: p.value for p in proto.metadata_props}
-        missing = [k for k in METADATA_KEYS if k not in props]
+        missing = [k for k in METADATA_KEYS if k not in props and k != "resize_side"]  # older files lack it
         if missing:
             raise KeyError(f"{path}: no deepres metadata ({', '.join(missing)} missing from metadata_props)")
-        return {k: json.loads(props[k]) for k in METADATA_KEYS}
+        return {k: json.loads(props[k]) for k in METADATA_KEYS if k in props}
     return _read_archive_metadata(path)
 
 

@@ -43,8 +43,8 @@ class Unit(nn.Module):
 
 
 class BottleneckUnit(nn.Module):
-    """Pre-activation bottleneck: 1x1 (out/4), 3x3 (out/2), 1x1 (out), with optional channel dropout before the
-    last two convs (0.3 in B6 and 0.5 in B7 in the segmentation models)."""
+    """Pre-activation bottleneck: 1x1 (out/4), 3x3 (out/2), 1x1 (out), with optional dropout before the last two
+    convs (0.3 in B6 and 0.5 in B7 in the segmentation models; element-wise, as ademxapp's mx.sym.Dropout)."""
 
     def __init__(self, in_chs, out_chs, stride=1, dilation=1, dropout=0.0):
         super().__init__()
@@ -61,9 +61,9 @@ class BottleneckUnit(nn.Module):
         preact = F.relu(self.bn_branch2a(x))
         shortcut = self.conv_branch1(preact)
         out = F.relu(self.bn_branch2b1(self.conv_branch2a(preact)))
-        out = F.dropout2d(out, self.dropout, self.training) if self.dropout > 0 else out
+        out = F.dropout(out, self.dropout, self.training) if self.dropout > 0 else out
         out = F.relu(self.bn_branch2b2(self.conv_branch2b1(out)))
-        out = F.dropout2d(out, self.dropout, self.training) if self.dropout > 0 else out
+        out = F.dropout(out, self.dropout, self.training) if self.dropout > 0 else out
         return self.conv_branch2b2(out) + shortcut
 
     def zero_init_last(self):

@@ -76,6 +76,8 @@ class SegmentationModel(nn.Module):
     {"out": logits, "aux": aux logits}, both at the input size. Other keywords go to the backbone's constructor
     (e.g. block_dropout)."""
 
+    task = "segmentation"  # what the model's outputs label (inference asks: classifiers have no `task`)
+
     def __init__(self, backbone: str = "resnet50", num_classes: int = 21, in_chans: int = 3, *, head: str = "fcn",
                  aux: bool = False, output_stride: int | None = 8, **backbone_kwargs):
         super().__init__()

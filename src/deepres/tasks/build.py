@@ -19,6 +19,7 @@ from deepres.core.config import Config, config_from_dict, load_config, resolve_r
 from deepres.core.preprocess import Preprocess
 from deepres.data import DataInfo, format_shape
 from deepres.data.imagenet_classes import imagenet_class_names
+from deepres.data.seg_labels import VOC_CLASSES
 from deepres.models import create_model, default_input_size, list_models, load_pretrained, read_state_dict
 from deepres.models.bn import set_bn_momentum
 from deepres.models.pretrained import get_pretrained, is_pretrained_name, load_pretrained_weights
@@ -203,7 +204,8 @@ def _from_pretrained(name: str) -> LoadedModel:
     path = load_pretrained_weights(name)
     model = create_model(record.arch, num_classes=record.num_classes)
     _load_exactly(model, read_state_dict(path), str(path))
-    names = imagenet_class_names() if record.categories == "imagenet-1k" else None
+    names = {"imagenet-1k": imagenet_class_names, "voc-21": lambda: list(VOC_CLASSES)}.get(
+        record.categories, lambda: None)()
     source = {"source": "pretrained", "name": name, "model": record.arch, "checkpoint": str(path),
               "url": record.url, **record.metrics}
     return LoadedModel(model.eval(), _class_names(names, record.num_classes), record.preprocess, None, source)
@@ -228,6 +230,8 @@ def _from_model_name(name: str, checkpoint) -> LoadedModel:
     # ImageNet-sized nets: the standard 256 -> 224; small-image nets (CIFAR): the image at their own size
     resize = round(height / 0.875) if height >= 224 else height
     preprocess = Preprocess(resize=resize, crop_size=height, in_chans=in_chans or channels)
+    if getattr(model, "task", "") == "segmentation":  # the whole image, its shorter side at the default crop's
+        preprocess = Preprocess(resize=height, crop_size=0, in_chans=in_chans or channels)
     source = {"source": "model", "model": name, "checkpoint": str(checkpoint) if checkpoint is not None else None}
     return LoadedModel(model.eval(), _class_names(None, model.num_classes), preprocess, None, source)
 
