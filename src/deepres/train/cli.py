@@ -40,6 +40,11 @@ def run(args: argparse.Namespace) -> int:
     if not main:
         return 0
     state = "finished" if result["finished"] else f"stopped after epoch {result['epoch']} (continue with --resume)"
+    if "miou" in result:  # segmentation
+        print(f"run {result['run_dir']}: {state}; best mIoU {result['best_miou']:.2f}% at epoch {result['best_epoch']}")
+        print(f"final test mIoU {result['miou']:.2f}%, pixel accuracy {result['pixel_acc']:.2f}%, mean accuracy "
+              f"{result['mean_acc']:.2f}%")
+        return 0
     if "top1" not in result:
         print(f"run {result['run_dir']}: {state}; no evaluation yet")
         return 0
