@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deepres.data.seg_labels import voc_colormap
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -121,3 +123,51 @@ def python2_pickle(obj) -> bytes:
                     + emit(value.tobytes()) + b"tb")
         raise TypeError(type(value))
     return b"\x80\x02" + emit(obj) + b"."
+
+
+# ------------------------------------------------------------------------------------- segmentation
+def write_palette_png(path, mask: np.ndarray, palette: np.ndarray | None = None):
+    """A mask as VOC ships them: mode "P", the VOC colour map as palette."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(mask, mode="P")
+    image.putpalette((voc_colormap() if palette is None else palette).tobytes())
+    image.save(path)
+
+
+def write_gray_png(path, mask: np.ndarray):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask, mode="L").save(path)
+
+
+def blob_mask(height, width, values, seed, block=4) -> np.ndarray:
+    """Random blocky regions of `values`."""
+    rng = np.random.default_rng(seed)
+    small = rng.choice(np.array(values, np.uint8), size=(-(-height // block), -(-width // block)))
+    return np.kron(small, np.ones((block, block), np.uint8))[:height, :width]
+
+
+def write_voc(root, ids_by_split: dict[str, list[str]], size=(14, 11), masks=None) -> dict[str, np.ndarray]:
+    """VOCdevkit/VOC2012 with JPEG images, palette masks (random blobs with a 255 border unless `masks`: id -> mask)
+    and the split lists."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    written = {}
+    for split, ids in ids_by_split.items():
+        (voc / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+        for n, i in enumerate(ids):
+            write_image(voc / "JPEGImages" / f"{i}.jpg", size=size, seed=n)
+            if masks is None:
+                mask = blob_mask(size[1], size[0], [0, 5, 15], seed=hash(i) % 1000)
+                mask[0, :] = mask[-1, :] = mask[:, 0] = 255  # VOC's object borders
+            else:
+                mask = masks[i]
+            write_palette_png(voc / "SegmentationClass" / f"{i}.png", mask)
+            written[i] = mask
+    return written
+
+
+def write_ade(root, split: str, annotation: np.ndarray, count: int = 2):
+    prefix = "ADE_train" if split == "training" else "ADE_val"
+    for n in range(1, count + 1):
+        write_image(root / "images" / split / f"{prefix}_{n:08d}.jpg", size=annotation.shape[::-1], seed=n)
+        write_gray_png(root / "annotations" / split / f"{prefix}_{n:08d}.png", annotation)

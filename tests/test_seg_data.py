@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from data_helpers import idx_bytes, write_image
+from data_helpers import blob_mask, idx_bytes, write_ade, write_gray_png, write_image, write_voc
 from PIL import Image
 
 from deepres.data import (BadImageError, DataConfig, SegEvalTransform, SegTrainTransform, build_datasets,
@@ -16,26 +16,6 @@ from deepres.data.seg_labels import (ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_
                                      palette_for, read_mask_png, voc_colormap, write_mask_png)
 from deepres.data.seg_transforms import rescale
 from deepres.data.segmentation import voc_train_aug_ids
-
-
-def write_palette_png(path, mask: np.ndarray, palette: np.ndarray | None = None):
-    """A mask as VOC ships them: mode "P", the VOC colour map as palette."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(mask, mode="P")
-    image.putpalette((voc_colormap() if palette is None else palette).tobytes())
-    image.save(path)
-
-
-def write_gray_png(path, mask: np.ndarray):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask, mode="L").save(path)
-
-
-def blob_mask(height, width, values, seed, block=4) -> np.ndarray:
-    """Random blocky regions of `values`."""
-    rng = np.random.default_rng(seed)
-    small = rng.choice(np.array(values, np.uint8), size=(-(-height // block), -(-width // block)))
-    return np.kron(small, np.ones((block, block), np.uint8))[:height, :width]
 
 
 # ------------------------------------------------------------------------------------------------ labels
@@ -90,22 +70,6 @@ def test_segmentation_records():
     for name in ("pairs", "voc", "cityscapes", "ade20k"):
         fmt = get_format(name)
         assert fmt.task == "segmentation" and not fmt.packable and not fmt.in_memory and fmt.needs_root
-
-
-def write_voc(root, ids_by_split: dict[str, list[str]], size=(14, 11)) -> dict[str, np.ndarray]:
-    """VOCdevkit/VOC2012 with JPEG images, palette masks with a 255 border, and the split lists."""
-    voc = root / "VOCdevkit" / "VOC2012"
-    masks = {}
-    for split, ids in ids_by_split.items():
-        (voc / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
-        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
-        for n, i in enumerate(ids):
-            write_image(voc / "JPEGImages" / f"{i}.jpg", size=size, seed=n)
-            mask = blob_mask(size[1], size[0], [0, 5, 15], seed=hash(i) % 1000)
-            mask[0, :] = mask[-1, :] = mask[:, 0] = 255  # VOC's object borders
-            write_palette_png(voc / "SegmentationClass" / f"{i}.png", mask)
-            masks[i] = mask
-    return masks
 
 
 def test_voc_reads_palette_indices_with_255_borders(tmp_path):
@@ -188,13 +152,6 @@ def test_cityscapes_maps_label_ids_to_train_ids(tmp_path):
     assert mask.tolist() == [[0, 0, 13, 13], [255, 18, 11, 255], [2, 10, 255, 0]]
     extra = build_datasets(DataConfig(name="cityscapes", root=str(tmp_path), train_split="train_extra"))[0]
     assert "gtCoarse" in extra.mask_paths[0] and extra[1][1].tolist() == mask.tolist()
-
-
-def write_ade(root, split: str, annotation: np.ndarray, count: int = 2):
-    prefix = "ADE_train" if split == "training" else "ADE_val"
-    for n in range(1, count + 1):
-        write_image(root / "images" / split / f"{prefix}_{n:08d}.jpg", size=annotation.shape[::-1], seed=n)
-        write_gray_png(root / "annotations" / split / f"{prefix}_{n:08d}.png", annotation)
 
 
 def test_ade20k_reduces_zero_exactly_once_and_reads_object_info(tmp_path):

@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "models": ("deepres.models.cli", "list registered models with params and GMACs"),
     "train": ("deepres.train.cli", "train a model from a recipe (YAML) with --set overrides; --resume continues"),
     "eval": ("deepres.eval.cli", "evaluate a checkpoint on a dataset (multi-scale and flip testing optional)"),
+    "score": ("deepres.eval.score", "score a folder of prediction PNGs from any tool against a segmentation "
+                                    "dataset's ground truth"),
     "data": ("deepres.data.cli", "get MNIST / Fashion-MNIST, verify that every image decodes, or pack a dataset"),
     "study": ("deepres.studies.cli", "train every (variant, seed) of a study file, resumably; report mean ± std"),
     "compare": ("deepres.studies.compare", "compare finished runs: table (mean ± std over seeds) and curves"),
