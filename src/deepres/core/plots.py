@@ -6,7 +6,8 @@ import numpy as np
 
 
 def plot_curves(steps: list[dict], epochs: list[dict], path: str | os.PathLike, title: str = "") -> None:
-    """Two panels against epochs: training loss (smoothed steps, or epoch means) and test error (%)."""
+    """Two panels against epochs: training loss (smoothed steps, or epoch means) and test error (%; for a
+    segmentation run, whose records hold mIoU, 100 - mIoU)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -29,7 +30,8 @@ def plot_curves(steps: list[dict], epochs: list[dict], path: str | os.PathLike, 
         best = min(range(len(error)), key=error.__getitem__)
         error_ax.annotate(f"best {error[best]:.2f}% (epoch {error_x[best]})", (error_x[best], error[best]),
                           textcoords="offset points", xytext=(0, 10), ha="center", fontsize=8)
-    error_ax.set(xlabel="epoch", ylabel="test error (%)", title="test error")
+    name = "100 - mIoU" if any("miou" in r for r in epochs) else "test error"
+    error_ax.set(xlabel="epoch", ylabel=f"{name} (%)", title=name)
     save_panels(fig, (loss_ax, error_ax), path, title=title, empty_text="no data yet")
 
 

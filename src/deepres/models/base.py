@@ -13,8 +13,8 @@ def stage_strides_and_dilations(strides, stem_stride: int, output_stride: int | 
     Same rule as torchvision's replace_stride_with_dilation: the first unit of a dilated stage keeps the previous
     dilation in its strided conv, later units use the new one.
     """
-    if output_stride is not None and output_stride not in (8, 16, 32):
-        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+    if output_stride is not None and output_stride not in (4, 8, 16, 32):
+        raise ValueError(f"output_stride must be 4, 8, 16 or 32, got {output_stride!r}")
     out, current, dilation = [], stem_stride, 1
     for stride in strides:
         previous = dilation

@@ -178,15 +178,18 @@ def slide_logits(model: nn.Module, images: torch.Tensor, crop: int, stride: int,
 
 
 def _shifted_logits(model, images, mode: SegViews, num_classes: int, output_stride: int) -> torch.Tensor:
-    """Logits at the input's size; with test_steps k, the mean over k x k copies of the image shifted (padded at
-    the top-left with edge pixels) by multiples of output_stride / k, each output shifted back."""
+    """Logits at the input's size; with test_steps k, the mean over k x k copies of the image shifted (padded with
+    edge pixels) by multiples of output_stride / k, each output shifted back."""
     k = mode.test_steps
     offsets = [round(i * output_stride / k) for i in range(k)]
     height, width = images.shape[-2:]
     total = None
     for dy in offsets:
         for dx in offsets:
-            x = F.pad(images, (dx, 0, dy, 0), mode="replicate") if dy or dx else images
+            # shifted by (dy, dx), padded to a whole number of output strides more, so the upsampled logits
+            # stay aligned with the pixels (an input of H + dy pixels would stretch them by (H + dy) / H)
+            pads = (dx, (output_stride - dx) % output_stride, dy, (output_stride - dy) % output_stride)
+            x = F.pad(images, pads, mode="replicate") if dy or dx else images
             logits = (slide_logits(model, x, mode.crop, mode.stride, num_classes) if mode.mode == "slide"
                       else model(x).float())
             logits = logits[:, :, dy:dy + height, dx:dx + width]
