@@ -1,16 +1,15 @@
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from data_helpers import read_reference
 from deepres.cli import main as cli_main
 from deepres.models import create_model, default_input_size, list_models
 from deepres.models.complexity import model_complexity
 from deepres.models.registry import builder_module
 
-DATA = Path(__file__).parent / "data"
 
 
 def small_input(name, batch=2, in_chans=3):
@@ -64,15 +63,6 @@ def test_option_b_projection_adds_parameters():
     a = sum(p.numel() for p in create_model("resnet20").parameters())
     b = sum(p.numel() for p in create_model("resnet20", shortcut="B").parameters())
     assert b > a
-
-
-def read_reference(name):
-    rows = []
-    for line in (DATA / f"torchvision_{name}_state_dict.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, shape = line.split()
-            rows.append((key, () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))))
-    return rows
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])

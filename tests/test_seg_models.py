@@ -1,11 +1,11 @@
 """Segmentation models (models/segmentation.py): outputs, torchvision's key layout and parameter counts, the dilated
 backbone against torchvision's rule, the ademxapp ResNet-38 head, and loading torchvision-layout state dicts."""
 import logging
-from pathlib import Path
 
 import pytest
 import torch
 
+from data_helpers import read_reference
 from deepres.cli import main as cli_main
 from deepres.models import create_model, default_input_size, list_models, load_pretrained
 from deepres.models.complexity import model_complexity
@@ -13,18 +13,8 @@ from deepres.models.pretrained import get_pretrained, list_pretrained
 from deepres.models.registry import builder_module
 from deepres.tasks.build import _state_dict_shape
 
-DATA = Path(__file__).parent / "data"
 SEG_MODELS = [n for n in list_models() if builder_module(n) == "deepres.models.segmentation"]
 TORCHVISION = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
-
-
-def read_reference(name):
-    rows = []
-    for line in (DATA / f"torchvision_{name}_state_dict.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, shape = line.split()
-            rows.append((key, () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))))
-    return rows
 
 
 def test_every_registered_segmentation_model_is_tested():

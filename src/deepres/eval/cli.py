@@ -16,7 +16,7 @@ from deepres.tasks.build import load_model
 from deepres.tasks.evaluate import evaluate
 from deepres.tasks.segmentation import SegViews, evaluate_segmentation
 
-from .confusion import write_confusion_matrix, write_segmentation_scores
+from .confusion import report_segmentation, write_confusion_matrix
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,17 +149,10 @@ def _evaluate_segmentation(model, loader, cfg: Config, class_names, args, path, 
           f"{'bf16' if args.amp == 'bf16' else 'fp32'})")
     print(f"mIoU {result['miou']:.2f}%  pixel acc {result['pixel_acc']:.2f}%  mean acc {result['mean_acc']:.2f}%  "
           f"({result['n']} images in {seconds:.1f} s, {result['n'] / seconds:.1f} images/s, decoding included)")
-    width = max(len(name) for name in result["class_names"])
-    for name, iou in zip(result["class_names"], result["per_class_iou"]):
-        print(f"  {name:<{width}}  IoU {iou:6.2f}%")
-    if out is not None:
-        write_segmentation_scores(result, out)
-        metrics = {k: result[k] for k in ("miou", "pixel_acc", "mean_acc", "test_loss", "n", "pixels")}
-        metrics.update(per_class_iou=dict(zip(result["class_names"], result["per_class_iou"])), seconds=seconds,
-                       checkpoint=str(path), model=cfg.model.name, dataset=cfg.data.name, split=cfg.data.val_split,
-                       test_size=cfg.data.test_size, mode=views.mode, crop=views.crop, stride=views.stride,
-                       scale_ratios=list(views.scale_ratios), flip=views.flip, test_steps=views.test_steps,
-                       amp=args.amp)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        print(f"wrote {out}/metrics.json, per_class.csv (IoU), confusion.csv, confusion.png")
+    metrics = {k: result[k] for k in ("miou", "pixel_acc", "mean_acc", "test_loss", "n", "pixels")}
+    metrics.update(seconds=seconds, checkpoint=str(path), model=cfg.model.name, dataset=cfg.data.name,
+                   split=cfg.data.val_split, test_size=cfg.data.test_size, mode=views.mode, crop=views.crop,
+                   stride=views.stride, scale_ratios=list(views.scale_ratios), flip=views.flip,
+                   test_steps=views.test_steps, amp=args.amp)
+    report_segmentation(result, out, metrics)
     return 0

@@ -1,5 +1,6 @@
 """Write a confusion matrix as CSV and PNG, and per-class accuracy (segmentation: IoU and accuracy) as CSV."""
 import csv
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,3 +100,17 @@ def _plot_confusion(confusion: torch.Tensor, names: list[str], path: Path, unit:
                             color="white" if fractions[i, j] > 0.5 else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def report_segmentation(result: dict, out: Path | None, metrics: dict) -> None:
+    """Print each class's IoU; with `out`, also write the scores (write_segmentation_scores) and metrics.json:
+    `metrics` plus the per-class IoU by name (what `deepres eval` and `deepres score` both report)."""
+    width = max(len(name) for name in result["class_names"])
+    for name, iou in zip(result["class_names"], result["per_class_iou"]):
+        print(f"  {name:<{width}}  IoU {iou:6.2f}%")
+    if out is None:
+        return
+    write_segmentation_scores(result, out)
+    metrics = {**metrics, "per_class_iou": dict(zip(result["class_names"], result["per_class_iou"]))}
+    (Path(out) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"wrote {out}/metrics.json, per_class.csv (IoU), confusion.csv, confusion.png")

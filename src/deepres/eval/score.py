@@ -18,7 +18,6 @@ its ground-truth pixel and nobody's false positive, as in the official evaluator
 """
 import argparse
 import bisect
-import json
 import os
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from deepres.data import build_eval_dataset, get_format, list_formats
 from deepres.data.seg_labels import IGNORE_INDEX, cityscapes_label_to_train, read_mask_png
 from deepres.tasks.segmentation import ConfusionMatrix
 
-from .confusion import write_segmentation_scores
+from .confusion import report_segmentation
 
 PRED_IDS = ("dataset", "train")
 MISSING_SHOWN = 5  # missing stems named in the error
@@ -176,16 +175,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"mIoU {result['miou']:.2f}%  pixel acc {result['pixel_acc']:.2f}%  mean acc {result['mean_acc']:.2f}%  "
           f"({len(pairs)} images, {result['pixels']} scored pixels"
           f"{f', {unassigned} predicted as no class' if unassigned else ''})")
-    width = max(len(name) for name in result["class_names"])
-    for name, iou in zip(result["class_names"], result["per_class_iou"]):
-        print(f"  {name:<{width}}  IoU {iou:6.2f}%")
-    if out is not None:
-        write_segmentation_scores(result, out)
-        metrics = {k: result[k] for k in ("miou", "pixel_acc", "mean_acc", "n", "pixels")}
-        metrics.update(missing=len(missing), unmatched_files=unused, unassigned_pixels=unassigned,
-                       per_class_iou=dict(zip(result["class_names"], result["per_class_iou"])),
-                       predictions=str(args.predictions), pred_ids=args.pred_ids, dataset=cfg.name,
-                       root=cfg.root, split=cfg.val_split)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        print(f"wrote {out}/metrics.json, per_class.csv (IoU), confusion.csv, confusion.png")
+    metrics = {k: result[k] for k in ("miou", "pixel_acc", "mean_acc", "n", "pixels")}
+    metrics.update(missing=len(missing), unmatched_files=unused, unassigned_pixels=unassigned,
+                   predictions=str(args.predictions), pred_ids=args.pred_ids, dataset=cfg.name, root=cfg.root,
+                   split=cfg.val_split)
+    report_segmentation(result, out, metrics)
     return 0
