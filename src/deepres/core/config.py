@@ -164,6 +164,13 @@ class TrainConfig:
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) box pasting; 0 = off
     mix_prob: float = 1.0  # probability that a batch is mixed at all (when an alpha > 0)
     mix_switch_prob: float = 0.5  # with both alphas > 0: probability of cutmix rather than mixup
+    mixup_per_sample: bool = False  # mixup: one lam ~ Beta(alpha, alpha) per image (Assemble-ResNet), not per batch
+    # Online knowledge distillation: a teacher (run directory, checkpoint, `arch.tag`) run on every (mixed) batch;
+    # loss = kd_ce_weight · CE(targets) + kd_weight · T² · soft CE(student/T, softmax(teacher/T)), T = kd_temperature
+    kd_teacher: str = ""
+    kd_temperature: float = 1.0
+    kd_weight: float = 1.0
+    kd_ce_weight: float = 1.0
     ema_decay: float = 0.0  # exponential moving average of weights and buffers, per optimizer step; 0 = off
     grad_clip_norm: float = 0.0  # clip the global gradient L2 norm to this; 0 = off
     grad_accum_steps: int = 1  # micro-batches per optimizer step
@@ -348,6 +355,9 @@ def validate_config(cfg: Config) -> None:
     need("/" not in cfg.run.name and cfg.run.name not in (".", ".."), "run.name", cfg.run.name,
          "must be a plain directory name")
     need(t.aux_weight >= 0, "train.aux_weight", t.aux_weight, "must be >= 0")
+    need(t.kd_temperature > 0, "train.kd_temperature", t.kd_temperature, "must be > 0")
+    need(t.kd_weight >= 0 and t.kd_ce_weight >= 0, "train.kd_weight/kd_ce_weight", (t.kd_weight, t.kd_ce_weight),
+         "must be >= 0")
     need(0.0 < t.bootstrap_threshold <= 1.0, "train.bootstrap_threshold", t.bootstrap_threshold, "must be in (0, 1]")
     need(t.bootstrap_min_kept >= 0, "train.bootstrap_min_kept", t.bootstrap_min_kept, "must be >= 0 (pixels)")
     need(s.power > 0, "schedule.power", s.power, "must be > 0")

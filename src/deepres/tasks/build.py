@@ -244,8 +244,8 @@ def _state_dict_shape(name: str, state_dict, num_classes, in_chans) -> tuple:
     with torch.device("meta"):  # only the key names are needed: no memory, no init
         probe = create_model(name)
     keys = remap_keys(dict(state_dict), probe.state_dict())
-    weight = keys.get(f"{probe.classifier_key}.weight")
-    stem = keys.get(probe.first_conv)
+    weight = keys.get(f"{getattr(probe, 'classifier_key', 'fc')}.weight")
+    stem = keys.get(getattr(probe, "first_conv", "conv1.weight"))
     return (int(weight.shape[0]) if weight is not None and weight.dim() in (2, 4) else num_classes,
             int(stem.shape[1]) if stem is not None and stem.dim() == 4 else in_chans)
 

@@ -33,19 +33,27 @@ def cutmix_box(height: int, width: int, lam: float, rng: np.random.Generator) ->
 
 def mixup_cutmix(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, mixup_alpha: float = 0.0,
                  cutmix_alpha: float = 0.0, mix_prob: float = 1.0, switch_prob: float = 0.5,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, float, str]:
+                 per_sample: bool = False, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, float, str]:
     """Mix each image with the batch reversed; returns (images, targets, lam, mode).
 
     mode is "none" (targets are the int64 labels), "mixup" or "cutmix" (targets are lam·onehot(y) +
     (1-lam)·onehot(y reversed)). For cutmix, lam is the share of pixels actually kept after the box is
-    clipped at the image border, not the sampled value.
+    clipped at the image border, not the sampled value. per_sample: mixup draws one lam per image (the
+    Assemble-ResNet code: lam ~ Beta(alpha, alpha) per sample); lam is then their mean.
     """
     use_mixup, use_cutmix = mixup_alpha > 0, cutmix_alpha > 0
     if not (use_mixup or use_cutmix) or rng.random() >= mix_prob:
         return images, labels, 1.0, "none"
     mode = "cutmix" if use_cutmix and (not use_mixup or rng.random() < switch_prob) else "mixup"
-    lam = float(rng.beta(cutmix_alpha, cutmix_alpha) if mode == "cutmix" else rng.beta(mixup_alpha, mixup_alpha))
     other = images.flip(0)
+    if mode == "mixup" and per_sample:
+        lams = torch.from_numpy(rng.beta(mixup_alpha, mixup_alpha, size=len(images))).float().to(images.device)
+        per_image = lams.view(-1, *[1] * (images.dim() - 1))
+        mixed = images * per_image + other * (1.0 - per_image)
+        lams = lams[:, None]
+        targets = one_hot(labels, num_classes) * lams + one_hot(labels.flip(0), num_classes) * (1.0 - lams)
+        return mixed, targets, float(lams.mean()), mode
+    lam = float(rng.beta(cutmix_alpha, cutmix_alpha) if mode == "cutmix" else rng.beta(mixup_alpha, mixup_alpha))
     if mode == "mixup":
         mixed = images * lam + other * (1.0 - lam)
     else:
@@ -83,12 +91,23 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, *, kind: st
     raise ValueError(f"train.loss={kind!r}: expected 'ce' or 'bce'")
 
 
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """T² · soft cross-entropy of the student's softened distribution against the teacher's (Hinton et al.
+    2015), mean over the batch, float32."""
+    t = temperature
+    soft = F.softmax(teacher_logits.float() / t, dim=-1)
+    return soft_target_cross_entropy(logits.float() / t, soft) * t * t
+
+
 @dataclass(frozen=True)
 class ClassificationTask:
-    """What the training loop asks of classification (the `deepres.tasks.Task` interface)."""
+    """What the training loop asks of classification (the `deepres.tasks.Task` interface). With a `teacher`
+    (train.kd_teacher, set by the trainer) `mix` also runs it on the mixed batch, and the loss adds knowledge
+    distillation: kd_ce_weight · (label-smoothed) CE + kd_weight · T² · soft CE with the teacher."""
     num_classes: int
     train: TrainConfig  # mixup/cutmix, loss, label smoothing; amp also for evaluation
     eval: EvalConfig  # test-time scales and flip
+    teacher: nn.Module | None = None  # online knowledge distillation: a frozen model in eval mode
     best_metric: ClassVar[str] = "top1"
 
     @classmethod
@@ -100,11 +119,21 @@ class ClassificationTask:
         t = self.train
         images, targets, _, _ = mixup_cutmix(images, labels, num_classes=self.num_classes, mixup_alpha=t.mixup_alpha,
                                              cutmix_alpha=t.cutmix_alpha, mix_prob=t.mix_prob,
-                                             switch_prob=t.mix_switch_prob, rng=rng)
-        return images, targets
+                                             switch_prob=t.mix_switch_prob, per_sample=t.mixup_per_sample, rng=rng)
+        if self.teacher is None:
+            return images, targets
+        amp_dtype = AMP_DTYPES[t.amp]
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            teacher_logits = self.teacher(images).float()
+        return images, (targets, teacher_logits)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return classification_loss(logits, targets, kind=self.train.loss, label_smoothing=self.train.label_smoothing)
+    def loss(self, logits: torch.Tensor, targets) -> torch.Tensor:
+        t = self.train
+        if isinstance(targets, tuple):  # (targets, teacher logits): knowledge distillation
+            targets, teacher_logits = targets
+            hard = classification_loss(logits, targets, kind=t.loss, label_smoothing=t.label_smoothing)
+            return t.kd_ce_weight * hard + t.kd_weight * distillation_loss(logits, teacher_logits, t.kd_temperature)
+        return classification_loss(logits, targets, kind=t.loss, label_smoothing=t.label_smoothing)
 
     def evaluate(self, model: nn.Module, loader, *, ema_model: nn.Module | None = None) -> dict[str, float]:
         """top1, top5 (%) and test_loss (nats) on `loader`, test_skipped (bad images dropped) when any, and ema_top1

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -23,7 +23,7 @@ from deepres.core.distributed import DistInfo, raise_if_any_failed, same_on_all_
 from deepres.core.runs import CONFIG_FILE, RunRecorder
 from deepres.data import DataInfo, build_loaders
 from deepres.tasks import Task, task_of
-from deepres.tasks.build import build_model, load_initial_weights, resolve_config
+from deepres.tasks.build import build_model, load_initial_weights, load_model, resolve_config
 
 from .ema import ModelEMA
 from .interrupts import StopRequest
@@ -128,8 +128,12 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
             f" (left at init: {', '.join(report['dropped'])})" if report["dropped"] else ""))
     if t.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys as BatchNorm
+    task = task_of(cfg.data).from_config(cfg)
+    if t.kd_teacher:  # online distillation: the teacher, frozen, on the training device
+        teacher = load_model(t.kd_teacher).model.to(device).eval().requires_grad_(False)
+        task = replace(task, teacher=teacher)
     run = Run(cfg=cfg, device=device, model=model, optimizer=create_optimizer(model, cfg.optim),
-              task=task_of(cfg.data).from_config(cfg), train_loader=train_loader, eval_loader=eval_loader, data=data,
+              task=task, train_loader=train_loader, eval_loader=eval_loader, data=data,
               scaler=torch.amp.GradScaler("cuda") if t.amp == "fp16" else None,
               ema=ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None, dist=dist,
               progress=t.progress and sys.stderr.isatty() and dist.is_main, resumed=saved is not None)
