@@ -77,6 +77,7 @@ def test_eval_presets():
     assert parse_eval_preset("none", 224) is None
     assert parse_eval_preset("224_256", 224) == (256, 224)
     assert parse_eval_preset("224_256a", 224) == (257, 256)
+    assert parse_eval_preset("256_292", 224) == (292, 256)  # Assemble-ResNet Big-Little models
     assert parse_eval_preset("crop_pct:0.875", 224) == (256, 224)
     assert parse_eval_preset("crop_pct:0.95", 160) == (168, 160)
     for bad in ("crop_pct:1.5", "crop_pct:x", "256"):

@@ -67,7 +67,8 @@ class DataConfig:
     color_jitter: float = 0.0  # brightness/contrast/saturation strength; 0 = off
     pca_lighting: float = 0.0  # AlexNet PCA lighting alphastd (0.1 in fb.resnet.torch); 0 = off
     # Evaluation transform: "none" (use images as stored), "224_256" (shorter side 256, center 224),
-    # "224_256a" (Assemble-ResNet: shorter side 257, center 256), or "crop_pct:0.875" (resize image_size/crop_pct)
+    # "224_256a" (Assemble-ResNet: shorter side 257, center 256), "256_292" (Assemble-ResNet's Big-Little models:
+    # shorter side 292, center 256), or "crop_pct:0.875" (resize image_size/crop_pct)
     eval_preset: str = "none"
     # Normalisation: "meanstd" ((x/255 - mean)/std) or "mean" (x - mean*255, neon-style plain mean subtraction)
     normalize: Literal["meanstd", "mean"] = "meanstd"

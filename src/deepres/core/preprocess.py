@@ -57,6 +57,9 @@ def parse_eval_preset(preset: str, image_size: int) -> tuple[int, int] | None:
     if preset == "224_256a":
         # Assemble-ResNet evaluation: shorter side 257, centre 256.
         return 257, 256
+    if preset == "256_292":
+        # Assemble-ResNet's Big-Little models: shorter side 292, centre 256 (crop_pct 0.875 at 256).
+        return 292, 256
     if preset.startswith("crop_pct:"):
         try:
             crop_pct = float(preset.split(":", 1)[1])
@@ -65,4 +68,4 @@ def parse_eval_preset(preset: str, image_size: int) -> tuple[int, int] | None:
         if not 0.0 < crop_pct <= 1.0:
             raise ValueError(f"data.eval_preset {preset!r}: crop_pct must be a number in (0, 1], e.g. crop_pct:0.875")
         return int(math.floor(image_size / crop_pct)), image_size
-    raise ValueError(f"unknown data.eval_preset {preset!r}; expected none, 224_256, 224_256a or crop_pct:X")
+    raise ValueError(f"unknown data.eval_preset {preset!r}; expected none, 224_256, 224_256a, 256_292 or crop_pct:X")

@@ -1,0 +1,64 @@
+"""The Assemble-ResNet ablation's architecture steps side by side: params, GMACs and CPU images/s (eager fp32 and
+deepres's default fast path) at the paper's eval size, and the throughput ratio to ResNet-50 (the paper, Table 2:
+536 -> 312 img/s on a P40 for the full assembly, 0.58x). Random weights, one process, batch 16 by default.
+
+    python benchmarks/assemble_ablation.py                       # the steps below, 256x256, batch 16
+    python benchmarks/assemble_ablation.py --models resnet50 assemble_resnet50 --size 224 --batch 8
+
+Prints the CPU model and ISA capability first; time it with nothing else running on the machine.
+"""
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from deepres.core.device import auto_dtype, cpu_model_name  # noqa: E402
+from deepres.inference.bench import build_path, time_calls  # noqa: E402
+from deepres.models import create_model, list_models  # noqa: E402
+from deepres.models.complexity import model_complexity  # noqa: E402
+
+# R50 -> R50D -> +SE -> SK instead of SE -> +BL -> +AA (the full assembly), as the paper's Table 2 adds them
+STEPS = ("resnet50", "resnet50d", "seresnet50d", "skresnet50d", "skresnet50d_bl", "assemble_resnet50")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(STEPS))
+    parser.add_argument("--size", type=int, default=256, help="image side, pixels (the paper evaluates at 256)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=5.0, help="time each path for about this long")
+    args = parser.parse_args()
+    missing = [m for m in args.models if m not in list_models()]
+    if missing:
+        raise SystemExit(f"not registered: {', '.join(missing)} (see `deepres models`)")
+    fast = auto_dtype(torch.device("cpu"))
+    print(f"CPU: {cpu_model_name()}, capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; batch {args.batch}, {args.size}x{args.size}, "
+          f"fast path = {fast}")
+    rows, base = [], None
+    x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    for name in args.models:
+        stats = model_complexity(name, num_classes=1000, input_size=(3, args.size, args.size))
+        model = create_model(name, num_classes=1000).eval()
+        speeds = []
+        for path in ("eager_fp32", fast):
+            runner, _, _ = build_path(path, model, (3, args.size, args.size), batch_size=args.batch)
+            times = time_calls(runner, x, warmup=1, seconds=args.seconds, min_iterations=3, max_iterations=50)
+            speeds.append(args.batch / statistics.median(times))
+        base = base or speeds
+        rows.append((name, stats["params"] / 1e6, stats["gmacs"], *speeds, speeds[0] / base[0], speeds[1] / base[1]))
+        print(f"{name}: {speeds[0]:.1f} / {speeds[1]:.1f} img/s", file=sys.stderr)
+    print(f"| model | params (M) | GMACs at {args.size} | eager fp32 img/s | {fast} fast path img/s | "
+          f"ratio to {args.models[0]} (eager / fast) |")
+    print("|---|---|---|---|---|---|")
+    for name, params, gmacs, eager, fast_speed, r_eager, r_fast in rows:
+        print(f"| {name} | {params:.2f} | {gmacs:.2f} | {eager:.1f} | {fast_speed:.1f} | {r_eager:.2f}x / {r_fast:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
