@@ -1,7 +1,9 @@
 """AutoAugment family: each op against hand-computed pixels, both magnitude conventions, per-image draws,
 determinism, gray images, the config key and the training loader."""
+import numpy as np
 import pytest
 import torch
+from data_helpers import write_gray_png, write_image
 
 from deepres.core.config import DataConfig, validate_data_config
 from deepres.data import build_loaders
@@ -215,3 +217,14 @@ def test_training_batches_change_and_eval_batches_do_not():
     assert torch.equal(next(iter(train))[0], x)  # the batch generator replays
     for (a, _), (b, _) in zip(val, plain_eval):
         assert torch.equal(a, b)
+
+
+def test_segmentation_formats_refuse_it(tmp_path):
+    (tmp_path / "classes.txt").write_text("background\nthing\n")
+    for n, stem in enumerate("ab"):
+        write_image(tmp_path / "train" / "images" / f"{stem}.png", size=(6, 5), seed=n)
+        write_gray_png(tmp_path / "train" / "masks" / f"{stem}.png", np.zeros((5, 6), np.uint8))
+    cfg = DataConfig(name="pairs", root=str(tmp_path), val_split="train", image_size=4, batch_size=1,
+                     auto_augment="trivialaugment")
+    with pytest.raises(ValueError, match="data.auto_augment moves the image without its mask"):
+        build_loaders(cfg, "cpu")

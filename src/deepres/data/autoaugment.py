@@ -8,9 +8,10 @@ grouping the images by op, so a batch costs at most (steps x ops) tensor calls a
 The ops follow Pillow's definitions (ImageOps, ImageEnhance), as torchvision's tensor ops and the TF/TPU code do:
 blends truncate to uint8 (PIL's ImagingBlend), gray is Pillow's "L" (ITU-R 601, fixed point, rounded), geometry
 samples the nearest pixel with pixel centres at +0.5 (PIL's affine transform), Color is the identity on gray
-images (their gray image is themselves). Where the two sources differ in an op, not in a magnitude, deepres keeps
-Pillow's definition: TF's Contrast blends towards H*W/256 (its histogram sum / 256, not the mean) and TF's
-AutoContrast / blends round differently; both are not replicated.
+images (their gray image is themselves). Where a source differs from Pillow in an op, not in a magnitude, deepres
+keeps Pillow's definition: TF's Contrast blends towards H*W/256 (its histogram sum / 256, not the mean), TF's
+Sharpness truncates the smoothed image (Pillow and torchvision round), TF's geometry samples at integer pixel
+coordinates (no half-pixel offset), and torchvision's Contrast uses the unrounded mean of a truncated gray image.
 
 Magnitude conventions (`convention=`), each with its source:
 - "torchvision": torchvision/transforms/autoaugment.py. Bins: 10 (AutoAugment), 31 (RandAugment,
