@@ -66,6 +66,13 @@ class DataConfig:
     hflip: bool = True  # random horizontal flip, p=0.5
     color_jitter: float = 0.0  # brightness/contrast/saturation strength; 0 = off
     pca_lighting: float = 0.0  # AlexNet PCA lighting alphastd (0.1 in fb.resnet.torch); 0 = off
+    # AutoAugment family on the uint8 training batch, a different draw per image (deepres.data.autoaugment):
+    # "" = off, "autoaugment" (the ImageNet policy), "randaugment:N:M" (N ops at magnitude M; "randaugment" =
+    # 2:9), "trivialaugment"
+    auto_augment: str = ""
+    # magnitude mapping, fill, policy table and op set: "torchvision" (transforms/autoaugment.py, M a bin of 31) or
+    # "tf" (tensorflow/tpu efficientnet autoaugment.py, M a level 0..10)
+    auto_augment_convention: Literal["torchvision", "tf"] = "torchvision"
     # Evaluation transform: "none" (use images as stored), "224_256" (shorter side 256, center 224),
     # "224_256a" (Assemble-ResNet: shorter side 257, center 256), "256_292" (Assemble-ResNet's Big-Little models:
     # shorter side 292, center 256), or "crop_pct:0.875" (resize image_size/crop_pct)
@@ -406,6 +413,31 @@ def validate_data_config(data: DataConfig) -> None:
     if data.limit_train < 0 or data.limit_val < 0:
         raise ValueError(f"data.limit_train / limit_val must be >= 0, got {data.limit_train} / {data.limit_val}")
     parse_eval_preset(data.eval_preset, data.image_size)  # raises for an unknown preset
+    parse_auto_augment(data.auto_augment, data.auto_augment_convention)  # raises for an unknown policy
+
+
+def parse_auto_augment(spec: str, convention: str = "torchvision") -> tuple[str, int, int] | None:
+    """data.auto_augment -> (policy, num_ops, magnitude), None when off; raises ValueError naming the key.
+
+    "randaugment:N:M": N >= 1 ops, M a magnitude bin 0..30 (torchvision's 31 bins) or a level 0..10 (tf's
+    _MAX_LEVEL; higher levels push the ops past the ranges they accept)."""
+    if spec == "":
+        return None
+    name, *numbers = spec.split(":")
+    usage = "expected \"\", \"autoaugment\", \"randaugment:N:M\" (e.g. randaugment:2:9) or \"trivialaugment\""
+    if name in ("autoaugment", "trivialaugment") and not numbers:
+        return name, 1, 0
+    if name != "randaugment" or len(numbers) not in (0, 2):
+        raise ValueError(f"unknown data.auto_augment {spec!r}; {usage}")
+    try:
+        num_ops, magnitude = (int(n) for n in numbers) if numbers else (2, 9)
+    except ValueError:
+        raise ValueError(f"data.auto_augment {spec!r}: N and M must be integers; {usage}") from None
+    top = 30 if convention == "torchvision" else 10
+    if num_ops < 1 or not 0 <= magnitude <= top:
+        raise ValueError(f"data.auto_augment {spec!r}: needs N >= 1 and M in 0..{top} for "
+                         f"data.auto_augment_convention={convention}")
+    return name, num_ops, magnitude
 
 
 @functools.cache

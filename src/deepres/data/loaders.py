@@ -27,6 +27,7 @@ from deepres.core.config import DataConfig, validate_data_config
 from deepres.core.preprocess import Preprocess, parse_eval_preset
 
 from . import transforms as T
+from .autoaugment import AutoAugment
 from .datasets import Dataset, build_datasets, build_eval_dataset
 from .registry import DatasetFormat, get_format, list_formats, stored_side
 from .images import init_decode_worker
@@ -99,6 +100,7 @@ class BatchTransform:
     hflip: bool = False
     color_jitter: float = 0.0
     pca_lighting: float = 0.0
+    auto_augment: AutoAugment | None = None  # per-image policy on the uint8 batch, after the crop and flip
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = images
@@ -106,6 +108,8 @@ class BatchTransform:
             x = T.pad_random_crop(x, self.crop_padding, generator)
         if self.hflip:
             x = T.random_hflip(x, generator)
+        if self.auto_augment is not None:  # on the stored channels and uint8 values the ops are defined on
+            x = self.auto_augment(x, generator)
         x = T.adapt_channels(x, self.in_chans).float()
         if self.color_jitter:
             x = T.color_jitter(x, generator, self.color_jitter, self.color_jitter, self.color_jitter)
@@ -457,6 +461,9 @@ def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, worl
     # File datasets need a fixed size per batch; in-memory sets keep their stored size unless asked.
     segmentation = fmt.task == "segmentation"
     if segmentation:  # scale, crop and flip move the mask with the image; the batch step only jitters colour
+        if cfg.auto_augment:
+            raise ValueError(f"data.auto_augment moves the image without its mask; data.name={cfg.name} is a "
+                             f"segmentation format")
         if cfg.random_resized_crop or cfg.crop_padding:
             raise ValueError(f"data.name={cfg.name} is a segmentation format: use data.scale_range and "
                              f"data.image_size (the crop) instead of data.random_resized_crop / crop_padding")
@@ -467,7 +474,9 @@ def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, worl
         train_items = None if fmt.in_memory else ItemTransform(size=cfg.image_size, resize_to=cfg.image_size)
     common = dict(in_chans=in_chans, normalize=cfg.normalize, mean=tuple(cfg.mean), std=tuple(cfg.std))
     train_batches = BatchTransform(crop_padding=cfg.crop_padding, hflip=cfg.hflip and not segmentation,
-                                   color_jitter=cfg.color_jitter, pca_lighting=cfg.pca_lighting, **common)
+                                   color_jitter=cfg.color_jitter, pca_lighting=cfg.pca_lighting,
+                                   auto_augment=AutoAugment.from_spec(cfg.auto_augment, cfg.auto_augment_convention),
+                                   **common)
     loader_args = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
                        on_device=_on_device(cfg, fmt), workers=cfg.workers)
     eval_loader = _eval_loader(cfg, fmt, eval_set, in_chans, loader_args)
