@@ -181,6 +181,9 @@ class TrainConfig:
     kd_ce_weight: float = 1.0
     ema_decay: float = 0.0  # exponential moving average of weights and buffers, per optimizer step; 0 = off
     grad_clip_norm: float = 0.0  # clip the global gradient L2 norm to this; 0 = off
+    # DropBlock keep probability at the end of training, reached linearly from 1.0 over all optimizer steps (the
+    # Assemble-ResNet schedule); acts on the model's DropBlock2d modules (model.kwargs {dropblock: true}); 1.0 = off
+    dropblock_keep: float = 1.0
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype; fp16 needs CUDA (GradScaler)
     channels_last: bool = False  # NHWC memory format for model and inputs
@@ -351,6 +354,7 @@ def validate_config(cfg: Config) -> None:
     need(0.0 <= t.mix_switch_prob <= 1.0, "train.mix_switch_prob", t.mix_switch_prob, "must be in [0, 1]")
     need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", t.ema_decay, "must be in [0, 1) (0 = off)")
     need(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm, "must be >= 0 (0 = off)")
+    need(0.0 < t.dropblock_keep <= 1.0, "train.dropblock_keep", t.dropblock_keep, "must be in (0, 1] (1 = off)")
     need(o.lr_base_batch >= 1, "optim.lr_base_batch", o.lr_base_batch, "must be >= 1 (images)")
     need(t.grad_accum_steps >= 1, "train.grad_accum_steps", t.grad_accum_steps, "must be >= 1")
     need(t.nonfinite_patience >= 1, "train.nonfinite_patience", t.nonfinite_patience, "must be >= 1")

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ResidualNetwork, init_weights, stage_strides_and_dilations
+from .layers import DropBlock2d, SqueezeExcite
 from .registry import register_variant
 
 
@@ -54,10 +55,22 @@ class _PostActivationUnit(nn.Module):
     (`bn_after_add`), then ReLU unless `relu_after_add=False` (the torch-residual-networks variants)."""
 
     last_bn = ""  # name of the block's last BatchNorm
+    # Optional modules `se` (SqueezeExcite, gating the residual branch before the addition) and `drop_block`
+    # (DropBlock2d after every BN; Assemble-ResNet's order: BN, DropBlock, SE), None when off: no Identity in the
+    # graph, so conv-BN-ReLU fusion patterns stay intact. (Not class attributes: they would hide nn.Module's lookup.)
+
+    def dropped(self, x):
+        return x if self.drop_block is None else self.drop_block(x)
+
+    def gated(self, x):
+        return x if self.se is None else self.se(x)
 
     def add_shortcut(self, out, shortcut):
         bn = getattr(self, self.last_bn)
-        out = bn(out + shortcut) if self.bn_after_add else bn(out) + shortcut
+        if self.bn_after_add:
+            out = self.dropped(bn(self.gated(out) + shortcut))
+        else:
+            out = self.gated(self.dropped(bn(out))) + shortcut
         return F.relu(out) if self.relu_after_add else out
 
     def zero_init_last(self):
@@ -74,7 +87,8 @@ class BasicBlock(_PostActivationUnit):
     last_bn = "bn2"
 
     def __init__(self, in_chs, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
-                 first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False):
+                 first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False, se_layer=None,
+                 drop_block=None):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
@@ -82,13 +96,15 @@ class BasicBlock(_PostActivationUnit):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes, dilation=dilation)
         self.bn2 = nn.BatchNorm2d(planes)  # before the addition, or after it with bn_after_add
+        self.se = se_layer(planes) if se_layer else None  # timm's key layout: se.fc1, se.fc2
+        self.drop_block = drop_block() if drop_block else None
         self.downsample = downsample
         self.bn_after_add = bn_after_add
         self.relu_after_add = relu_after_add
 
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.dropped(self.bn1(self.conv1(x))))
         return self.add_shortcut(self.conv2(out), shortcut)
 
 
@@ -99,7 +115,8 @@ class Bottleneck(_PostActivationUnit):
     last_bn = "bn3"
 
     def __init__(self, in_chs, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
-                 first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False):
+                 first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False, se_layer=None,
+                 drop_block=None):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
@@ -109,14 +126,16 @@ class Bottleneck(_PostActivationUnit):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.se = se_layer(planes * self.expansion) if se_layer else None  # timm's keys: se.fc1, se.fc2
+        self.drop_block = drop_block() if drop_block else None
         self.downsample = downsample
         self.bn_after_add = bn_after_add
         self.relu_after_add = relu_after_add
 
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.relu(self.dropped(self.bn1(self.conv1(x))))
+        out = F.relu(self.dropped(self.bn2(self.conv2(out))))
         return self.add_shortcut(self.conv3(out), shortcut)
 
 
@@ -137,12 +156,19 @@ def make_stem(kind: str, in_chans: int, width: int) -> tuple[nn.Module, int]:
 
 
 class ResNet(ResidualNetwork):
-    """Post-activation ResNet, configured by data: block, units per stage, widths and the stem/shortcut kinds."""
+    """Post-activation ResNet, configured by data: block, units per stage, widths and the stem/shortcut kinds.
+
+    se: a SqueezeExcite in every block (`se_ratio`, `se_divisor` and `se_bias` as in SqueezeExcite; the
+    Assemble-ResNet TF code: se_bias=False, se_divisor=1). dropblock: DropBlock2d (`dropblock_size`,
+    `dropblock_mode`) after every BN of the blocks of the last two stages, the shortcut's BN included, gamma scale
+    0.25 then 1.0 (Assemble-ResNet's placement in stages 3 and 4); it drops only when the trainer lowers keep_prob
+    (train.dropblock_keep). Neither changes the keys of a network without them."""
 
     def __init__(self, block, layers, num_classes=1000, in_chans=3, *, widths=(64, 128, 256, 512),
                  strides=None, stem="imagenet", shortcut="B", groups=1, width_per_group=64, output_stride=None,
                  stride_in_1x1=False, bn_after_add=False, relu_after_add=True, drop_rate=0.0,
-                 zero_init_last=False):
+                 zero_init_last=False, se=False, se_ratio=1 / 16, se_divisor=8, se_bias=True, dropblock=False,
+                 dropblock_size=7, dropblock_mode="assemble"):
         super().__init__(num_classes, drop_rate)
         if len(layers) != len(widths):
             raise ValueError(f"layers {layers} and widths {widths} must have the same length")
@@ -156,16 +182,26 @@ class ResNet(ResidualNetwork):
 
         in_chs = stem_width
         unit = partial(block, groups=groups, base_width=width_per_group, bn_after_add=bn_after_add,
-                       relu_after_add=relu_after_add, stride_in_1x1=stride_in_1x1)
+                       relu_after_add=relu_after_add, stride_in_1x1=stride_in_1x1,
+                       se_layer=partial(SqueezeExcite, rd_ratio=se_ratio, rd_divisor=se_divisor, bias=se_bias) if se
+                       else None)
+        # DropBlock's gamma scale per stage: the last two stages only (Assemble-ResNet: stages 3 and 4)
+        gamma_scales = ((None,) * len(layers) + ((0.25, 1.0) if dropblock else ()))[-len(layers):]
         plan = stage_strides_and_dilations(strides, stem_stride, output_stride)
         self.stage_names = tuple(f"layer{i + 1}" for i in range(len(layers)))
-        for name, n, planes, (stride, dilation, first_dilation) in zip(self.stage_names, layers, widths, plan):
+        for name, n, planes, (stride, dilation, first_dilation), gamma_scale in zip(
+                self.stage_names, layers, widths, plan, gamma_scales):
             out_chs = planes * block.expansion
+            drop_block = gamma_scale and partial(DropBlock2d, dropblock_size, gamma_scale, dropblock_mode)
             downsample = None
             if stride != 1 or in_chs != out_chs:
                 downsample = make_shortcut(shortcut, in_chs, out_chs, stride, dilation)
-            units = [unit(in_chs, planes, stride, downsample, dilation=dilation, first_dilation=first_dilation)]
-            units += [unit(out_chs, planes, dilation=dilation, first_dilation=dilation) for _ in range(1, n)]
+                if drop_block and isinstance(downsample, nn.Sequential):  # after the shortcut's BN: no new keys
+                    downsample.append(drop_block())
+            units = [unit(in_chs, planes, stride, downsample, dilation=dilation, first_dilation=first_dilation,
+                          drop_block=drop_block)]
+            units += [unit(out_chs, planes, dilation=dilation, first_dilation=dilation, drop_block=drop_block)
+                      for _ in range(1, n)]
             setattr(self, name, nn.Sequential(*units))
             in_chs = out_chs
         self.stage_channels = tuple(planes * block.expansion for planes in widths)
@@ -204,6 +240,8 @@ _IMAGENET = {
     "resnet152c": ("bottleneck", (3, 8, 36, 3), {"stem": "deep"}),
     "resnet152d": ("bottleneck", (3, 8, 36, 3), {"stem": "deep", "shortcut": "D"}),
     "resnet200d": ("bottleneck", (3, 24, 36, 3), {"stem": "deep", "shortcut": "D"}),
+    # Squeeze-and-Excitation (Hu et al. 2018) in every block; timm's seresnet50 keys (layerN.M.se.fc1/fc2)
+    "seresnet50": ("bottleneck", (3, 4, 6, 3), {"se": True}),
 }
 
 # CIFAR (He et al. 2015, §4.2): depth 6n+2, three stages of n basic units, 16/32/64 channels, option A shortcuts.

@@ -31,6 +31,7 @@ from deepres.core.device import AMP_DTYPES, default_device
 from deepres.core.distributed import all_reduce_sum, broadcast_buffers, find_ddp, process_group, raise_if_any_failed
 from deepres.core.errors import NonFiniteLossError, TrainingInterrupted
 from deepres.models.bn import freeze_bn_stats, reset_bn_running_stats
+from deepres.models.layers import set_drop_block_keep
 
 from .ema import ModelEMA
 from .interrupts import stop_on_signals
@@ -76,6 +77,8 @@ def train_one_epoch(run: Run) -> dict:
             lr = lr_at(state.step, cfg.schedule, peak_lr, iters_per_epoch, total_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
+            if t.dropblock_keep < 1.0:  # DropBlock keep probability: 1.0 -> train.dropblock_keep, linear in steps
+                set_drop_block_keep(model, 1.0 - (1.0 - t.dropblock_keep) * state.step / total_iters)
         if t.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         images, targets = task.mix(images, labels, rng)
