@@ -285,3 +285,18 @@ def test_model_cost_side_is_the_training_image_side(data, side):
         cfg = DataConfig(**data, synthetic_size=(8, 4), batch_size=4, workers=0)
         images, _ = next(iter(build_loaders(cfg, "cpu")[0]))
         assert images.shape[-2:] == (side, side)
+
+
+def test_assemble_tricks_study_plans_cumulative_variants_that_build(tmp_path):
+    """studies/assemble_tricks.yaml: each variant's config is valid and its model builds with its switches."""
+    from deepres.models import create_model
+    from deepres.studies import with_selection
+
+    study = with_selection(load_study("assemble_tricks"), data="fashion_mnist", budget="cpu", seeds=[0, 1])
+    plan = plan_study(study, tmp_path)
+    assert len(plan) == 2 * len(study.variants) == 16
+    last = plan[-1].config
+    assert last.data.auto_augment == "autoaugment" and last.train.dropblock_keep == 0.9
+    assert last.model.kwargs == {"sk": True, "dropblock": True, "aa": "conv"}
+    for run in plan[::2]:
+        create_model(run.config.model.name, num_classes=10, in_chans=1, **run.config.model.kwargs)
