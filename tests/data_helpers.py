@@ -173,10 +173,10 @@ def write_ade(root, split: str, annotation: np.ndarray, count: int = 2):
         write_gray_png(root / "annotations" / split / f"{prefix}_{n:08d}.png", annotation)
 
 
-def read_reference(name):
-    """(key, shape) rows of tests/data/torchvision_<name>_state_dict.txt: torchvision's state-dict layout."""
+def read_reference(name, source="torchvision"):
+    """(key, shape) rows of tests/data/<source>_<name>_state_dict.txt: torchvision's (or timm's) state-dict layout."""
     rows = []
-    for line in (Path(__file__).parent / "data" / f"torchvision_{name}_state_dict.txt").read_text().splitlines():
+    for line in (Path(__file__).parent / "data" / f"{source}_{name}_state_dict.txt").read_text().splitlines():
         if line and not line.startswith("#"):
             key, shape = line.split()
             rows.append((key, () if shape == "scalar" else tuple(int(s) for s in shape.split("x"))))
