@@ -263,12 +263,18 @@ for _depth in _CIFAR_DEPTHS:
 # (1001 classes; script/ctl_r50zc_bldskaa_*.sh: --use_bl --use_resnet_d --use_sk_block --anti_alias_type=sconv):
 # 7x7 stem (its code skips the deep stem when use_bl is set); --use_resnet_d gives every first block of a
 # branch a 2x2 avg-pool + 1x1 conv shortcut (`tweakD`, "D"); Big-Little alpha 2, beta 4 with stage strides
-# 2, 2, 1, 2 (`block_strides` when use_bl) and module 0 for the stem pool; SK units; anti-aliasing `sconv`, filter 3.
-_ASSEMBLE_R = {"stem": "imagenet", "shortcut": "D", "sk": True, "aa": "conv", "aa_size": 3, "strides": (2, 2, 1, 2)}
+# 2, 2, 1, 2 (`block_strides` when use_bl) and module 0 for the stem pool; SK units; anti-aliasing `sconv`, filter 3;
+# --zero_gamma (zero_init_last: without it a deep big branch at 1x1 resolution overflows its gradients).
+_ASSEMBLE_R = {"stem": "imagenet", "shortcut": "D", "sk": True, "aa": "conv", "aa_size": 3, "strides": (2, 2, 1, 2),
+               "zero_init_last": True}
 _ASSEMBLE = {
     "assemble_resnet50": ("bottleneck", (3, 4, 6, 3), {**_ASSEMBLE_R, "big_little": (2, 4)}),
     # Deeper Big-Little depths from the same code (`block_configure` with use_bl); alpha 1, beta 2 from the paper.
     "assemble_resnet152": ("bottleneck", (5, 12, 30, 3), {**_ASSEMBLE_R, "big_little": (1, 2)}),
+    # The paper's ablation steps, each a row (SE, between D and SK, waits for the SE option): R50-D + SK, then
+    # + Big-Little (the official code drops the deep stem when use_bl is set); + AA is assemble_resnet50.
+    "resnet50d_sk": ("bottleneck", (3, 4, 6, 3), {"stem": "deep", "shortcut": "D", "sk": True, "zero_init_last": True}),
+    "resnet50_bl_sk": ("bottleneck", (3, 4, 6, 3), {**_ASSEMBLE_R, "aa": None, "big_little": (2, 4)}),
     # timm: blur in the strided blocks and after a stride-1 stem max-pool; same keys as resnet50.
     "resnetblur50": ("bottleneck", (3, 4, 6, 3), {"aa": "both"}),
     # timm's SK ResNets (split-input SK, a 3x3 and a dilated 3x3 path); timm's key layout.
