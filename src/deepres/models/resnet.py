@@ -273,8 +273,9 @@ _ASSEMBLE = {
     "assemble_resnet152": ("bottleneck", (5, 12, 30, 3), {**_ASSEMBLE_R, "big_little": (1, 2)}),
     # The paper's ablation steps, each a row (SE, between D and SK, waits for the SE option): R50-D + SK, then
     # + Big-Little (the official code drops the deep stem when use_bl is set); + AA is assemble_resnet50.
-    "resnet50d_sk": ("bottleneck", (3, 4, 6, 3), {"stem": "deep", "shortcut": "D", "sk": True, "zero_init_last": True}),
-    "resnet50_bl_sk": ("bottleneck", (3, 4, 6, 3), {**_ASSEMBLE_R, "aa": None, "big_little": (2, 4)}),
+    "assemble_r50d_sk": ("bottleneck", (3, 4, 6, 3),
+                         {"stem": "deep", "shortcut": "D", "sk": True, "zero_init_last": True}),
+    "assemble_r50_bl_sk": ("bottleneck", (3, 4, 6, 3), {**_ASSEMBLE_R, "aa": None, "big_little": (2, 4)}),
     # timm: blur in the strided blocks and after a stride-1 stem max-pool; same keys as resnet50.
     "resnetblur50": ("bottleneck", (3, 4, 6, 3), {"aa": "both"}),
     # timm's SK ResNets (split-input SK, a 3x3 and a dilated 3x3 path); timm's key layout.
