@@ -116,3 +116,16 @@ def test_assemble_resnet50_exports_to_onnx(tmp_path):
     result = export_model(model, tmp_path / "m.onnx", format="onnx", metadata=metadata, check_batch_sizes=(1,),
                           log=lambda s: None)  # export_model compares ONNX Runtime's logits with PyTorch's
     assert (tmp_path / "m.onnx").is_file() and result["max_abs_error"] < 1e-3
+
+
+def test_big_branch_ends_without_relu_and_merges_at_the_little_resolution():
+    torch.manual_seed(0)
+    model = create_model("assemble_resnet50", num_classes=3, zero_init_last=False).eval()  # live residuals
+    stage = model.layer1
+    x = model.forward_stem(torch.randn(1, 3, 64, 64))
+    with torch.no_grad():
+        big, little = stage.big(x), stage.little_expand(stage.little(x))
+        out = stage(x)
+    assert (big < 0).any()  # the big branch's last block drops its final ReLU (official last_relu=False)
+    assert big.shape[-1] * 2 == little.shape[-1] == x.shape[-1]
+    assert out.shape[-1] == x.shape[-1] // 2 and (out >= 0).all()  # layer1's merge block carries stride 2
