@@ -91,6 +91,8 @@ def test_anti_aliasing_moves_the_stride_and_keeps_the_keys():
         create_model("resnet20", aa="stem")
     with pytest.raises(ValueError, match="aa must be"):
         create_model("resnet50", aa="everywhere")
+    with pytest.raises(ValueError, match="module 0"):
+        create_model("assemble_resnet50", aa="both")
 
 
 def test_resnetblur50_loads_timm_keys():

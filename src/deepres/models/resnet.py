@@ -169,8 +169,9 @@ class ResNet(ResidualNetwork):
             raise ValueError(f"layers {layers} and widths {widths} must have the same length")
         if aa not in (None, "conv", "stem", "both"):
             raise ValueError(f"aa must be None, 'conv', 'stem' or 'both', got {aa!r}")
-        if big_little and (output_stride is not None or stem == "cifar"):
-            raise ValueError("big_little needs an ImageNet stem and no output_stride")
+        if big_little and (output_stride is not None or stem == "cifar" or aa in ("stem", "both")):
+            raise ValueError("big_little needs an ImageNet stem, no output_stride and no stem blur (module 0 "
+                             "replaces the stem max-pool)")
         block = {"basic": BasicBlock, "bottleneck": Bottleneck}.get(block, block)
         strides = strides or (1,) + (2,) * (len(layers) - 1)
         stem_width = widths[0] if stem == "cifar" else 64
