@@ -22,7 +22,7 @@ from deepres.models import create_model, list_models  # noqa: E402
 from deepres.models.complexity import model_complexity  # noqa: E402
 
 # R50 -> R50D -> +SE -> SK instead of SE -> +BL -> +AA (the full assembly), as the paper's Table 2 adds them
-STEPS = ("resnet50", "resnet50d", "seresnet50d", "skresnet50d", "skresnet50d_bl", "assemble_resnet50")
+STEPS = ("resnet50", "resnet50d", "assemble_r50d_se", "assemble_r50d_sk", "assemble_r50_bl_sk", "assemble_resnet50")
 
 
 def main() -> int:

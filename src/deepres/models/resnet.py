@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .assemble import BigLittleStem, BlurPool2d, SelectiveKernel, SelectiveKernelBasic, big_little_stage
 from .base import ResidualNetwork, init_weights, stage_strides_and_dilations
 from .layers import DropBlock2d, SqueezeExcite
 from .registry import register_variant
@@ -88,12 +89,16 @@ class BasicBlock(_PostActivationUnit):
 
     def __init__(self, in_chs, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False, se_layer=None,
-                 drop_block=None):
+                 drop_block=None, sk=False, aa_size=0):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
-        self.conv1 = conv3x3(in_chs, planes, stride, dilation=first_dilation)
-        self.bn1 = nn.BatchNorm2d(planes)
+        conv_stride = 1 if aa_size else stride  # anti-aliased: the conv runs at stride 1, the blur downsamples
+        if sk:  # the SK unit brings its own BN and ReLU (assembled-cnn's `basic` with use_sk_block)
+            self.conv1, self.bn1 = SelectiveKernel(in_chs, planes, conv_stride, first_dilation), nn.Identity()
+        else:
+            self.conv1, self.bn1 = conv3x3(in_chs, planes, conv_stride, dilation=first_dilation), nn.BatchNorm2d(planes)
+        self.aa = BlurPool2d(planes, aa_size, stride) if aa_size and stride > 1 else nn.Identity()
         self.conv2 = conv3x3(planes, planes, dilation=dilation)
         self.bn2 = nn.BatchNorm2d(planes)  # before the addition, or after it with bn_after_add
         self.se = se_layer(planes) if se_layer else None  # timm's key layout: se.fc1, se.fc2
@@ -104,26 +109,35 @@ class BasicBlock(_PostActivationUnit):
 
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.dropped(self.bn1(self.conv1(x))))
+        out = self.aa(F.relu(self.dropped(self.bn1(self.conv1(x)))))
         return self.add_shortcut(self.conv2(out), shortcut)
 
 
 class Bottleneck(_PostActivationUnit):
-    """1x1 - 3x3 - 1x1. Stride on the 3x3 (ResNet v1.5 / B, torchvision's default) or on the first 1x1 (v1)."""
+    """1x1 - 3x3 - 1x1. Stride on the 3x3 (ResNet v1.5 / B, torchvision's default) or on the first 1x1 (v1).
+    `sk`: the 3x3 conv + BN + ReLU is an SK unit; `aa_size`: a strided 3x3 runs at stride 1 and a blur of that size
+    downsamples before the last 1x1 (timm's `aa` position, so resnetblur50 keeps resnet50's keys)."""
 
     expansion = 4
     last_bn = "bn3"
 
     def __init__(self, in_chs, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False, se_layer=None,
-                 drop_block=None):
+                 drop_block=None, sk=False, aa_size=0):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         self.conv1 = conv1x1(in_chs, width, stride_1x1)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = conv3x3(width, width, stride_3x3, groups, first_dilation)
-        self.bn2 = nn.BatchNorm2d(width)
+        conv_stride = 1 if aa_size else stride_3x3
+        if sk:
+            if groups != 1:
+                raise ValueError("the SK unit has no groups")
+            self.conv2, self.bn2 = SelectiveKernel(width, width, conv_stride, first_dilation), nn.Identity()
+        else:
+            self.conv2 = conv3x3(width, width, conv_stride, groups, first_dilation)
+            self.bn2 = nn.BatchNorm2d(width)
+        self.aa = BlurPool2d(width, aa_size, stride_3x3) if aa_size and stride_3x3 > 1 else nn.Identity()
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.se = se_layer(planes * self.expansion) if se_layer else None  # timm's keys: se.fc1, se.fc2
@@ -135,7 +149,7 @@ class Bottleneck(_PostActivationUnit):
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = F.relu(self.dropped(self.bn1(self.conv1(x))))
-        out = F.relu(self.dropped(self.bn2(self.conv2(out))))
+        out = self.aa(F.relu(self.dropped(self.bn2(self.conv2(out)))))
         return self.add_shortcut(self.conv3(out), shortcut)
 
 
@@ -162,27 +176,43 @@ class ResNet(ResidualNetwork):
     Assemble-ResNet TF code: se_bias=False, se_divisor=1). dropblock: DropBlock2d (`dropblock_size`,
     `dropblock_mode`) after every BN of the blocks of the last two stages, the shortcut's BN included, gamma scale
     0.25 then 1.0 (Assemble-ResNet's placement in stages 3 and 4); it drops only when the trainer lowers keep_prob
-    (train.dropblock_keep). Neither changes the keys of a network without them."""
+    (train.dropblock_keep). Neither changes the keys of a network without them.
+    Assemble-ResNet options (models/assemble.py): `sk` SK units for every 3x3 conv; `aa` anti-aliased downsampling
+    with a blur of `aa_size` taps in the strided blocks ("conv"), after a stride-1 stem max-pool ("stem") or both;
+    `big_little=(alpha, beta)` Big-Little stages for all but the last stage and Big-Little module 0 for the stem pool
+    (a Big-Little stage's shortcuts get no DropBlock)."""
 
     def __init__(self, block, layers, num_classes=1000, in_chans=3, *, widths=(64, 128, 256, 512),
                  strides=None, stem="imagenet", shortcut="B", groups=1, width_per_group=64, output_stride=None,
                  stride_in_1x1=False, bn_after_add=False, relu_after_add=True, drop_rate=0.0,
                  zero_init_last=False, se=False, se_ratio=1 / 16, se_divisor=8, se_bias=True, dropblock=False,
-                 dropblock_size=7, dropblock_mode="assemble"):
+                 dropblock_size=7, dropblock_mode="assemble", sk=False, aa=None, aa_size=3, big_little=None):
         super().__init__(num_classes, drop_rate)
         if len(layers) != len(widths):
             raise ValueError(f"layers {layers} and widths {widths} must have the same length")
+        if aa not in (None, "conv", "stem", "both"):
+            raise ValueError(f"aa must be None, 'conv', 'stem' or 'both', got {aa!r}")
+        if big_little and (output_stride is not None or stem == "cifar" or aa in ("stem", "both")):
+            raise ValueError("big_little needs an ImageNet stem, no output_stride and no stem blur (module 0 "
+                             "replaces the stem max-pool)")
         block = {"basic": BasicBlock, "bottleneck": Bottleneck}.get(block, block)
         strides = strides or (1,) + (2,) * (len(layers) - 1)
         stem_width = widths[0] if stem == "cifar" else 64
         self.conv1, stem_stride = make_stem(stem, in_chans, stem_width)
         self.bn1 = nn.BatchNorm2d(stem_width)
         self.maxpool = nn.MaxPool2d(3, 2, 1) if stem_stride == 4 else nn.Identity()
+        if aa in ("stem", "both"):
+            if stem_stride != 4:
+                raise ValueError(f"aa={aa!r} blurs the stem max-pool, which the {stem!r} stem does not have")
+            self.maxpool = nn.Sequential(nn.MaxPool2d(3, 1, 1), BlurPool2d(stem_width, aa_size))  # timm's layout
+        if big_little:  # module 0 replaces the max-pool; the name stays, as for timm's replace_stem_pool
+            self.maxpool = BigLittleStem(stem_width, big_little[0])
         self.first_conv = "conv1.0.weight" if stem == "deep" else "conv1.weight"
 
         in_chs = stem_width
         unit = partial(block, groups=groups, base_width=width_per_group, bn_after_add=bn_after_add,
-                       relu_after_add=relu_after_add, stride_in_1x1=stride_in_1x1,
+                       relu_after_add=relu_after_add, stride_in_1x1=stride_in_1x1, sk=sk,
+                       aa_size=aa_size if aa in ("conv", "both") else 0,
                        se_layer=partial(SqueezeExcite, rd_ratio=se_ratio, rd_divisor=se_divisor, bias=se_bias) if se
                        else None)
         # DropBlock's gamma scale per stage: the last two stages only (Assemble-ResNet: stages 3 and 4)
@@ -193,6 +223,13 @@ class ResNet(ResidualNetwork):
                 self.stage_names, layers, widths, plan, gamma_scales):
             out_chs = planes * block.expansion
             drop_block = gamma_scale and partial(DropBlock2d, dropblock_size, gamma_scale, dropblock_mode)
+            if big_little and name != self.stage_names[-1]:
+                project = partial(make_shortcut, shortcut, dilation=1)
+                stage_unit = partial(unit, drop_block=drop_block) if drop_block else unit
+                stage = big_little_stage(stage_unit, project, in_chs, planes, n, stride, *big_little, block.expansion)
+                setattr(self, name, stage)
+                in_chs = out_chs
+                continue
             downsample = None
             if stride != 1 or in_chs != out_chs:
                 downsample = make_shortcut(shortcut, in_chs, out_chs, stride, dilation)
@@ -256,3 +293,35 @@ for _depth in _CIFAR_DEPTHS:
                      doc=f"resnet{_depth}: CIFAR ResNet, 3 stages of {_n} basic units, option A shortcuts",
                      block="basic", layers=(_n, _n, _n), num_classes=10, widths=(16, 32, 64), stem="cifar",
                      shortcut="A")
+
+# Assemble-ResNet (Lee et al. 2020) and the timm models built from its parts (models/assemble.py). They are listed
+# here, not in assemble.py, because this file imports assemble.py's modules for the `sk` / `aa` options.
+# assemble_resnet50 follows the Keras model of clovaai/assembled-cnn that printed "Trainable params: 41,848,489"
+# (1001 classes; script/ctl_r50zc_bldskaa_*.sh: --use_bl --use_resnet_d --use_sk_block --anti_alias_type=sconv):
+# 7x7 stem (its code skips the deep stem when use_bl is set); --use_resnet_d gives every first block of a
+# branch a 2x2 avg-pool + 1x1 conv shortcut (`tweakD`, "D"); Big-Little alpha 2, beta 4 with stage strides
+# 2, 2, 1, 2 (`block_strides` when use_bl) and module 0 for the stem pool; SK units; anti-aliasing `sconv`, filter 3;
+# --zero_gamma (zero_init_last: without it a deep big branch at 1x1 resolution overflows its gradients).
+_ASSEMBLE_R = {"stem": "imagenet", "shortcut": "D", "sk": True, "aa": "conv", "aa_size": 3, "strides": (2, 2, 1, 2),
+               "zero_init_last": True}
+_ASSEMBLE = {
+    "assemble_resnet50": ("bottleneck", (3, 4, 6, 3), {**_ASSEMBLE_R, "big_little": (2, 4)}),
+    # Deeper Big-Little depths from the same code (`block_configure` with use_bl); alpha 1, beta 2 from the paper.
+    "assemble_resnet152": ("bottleneck", (5, 12, 30, 3), {**_ASSEMBLE_R, "big_little": (1, 2)}),
+    # The paper's ablation steps, each a row: R50-D + SE (their TF SE: no biases, channels // 16), R50-D + SK
+    # instead, then + Big-Little (the official code drops the deep stem when use_bl is set); + AA is assemble_resnet50.
+    "assemble_r50d_se": ("bottleneck", (3, 4, 6, 3), {"stem": "deep", "shortcut": "D", "se": True, "se_bias": False,
+                                                      "se_divisor": 1, "zero_init_last": True}),
+    "assemble_r50d_sk": ("bottleneck", (3, 4, 6, 3),
+                         {"stem": "deep", "shortcut": "D", "sk": True, "zero_init_last": True}),
+    "assemble_r50_bl_sk": ("bottleneck", (3, 4, 6, 3), {**_ASSEMBLE_R, "aa": None, "big_little": (2, 4)}),
+    # timm: blur in the strided blocks and after a stride-1 stem max-pool; same keys as resnet50.
+    "resnetblur50": ("bottleneck", (3, 4, 6, 3), {"aa": "both"}),
+    # timm's SK ResNets (split-input SK, a 3x3 and a dilated 3x3 path); timm's key layout.
+    "skresnet18": (SelectiveKernelBasic, (2, 2, 2, 2), {}),
+    "skresnet34": (SelectiveKernelBasic, (3, 4, 6, 3), {}),
+}
+for _name, (_block, _layers, _settings) in _ASSEMBLE.items():
+    _kind = getattr(_block, "__name__", _block)
+    register_variant(_name, ResNet, input_size=(3, 224, 224), doc=f"{_name}: {_kind} blocks {_layers} {_settings}",
+                     block=_block, layers=_layers, **_settings)
