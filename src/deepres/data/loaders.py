@@ -200,7 +200,9 @@ def _init_loader_worker(worker_id: int) -> None:
     optimizer step, after saving a checkpoint, and its workers must feed it until then; it stops them itself.
     SIGTERM from the training process (multiprocessing's terminate(), also at its exit) still ends a worker."""
     init_decode_worker(worker_id)
+    # Forked with SIGINT and SIGTERM blocked (Loader.iter_from): ignoring SIGINT drops one already pending.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     # Blocked here, before the worker starts any thread (threads inherit the mask), and taken by one thread below.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     threading.Thread(target=_end_on_sigterm_from_parent, args=(os.getppid(),), daemon=True,
@@ -326,10 +328,15 @@ class Loader:
         self.skipped = 0
         if not self.on_device:
             self._first_batch = first
+            # Workers are forked here (the first time): SIGINT/SIGTERM stay blocked in this thread meanwhile, so a
+            # worker starts with them blocked and a Ctrl-C cannot kill it before _init_loader_worker makes it deaf;
+            # here they are delivered when unblocked.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
                 batches = iter(self._loader)  # the sampler reads _first_batch here
             finally:
                 self._first_batch = 0
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             for batch_index, batch in enumerate(batches, start=first):
                 if isinstance(batch, _WorkerError):
                     raise batch.error  # as the single-process path raises it: one line naming the file
