@@ -56,9 +56,17 @@ def view_overrides(args: argparse.Namespace) -> list[str]:
     """The --set overrides the test-time view options stand for."""
     pairs = (("eval.mode", args.mode), ("eval.crop", args.crop), ("eval.stride", args.stride),
              ("eval.test_steps", args.test_steps), ("data.test_size", args.test_size),
-             ("eval.scale_ratios", f"[{args.scale_ratios}]" if args.scale_ratios else None),
+             ("eval.scale_ratios", parse_ratios(args.scale_ratios) if args.scale_ratios else None),
              ("eval.flip", "true" if args.flip else None))
     return [f"{key}={value}" for key, value in pairs if value is not None]
+
+
+def parse_ratios(text: str | None) -> list[float]:
+    """--scale-ratios "0.5,1,1.5" -> [0.5, 1.0, 1.5]; a ValueError naming the option otherwise."""
+    try:
+        return [float(part) for part in (text or "").split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--scale-ratios {text}: give factors separated by commas, e.g. 0.5,1.0,1.5") from None
 
 
 def parse_test_scales(text: str) -> list[int]:

@@ -20,7 +20,7 @@ from deepres.core.checkpoint import resolve_checkpoint
 from deepres.core.device import default_device
 from deepres.core.files import atomic_write, atomic_write_text
 from deepres.data.seg_labels import CITYSCAPES_CLASSES, cityscapes_train_to_label, palette_for, write_mask_png
-from deepres.eval.cli import add_view_arguments
+from deepres.eval.cli import add_view_arguments, parse_ratios
 from deepres.models import list_models
 from deepres.tasks.build import load_model
 from deepres.tasks.segmentation import SegViews
@@ -30,7 +30,6 @@ from .bench import (DEFAULT_CASES, DEFAULT_PATHS, PATHS, agreement_table, benchm
                     environment, markdown_table)
 from .export import DEFAULT_TOLERANCE, FORMATS, export_model, preprocessing_metadata
 from .predictor import Predictor
-from .preprocess import to_image_tensor
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,7 +168,8 @@ def predict_segmentation(args: argparse.Namespace, model: Predictor, out: Path |
     written: dict[str, str] = {}
     failed = 0
     for result in model.iter_segmentations(list(args.inputs), views=views, probabilities=False,
-                                           skip_bad=args.skip_bad, progress=None if folders else False):
+                                           images=not args.no_overlay, skip_bad=args.skip_bad,
+                                           progress=None if folders else False):
         path = result.get("path", "")
         if result.get("failed"):
             failed += 1
@@ -190,7 +190,7 @@ def predict_segmentation(args: argparse.Namespace, model: Predictor, out: Path |
         else:
             write_mask_png(out / f"{stem}.png", class_map, palette)
         if not args.no_overlay:
-            write_overlay(out / f"{stem}_overlay.jpg", to_image_tensor(path), class_map, palette)
+            write_overlay(out / f"{stem}_overlay.jpg", result["image"], class_map, palette)
     if out is not None:
         kind = "Cityscapes labelId" if args.label_ids else "palette"
         print(f"wrote {len(written)} {kind} PNGs{'' if args.no_overlay else ' and overlays'} to {out}",
@@ -198,14 +198,6 @@ def predict_segmentation(args: argparse.Namespace, model: Predictor, out: Path |
     if failed:
         print(f"{failed} images could not be decoded (marked FAILED)", file=sys.stderr)
     return 0
-
-
-def parse_ratios(text: str | None) -> list[float]:
-    """--scale-ratios "0.5,1,1.5" -> [0.5, 1.0, 1.5]; a ValueError naming the option otherwise."""
-    try:
-        return [float(part) for part in (text or "").split(",") if part.strip()]
-    except ValueError:
-        raise ValueError(f"--scale-ratios {text}: give factors separated by commas, e.g. 0.5,1.0,1.5") from None
 
 
 def write_overlay(path: Path, image: torch.Tensor, class_map: torch.Tensor, palette, alpha: float = 0.5) -> None:

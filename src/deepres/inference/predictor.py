@@ -180,8 +180,9 @@ class Predictor:
         return getattr(self.model, "task", "classification") == "segmentation"
 
     def iter_segmentations(self, inputs, *, views: SegViews = SegViews(), probabilities: bool = True,
-                           skip_bad: bool = False, progress: bool | None = False):
-        """Yield one result dict per image, in input order (see `segment`)."""
+                           images: bool = False, skip_bad: bool = False, progress: bool | None = False):
+        """Yield one result dict per image, in input order (see `segment`); images=True adds "image", the decoded
+        input (C, H, W) (for an overlay, without decoding it again)."""
         items, _ = expand_inputs(inputs)
         names = self.class_names
         with eval_mode(self.model), tqdm(total=len(items), unit="img", disable=None if progress is None
@@ -207,6 +208,8 @@ class Predictor:
                           "class_shares": {n: c / class_map.numel() for n, c in zip(names, counts) if c}}
                 if probabilities:
                     result["probabilities"] = probs
+                if images:
+                    result["image"] = image
                 path = input_path(item)
                 if path is not None:
                     result["path"] = path
