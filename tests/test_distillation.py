@@ -66,3 +66,68 @@ def test_fit_distills_from_a_teacher_checkpoint(tmp_path):
     bad = Config(**base, train=TrainConfig(kd_temperature=0.0))
     with pytest.raises(ValueError, match="kd_temperature"):
         validate_config(bad)
+
+
+# ------------------------------------------------------------------------------------- offline distillation
+def test_stored_teacher_logits_are_looked_up_by_index_and_mixed_with_the_labels_lam():
+    num_classes, t = 4, 2.0
+    stored = torch.randn(10, num_classes)
+    task = ClassificationTask(num_classes, TrainConfig(mixup_alpha=0.4, mixup_per_sample=True, kd_temperature=t),
+                              Config().eval, teacher_logits=stored)
+    labels, indices = torch.tensor([0, 1, 2, 3]), torch.tensor([7, 2, 9, 4])
+    images = torch.randn(4, 1, 2, 2)
+    mixed, (targets, teacher) = task.mix(images, labels, np.random.default_rng(3), indices)
+    # the labels of image i and of its partner (the batch reversed) differ, so targets[i, y_i] is image i's lam
+    lams = targets[torch.arange(4), labels]
+    probs = F.softmax(stored[indices] / t, dim=-1)
+    expected = probs * lams[:, None] + probs.flip(0) * (1 - lams[:, None])
+    assert not torch.allclose(lams, lams[:1].expand(4))  # per-sample lam
+    assert torch.allclose(F.softmax(teacher / t, dim=-1), expected, atol=1e-6)
+    logits = torch.randn(4, num_classes)
+    kd = -(expected * F.log_softmax(logits / t, dim=-1)).sum(1).mean() * t * t
+    assert torch.isclose(task.loss(logits, (targets, teacher)), F.cross_entropy(logits, targets) + kd, atol=1e-5)
+    with pytest.raises(ValueError, match="indices"):
+        task.mix(images, labels, np.random.default_rng(3))
+
+
+def test_loader_batch_indices_name_the_images_of_each_training_batch():
+    from deepres.data import build_loaders
+    cfg = DataConfig(name="synthetic", synthetic_size=(40, 8), batch_size=8)
+    train_loader, _, _ = build_loaders(cfg, "cpu", seed=5)
+    dataset = train_loader.dataset
+    train_loader.set_epoch(1)
+    for i, (_, labels) in enumerate(train_loader):
+        assert torch.equal(labels, dataset.labels[train_loader.batch_indices(i)])
+    assert len(torch.cat([train_loader.batch_indices(i) for i in range(len(train_loader))]).unique()) == 40
+
+
+def _write_recipe(tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(f"model: {{name: {TINY_MODEL}}}\n"
+                      "data: {name: synthetic, synthetic_size: [48, 16], batch_size: 16, in_chans: 1}\n"
+                      "train: {epochs: 1, progress: false}\n")
+    return recipe
+
+
+def test_teacher_logits_command_writes_a_file_a_student_trains_from(tmp_path):
+    from deepres.cli import main
+    from deepres.core.config import load_config
+    from deepres.train.distill import compute_teacher_logits, read_teacher_logits
+    recipe = _write_recipe(tmp_path)
+    teacher_cfg = load_config(str(recipe), [f"run.out_dir={tmp_path}", "run.name=teacher"])
+    fit(teacher_cfg, device="cpu", log=lambda _: None)
+    out = tmp_path / "logits.safetensors"
+    assert main(["teacher-logits", str(tmp_path / "teacher"), str(recipe), "--out", str(out)]) == 0
+    logits, classes = compute_teacher_logits(str(tmp_path / "teacher"), teacher_cfg)
+    stored = read_teacher_logits(out, num_images=48, classes=classes)
+    assert stored.shape == (48, len(classes)) and torch.allclose(stored, logits, atol=1e-2, rtol=1e-2)
+    assert main(["teacher-logits", str(tmp_path / "teacher"), str(recipe), "--out", str(out)]) == 2  # exists
+    with pytest.raises(ValueError, match="rows"):
+        read_teacher_logits(out, num_images=49, classes=classes)
+    with pytest.raises(ValueError, match="classes"):
+        read_teacher_logits(out, num_images=48, classes=classes[:-1] + ["other"])
+    student = load_config(str(recipe), [f"run.out_dir={tmp_path}", "run.name=student", f"train.kd_logits={out}",
+                                        "train.mixup_alpha=0.2", "train.kd_temperature=4"])
+    assert fit(student, device="cpu", log=lambda _: None)["finished"]
+    with pytest.raises(ValueError, match="kd_logits"):
+        load_config(str(recipe), [f"train.kd_logits={out}", f"train.kd_teacher={tmp_path / 'teacher'}"])

@@ -18,6 +18,8 @@ from deepres.core.errors import DownloadError, RunFailedError  # plain exception
 SUBCOMMANDS = {
     "models": ("deepres.models.cli", "list registered models with params and GMACs"),
     "train": ("deepres.train.cli", "train a model from a recipe (YAML) with --set overrides; --resume continues"),
+    "teacher-logits": ("deepres.train.distill", "store a teacher's logits on every training image of a recipe, "
+                                                "for offline distillation (train.kd_logits)"),
     "eval": ("deepres.eval.cli", "evaluate a checkpoint on a dataset (multi-scale and flip testing optional)"),
     "score": ("deepres.eval.score", "score a folder of prediction PNGs from any tool against a segmentation "
                                     "dataset's ground truth"),

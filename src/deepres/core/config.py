@@ -176,6 +176,9 @@ class TrainConfig:
     # Online knowledge distillation: a teacher (run directory, checkpoint, `arch.tag`) run on every (mixed) batch;
     # loss = kd_ce_weight · CE(targets) + kd_weight · T² · soft CE(student/T, softmax(teacher/T)), T = kd_temperature
     kd_teacher: str = ""
+    # Offline distillation: a file of the teacher's logits per training image (`deepres teacher-logits`), looked
+    # up by each batch's image indices; the teacher's softened distributions are mixed with the labels' lam
+    kd_logits: str = ""
     kd_temperature: float = 1.0
     kd_weight: float = 1.0
     kd_ce_weight: float = 1.0
@@ -367,6 +370,8 @@ def validate_config(cfg: Config) -> None:
     need("/" not in cfg.run.name and cfg.run.name not in (".", ".."), "run.name", cfg.run.name,
          "must be a plain directory name")
     need(t.aux_weight >= 0, "train.aux_weight", t.aux_weight, "must be >= 0")
+    need(not (t.kd_teacher and t.kd_logits), "train.kd_logits", t.kd_logits,
+         "and train.kd_teacher are two sources of teacher targets; set one")
     need(t.kd_temperature > 0, "train.kd_temperature", t.kd_temperature, "must be > 0")
     need(t.kd_weight >= 0 and t.kd_ce_weight >= 0, "train.kd_weight/kd_ce_weight", (t.kd_weight, t.kd_ce_weight),
          "must be >= 0")

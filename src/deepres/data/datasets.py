@@ -223,22 +223,26 @@ def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     return train.subset(cfg.limit_train), val.subset(cfg.limit_val)
 
 
-def build_eval_dataset(cfg: DataConfig, classes: list[str] | None = None) -> Dataset:
+def build_eval_dataset(cfg: DataConfig, classes: list[str] | None = None, split: str = "val") -> Dataset:
     """Only the evaluation split (data.val_split), cut to limit_val: for evaluating a trained model.
 
     classes: the class list the model was trained with (a deepres checkpoint stores it). With it, a folder,
     imagenet, list or packed dataset needs no training split: labels index `classes`, and a val folder may hold
     a subset of them. Without it the class list comes from the training split, as in training, except for a
     list dataset with data.class_names, and imagenet without a train folder: the 1000 ImageNet-1k synsets, sorted
-    (shipped with deepres)."""
+    (shipped with deepres). split="train": the training split read the same way (in order, cut to limit_train),
+    e.g. for a teacher's logits on every training image."""
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    limit = cfg.limit_train if split == "train" else cfg.limit_val
     fmt = _format(cfg)
     root = _root(fmt, cfg)
     if classes is None and not fmt.in_memory:
         classes = fmt.eval_classes(cfg, root) if fmt.eval_classes else None
         if classes is None:
-            return _read_pair(cfg)[1].subset(cfg.limit_val)
-    val = fmt.read(cfg, "val", root, None if classes is None else list(classes), False)
+            return _read_pair(cfg)[0 if split == "train" else 1].subset(limit)
+    val = fmt.read(cfg, split, root, None if classes is None else list(classes), False)
     if classes is not None and len(classes) != val.num_classes:
         raise ValueError(f"data.name={cfg.name} has {val.num_classes} classes but the model was trained with "
                          f"{len(classes)}")
-    return val.subset(cfg.limit_val)
+    return val.subset(limit)

@@ -261,6 +261,7 @@ class Loader:
         self.epoch = 0
         self.skipped = 0  # bad images the last pass dropped (evaluation with data.on_bad_image=skip)
         self._first_batch = 0  # the batch the DataLoader's sampler starts at (iter_from)
+        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, its sample order): batch_indices
         self.on_device = on_device
         if on_device:
             self._images = dataset.images.to(device)
@@ -304,6 +305,15 @@ class Loader:
         else:
             seeds = torch.zeros(len(order), dtype=torch.int64)
         return order, seeds
+
+    def batch_indices(self, batch_index: int) -> torch.Tensor:
+        """The dataset indices (int64, on the loader's device) of training batch `batch_index` of the current
+        epoch: what train.kd_logits looks the stored teacher logits up by. A bad image's stand-in keeps its index."""
+        if not self.train:
+            raise ValueError("batch_indices is for training loaders: evaluation may drop bad images from a batch")
+        if self._order is None or self._order[0] != self.epoch:
+            self._order = (self.epoch, self._plan()[0].to(self.device))
+        return self._order[1][batch_index * self.batch_size:(batch_index + 1) * self.batch_size]
 
     def _batch_generator(self, batch_index: int) -> torch.Generator | None:
         if not self.train:
@@ -441,12 +451,13 @@ def _eval_loader(cfg: DataConfig, fmt: DatasetFormat, eval_set, in_chans: int, l
 
 
 def build_eval_loader(cfg: DataConfig, device, *, classes: list[str] | None = None, seed: int = 0, rank: int = 0,
-                      world_size: int = 1):
+                      world_size: int = 1, split: str = "val"):
     """(eval_loader, info) reading only the evaluation split (see build_eval_dataset; `classes`: the class list
-    the model was trained with); info (DataInfo) with train_size 0. For `deepres eval`."""
+    the model was trained with); info (DataInfo) with train_size 0. For `deepres eval`. split="train": the
+    training split through the same evaluation transform, in order."""
     _check_process(seed, rank, world_size)
     fmt = _checked_format(cfg)
-    eval_set = build_eval_dataset(cfg, classes)
+    eval_set = build_eval_dataset(cfg, classes, split)
     num_classes, in_chans = _data_shape(cfg, eval_set)
     loader_args = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
                        on_device=_on_device(cfg, fmt), workers=cfg.workers)

@@ -8,7 +8,6 @@ State-dict keys match torchvision (conv1, bn1, layer1..layer4, fc, downsample.0/
 import math
 from functools import partial
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -12,7 +12,8 @@ from .segmentation import SegmentationTask
 
 # What the loop asks of a task (ClassificationTask is the example): `best_metric` (class attribute: the key of
 # evaluate()'s dict that picks checkpoints/best, higher is better); `from_config(cfg)` (cfg resolved against the
-# data); `mix(images, labels, rng) -> (images, targets)` (the batch as trained on); `loss(logits, targets)` (a
+# data); `mix(images, labels, rng, indices=None) -> (images, targets)` (the batch as trained on;
+# indices: the batch's training-image indices, for stored per-image targets); `loss(logits, targets)` (a
 # float32 mean); `evaluate(model, loader, *, ema_model=None) -> dict` (summed over ranks); `record(metrics)` (the
 # epoch record's fields in metrics.jsonl); `summary(metrics)` (text for the epoch line); `eval_transform(data,
 # in_chans)` (class method: the Preprocess a model trained on that data expects at inference).

@@ -36,8 +36,9 @@ def mixup_cutmix(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int
                  per_sample: bool = False, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, float, str]:
     """Mix each image with the batch reversed; returns (images, targets, lam, mode).
 
-    mode is "none" (targets are the int64 labels), "mixup" or "cutmix" (targets are lam·onehot(y) +
-    (1-lam)·onehot(y reversed)). For cutmix, lam is the share of pixels actually kept after the box is
+    labels: int64 class indices (N,), or per-class probabilities (N, K) (e.g. labels and a teacher's soft targets
+    side by side), mixed alike. mode is "none" (targets are the labels as given), "mixup" or "cutmix" (targets
+    are lam·onehot(y) + (1-lam)·onehot(y reversed)). For cutmix, lam is the share of pixels actually kept after the box is
     clipped at the image border, not the sampled value. per_sample: mixup draws one lam per image (the
     Assemble-ResNet code: lam ~ Beta(alpha, alpha) per sample); lam is then their mean.
     """
@@ -46,12 +47,13 @@ def mixup_cutmix(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int
         return images, labels, 1.0, "none"
     mode = "cutmix" if use_cutmix and (not use_mixup or rng.random() < switch_prob) else "mixup"
     other = images.flip(0)
+    soft = labels if labels.is_floating_point() else one_hot(labels, num_classes)
     if mode == "mixup" and per_sample:
         lams = torch.from_numpy(rng.beta(mixup_alpha, mixup_alpha, size=len(images))).float().to(images.device)
         per_image = lams.view(-1, *[1] * (images.dim() - 1))
         mixed = images * per_image + other * (1.0 - per_image)
         lams = lams[:, None]
-        targets = one_hot(labels, num_classes) * lams + one_hot(labels.flip(0), num_classes) * (1.0 - lams)
+        targets = soft * lams + soft.flip(0) * (1.0 - lams)
         return mixed, targets, float(lams.mean()), mode
     lam = float(rng.beta(cutmix_alpha, cutmix_alpha) if mode == "cutmix" else rng.beta(mixup_alpha, mixup_alpha))
     if mode == "mixup":
@@ -62,7 +64,7 @@ def mixup_cutmix(images: torch.Tensor, labels: torch.Tensor, *, num_classes: int
         mixed = images.clone()
         mixed[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
         lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
-    targets = one_hot(labels, num_classes) * lam + one_hot(labels.flip(0), num_classes) * (1.0 - lam)
+    targets = soft * lam + soft.flip(0) * (1.0 - lam)
     return mixed, targets, lam, mode
 
 
@@ -99,27 +101,45 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
     return soft_target_cross_entropy(logits.float() / t, soft) * t * t
 
 
+def logits_of(probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Logits whose softmax at `temperature` is `probs` (T · log p): a mixed soft target as teacher logits."""
+    return temperature * torch.log(probs.float().clamp_min(1e-12))
+
+
 @dataclass(frozen=True)
 class ClassificationTask:
     """What the training loop asks of classification (the `deepres.tasks.Task` interface). With a `teacher`
-    (train.kd_teacher, set by the trainer) `mix` also runs it on the mixed batch, and the loss adds knowledge
-    distillation: kd_ce_weight · (label-smoothed) CE + kd_weight · T² · soft CE with the teacher."""
+    (train.kd_teacher, set by the trainer) `mix` also runs it on the mixed batch; with stored `teacher_logits`
+    (train.kd_logits: one row per training image) it looks the batch's rows up by index and mixes the teacher's
+    softened distributions with the same lam as the labels. Either way the loss adds knowledge distillation:
+    kd_ce_weight · (label-smoothed) CE + kd_weight · T² · soft CE with the teacher."""
     num_classes: int
     train: TrainConfig  # mixup/cutmix, loss, label smoothing; amp also for evaluation
     eval: EvalConfig  # test-time scales and flip
     teacher: nn.Module | None = None  # online knowledge distillation: a frozen model in eval mode
+    teacher_logits: torch.Tensor | None = None  # offline: (training images, classes), on the training device
     best_metric: ClassVar[str] = "top1"
 
     @classmethod
     def from_config(cls, cfg: Config) -> "ClassificationTask":
         return cls(cfg.model.num_classes, cfg.train, cfg.eval)
 
-    def mix(self, images: torch.Tensor, labels: torch.Tensor,
-            rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def mix(self, images: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator,
+            indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.train
+        stored = self.teacher_logits
+        if stored is not None:  # labels and the teacher's soft targets side by side, mixed with one lam
+            if indices is None:
+                raise ValueError("train.kd_logits needs the training-image indices of each batch (deepres's loaders "
+                                 "give them)")
+            teacher = F.softmax(stored[indices].float() / t.kd_temperature, dim=-1)
+            labels = torch.cat([one_hot(labels, self.num_classes), teacher], dim=1)
         images, targets, _, _ = mixup_cutmix(images, labels, num_classes=self.num_classes, mixup_alpha=t.mixup_alpha,
                                              cutmix_alpha=t.cutmix_alpha, mix_prob=t.mix_prob,
                                              switch_prob=t.mix_switch_prob, per_sample=t.mixup_per_sample, rng=rng)
+        if stored is not None:
+            targets, teacher = targets.split(self.num_classes, dim=1)
+            return images, (targets, logits_of(teacher, t.kd_temperature))
         if self.teacher is None:
             return images, targets
         amp_dtype = AMP_DTYPES[t.amp]

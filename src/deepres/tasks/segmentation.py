@@ -304,8 +304,8 @@ class SegmentationTask:
             raise ValueError("train.loss=bce is for classification; segmentation trains with ce or bootstrap")
         return cls(cfg.model.num_classes, cfg.train, SegViews.from_config(cfg.eval, cfg.data))
 
-    def mix(self, images: torch.Tensor, masks: torch.Tensor,
-            rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def mix(self, images: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator,
+            indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return images, masks  # no batch mixing for masks
 
     def loss(self, output, targets: torch.Tensor) -> torch.Tensor:

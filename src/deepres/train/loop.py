@@ -55,6 +55,8 @@ def train_one_epoch(run: Run) -> dict:
     accum, n_batches, world_size = t.grad_accum_steps, len(run.train_loader), run.dist.world_size
     iters_per_epoch, total_iters, peak_lr = run.iters_per_epoch, run.total_iters, run.peak_lr
     ddp = find_ddp(model)
+    # stored per-image targets (train.kd_logits) are looked up by the batch's training-image indices
+    needs_indices = getattr(task, "teacher_logits", None) is not None and hasattr(run.train_loader, "batch_indices")
     first = state.batches_done  # > 0: resuming inside this epoch
     rng = np.random.default_rng([t.seed, state.epoch])  # mixing depends only on seed + epoch, like the data order
     if first and state.mix_rng is not None:
@@ -81,7 +83,8 @@ def train_one_epoch(run: Run) -> dict:
                 set_drop_block_keep(model, 1.0 - (1.0 - t.dropblock_keep) * state.step / total_iters)
         if t.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        images, targets = task.mix(images, labels, rng)
+        indices = run.train_loader.batch_indices(i) if needs_indices else None
+        images, targets = task.mix(images, labels, rng, indices)
         steps_now = i % accum + 1 >= group_size
         # DDP: gradients are averaged over ranks only in the backward of the micro-batch that steps
         with ddp.no_sync() if ddp is not None and not steps_now else nullcontext():

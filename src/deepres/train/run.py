@@ -25,6 +25,7 @@ from deepres.data import DataInfo, build_loaders
 from deepres.tasks import Task, task_of
 from deepres.tasks.build import build_model, load_initial_weights, load_model, resolve_config
 
+from .distill import read_teacher_logits
 from .ema import ModelEMA
 from .interrupts import StopRequest
 from .optim import create_optimizer, scaled_lr
@@ -129,9 +130,15 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
     if t.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys as BatchNorm
     task = task_of(cfg.data).from_config(cfg)
+    if (t.kd_teacher or t.kd_logits) and not hasattr(task, "teacher"):
+        raise ValueError(f"train.kd_teacher / kd_logits: knowledge distillation is for classification, not "
+                         f"data.name={cfg.data.name}")
     if t.kd_teacher:  # online distillation: the teacher, frozen, on the training device
         teacher = load_model(t.kd_teacher).model.to(device).eval().requires_grad_(False)
         task = replace(task, teacher=teacher)
+    if t.kd_logits:  # offline distillation: the stored logits of this run's training images
+        stored = read_teacher_logits(t.kd_logits, num_images=data.train_size, classes=data.classes)
+        task = replace(task, teacher_logits=stored.to(device))
     run = Run(cfg=cfg, device=device, model=model, optimizer=create_optimizer(model, cfg.optim),
               task=task, train_loader=train_loader, eval_loader=eval_loader, data=data,
               scaler=torch.amp.GradScaler("cuda") if t.amp == "fp16" else None,
