@@ -118,6 +118,25 @@ def test_dropblock_option_adds_no_keys_and_places_modules_in_the_last_two_stages
     assert not torch.allclose(plain(x), dropping(x))
 
 
+@pytest.mark.parametrize("placement, calls_per_block, sizes", [("assemble", 3, {7}), ("timm", 1, {5, 3})])
+def test_dropblock_placement_decides_where_and_how_big(placement, calls_per_block, sizes):
+    model = create_model("resnet50", dropblock=True, dropblock_placement=placement).train()
+    set_drop_block_keep(model, 0.9)
+    calls = {}
+    for name, module in model.named_modules():
+        if isinstance(module, DropBlock2d):
+            module.register_forward_hook(lambda m, i, o, name=name: calls.update({name: calls.get(name, 0) + 1}))
+    model(torch.randn(1, 3, 64, 64))
+    blocks = [n for n in calls if not n.split(".")[-1].isdigit()]  # a block's own drop_block (not a shortcut's)
+    assert len(blocks) == 6 + 3 and {calls[n] for n in blocks} == {calls_per_block}
+    assert any("downsample" in n for n in calls) == (placement == "assemble")
+    assert {model.get_submodule(n).block_size for n in blocks} == sizes
+    if placement == "timm":
+        assert model.layer3[0].drop_block.block_size == 5 and model.layer4[0].drop_block.block_size == 3
+    with pytest.raises(ValueError, match="dropblock_placement"):
+        create_model("resnet20", dropblock=True, dropblock_placement="everywhere")
+
+
 def test_dropblock_on_a_cifar_resnet_trains():
     model = create_model("resnet20", dropblock=True, dropblock_mode="timm", se=True)
     set_drop_block_keep(model, 0.8)

@@ -12,6 +12,7 @@ from deepres.models.complexity import model_complexity
 
 @pytest.mark.parametrize("name, options, side", [
     ("assemble_resnet50", {}, 64), ("resnetblur50", {}, 32), ("skresnet18", {}, 32),
+    ("skresnet50", {}, 64),
     ("resnet20", {"sk": True}, 16), ("resnet20", {"sk": True, "aa": "conv", "aa_size": 5}, 16),
     ("resnet50", {"sk": True, "aa": "stem"}, 32), ("resnet18d", {"aa": "both"}, 32),
 ])
@@ -105,6 +106,23 @@ def test_resnetblur50_loads_timm_keys():
 def test_skresnet18_matches_timm_layout():
     ours = [(k, tuple(v.shape)) for k, v in create_model("skresnet18").state_dict().items()]
     assert ours == read_reference("skresnet18", source="timm")
+
+
+def test_skresnet50_has_timms_bottleneck_layout():
+    model = create_model("skresnet50")
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    resnet50 = {k for k in create_model("resnet50").state_dict() if not k.startswith("layer")}
+    assert resnet50 <= set(state)  # stem and fc as resnet50
+    # layer2.0: planes 128; the SK unit splits them into two 64-channel inputs of a 3x3 and a dilated 3x3 path
+    assert state["layer2.0.conv1.conv.weight"] == (128, 256, 1, 1)
+    assert state["layer2.0.conv2.paths.0.conv.weight"] == state["layer2.0.conv2.paths.1.conv.weight"] == (128, 64, 3, 3)
+    paths = model.layer2[0].conv2.paths
+    assert paths[1].conv.dilation == (2, 2) and paths[0].conv.stride == (2, 2)
+    assert state["layer2.0.conv2.attn.fc_reduce.weight"] == (8, 128, 1, 1)  # make_divisible(128 / 16, 8)
+    assert state["layer2.0.conv2.attn.fc_select.weight"] == (256, 8, 1, 1)
+    assert state["layer2.0.conv3.bn.weight"] == (512,) and state["layer2.0.downsample.0.weight"] == (512, 256, 1, 1)
+    with pytest.raises(ValueError, match="se"):
+        create_model("skresnet50", se=True)
 
 
 def test_assemble_resnet50_exports_to_onnx(tmp_path):

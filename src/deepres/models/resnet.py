@@ -11,7 +11,8 @@ from functools import partial
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .assemble import BigLittleStem, BlurPool2d, SelectiveKernel, SelectiveKernelBasic, big_little_stage
+from .assemble import (BigLittleStem, BlurPool2d, SelectiveKernel, SelectiveKernelBasic, SelectiveKernelBottleneck,
+                       big_little_stage)
 from .base import ResidualNetwork, init_weights, stage_strides_and_dilations
 from .layers import DropBlock2d, SqueezeExcite
 from .registry import register_variant
@@ -50,17 +51,31 @@ def make_shortcut(kind: str, in_chs: int, out_chs: int, stride: int, dilation: i
     raise ValueError(f"shortcut must be 'A', 'B' or 'D', got {kind!r}")
 
 
+DROP_BLOCK_PLACEMENTS = {"assemble": ((7, 7), (0.25, 1.0)), "timm": ((5, 3), (0.25, 1.0))}  # sizes, gamma scales
+
+
+def _check_placement(placement: str) -> str:
+    if placement not in DROP_BLOCK_PLACEMENTS:
+        raise ValueError(f"dropblock_placement must be one of {', '.join(DROP_BLOCK_PLACEMENTS)}, got {placement!r}")
+    return placement
+
+
 class _PostActivationUnit(nn.Module):
     """The end both blocks share: add the shortcut with the last BN before the addition (standard) or after it
     (`bn_after_add`), then ReLU unless `relu_after_add=False` (the torch-residual-networks variants)."""
 
     last_bn = ""  # name of the block's last BatchNorm
     # Optional modules `se` (SqueezeExcite, gating the residual branch before the addition) and `drop_block`
-    # (DropBlock2d after every BN; Assemble-ResNet's order: BN, DropBlock, SE), None when off: no Identity in the
-    # graph, so conv-BN-ReLU fusion patterns stay intact. (Not class attributes: they would hide nn.Module's lookup.)
+    # (DropBlock2d after every BN, Assemble-ResNet's order: BN, DropBlock, SE; or, with drop_block_placement="timm",
+    # only after the BN before the block's middle ReLU: timm's bn2 of a bottleneck, bn1 of a basic block), None when
+    # off: no Identity in the graph, so conv-BN-ReLU fusion patterns stay intact. (Not class attributes: they would
+    # hide nn.Module's lookup.)
+    drop_block_placement = "assemble"
 
-    def dropped(self, x):
-        return x if self.drop_block is None else self.drop_block(x)
+    def dropped(self, x, middle: bool = False):
+        if self.drop_block is None or (self.drop_block_placement == "timm" and not middle):
+            return x
+        return self.drop_block(x)
 
     def gated(self, x):
         return x if self.se is None else self.se(x)
@@ -88,7 +103,7 @@ class BasicBlock(_PostActivationUnit):
 
     def __init__(self, in_chs, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False, se_layer=None,
-                 drop_block=None, sk=False, aa_size=0):
+                 drop_block=None, drop_block_placement="assemble", sk=False, aa_size=0):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
@@ -102,13 +117,14 @@ class BasicBlock(_PostActivationUnit):
         self.bn2 = nn.BatchNorm2d(planes)  # before the addition, or after it with bn_after_add
         self.se = se_layer(planes) if se_layer else None  # timm's key layout: se.fc1, se.fc2
         self.drop_block = drop_block() if drop_block else None
+        self.drop_block_placement = _check_placement(drop_block_placement)
         self.downsample = downsample
         self.bn_after_add = bn_after_add
         self.relu_after_add = relu_after_add
 
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.aa(F.relu(self.dropped(self.bn1(self.conv1(x)))))
+        out = self.aa(F.relu(self.dropped(self.bn1(self.conv1(x)), middle=True)))
         return self.add_shortcut(self.conv2(out), shortcut)
 
 
@@ -122,7 +138,7 @@ class Bottleneck(_PostActivationUnit):
 
     def __init__(self, in_chs, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False, se_layer=None,
-                 drop_block=None, sk=False, aa_size=0):
+                 drop_block=None, drop_block_placement="assemble", sk=False, aa_size=0):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
@@ -141,6 +157,7 @@ class Bottleneck(_PostActivationUnit):
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.se = se_layer(planes * self.expansion) if se_layer else None  # timm's keys: se.fc1, se.fc2
         self.drop_block = drop_block() if drop_block else None
+        self.drop_block_placement = _check_placement(drop_block_placement)
         self.downsample = downsample
         self.bn_after_add = bn_after_add
         self.relu_after_add = relu_after_add
@@ -148,7 +165,7 @@ class Bottleneck(_PostActivationUnit):
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = F.relu(self.dropped(self.bn1(self.conv1(x))))
-        out = self.aa(F.relu(self.dropped(self.bn2(self.conv2(out)))))
+        out = self.aa(F.relu(self.dropped(self.bn2(self.conv2(out)), middle=True)))
         return self.add_shortcut(self.conv3(out), shortcut)
 
 
@@ -172,9 +189,11 @@ class ResNet(ResidualNetwork):
     """Post-activation ResNet, configured by data: block, units per stage, widths and the stem/shortcut kinds.
 
     se: a SqueezeExcite in every block (`se_ratio`, `se_divisor` and `se_bias` as in SqueezeExcite; the
-    Assemble-ResNet TF code: se_bias=False, se_divisor=1). dropblock: DropBlock2d (`dropblock_size`,
-    `dropblock_mode`) after every BN of the blocks of the last two stages, the shortcut's BN included, gamma scale
-    0.25 then 1.0 (Assemble-ResNet's placement in stages 3 and 4); it drops only when the trainer lowers keep_prob
+    Assemble-ResNet TF code: se_bias=False, se_divisor=1). dropblock: DropBlock2d (`dropblock_mode` masks) in the
+    blocks of the last two stages, gamma scale 0.25 then 1.0, placed by `dropblock_placement`: "assemble" after
+    every BN of those blocks, the shortcut's BN included, block size 7 in both stages (Assemble-ResNet's code);
+    "timm" only after the BN before a block's middle ReLU, block sizes 5 then 3 (timm's drop_blocks());
+    `dropblock_size` overrides the size of both stages. It drops only when the trainer lowers keep_prob
     (train.dropblock_keep). Neither changes the keys of a network without them.
     Assemble-ResNet options (models/assemble.py): `sk` SK units for every 3x3 conv; `aa` anti-aliased downsampling
     with a blur of `aa_size` taps in the strided blocks ("conv"), after a stride-1 stem max-pool ("stem") or both;
@@ -185,7 +204,8 @@ class ResNet(ResidualNetwork):
                  strides=None, stem="imagenet", shortcut="B", groups=1, width_per_group=64, output_stride=None,
                  stride_in_1x1=False, bn_after_add=False, relu_after_add=True, drop_rate=0.0,
                  zero_init_last=False, se=False, se_ratio=1 / 16, se_divisor=8, se_bias=True, dropblock=False,
-                 dropblock_size=7, dropblock_mode="assemble", sk=False, aa=None, aa_size=3, big_little=None):
+                 dropblock_size=None, dropblock_mode="assemble", dropblock_placement="assemble", sk=False, aa=None,
+                 aa_size=3, big_little=None):
         super().__init__(num_classes, drop_rate)
         if len(layers) != len(widths):
             raise ValueError(f"layers {layers} and widths {widths} must have the same length")
@@ -211,17 +231,20 @@ class ResNet(ResidualNetwork):
         in_chs = stem_width
         unit = partial(block, groups=groups, base_width=width_per_group, bn_after_add=bn_after_add,
                        relu_after_add=relu_after_add, stride_in_1x1=stride_in_1x1, sk=sk,
+                       drop_block_placement=_check_placement(dropblock_placement),
                        aa_size=aa_size if aa in ("conv", "both") else 0,
                        se_layer=partial(SqueezeExcite, rd_ratio=se_ratio, rd_divisor=se_divisor, bias=se_bias) if se
                        else None)
-        # DropBlock's gamma scale per stage: the last two stages only (Assemble-ResNet: stages 3 and 4)
-        gamma_scales = ((None,) * len(layers) + ((0.25, 1.0) if dropblock else ()))[-len(layers):]
+        # DropBlock's (block size, gamma scale) per stage: the last two stages only (stages 3 and 4 of a ResNet-50)
+        sizes, scales = DROP_BLOCK_PLACEMENTS[dropblock_placement]
+        sizes = (dropblock_size,) * 2 if dropblock_size else sizes
+        drops = ((None,) * len(layers) + (tuple(zip(sizes, scales)) if dropblock else ()))[-len(layers):]
         plan = stage_strides_and_dilations(strides, stem_stride, output_stride)
         self.stage_names = tuple(f"layer{i + 1}" for i in range(len(layers)))
-        for name, n, planes, (stride, dilation, first_dilation), gamma_scale in zip(
-                self.stage_names, layers, widths, plan, gamma_scales):
+        for name, n, planes, (stride, dilation, first_dilation), drop in zip(
+                self.stage_names, layers, widths, plan, drops):
             out_chs = planes * block.expansion
-            drop_block = gamma_scale and partial(DropBlock2d, dropblock_size, gamma_scale, dropblock_mode)
+            drop_block = drop and partial(DropBlock2d, *drop, dropblock_mode)
             if big_little and name != self.stage_names[-1]:
                 project = partial(make_shortcut, shortcut, dilation=1)
                 stage_unit = partial(unit, drop_block=drop_block) if drop_block else unit
@@ -232,7 +255,8 @@ class ResNet(ResidualNetwork):
             downsample = None
             if stride != 1 or in_chs != out_chs:
                 downsample = make_shortcut(shortcut, in_chs, out_chs, stride, dilation)
-                if drop_block and isinstance(downsample, nn.Sequential):  # after the shortcut's BN: no new keys
+                if drop_block and dropblock_placement == "assemble" and isinstance(downsample, nn.Sequential):
+                    # after the shortcut's BN: no new keys
                     downsample.append(drop_block())
             units = [unit(in_chs, planes, stride, downsample, dilation=dilation, first_dilation=first_dilation,
                           drop_block=drop_block)]
@@ -319,6 +343,7 @@ _ASSEMBLE = {
     # timm's SK ResNets (split-input SK, a 3x3 and a dilated 3x3 path); timm's key layout.
     "skresnet18": (SelectiveKernelBasic, (2, 2, 2, 2), {}),
     "skresnet34": (SelectiveKernelBasic, (3, 4, 6, 3), {}),
+    "skresnet50": (SelectiveKernelBottleneck, (3, 4, 6, 3), {}),
 }
 for _name, (_block, _layers, _settings) in _ASSEMBLE.items():
     _kind = getattr(_block, "__name__", _block)
