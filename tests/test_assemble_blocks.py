@@ -159,16 +159,18 @@ if "_test_dropblock_tinynet" not in list_models():
         return model
 
 
-def test_fit_moves_keep_prob_linearly_to_train_dropblock_keep(tmp_path):
+@pytest.mark.parametrize("start, end", [(1.0, 0.9), (0.9, 0.7)])  # from scratch; Assemble's fine-tuning
+def test_fit_moves_keep_prob_linearly_to_train_dropblock_keep(tmp_path, start, end):
     cfg = Config(model=ModelConfig(name="_test_dropblock_tinynet"), data=DataConfig(name="synthetic", batch_size=16),
-                 train=TrainConfig(epochs=2, progress=False, dropblock_keep=0.9),
+                 train=TrainConfig(epochs=2, progress=False, dropblock_keep=end, dropblock_keep_start=start),
                  run=RunConfig(out_dir=str(tmp_path), name="run"))
     _built.clear()
     result = fit(cfg, loaders=tiny_loaders(), device="cpu", log=lambda _: None)
     total = result["step"]  # 64 images / 16 per batch x 2 epochs = 8 optimizer steps
     assert total == 8
     keeps = {m.keep_prob for m in _built[0].modules() if isinstance(m, DropBlock2d)}
-    assert len(keeps) == 1 and keeps.pop() == pytest.approx(1 - 0.1 * (total - 1) / total)  # set for the last step
+    expected = start - (start - end) * (total - 1) / total  # set for the last step
+    assert len(keeps) == 1 and keeps.pop() == pytest.approx(expected)
 
 
 def test_dropblock_keep_is_validated():

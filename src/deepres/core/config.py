@@ -48,6 +48,9 @@ class ModelConfig:
     # / state dict file. A classifier that does not fit is dropped; a segmentation model given a classifier's weights
     # loads them into its backbone. "" = random init
     pretrained: str = ""
+    # Fine-tuning: stop gradients to, and keep in eval mode, the stem (0) or the stem and stages 1..k (k), as
+    # mmpretrain's frozen_stages; -1 = train everything
+    frozen_stages: int = -1
 
 
 @dataclass
@@ -134,6 +137,9 @@ class OptimConfig:
     head_lr_mult: float = 1.0
     bias_lr_mult: float = 1.0
     bias_decay_mult: float = 1.0
+    # Layer-wise lr decay: lr x layer_decay^(S + 1 - depth), depth 0 the stem, 1..S the stages, S + 1 the head
+    # (so the head keeps the full lr and each earlier stage gets layer_decay times the next one's); 1.0 = off
+    layer_decay: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
     eps: float | None = None  # denominator term; None = the optimizer's default (adam 1e-8, adagrad 1e-10, ...)
     alpha: float | None = None  # squared-gradient smoothing: rmsprop alpha (0.99), adadelta rho (0.9); None = default
@@ -184,9 +190,11 @@ class TrainConfig:
     kd_ce_weight: float = 1.0
     ema_decay: float = 0.0  # exponential moving average of weights and buffers, per optimizer step; 0 = off
     grad_clip_norm: float = 0.0  # clip the global gradient L2 norm to this; 0 = off
-    # DropBlock keep probability at the end of training, reached linearly from 1.0 over all optimizer steps (the
-    # Assemble-ResNet schedule); acts on the model's DropBlock2d modules (model.kwargs {dropblock: true}); 1.0 = off
+    # DropBlock keep probability at the end of training, reached linearly from dropblock_keep_start over all
+    # optimizer steps (Assemble-ResNet: 1.0 -> 0.9 from scratch, 0.9 -> 0.7 fine-tuning); acts on the model's
+    # DropBlock2d modules (model.kwargs {dropblock: true}); both 1.0 = off
     dropblock_keep: float = 1.0
+    dropblock_keep_start: float = 1.0
     grad_accum_steps: int = 1  # micro-batches per optimizer step
     amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype; fp16 needs CUDA (GradScaler)
     channels_last: bool = False  # NHWC memory format for model and inputs
@@ -358,6 +366,10 @@ def validate_config(cfg: Config) -> None:
     need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", t.ema_decay, "must be in [0, 1) (0 = off)")
     need(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm, "must be >= 0 (0 = off)")
     need(0.0 < t.dropblock_keep <= 1.0, "train.dropblock_keep", t.dropblock_keep, "must be in (0, 1] (1 = off)")
+    need(0.0 < t.dropblock_keep_start <= 1.0, "train.dropblock_keep_start", t.dropblock_keep_start,
+         "must be in (0, 1]")
+    need(0.0 < o.layer_decay <= 1.0, "optim.layer_decay", o.layer_decay, "must be in (0, 1] (1 = off)")
+    need(m.frozen_stages >= -1, "model.frozen_stages", m.frozen_stages, "must be >= -1 (-1 = nothing frozen)")
     need(o.lr_base_batch >= 1, "optim.lr_base_batch", o.lr_base_batch, "must be >= 1 (images)")
     need(t.grad_accum_steps >= 1, "train.grad_accum_steps", t.grad_accum_steps, "must be >= 1")
     need(t.nonfinite_patience >= 1, "train.nonfinite_patience", t.nonfinite_patience, "must be >= 1")

@@ -99,6 +99,64 @@ class ResidualNetwork(nn.Module):
                 m.zero_init_last()
 
 
+def _network_of(model: nn.Module) -> tuple["ResidualNetwork", str]:
+    """The ResidualNetwork inside `model` (itself, or a segmentation model's backbone) and its key prefix."""
+    backbone = getattr(model, "backbone", None)
+    net, prefix = (backbone, "backbone.") if isinstance(backbone, ResidualNetwork) else (model, "")
+    if not isinstance(net, ResidualNetwork) or not net.stage_names:
+        raise ValueError(f"{type(model).__name__} is not a deepres ResNet-family network: it has no stages")
+    return net, prefix
+
+
+def layer_depths(model: nn.Module) -> tuple[dict[str, int], int]:
+    """({parameter name: depth}, number of stages S): 0 the stem (every module registered before the first
+    stage), k for stage k (1..S; modules after the last stage, e.g. a final norm, count as stage S), S + 1 the
+    classifier and anything outside the network (a segmentation model's heads). Layer-wise lr decay and frozen
+    stages read depths from here."""
+    net, prefix = _network_of(model)
+    stages = len(net.stage_names)
+    depth_of_child, depth = {}, 0
+    for name, _ in net.named_children():
+        if name in net.stage_names:
+            depth = net.stage_names.index(name) + 1
+        depth_of_child[name] = stages + 1 if name == net.classifier_key else depth
+    depths = {}
+    for name, _ in model.named_parameters():
+        inside = name.startswith(prefix)
+        child = name[len(prefix):].split(".")[0] if inside else None
+        depths[name] = depth_of_child.get(child, stages + 1)
+    return depths, stages
+
+
+def frozen_modules(model: nn.Module, frozen_stages: int) -> list[nn.Module]:
+    """The modules mmpretrain's `frozen_stages` freezes: -1 none, 0 the stem, k the stem and stages 1..k."""
+    net, _ = _network_of(model)
+    stages = len(net.stage_names)
+    if not -1 <= frozen_stages <= stages:
+        raise ValueError(f"model.frozen_stages={frozen_stages}: the network has {stages} stages (use -1..{stages})")
+    if frozen_stages < 0:
+        return []
+    out = []
+    for name, child in net.named_children():
+        if name in net.stage_names[frozen_stages:] or name == net.classifier_key:
+            break
+        out.append(child)
+    return out
+
+
+def freeze_stages(model: nn.Module, frozen_stages: int) -> int:
+    """Stop gradients to the frozen modules (see frozen_modules) and put them in eval mode (BatchNorm statistics
+    stay as loaded); call `frozen_modules(...)`'s .eval() again after every model.train(). Returns how many
+    parameters were frozen."""
+    count = 0
+    for module in frozen_modules(model, frozen_stages):
+        module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+            count += p.numel()
+    return count
+
+
 def module_device(module: nn.Module) -> torch.device:
     """The device of a module's first parameter (or buffer); CPU for a module with neither."""
     for tensor in (*module.parameters(), *module.buffers()):

@@ -30,6 +30,7 @@ from deepres.core.config import Config
 from deepres.core.device import AMP_DTYPES, default_device
 from deepres.core.distributed import all_reduce_sum, broadcast_buffers, find_ddp, process_group, raise_if_any_failed
 from deepres.core.errors import NonFiniteLossError, TrainingInterrupted
+from deepres.models.base import frozen_modules
 from deepres.models.bn import freeze_bn_stats, reset_bn_running_stats
 from deepres.models.layers import set_drop_block_keep
 
@@ -64,6 +65,8 @@ def train_one_epoch(run: Run) -> dict:
     model.train()
     if cfg.model.freeze_bn:
         freeze_bn_stats(model)
+    for module in frozen_modules(run.model, cfg.model.frozen_stages):  # frozen stages keep their BN statistics
+        module.eval()
     bar = tqdm(total=max(min(iters_per_epoch - -(-first // accum), total_iters - state.step), 0),
                desc=f"epoch {state.epoch + 1}", disable=not run.progress, leave=False, unit="step", dynamic_ncols=True)
     progress = _ProgressLines(run, every=t.log_every_iters) if not run.progress and run.log is not None else None
@@ -79,8 +82,9 @@ def train_one_epoch(run: Run) -> dict:
             lr = lr_at(state.step, cfg.schedule, peak_lr, iters_per_epoch, total_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
-            if t.dropblock_keep < 1.0:  # DropBlock keep probability: 1.0 -> train.dropblock_keep, linear in steps
-                set_drop_block_keep(model, 1.0 - (1.0 - t.dropblock_keep) * state.step / total_iters)
+            if min(t.dropblock_keep, t.dropblock_keep_start) < 1.0:  # DropBlock keep: start -> end, linear in steps
+                start = t.dropblock_keep_start
+                set_drop_block_keep(model, start - (start - t.dropblock_keep) * state.step / total_iters)
         if t.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         indices = run.train_loader.batch_indices(i) if needs_indices else None

@@ -22,6 +22,7 @@ from deepres.core.device import seed_everything, set_deterministic
 from deepres.core.distributed import DistInfo, raise_if_any_failed, same_on_all_ranks
 from deepres.core.runs import CONFIG_FILE, RunRecorder
 from deepres.data import DataInfo, build_loaders
+from deepres.models.base import freeze_stages
 from deepres.tasks import Task, task_of
 from deepres.tasks.build import build_model, load_initial_weights, load_model, resolve_config
 
@@ -127,6 +128,9 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
         report = load_initial_weights(model, cfg.model.pretrained)
         log(f"model.pretrained: loaded {cfg.model.pretrained}" + (
             f" (left at init: {', '.join(report['dropped'])})" if report["dropped"] else ""))
+    if cfg.model.frozen_stages >= 0:  # before the optimizer, which takes only trainable parameters
+        frozen = freeze_stages(model, cfg.model.frozen_stages)
+        log(f"model.frozen_stages={cfg.model.frozen_stages}: {frozen:,} parameters frozen")
     if t.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys as BatchNorm
     task = task_of(cfg.data).from_config(cfg)
