@@ -32,6 +32,7 @@ from .folders import (ImageFileDataset, TooManyBadImagesError, image_folder, ima
                       list_image_files, read_class_names, read_synset_map)
 from .formats import (FASHION_MNIST_CLASSES, MNIST_CLASSES, ArrayDataset, make_synthetic, read_cifar10,
                       read_cifar100, read_fashion_mnist, read_idx, read_mnist)
+from .imagenet_c import imagenet_c_contents, imagenet_c_dataset
 from .images import IMAGE_EXTENSIONS, BadImageError, is_image_file, load_image
 from .loaders import DataInfo, Loader, build_eval_loader, build_loaders, eval_preprocess
 from .pack import PackOptions, pack_dataset

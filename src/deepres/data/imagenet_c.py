@@ -1,0 +1,119 @@
+"""ImageNet-C on disk (Hendrycks & Dietterich, ICLR 2019): <root>/<corruption>/<severity>/<wnid>/*.JPEG.
+
+Every image is a 224x224 JPEG: an ImageNet val image resized to 256 and centre-cropped to 224, then corrupted.
+Hendrycks' ImageNet-C/test.py evaluates them with a 224 centre crop and no resize. The Zenodo archives
+(noise.tar, blur.tar, weather.tar, digital.tar, extra.tar) unpack to corruption folders at the top level; a tree
+that keeps each archive in a folder of its own name (<root>/noise/gaussian_noise/1/...) is read too.
+"""
+import logging
+from pathlib import Path
+
+from .folders import ImageFileDataset, UnknownClassesError, image_folder, relabel
+
+log = logging.getLogger(__name__)
+
+# The 15 corruptions of the benchmark (mCE), in Hendrycks' order: ImageNet-C/test.py's `distortions`.
+CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+               "jpeg_compression")
+# The 4 held-out corruptions of extra.tar (the paper's validation corruptions).
+EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+SEVERITIES = (1, 2, 3, 4, 5)
+# The Zenodo archive each corruption comes in; its name may be a folder level above the corruption folders.
+CORRUPTION_GROUPS = {
+    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
+    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
+    "weather": ("snow", "frost", "fog", "brightness"),
+    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
+    "extra": EXTRA_CORRUPTIONS,
+}
+_KNOWN = CORRUPTIONS + EXTRA_CORRUPTIONS
+
+
+def _visible_entries(folder: Path) -> list[Path]:
+    return sorted(entry for entry in folder.iterdir() if not entry.name.startswith("."))
+
+
+def _corruption_dirs(root: Path) -> tuple[dict[str, Path], list[Path]]:
+    """({corruption: its folder}, entries that are neither a corruption nor an archive-named folder of them)."""
+    found: dict[str, Path] = {}
+    unknown: list[Path] = []
+
+    def add(name: str, path: Path) -> None:
+        if name in found:
+            raise ValueError(f"ImageNet-C corruption {name!r} is in two places: {found[name]} and {path}")
+        found[name] = path
+
+    for entry in _visible_entries(root):
+        if entry.is_dir() and entry.name in _KNOWN:
+            add(entry.name, entry)
+        elif entry.is_dir() and entry.name in CORRUPTION_GROUPS:
+            for inner in _visible_entries(entry):
+                if inner.is_dir() and inner.name in _KNOWN:
+                    add(inner.name, inner)
+                else:
+                    unknown.append(inner)
+        else:
+            unknown.append(entry)
+    return found, unknown
+
+
+def _severities(corruption_dir: Path) -> tuple[list[int], list[Path]]:
+    """(severity folders 1..5 present, other entries) of one corruption folder."""
+    present, unknown = [], []
+    for entry in _visible_entries(corruption_dir):
+        if entry.is_dir() and entry.name in {str(s) for s in SEVERITIES}:
+            present.append(int(entry.name))
+        else:
+            unknown.append(entry)
+    return sorted(present), unknown
+
+
+def imagenet_c_contents(root) -> dict[str, list[int]]:
+    """{corruption: the severities present} under `root`, corruptions in Hendrycks' order (the 15, then the 4
+    extra). Entries that are no ImageNet-C corruption or severity are left out and named in a warning."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageNet-C folder not found: {root}")
+    found, unknown = _corruption_dirs(root)
+    contents = {}
+    for name in _KNOWN:
+        if name in found:
+            severities, strays = _severities(found[name])
+            unknown += strays
+            if severities:
+                contents[name] = severities
+    if unknown:
+        log.warning("ignoring %d entries under %s that are no ImageNet-C corruption/severity folder: %s", len(unknown),
+                    root, ", ".join(str(p.relative_to(root)) for p in unknown[:10]))
+    if not contents:
+        raise FileNotFoundError(f"no ImageNet-C corruption folders under {root} (expected e.g. "
+                                f"{root / CORRUPTIONS[0] / '1' / 'n01440764'}/*.JPEG)")
+    return contents
+
+
+def imagenet_c_dataset(root, corruption: str, severity: int, classes: list[str], **options) -> ImageFileDataset:
+    """The images of one corruption at one severity, labels indexing `classes` (the model's class list, e.g. the
+    1000 sorted ImageNet synsets). A folder may hold a subset of the classes; a class folder not in `classes` is
+    an error naming it. `options` go to ImageFileDataset (on_bad_image, max_pixels, ...)."""
+    if corruption not in _KNOWN:
+        raise ValueError(f"unknown ImageNet-C corruption {corruption!r}; expected one of {', '.join(_KNOWN)}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"ImageNet-C severity must be one of {SEVERITIES}, got {severity!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageNet-C folder not found: {root}")
+    found, _ = _corruption_dirs(root)
+    if corruption not in found:
+        raise FileNotFoundError(f"ImageNet-C corruption folder {root / corruption} not found")
+    folder = found[corruption] / str(severity)
+    if not folder.is_dir():
+        present = _severities(found[corruption])[0]
+        raise FileNotFoundError(f"ImageNet-C severity folder {folder} not found (severities present: "
+                                f"{', '.join(map(str, present)) or 'none'})")
+    dataset = image_folder(folder, class_depth=1, **options)
+    try:
+        return relabel(dataset, classes)
+    except UnknownClassesError as e:
+        raise ValueError(f"ImageNet-C class folder {folder / e.unknown[0]} is not among the model's "
+                         f"{len(classes)} classes ({len(e.unknown)} unknown in all)") from None
