@@ -10,8 +10,11 @@ import pytest
 from scipy.io import savemat
 
 from data_helpers import write_image
+from deepres.core.config import load_config
 from deepres.data import DataConfig, build_datasets, build_eval_dataset, build_loaders, format_shape, get_format
 from deepres.data.transfer import FLOWERS102_CLASSES
+from deepres.models.pretrained import get_pretrained
+from deepres.tasks.build import model_shape
 
 
 def _write_lines(path: Path, lines) -> None:
@@ -315,3 +318,16 @@ def test_an_unknown_split_word_lists_the_accepted_ones(tmp_path, name, split, ac
     with pytest.raises(ValueError, match=rf"{name} has no split '{split}': data.train_split / data.val_split take "
                                          rf"{accepted}$"):
         build_datasets(DataConfig(name=name, root=str(tmp_path), train_split=split))
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+@pytest.mark.parametrize("name, classes", [("food101", 101), ("cub200", 200), ("stanford_cars", 196),
+                                           ("flowers102", 102), ("pets", 37), ("aircraft", 100)])
+def test_fine_tuning_recipes_start_from_published_resnet50_weights_with_a_new_head(name, classes):
+    cfg = load_config(f"{name}/resnet50_ft")
+    assert cfg.data.name == name and cfg.data.val_split == "test"
+    record = get_pretrained(cfg.model.pretrained)
+    assert record.arch == cfg.model.name == "resnet50" and record.num_classes == 1000
+    assert model_shape(cfg) == (classes, 3)  # the format fixes the head; the 1000-way fc is left out when loading
+    assert cfg.schedule.name == "cosine" and cfg.schedule.warmup_iters > 0 and cfg.train.epochs == 100
+    assert cfg.expect.accuracy > 0 and "Published" in cfg.expect.note
