@@ -267,8 +267,9 @@ def build_eval_dataset(cfg: DataConfig, classes: list[str] | None = None) -> Dat
     classes: the class list the model was trained with (a deepres checkpoint stores it). With it, a folder,
     imagenet, list or packed dataset needs no training split: labels index `classes`, and a val folder may hold
     a subset of them. Without it the class list comes from the training split, as in training, except for a
-    list dataset with data.class_names, and imagenet without a train folder: the 1000 ImageNet-1k synsets, sorted
-    (shipped with deepres)."""
+    list dataset with data.class_names, imagenet without a train folder (the 1000 ImageNet-1k synsets, sorted,
+    shipped with deepres), and the formats whose class list is their own (voc, cityscapes, ade20k, the transfer
+    sets of deepres.data.transfer)."""
     fmt = _format(cfg)
     root = _root(fmt, cfg)
     if classes is None and not fmt.in_memory:

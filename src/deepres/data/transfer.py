@@ -1,9 +1,10 @@
 """The transfer-learning (fine-grained) classification datasets, each read in its official on-disk layout.
 
 Every reader takes (root, split, **options) and returns an ImageFileDataset whose classes are the dataset's own
-list in label order, the same list for every split; a `<name>_classes(root)` gives that list alone (to evaluate a
-trained model without the train split). `split` is the word from data.train_split / data.val_split; each dataset
-maps the words it accepts onto its own splits (the *_SPLITS tables), so the config defaults train/val read:
+list in label order, the same list for every split; `<name>_classes(root)` gives that list alone, to evaluate a
+trained model without the train split (flowers102: FLOWERS102_CLASSES, its files hold label numbers only).
+`split` is the word from data.train_split / data.val_split; each dataset maps the words it accepts onto its own
+splits (the *_SPLITS tables), so the config defaults train/val read:
 
 - food101 (ETHZ Food-101): train -> meta/train.txt, val/test -> meta/test.txt ("apple_pie/1005649" lines, images at
   images/apple_pie/1005649.jpg); classes from meta/classes.txt (meta/labels.txt, the readable names, is not read).
@@ -153,12 +154,14 @@ def _mat_variable(mat: dict, key: str, path: Path) -> np.ndarray:
 
 
 def _mat_scalar(value):
-    """One MATLAB value as a Python scalar or str, whether loadmat squeezed it or left it a 1x1 array."""
+    """One MATLAB value as a Python number or str, whether loadmat squeezed it or left it a 1x1 array."""
     array = np.asarray(value).ravel()
     if array.size != 1:
         raise ValueError(f"expected one value, got {array.size}")
     item = array[0]
-    return str(item) if isinstance(item, (str, np.str_)) else item.item() if hasattr(item, "item") else item
+    if isinstance(item, str):  # np.str_ too
+        return str(item)
+    return item.item() if isinstance(item, np.generic) else item
 
 
 def _mat_numbers(values: np.ndarray, path: Path, key: str) -> list[int]:
@@ -284,11 +287,6 @@ def stanford_cars_dataset(root, split: str, **options) -> ImageFileDataset:
 
 
 # ----------------------------------------------------------------------------------- Oxford 102 Flowers
-def flowers102_classes(root=None) -> list[str]:
-    """The 102 flower names by label (the files hold numbers only)."""
-    return list(FLOWERS102_CLASSES)
-
-
 def flowers102_dataset(root, split: str, **options) -> ImageFileDataset:
     """Oxford 102 Flowers' train, val (1,020 images each), test (6,149) or trainval (2,040) images."""
     root = Path(root)
@@ -309,7 +307,7 @@ def flowers102_dataset(root, split: str, **options) -> ImageFileDataset:
             raise ValueError(f"{labels_path}: labels[{image_id}] is {label}, not a class number "
                              f"1..{len(FLOWERS102_CLASSES)}")
         samples.append((str(image_dir / f"image_{image_id:05d}.jpg"), label - 1))
-    return ImageFileDataset(samples, flowers102_classes(), **options)
+    return ImageFileDataset(samples, list(FLOWERS102_CLASSES), **options)  # the files hold numbers only
 
 
 # ------------------------------------------------------------------------------------ Oxford-IIIT Pet
