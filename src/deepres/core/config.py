@@ -27,7 +27,8 @@ RECIPES_DIR = Path(os.environ.get("DEEPRES_RECIPES") or Path(__file__).resolve()
 
 # The dataset formats deepres reads (deepres.data registers one record for each; a test keeps the two equal)
 DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "folder", "imagenet", "list", "packed",
-                      "synthetic", "pairs", "voc", "cityscapes", "ade20k"]
+                      "synthetic", "pairs", "voc", "cityscapes", "ade20k", "food101", "cub200", "stanford_cars",
+                      "flowers102", "pets", "aircraft"]
 
 
 @dataclass
@@ -60,6 +61,8 @@ class DataConfig:
     root: str = ""  # dataset directory; "" = the format's default location (e.g. the Debian Fashion-MNIST path)
     train_split: str = "train"  # folder/list: sub-folder or list file (relative to root) for training
     val_split: str = "val"  # folder/list: sub-folder or list file for evaluation ("test" for CIFAR/MNIST-style sets)
+    # Transfer sets name their own splits: train/val read food101, cub200, stanford_cars train/test, pets trainval/test,
+    # flowers102 and aircraft train/val (both also take trainval and test: the usual fine-tuning pair)
     num_classes: int = 0  # 0 = take it from the dataset
     in_chans: int = 0  # 0 = take it from the dataset (1 for MNIST-style, 3 otherwise)
     # Training-time augmentation

@@ -5,7 +5,8 @@ from deepres.core.config import DataConfig, validate_data_config
 
 from .fetch import DATASETS
 from .imagenet_classes import imagenet_class_names, imagenet_synsets
-from .folders import ImageFileDataset, image_folder, image_list, imagenet_val, read_class_names, relabel
+from .folders import (ImageFileDataset, UnknownClassesError, image_folder, image_list, imagenet_val, read_class_names,
+                      relabel)
 from .packed_reader import read_packed
 from .formats import (CIFAR10_CLASSES, CIFAR_SIDE, FASHION_MNIST_CLASSES, MNIST_CLASSES, MNIST_SIDE, ArrayDataset,
                       make_synthetic, read_cifar10, read_cifar100, read_fashion_mnist, read_mnist)
@@ -13,6 +14,9 @@ from .registry import DatasetFormat, get_format, list_formats, register_format
 from .seg_labels import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
 from .segmentation import (SegmentationDataset, ade20k_class_names, ade20k_dataset, cityscapes_dataset,
                            pairs_dataset, read_pair_classes, voc_dataset)
+from .transfer import (FLOWERS102_CLASSES, aircraft_classes, aircraft_dataset, cub200_classes, cub200_dataset,
+                       flowers102_dataset, food101_classes, food101_dataset, pets_classes, pets_dataset,
+                       stanford_cars_classes, stanford_cars_dataset)
 
 Dataset = ArrayDataset | ImageFileDataset  # SegmentationDataset is an ImageFileDataset
 
@@ -159,6 +163,27 @@ def _read_ade20k(cfg: DataConfig, split: str, root: Path, classes, training) -> 
     return _seg_classes(dataset, classes, f"ADE20K {_split_dir(cfg, split)}")
 
 
+# Transfer-learning readers (deepres.data.transfer): the class list is the dataset's own, the same for every split;
+# labels are moved onto a trained model's list when it differs (it must hold every class of the dataset).
+def _transfer(read_split):
+    """The reader of a transfer-learning format from its (root, split word, **options) reader."""
+    def read(cfg: DataConfig, split: str, root: Path, classes, training) -> ImageFileDataset:
+        dataset = read_split(root, _split_dir(cfg, split), **_file_options(cfg))
+        if classes is None or list(classes) == dataset.classes:
+            return dataset
+        try:
+            return relabel(dataset, list(classes))
+        except UnknownClassesError as e:
+            raise ValueError(f"data.name={cfg.name} {_split_dir(cfg, split)}: {len(e.unknown)} classes are not among "
+                             f"the model's {len(classes)}, e.g. {e.unknown[:3]}") from None
+    return read
+
+
+def _from_files(read_classes):
+    """eval_classes of a format whose class list is in its files."""
+    return lambda cfg, root: read_classes(root)
+
+
 def _fixed(names):
     """eval_classes of a format whose class list is fixed."""
     return lambda cfg, root: list(names)
@@ -191,6 +216,19 @@ for _fmt in (
                   in_chans=3, class_names=CITYSCAPES_CLASSES, eval_classes=_fixed(CITYSCAPES_CLASSES)),
     DatasetFormat("ade20k", _read_ade20k, task="segmentation", num_classes=len(ADE20K_CLASSES), in_chans=3,
                   class_names=ADE20K_CLASSES, eval_classes=lambda cfg, root: ade20k_class_names(root)),
+    # Transfer-learning classification sets in their official layouts; class names are in the files (flowers102:
+    # numbers only, names fixed here). num_classes: the published sets', for a model built without data.
+    DatasetFormat("food101", _transfer(food101_dataset), num_classes=101, in_chans=3,
+                  eval_classes=_from_files(food101_classes)),
+    DatasetFormat("cub200", _transfer(cub200_dataset), num_classes=200, in_chans=3,
+                  eval_classes=_from_files(cub200_classes)),
+    DatasetFormat("stanford_cars", _transfer(stanford_cars_dataset), num_classes=196, in_chans=3,
+                  eval_classes=_from_files(stanford_cars_classes)),
+    DatasetFormat("flowers102", _transfer(flowers102_dataset), num_classes=len(FLOWERS102_CLASSES), in_chans=3,
+                  class_names=FLOWERS102_CLASSES, eval_classes=_fixed(FLOWERS102_CLASSES)),
+    DatasetFormat("pets", _transfer(pets_dataset), num_classes=37, in_chans=3, eval_classes=_from_files(pets_classes)),
+    DatasetFormat("aircraft", _transfer(aircraft_dataset), num_classes=100, in_chans=3,
+                  eval_classes=_from_files(aircraft_classes)),
 ):
     register_format(_fmt)
 
@@ -229,9 +267,10 @@ def build_eval_dataset(cfg: DataConfig, classes: list[str] | None = None, split:
     classes: the class list the model was trained with (a deepres checkpoint stores it). With it, a folder,
     imagenet, list or packed dataset needs no training split: labels index `classes`, and a val folder may hold
     a subset of them. Without it the class list comes from the training split, as in training, except for a
-    list dataset with data.class_names, and imagenet without a train folder: the 1000 ImageNet-1k synsets, sorted
-    (shipped with deepres). split="train": the training split read the same way (in order, cut to limit_train),
-    e.g. for a teacher's logits on every training image."""
+    list dataset with data.class_names, imagenet without a train folder (the 1000 ImageNet-1k synsets, sorted,
+    shipped with deepres), and the formats whose class list is their own (voc, cityscapes, ade20k, the transfer
+    sets of deepres.data.transfer). split="train": the training split read the same way (in order, cut to
+    limit_train), e.g. for a teacher's logits on every training image."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     limit = cfg.limit_train if split == "train" else cfg.limit_val
