@@ -98,6 +98,12 @@ class DataConfig:
     exif_rotate: bool = False  # apply EXIF orientation; off for ImageNet parity
     limit_train: int = 0  # use only the first N training images (0 = all); for smoke runs
     limit_val: int = 0  # use only the first N evaluation images (0 = all)
+    # Class subsets (e.g. pre-train on Fashion-MNIST classes 0-4, fine-tune on 5-9): keep only these classes, given
+    # as indices or names of the format's class list, in both splits, renumbered 0..k-1 in the order given; [] = all
+    keep_classes: list[int | str] = field(default_factory=list)
+    # Few labels: keep this many training images of each class, drawn with data.subset_seed (0 = all)
+    labels_per_class: int = 0
+    subset_seed: int = 0
     synthetic_size: tuple[int, int] = (512, 128)  # synthetic: (train, val) image counts
     synthetic_image_size: int = 32  # synthetic: image side, pixels
     max_image_pixels: int = 89_478_485  # width*height above this is a bad image (replaces Pillow's bomb limit)
@@ -436,6 +442,10 @@ def validate_data_config(data: DataConfig) -> None:
         raise ValueError(f"data.max_image_pixels must be >= 1, got {data.max_image_pixels}")
     if data.limit_train < 0 or data.limit_val < 0:
         raise ValueError(f"data.limit_train / limit_val must be >= 0, got {data.limit_train} / {data.limit_val}")
+    if data.labels_per_class < 0:
+        raise ValueError(f"data.labels_per_class must be >= 0 (0 = all), got {data.labels_per_class}")
+    if len(set(map(str, data.keep_classes))) != len(data.keep_classes):
+        raise ValueError(f"data.keep_classes names a class twice: {data.keep_classes}")
     parse_eval_preset(data.eval_preset, data.image_size)  # raises for an unknown preset
     parse_auto_augment(data.auto_augment, data.auto_augment_convention)  # raises for an unknown policy
 

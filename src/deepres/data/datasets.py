@@ -1,5 +1,8 @@
 """From a DataConfig to the (train, eval) dataset pair: the built-in format records and root resolution."""
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from deepres.core.config import DataConfig, validate_data_config
 
@@ -10,7 +13,7 @@ from .folders import (ImageFileDataset, UnknownClassesError, image_folder, image
 from .packed_reader import read_packed
 from .formats import (CIFAR10_CLASSES, CIFAR_SIDE, FASHION_MNIST_CLASSES, MNIST_CLASSES, MNIST_SIDE, ArrayDataset,
                       make_synthetic, read_cifar10, read_cifar100, read_fashion_mnist, read_mnist)
-from .registry import DatasetFormat, get_format, list_formats, register_format
+from .registry import DatasetFormat, get_format, kept_class_indices, list_formats, register_format
 from .seg_labels import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
 from .segmentation import (SegmentationDataset, ade20k_class_names, ade20k_dataset, cityscapes_dataset,
                            pairs_dataset, read_pair_classes, voc_dataset)
@@ -255,9 +258,59 @@ def _read_pair(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     return train, fmt.read(cfg, "val", root, list(train.classes), True)
 
 
+def _labels_of(dataset: Dataset) -> list[int]:
+    return dataset.labels.tolist() if isinstance(dataset, ArrayDataset) else dataset.targets
+
+
+def _select(dataset: Dataset, keep: list[int], labels: list[int], classes: list[str]) -> Dataset:
+    """Samples `keep` of `dataset`, relabelled `labels`, over `classes`."""
+    if isinstance(dataset, ArrayDataset):
+        return ArrayDataset(dataset.images[torch.tensor(keep, dtype=torch.long)], torch.tensor(labels), classes)
+    if isinstance(dataset, SegmentationDataset):
+        raise ValueError("data.keep_classes / labels_per_class select images of classes: they are for "
+                         "classification formats, not segmentation")
+    samples = [(dataset.samples[i][0], label) for i, label in zip(keep, labels)]
+    return ImageFileDataset(samples, classes, **dataset._options())
+
+
+def keep_classes(dataset: Dataset, wanted: list) -> Dataset:
+    """Only the images of the classes `wanted` names (indices or names), renumbered in that order."""
+    kept = kept_class_indices(dataset.classes, wanted)
+    new_label = {old: new for new, old in enumerate(kept)}
+    keep = [i for i, label in enumerate(_labels_of(dataset)) if label in new_label]
+    labels = [new_label[label] for label in _labels_of(dataset) if label in new_label]
+    return _select(dataset, keep, labels, [dataset.classes[i] for i in kept])
+
+
+def labels_per_class(dataset: Dataset, n: int, seed: int) -> Dataset:
+    """n images of every class, drawn at random with `seed` (the same draw for the same data and seed), in the
+    dataset's order; ValueError naming a class with fewer."""
+    labels = torch.tensor(_labels_of(dataset))
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for label, name in enumerate(dataset.classes):
+        members = (labels == label).nonzero().flatten()
+        if len(members) < n:
+            raise ValueError(f"data.labels_per_class={n} but class {name!r} has {len(members)} training images")
+        keep += members[torch.randperm(len(members), generator=generator)[:n]].tolist()
+    keep.sort()
+    return _select(dataset, keep, labels[keep].tolist(), list(dataset.classes))
+
+
+def _restricted(cfg: DataConfig, dataset: Dataset, train: bool) -> Dataset:
+    """data.keep_classes (both splits) and data.labels_per_class (training only) applied."""
+    if cfg.keep_classes:
+        dataset = keep_classes(dataset, cfg.keep_classes)
+    if train and cfg.labels_per_class:
+        dataset = labels_per_class(dataset, cfg.labels_per_class, cfg.subset_seed)
+    return dataset
+
+
 def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
-    """The (train, eval) datasets the config names, cut to limit_train / limit_val."""
+    """The (train, eval) datasets the config names (data.keep_classes / labels_per_class applied), cut to
+    limit_train / limit_val."""
     train, val = _read_pair(cfg)
+    train, val = _restricted(cfg, train, True), _restricted(cfg, val, False)
     return train.subset(cfg.limit_train), val.subset(cfg.limit_val)
 
 
@@ -276,6 +329,13 @@ def build_eval_dataset(cfg: DataConfig, classes: list[str] | None = None, split:
     limit = cfg.limit_train if split == "train" else cfg.limit_val
     fmt = _format(cfg)
     root = _root(fmt, cfg)
+    if cfg.keep_classes:  # the split as the format labels it, then the kept classes; a model's list must be them
+        whole = replace(cfg, keep_classes=[], limit_train=0, limit_val=0)
+        kept = _restricted(cfg, build_eval_dataset(whole, None, split), split == "train")
+        if classes is not None and list(classes) != kept.classes:
+            raise ValueError(f"data.keep_classes gives the classes {kept.classes[:5]}... but the model was trained "
+                             f"with {list(classes)[:5]}...")
+        return kept.subset(limit)
     if classes is None and not fmt.in_memory:
         classes = fmt.eval_classes(cfg, root) if fmt.eval_classes else None
         if classes is None:

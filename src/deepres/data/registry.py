@@ -76,14 +76,34 @@ def _for(fact, cfg: DataConfig):
     return fact(cfg) if callable(fact) else fact
 
 
+def kept_class_indices(classes: Sequence[str], wanted: Sequence, where: str = "the dataset") -> list[int]:
+    """data.keep_classes -> indices into `classes`: each entry an index or a class name; ValueError naming one
+    that is neither."""
+    out = []
+    for item in wanted:
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(classes):
+            out.append(item)
+        elif str(item) in classes:
+            out.append(list(classes).index(str(item)))
+        else:
+            raise ValueError(f"data.keep_classes: {item!r} is neither a class index (0..{len(classes) - 1}) nor a "
+                             f"class name of {where} ({', '.join(list(classes)[:5])}...)")
+    return out
+
+
 def format_shape(cfg: DataConfig) -> tuple[int, int, list[str] | None] | None:
-    """(num_classes, in_chans, class names or None) that cfg's format fixes; None when the data decides."""
+    """(num_classes, in_chans, class names or None) that cfg's format fixes (after data.keep_classes); None when
+    the data decides."""
     fmt = get_format(cfg.name)
     num_classes = _for(fmt.num_classes, cfg)
     if num_classes is None or fmt.in_chans is None:
         return None
     names = _for(fmt.class_names, cfg)
-    return num_classes, fmt.in_chans, None if names is None else list(names)
+    names = None if names is None else list(names)
+    if cfg.keep_classes:
+        num_classes = len(cfg.keep_classes)
+        names = None if names is None else [names[i] for i in kept_class_indices(names, cfg.keep_classes)]
+    return num_classes, fmt.in_chans, names
 
 
 def stored_side(cfg: DataConfig) -> int | None:
