@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "teacher-logits": ("deepres.train.distill", "store a teacher's logits on every training image of a recipe, "
                                                 "for offline distillation (train.kd_logits)"),
     "eval": ("deepres.eval.cli", "evaluate a checkpoint on a dataset (multi-scale and flip testing optional)"),
+    "robustness": ("deepres.eval.robustness_cli", "corruption error (mCE) and flip rate (mFR) of a classifier: "
+                                                  "corruptions made on the fly, or an ImageNet-C folder"),
     "score": ("deepres.eval.score", "score a folder of prediction PNGs from any tool against a segmentation "
                                     "dataset's ground truth"),
     "data": ("deepres.data.cli", "get MNIST / Fashion-MNIST, verify that every image decodes, or pack a dataset"),

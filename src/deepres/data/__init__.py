@@ -34,7 +34,7 @@ from .formats import (FASHION_MNIST_CLASSES, MNIST_CLASSES, ArrayDataset, make_s
                       read_cifar100, read_fashion_mnist, read_idx, read_mnist)
 from .imagenet_c import imagenet_c_contents, imagenet_c_dataset
 from .images import IMAGE_EXTENSIONS, BadImageError, is_image_file, load_image
-from .loaders import DataInfo, Loader, build_eval_loader, build_loaders, eval_preprocess
+from .loaders import DataInfo, Loader, build_eval_loader, build_loaders, eval_loader_of, eval_preprocess
 from .pack import PackOptions, pack_dataset
 from .packed_reader import PackedDataset, read_packed
 from .seg_transforms import SegEvalTransform, SegTrainTransform

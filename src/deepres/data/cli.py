@@ -1,11 +1,16 @@
-"""`deepres data get NAME`, `deepres data verify DIR` and `deepres data pack SRC OUT`."""
+"""`deepres data get NAME`, `deepres data verify DIR`, `deepres data pack SRC OUT`, `deepres data make ...` and
+`deepres data make-corrupted SRC OUT`."""
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from deepres.core.config import Config, DataConfig, apply_overrides
 
+from .corruptions import parse_corruptions, parse_severities
+from .datasets import build_eval_dataset
 from .fetch import DATASETS, canonical_name, find_local, get_dataset
 from .formats import read_mnist
+from .imagenet_c import write_imagenet_c
 from .images import DEFAULT_MAX_PIXELS
 from .pack import PackOptions, pack_dataset, parse_byte_size
 from .packed_reader import ENCODINGS, SPLITS
@@ -81,6 +86,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pack.add_argument("--force", action="store_true", help="replace OUT if it is an existing pack")
     pack.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    corrupted = actions.add_parser(
+        "make-corrupted", help="write a corrupted copy of a dataset's evaluation split in the ImageNet-C layout",
+        description="Read SRC's evaluation split (as --dataset, with data.* --set options), centre-crop it when "
+                    "asked, and write every image under every corruption and severity as "
+                    "OUT/<corruption>/<severity>/<class>/<name>.JPEG (quality 85, as Hendrycks' ImageNet-C), seeded "
+                    "by image index: the images `deepres robustness` makes on the fly, for other tools.")
+    corrupted.add_argument("src", type=Path, help="the dataset root (data.root); '-' for the format's default")
+    corrupted.add_argument("out", type=Path, help="output folder (must not exist)")
+    corrupted.add_argument("--dataset", choices=list_formats(task="classification"), default="folder",
+                           help="data.name of SRC (default folder)")
+    corrupted.add_argument("--format", choices=["imagenet-c"], default="imagenet-c", help="the layout written")
+    corrupted.add_argument("--corruptions", default="standard",
+                           help="standard (the 15), extra (the 4 held-out), all, or names a,b,c")
+    corrupted.add_argument("--severities", default="1-5", help="1-5, or severities a,b,c")
+    corrupted.add_argument("--resize", type=int, default=0,
+                           help="resize the shorter side to this first (ImageNet-C: 256; default: as stored)")
+    corrupted.add_argument("--crop", type=int, default=0, help="then centre-crop to this (ImageNet-C: 224)")
+    corrupted.add_argument("--scale", default="auto", choices=("auto", "imagenet", "cifar"),
+                           help="the corruption parameter table: by image size (auto), ImageNet's or CIFAR's")
+    corrupted.add_argument("--seed", type=int, default=0, help="corruption seed")
+    corrupted.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                           help="how to read SRC, any data.* key: e.g. --set val_split=test")
+    corrupted.add_argument("--quiet", action="store_true", help="no progress bar")
+
     make = actions.add_parser("make", help="generate a dataset from real images: fashion-mnist-scenes",
                               description="fashion-mnist-scenes: 64x64 canvases with 2-4 Fashion-MNIST items each at "
                                           "random positions and scales 0.75-1.5x, later ones occluding earlier ones, "
@@ -143,6 +172,20 @@ def _pack(args) -> int:
     return 0
 
 
+def _make_corrupted(args) -> int:
+    cfg = _source_config(args)
+    if str(args.src) == "-":
+        cfg = replace(cfg, root="")
+    corruptions = parse_corruptions(args.corruptions)
+    severities = parse_severities(args.severities)
+    dataset = build_eval_dataset(cfg)
+    written = write_imagenet_c(dataset, args.out, corruptions, severities, resize=args.resize, crop=args.crop,
+                               seed=args.seed, scale=args.scale, progress=not args.quiet)
+    print(f"wrote {written} images ({len(dataset)} x {len(corruptions)} corruptions x {len(severities)} severities) "
+          f"to {args.out}; evaluate with `deepres robustness CHECKPOINT --imagenet-c {args.out}`")
+    return 0
+
+
 def _make(args) -> int:
     source = args.source or find_local("fashion-mnist")
     if source is None:
@@ -158,5 +201,5 @@ def _make(args) -> int:
 
 
 def run(args) -> int:
-    commands = {"get": _get, "verify": _verify, "pack": _pack, "make": _make}
+    commands = {"get": _get, "verify": _verify, "pack": _pack, "make": _make, "make-corrupted": _make_corrupted}
     return commands[args.data_command](args)

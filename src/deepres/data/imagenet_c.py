@@ -6,8 +6,17 @@ Hendrycks' ImageNet-C/test.py evaluates them with a 224 centre crop and no resiz
 that keeps each archive in a folder of its own name (<root>/noise/gaussian_noise/1/...) is read too.
 """
 import logging
+import os
+import shutil
 from pathlib import Path
 
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from . import transforms as T
+from .corruptions import corrupt
 from .folders import ImageFileDataset, UnknownClassesError, image_folder, relabel
 
 log = logging.getLogger(__name__)
@@ -92,6 +101,11 @@ def imagenet_c_contents(root) -> dict[str, list[int]]:
     return contents
 
 
+def class_folder(name: str) -> str:
+    """The folder a class's images go in: its name, with path separators replaced ("T-shirt/top" -> "T-shirt_top")."""
+    return name.replace("/", "_").replace(os.sep, "_")
+
+
 def imagenet_c_dataset(root, corruption: str, severity: int, classes: list[str], **options) -> ImageFileDataset:
     """The images of one corruption at one severity, labels indexing `classes` (the model's class list, e.g. the
     1000 sorted ImageNet synsets). A folder may hold a subset of the classes; a class folder not in `classes` is
@@ -112,8 +126,57 @@ def imagenet_c_dataset(root, corruption: str, severity: int, classes: list[str],
         raise FileNotFoundError(f"ImageNet-C severity folder {folder} not found (severities present: "
                                 f"{', '.join(map(str, present)) or 'none'})")
     dataset = image_folder(folder, class_depth=1, **options)
-    try:
-        return relabel(dataset, classes)
+    try:  # folders are named class_folder(class): a class name may hold a "/"
+        dataset = relabel(dataset, [class_folder(name) for name in classes])
+        return ImageFileDataset(dataset.samples, classes, **dataset._options())
     except UnknownClassesError as e:
         raise ValueError(f"ImageNet-C class folder {folder / e.unknown[0]} is not among the model's "
                          f"{len(classes)} classes ({len(e.unknown)} unknown in all)") from None
+
+
+JPEG_QUALITY = 85  # Hendrycks' make_imagenet_c.py saves every corrupted image at this quality
+
+
+def write_imagenet_c(dataset, out, corruptions, severities, *, resize: int = 0, crop: int = 0, seed: int = 0,
+                     scale: str = "auto", quality: int = JPEG_QUALITY, batch_size: int = 64,
+                     progress: bool = True) -> int:
+    """Write `dataset` (any deepres dataset: uint8 images, class names) corrupted, in the ImageNet-C layout
+    OUT/<corruption>/<severity>/<class folder>/<name>.JPEG. Each image is first resized (shorter side `resize`)
+    and centre-cropped to `crop` when they are set (Hendrycks: 256 and 224 for ImageNet), then corrupted with
+    corrupt() seeded by its dataset index, so the copy equals what `deepres robustness` evaluates on the fly up
+    to the JPEG step. OUT must not exist; it is written as OUT.partial and renamed when complete. Returns the
+    number of files written."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose a new folder (nothing is written over)")
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)  # a copy an earlier call left half-written
+    samples = getattr(dataset, "samples", None)
+    names = [Path(path).stem for path, _ in samples] if samples is not None else [f"{i:08d}" for i in
+                                                                                   range(len(dataset))]
+    written = 0
+    bar = tqdm(total=len(dataset) * len(corruptions) * len(severities), disable=not progress, unit="img")
+    for start in range(0, len(dataset), batch_size):
+        index = list(range(start, min(start + batch_size, len(dataset))))
+        items = [dataset[i] for i in index]
+        images = [image for image, _ in items]
+        if resize or crop:
+            images = [T.resize_center_crop(image, resize or crop, crop or resize) for image in images]
+        if len({tuple(image.shape) for image in images}) > 1:
+            raise ValueError("images of different sizes: set a centre crop (--crop) so they share one")
+        batch = torch.stack(images)
+        for corruption in corruptions:
+            for severity in severities:
+                corrupted = corrupt(batch, corruption, severity, seed=seed, indices=index, scale=scale)
+                for i, image, (_, label) in zip(index, corrupted, items):
+                    folder = partial / corruption / str(severity) / class_folder(dataset.classes[label])
+                    folder.mkdir(parents=True, exist_ok=True)
+                    array = image.permute(1, 2, 0).cpu().numpy()
+                    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else np.ascontiguousarray(array)).save(
+                        folder / f"{names[i]}.JPEG", quality=quality)
+                    written += 1
+                bar.update(len(index))
+    bar.close()
+    partial.rename(out)
+    return written

@@ -466,6 +466,17 @@ def build_eval_loader(cfg: DataConfig, device, *, classes: list[str] | None = No
     return _eval_loader(cfg, fmt, eval_set, in_chans, loader_args), info
 
 
+def eval_loader_of(dataset, cfg: DataConfig, device, *, in_chans: int | None = None) -> Loader:
+    """An evaluation loader over image files read elsewhere (an ImageNet-C folder), through cfg's evaluation
+    transform (data.eval_preset: "none" = resize and centre-crop to the stored side of cfg's in-memory format or
+    to data.image_size, a no-op for images of that size; normalisation), in order, one process."""
+    validate_data_config(cfg)
+    in_chans = in_chans or cfg.in_chans or dataset.in_chans
+    loader_args = dict(device=torch.device(device), seed=0, rank=0, world_size=1, on_device=False,
+                       workers=cfg.workers)
+    return _eval_loader(cfg, get_format("folder"), dataset, in_chans, loader_args)
+
+
 def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, world_size: int = 1):
     """(train_loader, eval_loader, info) for the config; info: num_classes, in_chans, classes, train_size,
     eval_size (whole dataset sizes, after limit_train / limit_val) as a DataInfo."""

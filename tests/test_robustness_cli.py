@@ -1,0 +1,89 @@
+"""`deepres robustness` and `deepres data make-corrupted` end to end on a tiny trained run: errors equal a hand
+evaluation of corrupt()'s images, the report files, baselines, perturbations, ImageNet-C folders, bad options."""
+import json
+
+import pytest
+import torch
+
+from deepres.cli import main
+from deepres.core.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig
+from deepres.data import build_eval_dataset, imagenet_c_contents
+from deepres.data.corruptions import corrupt
+from deepres.tasks.build import load_model
+from deepres.train.loop import fit
+
+DATA = DataConfig(name="synthetic", synthetic_size=(64, 24), synthetic_image_size=16, batch_size=16,
+                  eval_batch_size=10)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("robust")
+    cfg = Config(model=ModelConfig(name="resnet20", kwargs={"layers": (1, 1, 1)}), data=DATA,
+                 train=TrainConfig(epochs=2, progress=False), run=RunConfig(out_dir=str(out), name="tiny"))
+    fit(cfg, device="cpu", log=lambda _: None)
+    return out / "tiny"
+
+
+def test_errors_are_the_models_on_corrupt_images_seeded_by_index(run_dir):
+    assert main(["robustness", str(run_dir), "--corruptions", "gaussian_noise,contrast", "--severities", "1-5"]) == 0
+    report = json.loads((run_dir / "robustness" / "robustness.json").read_text())
+    assert set(report["errors"]) == {"gaussian_noise", "contrast"}
+    # by hand: the 24 test images, corrupted in one batch with their indices, through the eval transform
+    loaded = load_model(run_dir)
+    images = build_eval_dataset(DATA).images
+    mean, std = torch.tensor(DATA.mean).view(1, -1, 1, 1), torch.tensor(DATA.std).view(1, -1, 1, 1)
+    labels = build_eval_dataset(DATA).labels
+    for name in ("gaussian_noise", "contrast"):
+        x = corrupt(images, name, 3, seed=0, indices=torch.arange(24)).float() / 255
+        with torch.no_grad():
+            error = (loaded.model.eval()((x - mean) / std).argmax(1) != labels).float().mean().item()
+        assert report["errors"][name]["3"] == pytest.approx(error)
+    for name in ("robustness.md", "robustness.csv", "robustness_severity.png", "examples.png"):
+        assert (run_dir / "robustness" / name).stat().st_size > 0
+    assert "none" in (run_dir / "robustness" / "robustness.md").read_text()  # no baseline, said so
+    assert main(["robustness", str(run_dir), "--corruptions", "contrast"]) == 2  # the report is there: no overwrite
+
+
+def test_a_run_as_baseline_gives_ce_one_against_itself(run_dir, tmp_path):
+    out = tmp_path / "again"
+    assert main(["robustness", str(run_dir), "--corruptions", "gaussian_noise,contrast", "--baseline",
+                 str(run_dir), "--out", str(out)]) == 0
+    report = json.loads((out / "robustness.json").read_text())
+    assert str(run_dir) in (out / "robustness.md").read_text()  # the baseline is named
+    summary = report["summary"]
+    assert summary["mce_evaluated"] == pytest.approx(1.0) and summary["mce_15"] is None  # only 2 of the 15
+
+
+def test_perturbation_flip_probabilities(run_dir, tmp_path):
+    out = tmp_path / "p"
+    assert main(["robustness", str(run_dir), "--corruptions", "brightness", "--severities", "1",
+                 "--perturbations", "translate,gaussian_noise", "--perturbation-images", "6", "--frames", "4",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "robustness.json").read_text())
+    assert set(report["flip_probabilities"]) == {"translate", "gaussian_noise"}
+    assert all(0.0 <= fp <= 1.0 for fp in report["flip_probabilities"].values())
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--corruptions", "snowfall", "snowfall"), ("--severities", "0-3", "severities"),
+    ("--perturbations", "zoom", "zoom"), ("--baseline", "/nonexistent", "robustness.json")])
+def test_bad_options_are_named(run_dir, tmp_path, capsys, option, value, message):
+    assert main(["robustness", str(run_dir), option, value, "--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_make_corrupted_writes_imagenet_c_that_robustness_reads(tmp_path, run_dir):
+    out = tmp_path / "synthetic-c"
+    args = ["data", "make-corrupted", "-", str(out), "--dataset", "synthetic", "--corruptions", "fog,pixelate",
+            "--severities", "2,4", "--set", "synthetic_size=[64, 24]", "--set", "synthetic_image_size=16",
+            "--quiet"]
+    assert main(args) == 0
+    assert imagenet_c_contents(out) == {"fog": [2, 4], "pixelate": [2, 4]}
+    assert len(list((out / "fog" / "2").rglob("*.JPEG"))) == 24
+    assert main(args) == 2  # OUT exists: nothing is written over
+    report_dir = tmp_path / "report"
+    assert main(["robustness", str(run_dir), "--imagenet-c", str(out), "--corruptions", "all",
+                 "--out", str(report_dir)]) == 0
+    report = json.loads((report_dir / "robustness.json").read_text())
+    assert {c: sorted(map(int, e)) for c, e in report["errors"].items()} == {"fog": [2, 4], "pixelate": [2, 4]}
