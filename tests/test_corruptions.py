@@ -187,7 +187,8 @@ def test_bad_arguments():
     x = photo(2, 3, 32)
     with pytest.raises(ValueError, match="unknown corruption 'blur'.*gaussian_noise.*saturate"):
         corrupt(x, "blur", 1)
-    for severity in (0, 6, 2.5, True):
+    assert torch.equal(corrupt(x, "fog", np.int64(2)), corrupt(x, "fog", 2))
+    for severity in (0, 6, 2.0, 2.5, True, "2"):
         with pytest.raises(ValueError, match="severity must be an integer 1..5"):
             corrupt(x, "fog", severity)
     with pytest.raises(ValueError, match="indices has 1 entries for 2 images"):
@@ -238,6 +239,12 @@ def test_noise_sequences_start_clean_and_every_frame_differs_from_the_first():
         easy, hard = perturbation_sequence(x, name, difficulty=1), perturbation_sequence(x, name, difficulty=3)
         assert mad(hard[:, 1:], x[:, None]) > mad(easy[:, 1:], x[:, None])
         assert not torch.equal(perturbation_sequence(x, name, seed=1), easy)
+
+
+def test_frames_gives_the_start_of_the_full_sequence():
+    x = photo(2, 3, 28)
+    for name in ("gaussian_noise", "shot_noise", "snow", "spatter", "zoom_blur"):
+        assert torch.equal(perturbation_sequence(x, name, frames=4), perturbation_sequence(x, name)[:, :4])
 
 
 def test_difficulty_leaves_other_sequences_alone():

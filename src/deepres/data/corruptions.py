@@ -623,8 +623,9 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int = 0,
     check_images(images)
     if name not in _FUNCTIONS:
         raise ValueError(f"unknown corruption {name!r}; expected one of {', '.join(ALL_CORRUPTIONS)}")
-    if isinstance(severity, bool) or severity not in (1, 2, 3, 4, 5):
+    if isinstance(severity, bool) or not isinstance(severity, (int, np.integer)) or not 1 <= severity <= 5:
         raise ValueError(f"severity must be an integer 1..5, got {severity!r}")
+    severity = int(severity)
     n, c, h, w = images.shape
     scale = resolve_scale(scale, h, w)
     gens = generators(indices, n, name, severity, seed)

@@ -7,7 +7,7 @@ deepres.data.corruptions (shorter side < 64 -> "cifar") and pixel sizes are resc
 
 Frames T per perturbation (frame 0 first): noise 31 (frame 0 the clean image, then 30 independent draws), motion
 blur 31 at ImageNet (angle 4 (i - 30) degrees) and 21 at CIFAR (9 (i - 20)), translate 41 at ImageNet (shift i - 20
-px) and 16 at CIFAR (i - 7), every other one 31. `frames=k` keeps the first k frames.
+px) and 16 at CIFAR (i - 7), every other one 31. `frames=k` gives exactly the first k frames of the full one.
 
 Difficulty: for the noise perturbations (NOISE_PERTURBATIONS) it picks the noise level of Hendrycks' three data
 sets (e.g. gaussian_noise, _2, _3); for the others the sequence is the same at every difficulty, because there
@@ -23,6 +23,7 @@ are exact (no codec loss). Spatter drips one row per frame at every size (the or
 """
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .corruptions import (NATIVE_SIDE, adjust_hsv, check_images, gaussian_blur, generators, luma, motion_blur,
@@ -227,21 +228,24 @@ def perturbation_sequence(images: torch.Tensor, name: str, *, seed: int = 0,
     check_images(images)
     if name not in _TABLES:
         raise ValueError(f"unknown perturbation {name!r}; expected one of {', '.join(ALL_PERTURBATIONS)}")
-    if isinstance(difficulty, bool) or difficulty not in (1, 2, 3):
+    if isinstance(difficulty, bool) or not isinstance(difficulty, (int, np.integer)) or not 1 <= difficulty <= 3:
         raise ValueError(f"difficulty must be 1, 2 or 3, got {difficulty!r}")
+    difficulty = int(difficulty)
     n, c, h, w = images.shape
     scale = resolve_scale(scale, h, w)
     published = perturbation_frames(name, scale)
     t = published if frames is None else frames
-    if isinstance(t, bool) or not isinstance(t, int) or not 2 <= t <= published:
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 2 <= t <= published:
         raise ValueError(f"frames must be an integer 2..{published} for {name} at scale {scale}, got {frames!r}")
+    t = int(t)
     gens = generators(indices, n, "perturbation", name, difficulty, seed)
     if n == 0:
         return images.new_zeros(0, t, c, h, w)
     x, s = to_float_rgb(images), min(h, w) / NATIVE_SIDE[scale]
     table = _TABLES[name][scale]
     if name in NOISE_PERTURBATIONS:
-        out = _noise(x, table[difficulty - 1], gens, s, t, name)
+        # all published frames are drawn so that frames=k is exactly the first k of the full sequence
+        out = _noise(x, table[difficulty - 1], gens, s, published, name)[:, :t]
     else:
         out = _FUNCTIONS[name](x, table, gens, s, t)
     return to_uint8(out, c)
