@@ -171,6 +171,14 @@ def test_pixelate_is_blocky():
     assert torch.equal(y, y[..., ::4, ::4].repeat_interleave(4, -2).repeat_interleave(4, -1))
 
 
+def test_glass_blur_without_blur_only_moves_pixels():
+    x = photo(2, 3, 32)
+    y = corrupt(x, "glass_blur", 1)  # CIFAR row 1: sigma .05 px is no blur at all, so only the swaps remain
+    assert not torch.equal(y, x)
+    for before, after in zip(x, y):  # the same RGB pixels, rearranged
+        assert sorted(map(tuple, after.flatten(1).T.tolist())) == sorted(map(tuple, before.flatten(1).T.tolist()))
+
+
 @pytest.mark.parametrize("bad,message", [
     (torch.zeros(2, 3, 8, 8), "dtype torch.float32"),
     (torch.zeros(3, 8, 8, dtype=torch.uint8), r"shape \(3, 8, 8\)"),

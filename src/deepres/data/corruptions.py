@@ -179,6 +179,12 @@ def to_uint8(x: torch.Tensor, channels: int) -> torch.Tensor:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def truncate_levels(x: torch.Tensor) -> torch.Tensor:
+    """np.uint8(clip(x, 0, 1) * 255) / 255, with a 1e-3 level guard so that a float32 value a hair under a
+    level (an 8-bit image passed through unchanged) keeps its level."""
+    return torch.floor(x.clamp(0, 1) * 255 + 1e-3) / 255
+
+
 def luma(x: torch.Tensor) -> torch.Tensor:
     return (x * x.new_tensor(LUMA).view(3, 1, 1)).sum(-3, keepdim=True)
 
@@ -375,7 +381,7 @@ def _gaussian_blur(x, p, gens, s):
 def _glass_blur(x, p, gens, s):
     sigma, delta, iterations = p[0] * s, max(1, round(p[1] * s)), p[2]
     n, c, h, w = x.shape
-    x = torch.floor(gaussian_blur(x, sigma).clamp(0, 1) * 255) / 255  # the original's np.uint8 between passes
+    x = truncate_levels(gaussian_blur(x, sigma))  # the original's np.uint8 between passes
     rows = torch.arange(delta + 1, h - delta + 1, device=x.device)  # pixels Hendrycks visits: d+1 .. side-d
     cols = torch.arange(delta + 1, w - delta + 1, device=x.device)
     offsets = draw(gens, lambda g: torch.randint(-delta, delta, (iterations, 2, h, w), generator=g), x.device)
@@ -433,7 +439,7 @@ def _snow(x, p, gens, s):
     n, _, h, w = x.shape
     flakes = randn(gens, (1, h, w), x.device, mean, std)
     flakes = zoom_center(flakes, max(1.0, zoom * s))
-    flakes = torch.floor(torch.where(flakes < threshold, 0, flakes).clamp(0, 1) * 255) / 255
+    flakes = truncate_levels(torch.where(flakes < threshold, 0, flakes))
     angles = rand(gens, (), "cpu", -135.0, -45.0)
     flakes = torch.round(motion_blur(flakes, max(1.0, radius * s), sigma * s, angles) * 255) / 255
     x = keep * x + (1 - keep) * torch.maximum(x, luma(x) * 1.5 + 0.5)

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from .corruptions import (NATIVE_SIDE, adjust_hsv, check_images, gaussian_blur, generators, luma, motion_blur,
-                          randn, resolve_scale, to_float_rgb, to_uint8, warp, water_spatter, zoom_center)
+                          randn, resolve_scale, to_float_rgb, to_uint8, truncate_levels, warp, water_spatter,
+                          zoom_center)
 
 PERTURBATIONS = ("gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "snow", "brightness", "translate",
                  "rotate", "tilt", "scale")
@@ -94,7 +95,7 @@ def _snow(x, p, gens, s, t):
     mean, std, zoom, threshold, radius, sigma, keep, first, step = p
     n, _, h, w = x.shape
     flakes = zoom_center(randn(gens, (1, h, w), x.device, mean, std), max(1.0, zoom * s))
-    flakes = torch.floor(torch.where(flakes < threshold, 0, flakes).clamp(0, 1) * 255) / 255
+    flakes = truncate_levels(torch.where(flakes < threshold, 0, flakes))
     angles = (first + step * torch.arange(t)).float().repeat(n)
     moving = motion_blur(_frames_of(flakes, t), max(1.0, radius * s), sigma * s, angles)
     moving = (torch.round(moving * 255) / 255).unflatten(0, (n, t))
