@@ -117,6 +117,7 @@ def test_seeding_depends_on_the_image_index_only(name):
     assert torch.equal(first, corrupt(x, name, 3, indices=[4, 5, 9], seed=7))
     assert torch.equal(first[1:], corrupt(x[1:], name, 3, indices=[5, 9], seed=7))
     assert torch.equal(first[2:], corrupt(x[2:], name, 3, indices=torch.tensor([9]), seed=7))
+    assert torch.equal(first, corrupt(x, name, 3, indices=np.array([4, 5, 9]), seed=np.int64(7)))
     other_seed = corrupt(x, name, 3, indices=[4, 5, 9], seed=8)
     assert torch.equal(other_seed, first) == (name in DETERMINISTIC)
 

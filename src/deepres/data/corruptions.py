@@ -634,7 +634,7 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, seed: int = 0,
     severity = int(severity)
     n, c, h, w = images.shape
     scale = resolve_scale(scale, h, w)
-    gens = generators(indices, n, name, severity, seed)
+    gens = generators(indices, n, name, severity, int(seed))
     if n == 0:
         return images.clone()
     params = _TABLES[name][scale][severity - 1]

@@ -239,7 +239,7 @@ def perturbation_sequence(images: torch.Tensor, name: str, *, seed: int = 0,
     if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 2 <= t <= published:
         raise ValueError(f"frames must be an integer 2..{published} for {name} at scale {scale}, got {frames!r}")
     t = int(t)
-    gens = generators(indices, n, "perturbation", name, difficulty, seed)
+    gens = generators(indices, n, "perturbation", name, difficulty, int(seed))
     if n == 0:
         return images.new_zeros(0, t, c, h, w)
     x, s = to_float_rgb(images), min(h, w) / NATIVE_SIDE[scale]
