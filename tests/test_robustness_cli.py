@@ -12,7 +12,7 @@ from deepres.data.corruptions import corrupt
 from deepres.tasks.build import load_model
 from deepres.train.loop import fit
 
-DATA = DataConfig(name="synthetic", synthetic_size=(64, 24), synthetic_image_size=16, batch_size=16,
+DATA = DataConfig(name="synthetic", synthetic_size=(512, 24), synthetic_image_size=16, batch_size=32,
                   eval_batch_size=10)
 
 
@@ -20,7 +20,7 @@ DATA = DataConfig(name="synthetic", synthetic_size=(64, 24), synthetic_image_siz
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("robust")
     cfg = Config(model=ModelConfig(name="resnet20", kwargs={"layers": (1, 1, 1)}), data=DATA,
-                 train=TrainConfig(epochs=2, progress=False), run=RunConfig(out_dir=str(out), name="tiny"))
+                 train=TrainConfig(epochs=4, progress=False), run=RunConfig(out_dir=str(out), name="tiny"))
     fit(cfg, device="cpu", log=lambda _: None)
     return out / "tiny"
 
@@ -29,6 +29,7 @@ def test_errors_are_the_models_on_corrupt_images_seeded_by_index(run_dir):
     assert main(["robustness", str(run_dir), "--corruptions", "gaussian_noise,contrast", "--severities", "1-5"]) == 0
     report = json.loads((run_dir / "robustness" / "robustness.json").read_text())
     assert set(report["errors"]) == {"gaussian_noise", "contrast"}
+    assert report["clean_error"] < 0.2 < report["errors"]["contrast"]["5"]  # it learned; contrast 5 hurts
     # by hand: the 24 test images, corrupted in one batch with their indices, through the eval transform
     loaded = load_model(run_dir)
     images = build_eval_dataset(DATA).images
@@ -76,7 +77,7 @@ def test_bad_options_are_named(run_dir, tmp_path, capsys, option, value, message
 def test_make_corrupted_writes_imagenet_c_that_robustness_reads(tmp_path, run_dir):
     out = tmp_path / "synthetic-c"
     args = ["data", "make-corrupted", "-", str(out), "--dataset", "synthetic", "--corruptions", "fog,pixelate",
-            "--severities", "2,4", "--set", "synthetic_size=[64, 24]", "--set", "synthetic_image_size=16",
+            "--severities", "2,4", "--set", "synthetic_size=[512, 24]", "--set", "synthetic_image_size=16",
             "--quiet"]
     assert main(args) == 0
     assert imagenet_c_contents(out) == {"fog": [2, 4], "pixelate": [2, 4]}

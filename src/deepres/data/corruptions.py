@@ -120,6 +120,43 @@ MUD = (63 / 255, 42 / 255, 20 / 255)  # mud brown, RGB
 
 # ---------------------------------------------------------------- checks, seeding, conversions
 
+SEVERITIES = (1, 2, 3, 4, 5)
+CORRUPTION_SETS = {"standard": CORRUPTIONS, "extra": EXTRA_CORRUPTIONS, "all": ALL_CORRUPTIONS}
+
+
+def parse_names(text: str, sets: dict[str, tuple[str, ...]], option: str) -> list[str]:
+    """A set name (standard, extra, all, ...) or names separated by commas (from sets["all"]); ValueError naming
+    the option and what is unknown."""
+    if text in sets:
+        return list(sets[text])
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in sets["all"]]
+    if unknown or not names:
+        raise ValueError(f"{option} {text}: {', '.join(unknown) or 'nothing'} is not known; give "
+                         f"{' / '.join(sets)} or names from {', '.join(sets['all'])}")
+    return names
+
+
+def parse_corruptions(text: str) -> list[str]:
+    """--corruptions: standard (the 15 of mCE), extra (the 4 held-out), all, or names a,b,c."""
+    return parse_names(text, CORRUPTION_SETS, "--corruptions")
+
+
+def parse_severities(text: str) -> list[int]:
+    """--severities: '1-5', '3' or '1,3,5' -> sorted severities in 1..5; ValueError naming the option otherwise."""
+    try:
+        if "-" in text:
+            low, high = (int(x) for x in text.split("-"))
+            values = list(range(low, high + 1))
+        else:
+            values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--severities {text}: give a range (1-5) or severities separated by commas") from None
+    if not values or any(v not in SEVERITIES for v in values):
+        raise ValueError(f"--severities {text}: severities are 1 to 5")
+    return sorted(set(values))
+
+
 def corruption_scale(height: int, width: int) -> str:
     """The table scale="auto" uses: "cifar" when the shorter side is below 64 px, else "imagenet"."""
     return "cifar" if min(height, width) < CIFAR_BELOW else "imagenet"

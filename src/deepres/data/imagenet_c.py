@@ -16,18 +16,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import transforms as T
-from .corruptions import corrupt
+from .corruptions import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES, corrupt  # noqa: F401 (re-exported)
 from .folders import ImageFileDataset, UnknownClassesError, image_folder, relabel
 
 log = logging.getLogger(__name__)
 
-# The 15 corruptions of the benchmark (mCE), in Hendrycks' order: ImageNet-C/test.py's `distortions`.
-CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-               "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-               "jpeg_compression")
-# The 4 held-out corruptions of extra.tar (the paper's validation corruptions).
-EXTRA_CORRUPTIONS = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-SEVERITIES = (1, 2, 3, 4, 5)
 # The Zenodo archive each corruption comes in; its name may be a folder level above the corruption folders.
 CORRUPTION_GROUPS = {
     "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .corruptions import (NATIVE_SIDE, adjust_hsv, check_images, gaussian_blur, generators, luma, motion_blur,
-                          randn, resolve_scale, to_float_rgb, to_uint8, truncate_levels, warp, water_spatter,
+                          parse_names, randn, resolve_scale, to_float_rgb, to_uint8, truncate_levels, warp, water_spatter,
                           zoom_center)
 
 PERTURBATIONS = ("gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "snow", "brightness", "translate",
@@ -214,6 +214,14 @@ _FUNCTIONS = {
     "translate": _translate, "rotate": _rotate, "tilt": _tilt, "scale": _scale, "gaussian_blur": _gaussian_blur,
     "spatter": _spatter, "shear": _shear,
 }
+
+
+PERTURBATION_SETS = {"none": (), "standard": PERTURBATIONS, "extra": EXTRA_PERTURBATIONS, "all": ALL_PERTURBATIONS}
+
+
+def parse_perturbations(text: str) -> list[str]:
+    """--perturbations: none, standard (the 10 of mFR), extra (the 4 held-out), all, or names a,b,c."""
+    return parse_names(text, PERTURBATION_SETS, "--perturbations")
 
 
 def perturbation_frames(name: str, scale: str) -> int:

@@ -28,15 +28,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from deepres.core.files import atomic_write, atomic_write_many
 from deepres.core.plots import save_panels
-from deepres.data.imagenet_c import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
-
-ALL_CORRUPTIONS = CORRUPTIONS + EXTRA_CORRUPTIONS
-# ImageNet-P: the 10 perturbations of the benchmark (mFR, mT5D) and the 4 held out, in the paper's order.
-PERTURBATIONS = ("gaussian_noise", "shot_noise", "motion_blur", "zoom_blur", "snow", "brightness", "translate",
-                 "rotate", "tilt", "scale")
-EXTRA_PERTURBATIONS = ("speckle_noise", "gaussian_blur", "spatter", "shear")
-# Noise sequences are compared with their first frame, the others frame to frame (ImageNet-P/test.py).
-NOISE_PERTURBATIONS = ("gaussian_noise", "shot_noise", "speckle_noise")
+from deepres.data.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, SEVERITIES
+from deepres.data.perturbations import EXTRA_PERTURBATIONS, PERTURBATIONS
 
 # --------------------------------------------------------------------------------------------- AlexNet
 # AlexNet (torchvision's alexnet-owt-4df8aa71, the checkpoint Hendrycks' test.py loads) top-1 error on
@@ -235,6 +228,18 @@ def mean_flip_rate(flip_probabilities: Mapping[str, float], baseline: Mapping[st
 
 
 # ------------------------------------------------------------------------------------------------ the report
+def _defined(ratios: dict) -> dict[str, float]:
+    """The ratios that are defined: a baseline whose errors sum to zero, or do not rise under a corruption,
+    leaves that corruption's (relative) CE out instead of failing the whole report."""
+    out = {}
+    for name, compute in ratios.items():
+        try:
+            out[name] = compute()
+        except (ValueError, ZeroDivisionError):
+            continue
+    return out
+
+
 REPORT_VERSION = 1
 REPORT_FILES = ("robustness.md", "robustness.csv", "robustness.json", "robustness_severity.png")
 
@@ -258,14 +263,16 @@ class RobustnessReport:
 
     def corruption_errors(self) -> dict[str, float]:
         """CE_c of every corruption with all five severities here and an entry in the baseline."""
-        return {c: corruption_error(self.errors[c], self.baseline.errors[c]) for c in self.errors if self._complete(c)}
+        return _defined({c: (lambda c=c: corruption_error(self.errors[c], self.baseline.errors[c]))
+                         for c in self.errors if self._complete(c)})
 
     def relative_corruption_errors(self) -> dict[str, float]:
         """Relative CE_c, where both clean errors are known (else empty)."""
         if self.clean_error is None or self.baseline.clean_error is None:
             return {}
-        return {c: relative_corruption_error(self.errors[c], self.clean_error, self.baseline.errors[c],
-                                             self.baseline.clean_error) for c in self.errors if self._complete(c)}
+        return _defined({c: (lambda c=c: relative_corruption_error(self.errors[c], self.clean_error,
+                                                                   self.baseline.errors[c], self.baseline.clean_error))
+                         for c in self.errors if self._complete(c)})
 
     def flip_rates(self) -> dict[str, float]:
         return {p: flip_rate(fp, self.baseline.flip_probabilities[p]) for p, fp in self.flip_probabilities.items()

@@ -15,48 +15,17 @@ import torch
 from deepres.core.config import Config, apply_overrides
 from deepres.core.device import AMP_DTYPES, default_device
 from deepres.data import build_eval_loader, eval_loader_of, imagenet_c_contents, imagenet_c_dataset
-from deepres.data.corruptions import (ALL_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS, EXTRA_PERTURBATIONS,
-                                      NOISE_PERTURBATIONS, PERTURBATIONS, corrupt, perturbation_sequence)
+from deepres.data.corruptions import corrupt, parse_corruptions, parse_severities
+from deepres.data.perturbations import NOISE_PERTURBATIONS, parse_perturbations, perturbation_sequence
 from deepres.tasks import SegmentationTask, task_of
 from deepres.tasks.build import load_model
 from deepres.tasks.evaluate import evaluate
 
-from .robustness import (ALEXNET, REPORT_FILES, SEVERITIES, Baseline, RobustnessReport, baseline_from_report,
+from .robustness import (ALEXNET, REPORT_FILES, Baseline, RobustnessReport, baseline_from_report,
                          flip_probability, top5_distance, write_example_grid, write_report)
 
-CORRUPTION_SETS = {"standard": CORRUPTIONS, "extra": EXTRA_CORRUPTIONS, "all": ALL_CORRUPTIONS}
-PERTURBATION_SETS = {"none": (), "standard": PERTURBATIONS, "extra": EXTRA_PERTURBATIONS,
-                     "all": PERTURBATIONS + EXTRA_PERTURBATIONS}
 NO_BASELINE = Baseline(name="none (CE and mCE need --baseline: alexnet for ImageNet, or a run's robustness.json)",
                        errors={})
-
-
-def parse_names(text: str, sets: dict[str, tuple[str, ...]], option: str) -> list[str]:
-    """A set name (standard, extra, all, ...) or names separated by commas; ValueError naming the option."""
-    if text in sets:
-        return list(sets[text])
-    known = sets["all"]
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in known]
-    if unknown or not names:
-        raise ValueError(f"{option} {text}: {', '.join(unknown) or 'nothing'} is not known; give "
-                         f"{' / '.join(sets)} or names from {', '.join(known)}")
-    return names
-
-
-def parse_severities(text: str) -> list[int]:
-    """'1-5', '3' or '1,3,5' -> severities in 1..5; ValueError naming --severities otherwise."""
-    try:
-        if "-" in text:
-            low, high = (int(x) for x in text.split("-"))
-            values = list(range(low, high + 1))
-        else:
-            values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--severities {text}: give a range (1-5) or severities separated by commas") from None
-    if not values or any(v not in SEVERITIES for v in values):
-        raise ValueError(f"--severities {text}: severities are 1 to 5")
-    return sorted(set(values))
 
 
 @dataclass
@@ -212,9 +181,9 @@ def _out_dir(args) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    corruptions = parse_names(args.corruptions, CORRUPTION_SETS, "--corruptions")
+    corruptions = parse_corruptions(args.corruptions)
     severities = parse_severities(args.severities)
-    perturbations = parse_names(args.perturbations, PERTURBATION_SETS, "--perturbations")
+    perturbations = parse_perturbations(args.perturbations)
     if args.perturbation_images < 1:
         raise ValueError(f"--perturbation-images must be >= 1, got {args.perturbation_images}")
     out = _out_dir(args)
