@@ -2,6 +2,7 @@
 files, resume without redoing finished runs, --parallel, divergence as a result, and study-file errors."""
 import csv
 import json
+import shutil
 import statistics
 
 import matplotlib.image
@@ -147,6 +148,27 @@ def test_compare_groups_by_config_or_parent(tiny_study, tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_compare_adds_robustness_columns_from_the_runs_reports(tiny_study, tmp_path):
+    out, _ = tiny_study
+    runs = [out / "narrow" / f"seed{s}" for s in (0, 1)]
+    copies = []
+    for i, run in enumerate(runs):  # copies, so the shared study folder stays as the other tests expect
+        copy = tmp_path / "narrow" / f"seed{i}"
+        shutil.copytree(run, copy)
+        copies.append(copy)
+    # a robustness.json as `deepres robustness` writes it: errors per corruption and severity, mCE in the summary
+    for copy, (noise, mce) in zip(copies, ((0.30, 0.9), (0.50, 1.1))):
+        (copy / "robustness").mkdir()
+        (copy / "robustness" / "robustness.json").write_text(json.dumps(
+            {"errors": {"gaussian_noise": {"1": noise, "2": noise + 0.2}}, "summary": {"mce_evaluated": mce}}))
+    assert main(["compare", *map(str, copies), "--group-by-parent", "--out", str(tmp_path / "r")]) == 0
+    row = read_csv(tmp_path / "r" / "results.csv")["narrow"]
+    assert float(row["corruption_error_mean"]) == pytest.approx(50.0)  # runs: 40 and 60 %
+    assert float(row["corruption_error_std"]) == pytest.approx(statistics.stdev([40.0, 60.0]), abs=1e-4)
+    assert float(row["mce_mean"]) == pytest.approx(100.0)
+    assert "mCE (%)" in (tmp_path / "r" / "results.md").read_text()
 
 
 def test_compare_out_keeps_an_existing_directory_unless_forced(tiny_study, tmp_path, capsys):

@@ -130,6 +130,8 @@ def layer_depths(model: nn.Module) -> tuple[dict[str, int], int]:
 
 def frozen_modules(model: nn.Module, frozen_stages: int) -> list[nn.Module]:
     """The modules mmpretrain's `frozen_stages` freezes: -1 none, 0 the stem, k the stem and stages 1..k."""
+    if frozen_stages == -1:
+        return []
     net, _ = _network_of(model)
     stages = len(net.stage_names)
     if not -1 <= frozen_stages <= stages:

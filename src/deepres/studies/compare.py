@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         groups.setdefault(name, []).append(result)
     for members in groups.values():
         members.sort(key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0, str(r.run_dir)))
-    columns = list(COLUMNS)
+    robustness = any(r.robustness for r in runs)  # its columns only where some run was measured
+    columns = [c for c in COLUMNS if robustness or c not in ("corruption_error", "mce")]
     summaries = write_report(args.out, groups, title=args.title, metric=args.metric, columns=columns,
                              best_epoch=args.best_epoch, band=args.band,
                              intro=[f"{len(runs)} runs in {len(groups)} variants, grouped by "

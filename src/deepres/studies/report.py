@@ -52,6 +52,7 @@ class RunResult:
     loss_curve: tuple[list[float], list[float]]  # (x in epochs, training loss)
     error_curve: tuple[list[float], list[float]]  # (epoch, test error %)
     env: dict = field(default_factory=dict)
+    robustness: dict = field(default_factory=dict)  # corruption_error, mce (%) from RUN/robustness/robustness.json
 
 
 @dataclass
@@ -70,6 +71,7 @@ class VariantSummary:
     train_time_s: float | None  # mean per used run
     epochs: list[int]
     steps: list[int]
+    robustness: dict = field(default_factory=dict)  # key -> (mean, std or None, runs with it)
 
     @property
     def excluded(self) -> str:
@@ -107,6 +109,7 @@ def read_run(run_dir: str | os.PathLike, *, variant: str = "", seed: int | None 
         status = "unfinished"  # never evaluated: nothing to report
     env_path = run_dir / "env.json"
     env = json.loads(env_path.read_text()) if env_path.is_file() else {}
+    robustness = read_robustness(run_dir / ROBUSTNESS_FILE)
     return RunResult(
         variant=variant or run_dir.name, seed=seed, run_dir=run_dir, status=status, config=config,
         final_error=final_error, best_error=best_error, best_epoch=best_epoch,
@@ -115,7 +118,24 @@ def read_run(run_dir: str | os.PathLike, *, variant: str = "", seed: int | None 
         train_time_s=sum(float(r.get("epoch_time_s") or 0.0) for r in epochs),
         loss_curve=_loss_curve(steps, epochs), error_curve=([float(e) for e, _ in evaluated],
                                                             [err for _, err in evaluated]),
-        env=env)
+        env=env, robustness=robustness)
+
+
+ROBUSTNESS_FILE = "robustness/robustness.json"  # where `deepres robustness RUN` writes its report
+
+
+def read_robustness(path: Path) -> dict:
+    """{corruption_error: mean top-1 error over every evaluated (corruption, severity), mce: mCE over the
+    evaluated corruptions against the report's baseline (absent without one)}, in %; {} without the file."""
+    if not path.is_file():
+        return {}
+    report = json.loads(path.read_text())
+    errors = [e for by_severity in report.get("errors", {}).values() for e in by_severity.values()]
+    out = {"corruption_error": 100.0 * float(np.mean(errors))} if errors else {}
+    mce = (report.get("summary") or {}).get("mce_evaluated")
+    if mce is not None:
+        out["mce"] = 100.0 * mce
+    return out
 
 
 def _loss_curve(steps: list[dict], epochs: list[dict]) -> tuple[list[float], list[float]]:
@@ -146,7 +166,14 @@ def summarize(name: str, runs: list[RunResult]) -> VariantSummary:
         best_mean=float(np.mean([r.best_error for r in used])) if used else None,
         params=params, gmacs=gmacs,
         train_time_s=float(np.mean([r.train_time_s for r in used])) if used else None,
-        epochs=sorted({r.epochs for r in used}), steps=sorted({r.steps for r in used}))
+        epochs=sorted({r.epochs for r in used}), steps=sorted({r.steps for r in used}),
+        robustness={key: _mean_std([r.robustness[key] for r in used if key in r.robustness])
+                    for key in ("corruption_error", "mce")})
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
+    arr = np.array(values, dtype=float)
+    return (float(arr.mean()) if len(arr) else None, float(arr.std(ddof=1)) if len(arr) >= 2 else None, len(arr))
 
 
 _COST_CACHE: dict[str, tuple[int | None, float | None]] = {}
@@ -199,6 +226,14 @@ def _duration(seconds: float | None) -> str:
         f"{seconds / 3600:.2f} h"
 
 
+def _mean_pm(stat: tuple[float | None, float | None, int], runs: int) -> str:
+    """'mean ± std', with '(k of n runs)' when only some runs have the number."""
+    mean, std, n = stat
+    if mean is None:
+        return DASH
+    return f"{_num(mean)} ± {_num(std)}" + (f" ({n} of {runs} runs)" if n != runs else "")
+
+
 def _spread(values: list[int]) -> str:
     return DASH if not values else str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
 
@@ -222,7 +257,9 @@ def table_rows(summaries: list[VariantSummary], metric: str, columns: list[str],
         for c in columns:
             row.append({"params": lambda: _params(s.params), "gmacs": lambda: _num(s.gmacs, 4),
                         "epochs": lambda: _spread(s.epochs), "steps": lambda: _spread(s.steps),
-                        "train_time": lambda: _duration(s.train_time_s)}[c]())
+                        "train_time": lambda: _duration(s.train_time_s),
+                        "corruption_error": lambda: _mean_pm(s.robustness["corruption_error"], len(s.used)),
+                        "mce": lambda: _mean_pm(s.robustness["mce"], len(s.used))}[c]())
         row.append(s.excluded or DASH)
         rows.append(row)
     return headers, rows
@@ -233,7 +270,8 @@ def write_results_csv(path: Path, summaries: list[VariantSummary], metric: str, 
     fields = ["variant", "n", f"{metric}_error_mean", f"{metric}_error_std", f"{metric}_error_min",
               f"{metric}_error_max", f"{metric}_errors"]
     fields += [f"{metric}_best_epoch_error_mean_optimistic"] if best_epoch else []
-    fields += ["params", "gmacs", "epochs", "steps", "train_time_s", "left_out"]
+    fields += ["params", "gmacs", "epochs", "steps", "train_time_s", "corruption_error_mean", "corruption_error_std",
+               "mce_mean", "mce_std", "left_out"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(fields)
@@ -242,7 +280,8 @@ def write_results_csv(path: Path, summaries: list[VariantSummary], metric: str, 
                    ";".join(f"{r.seed}:{r.final_error:.4f}" for r in s.used)]
             row += [_csv(s.best_mean)] if best_epoch else []
             row += [s.params if s.params is not None else "", _csv(s.gmacs, 6), ";".join(map(str, s.epochs)),
-                    ";".join(map(str, s.steps)), _csv(s.train_time_s, 1), s.excluded]
+                    ";".join(map(str, s.steps)), _csv(s.train_time_s, 1),
+                    *(_csv(x) for key in ("corruption_error", "mce") for x in s.robustness[key][:2]), s.excluded]
             writer.writerow(row)
 
 

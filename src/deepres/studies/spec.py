@@ -47,6 +47,9 @@ COLUMNS = {
     "epochs": ("epochs", "epochs"),
     "steps": ("steps", "steps"),
     "train_time": ("train time / run", "train_time_s"),
+    # From RUN/robustness/robustness.json (`deepres robustness RUN`), mean ± std over the runs that have one:
+    "corruption_error": ("corruption error (%): mean over corruptions and severities", "corruption_error"),
+    "mce": ("mCE (%) vs the robustness baseline", "mce"),
 }
 # Keys a study sets itself for every run; --set or overrides that touch them are errors.
 STUDY_OWNED_KEYS = ("train.seed", "run.out_dir", "run.name")
