@@ -88,3 +88,20 @@ def test_make_corrupted_writes_imagenet_c_that_robustness_reads(tmp_path, run_di
                  "--out", str(report_dir)]) == 0
     report = json.loads((report_dir / "robustness.json").read_text())
     assert {c: sorted(map(int, e)) for c, e in report["errors"].items()} == {"fog": [2, 4], "pixelate": [2, 4]}
+
+
+def test_imagenet_weights_read_an_imagenet_c_folder_by_synset(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from deepres.data.imagenet_classes import imagenet_synsets
+    root = tmp_path / "ImageNet-C"
+    for severity in (1, 5):
+        for wnid in imagenet_synsets()[:2]:  # what Hendrycks' archives hold: wnid folders of 224x224 JPEGs
+            folder = root / "fog" / str(severity) / wnid
+            folder.mkdir(parents=True)
+            Image.fromarray(np.full((224, 224, 3), 90 * severity, np.uint8)).save(folder / "a.JPEG")
+    out = tmp_path / "report"
+    assert main(["robustness", "resnet18", "--imagenet-c", str(root), "--out", str(out)]) == 0
+    report = json.loads((out / "robustness.json").read_text())
+    assert report["baseline"]["name"].startswith("AlexNet") and set(report["errors"]["fog"]) == {"1", "5"}

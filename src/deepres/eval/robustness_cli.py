@@ -15,6 +15,7 @@ import torch
 from deepres.core.config import Config, apply_overrides
 from deepres.core.device import AMP_DTYPES, default_device
 from deepres.data import build_eval_loader, eval_loader_of, imagenet_c_contents, imagenet_c_dataset
+from deepres.data.imagenet_classes import imagenet_synsets
 from deepres.data.corruptions import corrupt, parse_corruptions, parse_severities
 from deepres.data.perturbations import NOISE_PERTURBATIONS, parse_perturbations, perturbation_sequence
 from deepres.tasks import SegmentationTask, task_of
@@ -166,6 +167,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="replace the report files in --out")
 
 
+def _config_of(loaded, args) -> Config:
+    """The evaluation config: a deepres run's own, else the defaults with the weights' preprocessing (published
+    ImageNet-1k weights: data.name imagenet); then --dataset / --data / --split / --batch-size."""
+    cfg = loaded.config
+    if cfg is None:
+        pp = loaded.preprocess
+        name = args.dataset or ("imagenet" if len(loaded.class_names) == 1000 else None)
+        if name is None:
+            raise ValueError(f"{args.checkpoint} names no dataset: give --dataset (and --data)")
+        data = replace(Config().data, name=name, image_size=pp.crop_size, mean=pp.mean, std=pp.std,
+                       normalize=pp.normalize, eval_preset=f"crop_pct:{pp.crop_size / pp.resize}")
+        cfg = replace(Config(), model=replace(Config().model, name=loaded.source.get("model", "")), data=data)
+    overrides = [f"data.{key}={value}" for key, value in (
+        ("name", args.dataset), ("root", args.data), ("val_split", args.split),
+        ("eval_batch_size", args.batch_size)) if value is not None]
+    return apply_overrides(cfg, overrides)
+
+
 def _out_dir(args) -> Path:
     if args.out:
         out = Path(args.out)
@@ -189,14 +208,12 @@ def run(args: argparse.Namespace) -> int:
     out = _out_dir(args)
     loaded = load_model(args.checkpoint)
     model, classes = loaded.model, loaded.class_names
-    cfg = loaded.config or replace(Config(), model=replace(Config().model, name=loaded.source.get("model", "")))
-    overrides = [f"data.{key}={value}" for key, value in (
-        ("name", args.dataset), ("root", args.data), ("val_split", args.split),
-        ("eval_batch_size", args.batch_size)) if value is not None]
-    cfg = apply_overrides(cfg, [*overrides, *args.overrides])
+    cfg = apply_overrides(_config_of(loaded, args), args.overrides)
     if task_of(cfg.data) is SegmentationTask:
         raise ValueError(f"deepres robustness measures classifiers; {args.checkpoint} is a segmentation model")
     cfg = replace(cfg, data=replace(cfg.data, in_chans=loaded.preprocess.in_chans))
+    # A deepres run's class list labels the data; other weights (ImageNet-1k) take the dataset's own (sorted synsets)
+    data_classes = classes if loaded.config is not None else None
     device = default_device()
     model = model.to(device).eval()
     amp_dtype = AMP_DTYPES[args.amp]
@@ -205,10 +222,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{name}: {cfg.model.name}; baseline {baseline.name}")
 
     if args.imagenet_c:
-        report = _imagenet_c_report(model, args.imagenet_c, corruptions, severities, cfg, classes, device,
+        folders = data_classes or (imagenet_synsets() if len(classes) == 1000 else classes)
+        report = _imagenet_c_report(model, args.imagenet_c, corruptions, severities, cfg, folders, device,
                                     amp_dtype, baseline, name)
     else:
-        loader, info = build_eval_loader(cfg.data, device, classes=classes, seed=cfg.train.seed)
+        loader, info = build_eval_loader(cfg.data, device, classes=data_classes, seed=cfg.train.seed)
         dataset = (f"{cfg.data.name} {cfg.data.val_split} ({info.eval_size} images), corrupted on the fly: "
                    f"deepres.data.corruptions, scale {args.scale}, seed {args.seed}")
         print(f"clean: {dataset}")
@@ -253,7 +271,7 @@ def _imagenet_c_report(model, root, corruptions, severities, cfg: Config, classe
                                 f"(it has {', '.join(present) or 'nothing'})")
     clean = None
     if cfg.data.root:
-        loader, _ = build_eval_loader(cfg.data, device, classes=classes)
+        loader, _ = build_eval_loader(cfg.data, device, classes=classes if cfg.data.name != "imagenet" else None)
         clean = _top1_error(model, loader, len(classes), amp_dtype)
     return RobustnessReport(model=name, clean_error=clean, errors=errors, baseline=baseline,
                             dataset=f"ImageNet-C at {root} (at the model's input size: 224x224 images as stored, as "
