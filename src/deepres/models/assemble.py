@@ -128,7 +128,33 @@ class SplitSelectiveKernel(nn.Module):
         return (branches * self.attn(branches)).sum(1)
 
 
-class SelectiveKernelBasic(nn.Module):
+class _TimmSelectiveKernelBlock(nn.Module):
+    """What timm's two SK blocks share: the ResNet family's block signature, refusing the options timm's layout
+    lacks; the residual branch `self.convs()` (its last ConvBnAct zeroed by zero_init_last) added to the shortcut
+    (`self.downsample`, which a subclass registers after its convs, as timm orders the keys)."""
+
+    def __init__(self, relu_after_add, groups, base_width, bn_after_add, sk, aa_size, se_layer, drop_block):
+        super().__init__()
+        given = [name for name, value in (("groups/base_width", groups != 1 or base_width != 64),
+                                          ("bn_after_add", bn_after_add), ("sk", sk), ("aa", aa_size),
+                                          ("se", se_layer), ("dropblock", drop_block)) if value]
+        if given:
+            raise ValueError(f"{type(self).__name__} supports none of {', '.join(given)}")
+        self.relu_after_add = relu_after_add
+
+    def zero_init_last(self):
+        nn.init.zeros_(self.convs()[-1].bn.weight)
+
+    def forward(self, x):
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = x
+        for conv in self.convs():
+            out = conv(out)
+        out = out + shortcut
+        return F.relu(out) if self.relu_after_add else out
+
+
+class SelectiveKernelBasic(_TimmSelectiveKernelBlock):
     """timm's `SelectiveKernelBasic` block (skresnet18/34): conv1 = the split-input SK unit, conv2 = 3x3 conv + BN,
     add, ReLU. Keys conv1.paths.*, conv1.attn.*, conv2.conv, conv2.bn, downsample.0/1, as in timm."""
 
@@ -137,24 +163,16 @@ class SelectiveKernelBasic(nn.Module):
     def __init__(self, in_chs, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False, se_layer=None,
                  drop_block=None, drop_block_placement=None, sk=False, aa_size=0):
-        super().__init__()
-        _refuse_options(type(self).__name__, groups != 1 or base_width != 64, bn_after_add, sk, aa_size, se_layer,
-                        drop_block)
+        super().__init__(relu_after_add, groups, base_width, bn_after_add, sk, aa_size, se_layer, drop_block)
         self.conv1 = SplitSelectiveKernel(in_chs, planes, stride, first_dilation)
         self.conv2 = ConvBnAct(planes, planes, 3, dilation=dilation, act=False)
-        self.downsample = downsample
-        self.relu_after_add = relu_after_add
+        self.downsample = downsample  # registered after the convs: timm's key order
 
-    def zero_init_last(self):
-        nn.init.zeros_(self.conv2.bn.weight)
-
-    def forward(self, x):
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.conv2(self.conv1(x)) + shortcut
-        return F.relu(out) if self.relu_after_add else out
+    def convs(self):
+        return self.conv1, self.conv2
 
 
-class SelectiveKernelBottleneck(nn.Module):
+class SelectiveKernelBottleneck(_TimmSelectiveKernelBlock):
     """timm's `SelectiveKernelBottleneck` (skresnet50): 1x1 conv + BN + ReLU, the split-input SK unit at stride
     (timm's skresnet50 attention: make_divisible(width / 16, 8) channels), 1x1 conv + BN, add, ReLU. Keys conv1.*,
     conv2.paths.*, conv2.attn.*, conv3.*, downsample.0/1, as in timm."""
@@ -164,30 +182,14 @@ class SelectiveKernelBottleneck(nn.Module):
     def __init__(self, in_chs, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
                  first_dilation=1, bn_after_add=False, relu_after_add=True, stride_in_1x1=False, se_layer=None,
                  drop_block=None, drop_block_placement=None, sk=False, aa_size=0):
-        super().__init__()
-        _refuse_options(type(self).__name__, groups != 1 or base_width != 64, bn_after_add, sk, aa_size, se_layer,
-                        drop_block)
+        super().__init__(relu_after_add, groups, base_width, bn_after_add, sk, aa_size, se_layer, drop_block)
         self.conv1 = ConvBnAct(in_chs, planes, 1)
         self.conv2 = SplitSelectiveKernel(planes, planes, stride, first_dilation, rd_ratio=1 / 16, rd_divisor=8)
         self.conv3 = ConvBnAct(planes, planes * self.expansion, 1, act=False)
         self.downsample = downsample
-        self.relu_after_add = relu_after_add
 
-    def zero_init_last(self):
-        nn.init.zeros_(self.conv3.bn.weight)
-
-    def forward(self, x):
-        shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.conv3(self.conv2(self.conv1(x))) + shortcut
-        return F.relu(out) if self.relu_after_add else out
-
-
-def _refuse_options(block: str, groups, bn_after_add, sk, aa_size, se_layer, drop_block) -> None:
-    """timm's SK blocks, kept to timm's layout, take none of the ResNet family's other block options."""
-    given = [name for name, value in (("groups/base_width", groups), ("bn_after_add", bn_after_add), ("sk", sk),
-                                      ("aa", aa_size), ("se", se_layer), ("dropblock", drop_block)) if value]
-    if given:
-        raise ValueError(f"{block} supports none of {', '.join(given)}")
+    def convs(self):
+        return self.conv1, self.conv2, self.conv3
 
 
 # ---- Big-Little Net (Chen et al. 2019), as assembled-cnn's Keras code builds it --------------------------------
