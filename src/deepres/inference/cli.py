@@ -28,6 +28,7 @@ from deepres.tasks.segmentation import SegViews
 from .api import init_model
 from .bench import (DEFAULT_CASES, DEFAULT_PATHS, PATHS, agreement_table, benchmark, checkpoint_agreement,
                     environment, markdown_table)
+from .cam import overlay_cam
 from .export import DEFAULT_TOLERANCE, FORMATS, export_model, preprocessing_metadata
 from .predictor import Predictor
 
@@ -55,6 +56,11 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "evenly spaced)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the fast path (compiles once per batch size; pays off on large folders)")
+    parser.add_argument("--cam", metavar="DIR",
+                        help="also write a Grad-CAM overlay of each image's top class to DIR/<stem>_cam.jpg (the "
+                             "resized and cropped image the model saw, the heat map blended in)")
+    parser.add_argument("--cam-stage", metavar="NAME",
+                        help="the stage Grad-CAM reads (default: the last, e.g. layer4; layer1..layer3 are finer)")
     seg = parser.add_argument_group("segmentation models (--out is then a folder: a palette PNG per image and an "
                                     "overlay JPEG)")
     seg.add_argument("--label-ids", action="store_true",
@@ -108,6 +114,8 @@ def predict(args: argparse.Namespace) -> int:
     model = init_model(args.model, args.checkpoint, device=device, fast=args.precision, compile=args.compile,
                        calibration=args.calibration)
     if model.is_segmentation:
+        if args.cam is not None:
+            raise ValueError(f"--cam: {args.model} is a segmentation model; Grad-CAM explains classifiers")
         return predict_segmentation(args, model, out)
     seg_options = [f"--{k.replace('_', '-')}" for k in ("label_ids", "no_overlay", "flip") if getattr(args, k)]
     seg_options += [f"--{k.replace('_', '-')}" for k in ("mode", "crop", "stride", "scale_ratios", "test_steps",
@@ -116,6 +124,10 @@ def predict(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(seg_options)}: options of segmentation models; {args.model} is a classifier")
     if out is not None and out.is_dir():
         raise ValueError(f"--out {out} is a folder; a classifier's predictions go to a CSV file")
+    if args.cam_stage is not None and args.cam is None:
+        raise ValueError("--cam-stage is used with --cam DIR only")
+    if args.cam_stage is not None and args.cam_stage not in model.cam_stages:
+        raise ValueError(f"--cam-stage {args.cam_stage!r}: the model's stages are {', '.join(model.cam_stages)}")
     pp = model.preprocess
     print(f"{args.model}: {len(model.class_names)} classes, shorter side {pp.resize} -> centre {pp.crop_size} px "
           f"({pp.interpolation}), {pp.in_chans} channel(s)", file=sys.stderr)
@@ -141,9 +153,28 @@ def predict(args: argparse.Namespace) -> int:
         writer.writerows(rows)
         atomic_write_text(out, buffer.getvalue())
         print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)
+    if args.cam is not None:
+        write_cams(model, [r[0] for r in rows if not r[-1]], Path(args.cam), args.cam_stage, args.batch_size)
     if failed:
         print(f"{failed} of {len(rows)} images could not be decoded (marked FAILED)", file=sys.stderr)
     return 0
+
+
+def write_cams(model: Predictor, paths: list[str], folder: Path, stage: str | None, batch_size: int) -> None:
+    """DIR/<stem>_cam.jpg for each image: its top class's Grad-CAM over the image the model saw."""
+    stems: dict[str, str] = {}
+    for path in paths:
+        stem = Path(path).stem
+        if stem in stems:
+            raise ValueError(f"{path} and {stems[stem]} would both be written as {stem}_cam.jpg in --cam {folder}; "
+                             f"predict them separately")
+        stems[stem] = path
+    folder.mkdir(parents=True, exist_ok=True)
+    for result in model.cam(paths, stage=stage, batch_size=batch_size):
+        picture = Image.fromarray(overlay_cam(result["image"], result["cam"]))
+        atomic_write(folder / f"{Path(result['path']).stem}_cam.jpg", lambda f: picture.save(f, format="JPEG",
+                                                                                           quality=90))
+    print(f"wrote {len(paths)} Grad-CAM overlays ({stage or model.cam_stages[-1]}) to {folder}", file=sys.stderr)
 
 
 def predict_segmentation(args: argparse.Namespace, model: Predictor, out: Path | None) -> int:
