@@ -1,18 +1,13 @@
-"""Start `deepres serve` for a test: a subprocess on 127.0.0.1, a free port (--port 0, read from its first line),
-ready when /healthz answers; stopped (SIGTERM, then SIGKILL) when the `with` block ends."""
-import contextlib
+"""What the serve tests share: a Fashion-MNIST run directory, and `deepres serve` started for a test (a subprocess on
+127.0.0.1, a free port, stopped when the `with` block ends)."""
 import os
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
-import httpx
 import torch
 
 from deepres.core.checkpoint import save_checkpoint
 from deepres.core.config import Config, config_to_dict
+from deepres.inference.serve import serve_subprocess
 from deepres.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,39 +29,7 @@ def fashion_run(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-@contextlib.contextmanager
-def running_server(*args: str, timeout: float = 120.0):
-    """`deepres serve ARGS --port 0` as a subprocess; yields its base URL."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    process = subprocess.Popen([sys.executable, "-m", "deepres", "serve", *args, "--port", "0"], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stderr: list[str] = []
-    reader = threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)  # never blocks the pipe
-    reader.start()
-    try:
-        line = process.stdout.readline()  # "deepres serve: MODEL on http://127.0.0.1:PORT (...)", or "" if it died
-        if " on http://" not in line:
-            process.wait(timeout=30)
-            reader.join(5)
-            raise RuntimeError(f"deepres serve did not start (exit {process.returncode}): {''.join(stderr)[-3000:]}")
-        url = line.split(" on ")[1].split()[0]
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"deepres serve at {url} never became healthy: {''.join(stderr)[-3000:]}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        process.stdout.close()
-        reader.join(5)
+def running_server(*args: str):
+    """`deepres serve ARGS` of this checkout (src/ first on the child's path); yields the base URL."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    return serve_subprocess(*args, env=env)

@@ -18,8 +18,14 @@ import base64
 import copy
 import dataclasses
 import io
+import contextlib
 import socket
+import subprocess
+import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -514,3 +520,46 @@ def run(args: argparse.Namespace) -> int:
     # uvicorn stops on SIGINT/SIGTERM, then re-raises the signal: the process ends the way it was asked to
     uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)).run(sockets=[sock])
     return 0
+
+
+@contextlib.contextmanager
+def serve_subprocess(*args: str, timeout: float = 120.0, env: dict | None = None):
+    """`deepres serve ARGS --port 0` in a subprocess on 127.0.0.1 (for tests and benchmarks): yields its base URL
+    once /healthz answers; SIGTERM (then SIGKILL) when the block ends. `env`: the child's environment."""
+    if "--host" in args or "--port" in args:
+        raise ValueError("serve_subprocess listens on 127.0.0.1 and a free port; do not pass --host or --port")
+    process = subprocess.Popen([sys.executable, "-m", "deepres", "serve", *args, "--port", "0"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(process.stderr), daemon=True)  # never fills the pipe
+    reader.start()
+    try:
+        line = process.stdout.readline()  # run()'s "deepres serve: MODEL on http://127.0.0.1:PORT (...)", "" if it died
+        if " on http://" not in line:
+            process.wait(timeout=30)
+            reader.join(5)
+            raise RuntimeError(f"deepres serve did not start (exit {process.returncode}): {''.join(stderr)[-3000:]}")
+        url = line.split(" on ")[1].split()[0]
+        deadline = time.monotonic() + timeout
+        while not _healthy(url):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"deepres serve at {url} never became healthy: {''.join(stderr)[-3000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        reader.join(5)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
