@@ -18,7 +18,7 @@ from deepres.cli import main
 from deepres.inference.cam import overlay_cam
 
 LIMITS = ["--max-batch", "8", "--max-wait-ms", "50", "--max-upload-mb", "0.25", "--max-images", "4",
-          "--max-pixels", "100000"]
+          "--max-pixels", "100000", "--workers", "2"]  # two model copies, each with its own queue and batcher
 IMAGES = sorted(EXAMPLES.glob("*.png"))
 
 
@@ -84,7 +84,7 @@ def test_model_card_health_docs_and_page(url):
     assert card["preprocessing"]["input_size"] == [1, 28, 28] and card["preprocessing"]["crop_size"] == 28
     assert card["precision"]["mode"] == "fp32" and card["precision"]["max_abs_error"] < 1e-3
     assert card["accuracy"]["top1"] == 11.5 and card["cam_stages"] == ["layer1", "layer2", "layer3"]
-    assert card["limits"]["max_batch"] == 8 and card["limits"]["max_images"] == 4
+    assert card["limits"]["max_batch"] == 8 and card["limits"]["max_images"] == 4 and card["limits"]["workers"] == 2
     assert httpx.get(f"{url}/healthz").json()["status"] == "ok"
     paths = httpx.get(f"{url}/openapi.json").json()["paths"]
     assert {"/v1/predict", "/v1/cam", "/v1/model", "/healthz", "/metrics"} <= set(paths)

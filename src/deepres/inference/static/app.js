@@ -26,11 +26,14 @@ function showCard(model) {
     ? `shorter side to ${pp.resize}, centre ${pp.crop_size}px crop (${pp.interpolation}), ${pp.in_chans} channel(s)`
     : `${pp.resize_side} side to ${pp.resize} (${pp.interpolation}), ${pp.in_chans} channel(s)`);
   field(list, "normalisation", `${pp.normalize}: mean ${pp.mean.join(", ")}; std ${pp.std.join(", ")}`);
-  const error = precision.max_abs_error == null ? "" : `, max logit error vs fp32 ${precision.max_abs_error.toPrecision(3)}`;
+  const error = precision.max_abs_error == null ? ""
+    : `, max logit error vs fp32 ${precision.max_abs_error.toPrecision(3)}`;
   field(list, "precision", `${precision.mode}${precision.dtype ? " → " + precision.dtype : ""}${error}`);
-  const accuracy = Object.entries(model.accuracy || {}).map(([k, v]) => `${k} ${typeof v === "number" ? +v.toFixed(4) : v}`);
+  const accuracy = Object.entries(model.accuracy || {})
+    .map(([k, v]) => `${k} ${typeof v === "number" ? +v.toFixed(4) : v}`);
   field(list, "recorded accuracy", accuracy.length ? accuracy.join(", ") : "none recorded with these weights");
-  field(list, "source", Object.entries(model.source).filter(([, v]) => v != null).map(([k, v]) => `${k}: ${v}`).join("; "));
+  field(list, "source", Object.entries(model.source).filter(([, v]) => v != null)
+    .map(([k, v]) => `${k}: ${v}`).join("; "));
   field(list, "limits", `${model.limits.max_images} images per request, ${model.limits.max_upload_mb} MiB, ` +
     `batches of up to ${model.limits.max_batch} within ${model.limits.max_wait_ms} ms`);
   const classes = document.getElementById("card-classes");
