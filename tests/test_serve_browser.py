@@ -19,6 +19,11 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not insta
                                                               "chromium package)")
 
 
+def launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                             args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+
+
 @needs_chromium
 def test_page_shows_the_apis_predictions_and_cam_overlays(tmp_path):
     images = [EXAMPLES / "t10k_0000_ankle_boot.png", EXAMPLES / "t10k_0002_trouser.png"]
@@ -27,8 +32,7 @@ def test_page_shows_the_apis_predictions_and_cam_overlays(tmp_path):
         expected = [httpx.post(f"{url}/v1/predict", content=p.read_bytes(), timeout=60).json()["results"][0]
                     for p in images]
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            browser = launch(p)
             try:
                 page = browser.new_page(viewport={"width": 1100, "height": 900})
                 errors = []
@@ -57,3 +61,27 @@ def test_page_shows_the_apis_predictions_and_cam_overlays(tmp_path):
             finally:
                 browser.close()
     assert (tmp_path / "serve_page.png").stat().st_size > 10_000
+
+
+@needs_chromium
+def test_page_shows_a_segmentation_overlay_and_legend(tmp_path):
+    image = EXAMPLES / "t10k_0008_sandal.png"
+    with running_server("fcn_resnet20", "--precision", "fp32") as url:
+        shares = httpx.post(f"{url}/v1/predict", content=image.read_bytes(), timeout=60).json()["results"][0][
+            "class_shares"]
+        with playwright.sync_playwright() as p:
+            browser = launch(p)
+            try:
+                page = browser.new_page()
+                page.goto(url + "/")
+                page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+                page.set_input_files("#files", [str(image)])
+                page.wait_for_selector(".result.done, .result.failed", timeout=60_000)
+                card = page.locator(".result")
+                assert card.get_attribute("class") == "result done", card.inner_text()
+                legend = card.locator(".legend li").all_inner_texts()
+                assert [text.rsplit(" ", 1)[0] for text in legend] == sorted(shares, key=lambda c: -shares[c])
+                assert card.locator("figure.stack img.overlay").evaluate("img => img.naturalWidth") == 28
+                page.screenshot(path=str(tmp_path / "serve_segmentation.png"), full_page=True)
+            finally:
+                browser.close()

@@ -84,9 +84,14 @@ function showBars(node, result) {
 }
 
 function showSegmentation(node, result) {
-  node.querySelector(".overlay").src = "data:image/png;base64," + result.class_map_png;
-  node.querySelector(".overlay").classList.add("segmentation");
-  node.querySelector(".overlay-caption").textContent = "class map";
+  // the class map over the image, half transparent: the overlay; the legend names the colours
+  const overlay = node.querySelector(".overlay");
+  const under = node.querySelector(".input").cloneNode();
+  under.className = "under";
+  overlay.before(under);
+  overlay.parentElement.classList.add("stack");
+  overlay.src = "data:image/png;base64," + result.class_map_png;
+  node.querySelector(".overlay-caption").textContent = "class map over the image";
   const legend = node.querySelector(".legend");
   Object.entries(result.class_shares).sort((a, b) => b[1] - a[1]).forEach(([name, share]) => {
     const li = document.createElement("li");
