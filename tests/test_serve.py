@@ -124,6 +124,8 @@ def bad_requests(image: bytes):
         ("decompression bomb", dict(url="/v1/predict", content=bomb), 413, "too_many_pixels"),
         ("upload over --max-upload-mb", dict(url="/v1/predict", content=image + bytes(300_000)), 413,
          "upload_too_large"),
+        ("chunked upload over --max-upload-mb", dict(url="/v1/predict", content=iter([bytes(100_000)] * 3)), 413,
+         "upload_too_large"),  # no Content-Length: counted while read
         ("too many images", dict(url="/v1/predict", files=[("files", (f"{i}.png", image))
                                                              for i in range(5)]), 413, "too_many_images"),
         ("empty body", dict(url="/v1/predict", content=b""), 400, "no_image"),
