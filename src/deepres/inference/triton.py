@@ -16,16 +16,14 @@ import re
 import shutil
 from pathlib import Path
 
-import onnx
-
 from deepres.core.files import atomic_write_text
 from deepres.tasks.build import LoadedModel
 
 from .export import DEFAULT_TOLERANCE, export_model, preprocessing_metadata
 
-ONNX_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
-              onnx.TensorProto.BFLOAT16: "TYPE_BF16", onnx.TensorProto.INT64: "TYPE_INT64",
-              onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.UINT8: "TYPE_UINT8"}
+# ONNX TensorProto data type name -> Triton's
+ONNX_TYPES = {"FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16", "BFLOAT16": "TYPE_BF16", "INT64": "TYPE_INT64",
+              "INT32": "TYPE_INT32", "UINT8": "TYPE_UINT8"}
 
 
 def triton_model_name(name: str) -> str:
@@ -35,14 +33,17 @@ def triton_model_name(name: str) -> str:
 
 def tensor_specs(path: Path) -> tuple[list[dict], list[dict]]:
     """(inputs, outputs) of an ONNX file: name, Triton data type and dims without the batch dimension."""
+    import onnx  # here, as in export.py: `deepres predict` and `serve` start without it
+
     graph = onnx.load(str(path), load_external_data=False).graph
 
     def spec(value) -> dict:
         tensor = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
-        if tensor.elem_type not in ONNX_TYPES:
-            raise ValueError(f"{path}: tensor {value.name} has ONNX type {tensor.elem_type}, which has no Triton type")
-        return {"name": value.name, "data_type": ONNX_TYPES[tensor.elem_type], "dims": dims[1:]}
+        data_type = onnx.TensorProto.DataType.Name(tensor.elem_type)
+        if data_type not in ONNX_TYPES:
+            raise ValueError(f"{path}: tensor {value.name} has ONNX type {data_type}, which has no Triton type here")
+        return {"name": value.name, "data_type": ONNX_TYPES[data_type], "dims": dims[1:]}
 
     initializers = {init.name for init in graph.initializer}
     inputs = [spec(v) for v in graph.input if v.name not in initializers]
