@@ -266,17 +266,21 @@ async def read_images(request: Request, limits: Limits) -> list[tuple[str, bytes
     async def replay():  # the form parser reads the body from here, as it has been read already
         return {"type": "http.request", "body": body, "more_body": False}
 
+    too_many = RequestError(413, "too_many_images", f"more images in one request than --max-images "
+                                                    f"{limits.max_images}")
     try:
-        form = await Request(request.scope, replay).form(max_files=limits.max_images + 1, max_fields=100)
+        form = await Request(request.scope, replay).form(max_files=limits.max_images, max_fields=100)
     except Exception as error:  # starlette reports a malformed or oversized form as an HTTPException
-        raise RequestError(400, "bad_form", f"cannot parse the multipart form: {getattr(error, 'detail', error)}")
+        detail = str(getattr(error, "detail", error))
+        raise too_many if "Too many files" in detail else RequestError(400, "bad_form", f"cannot parse the "
+                                                                                       f"multipart form: {detail}")
     files = [(value.filename or key, await value.read()) for key, value in form.multi_items()
              if isinstance(value, UploadFile)]
+    await form.close()
     if not files:
         raise RequestError(400, "no_image", "the multipart form holds no file")
     if len(files) > limits.max_images:
-        raise RequestError(413, "too_many_images", f"{len(files)} images in one request; the limit is "
-                                                   f"--max-images {limits.max_images}")
+        raise too_many
     return files
 
 
