@@ -128,9 +128,9 @@ def bad_requests(image: bytes):
          "upload_too_large"),  # no Content-Length: counted while read
         ("too many images", dict(url="/v1/predict", files=[("files", (f"{i}.png", image))
                                                              for i in range(9)]), 413, "too_many_images"),
-        ("malformed multipart form", dict(url="/v1/predict", content=b"--x\r\nContent-Disposition: form-data\r\n\r\nab\r\n--x--\r\n",
-                                           headers={"content-type": "multipart/form-data; boundary=x"}), 400,
-         "bad_form"),
+        ("malformed multipart form (a part without a name)",
+         dict(url="/v1/predict", content=b"--x\r\nContent-Disposition: form-data\r\n\r\nab\r\n--x--\r\n",
+              headers={"content-type": "multipart/form-data; boundary=x"}), 400, "bad_form"),
         ("empty body", dict(url="/v1/predict", content=b""), 400, "no_image"),
         ("unknown CAM class", dict(url="/v1/cam?class=zebra", content=image), 400, "unknown_class"),
         ("unknown CAM stage", dict(url="/v1/cam?stage=layer9", content=image), 400, "unknown_stage"),
