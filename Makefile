@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 DEMO_EPOCHS ?= 3
 DEMO_RUN := demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: setup demo test clean fashion-mnist
+.PHONY: setup demo test clean fashion-mnist chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ fashion-mnist: setup
 	  { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; }; then :; \
 	else $(VENV)/bin/deepres data get fashion-mnist --dest data/fashion-mnist; fi
 
+# Chromium for the browser test of `deepres serve`: Debian's package, which Playwright drives (it downloads no browser).
+chromium:
+	@if [ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then apt-get install -y -qq chromium || \
+	  { apt-get update -qq && apt-get install -y -qq chromium; }; \
+	else echo "no Chromium: install it (Debian: apt-get install chromium) for tests/test_serve_browser.py" >&2; fi
+
 # A few minutes on 2 CPU cores: ResNet-20, $(DEMO_EPOCHS) epochs (the full recipe, 15 epochs, reaches >= 93%).
 demo: fashion-mnist
 	@root=$(FMNIST); [ -f $$root/train-images-idx3-ubyte.gz ] || root=data/fashion-mnist; \
@@ -31,7 +38,7 @@ demo: fashion-mnist
 	  --set data.root=$$root --set run.name=$(DEMO_RUN) && \
 	$(VENV)/bin/deepres eval runs/$(DEMO_RUN) --set data.root=$$root
 
-test: setup fashion-mnist
+test: setup fashion-mnist chromium
 	$(PY) -m pytest -q
 
 clean:

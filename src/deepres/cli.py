@@ -31,6 +31,8 @@ SUBCOMMANDS = {
     "predict": ("deepres.inference.cli", "classify images or folders with a trained or published model; CSV out"),
     "export": ("deepres.inference.cli",
                "export a checkpoint to ONNX, TorchScript or torch.export, checked against PyTorch"),
+    "serve": ("deepres.inference.serve", "serve a model over HTTP: JSON API, Grad-CAM, dynamic batching, a browser "
+                                         "page, Prometheus metrics"),
     "bench": ("deepres.inference.cli", "CPU inference speed: eager, deepres fast paths and ONNX Runtime side by side"),
     "convert": ("deepres.inference.convert",
                 "convert a foreign checkpoint (ademxapp MXNet .params) to a deepres safetensors state dict"),

@@ -1,5 +1,6 @@
 """Decoding one image file into an RGB PIL image, and the errors a bad file raises."""
 import contextlib
+import io
 import os
 import threading
 from pathlib import Path
@@ -102,10 +103,23 @@ def open_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         f = open(path, "rb")
     except OSError as e:
         raise BadImageError(path, f"cannot read file ({e.strerror})") from None
+    with f:
+        return _decode(f, path, max_pixels)
+
+
+def decode_image_bytes(data: bytes, name: str = "upload", *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image held in memory (an upload) into an RGB PIL image; BadImageError naming `name` as
+    load_image does (not an image, truncated or corrupt, too many pixels)."""
+    if not data:
+        raise BadImageError(name, "zero bytes")
+    return to_rgb(_decode(io.BytesIO(data), name, max_pixels))
+
+
+def _decode(f, path, max_pixels: int) -> Image.Image:
     try:
         # The pixel limit is ours (max_pixels), checked on the header's size before any pixel is decoded, and
         # again after (a GIF's first frame may be larger than its header says).
-        with f, pillow_limit_off():
+        with pillow_limit_off():
             img = Image.open(f)
             _check_pixels(path, img, max_pixels)
             img.load()

@@ -28,8 +28,10 @@ from deepres.tasks.segmentation import SegViews
 from .api import init_model
 from .bench import (DEFAULT_CASES, DEFAULT_PATHS, PATHS, agreement_table, benchmark, checkpoint_agreement,
                     environment, markdown_table)
+from .cam import overlay_cam
 from .export import DEFAULT_TOLERANCE, FORMATS, export_model, preprocessing_metadata
 from .predictor import Predictor
+from .triton import export_triton
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +57,11 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "evenly spaced)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the fast path (compiles once per batch size; pays off on large folders)")
+    parser.add_argument("--cam", metavar="DIR",
+                        help="also write a Grad-CAM overlay of each image's top class to DIR/<stem>_cam.jpg (the "
+                             "resized and cropped image the model saw, the heat map blended in)")
+    parser.add_argument("--cam-stage", metavar="NAME",
+                        help="the stage Grad-CAM reads (default: the last, e.g. layer4; layer1..layer3 are finer)")
     seg = parser.add_argument_group("segmentation models (--out is then a folder: a palette PNG per image and an "
                                     "overlay JPEG)")
     seg.add_argument("--label-ids", action="store_true",
@@ -108,6 +115,8 @@ def predict(args: argparse.Namespace) -> int:
     model = init_model(args.model, args.checkpoint, device=device, fast=args.precision, compile=args.compile,
                        calibration=args.calibration)
     if model.is_segmentation:
+        if args.cam is not None:
+            raise ValueError(f"--cam: {args.model} is a segmentation model; Grad-CAM explains classifiers")
         return predict_segmentation(args, model, out)
     seg_options = [f"--{k.replace('_', '-')}" for k in ("label_ids", "no_overlay", "flip") if getattr(args, k)]
     seg_options += [f"--{k.replace('_', '-')}" for k in ("mode", "crop", "stride", "scale_ratios", "test_steps",
@@ -116,6 +125,10 @@ def predict(args: argparse.Namespace) -> int:
         raise ValueError(f"{', '.join(seg_options)}: options of segmentation models; {args.model} is a classifier")
     if out is not None and out.is_dir():
         raise ValueError(f"--out {out} is a folder; a classifier's predictions go to a CSV file")
+    if args.cam_stage is not None and args.cam is None:
+        raise ValueError("--cam-stage is used with --cam DIR only")
+    if args.cam_stage is not None and args.cam_stage not in model.cam_stages:
+        raise ValueError(f"--cam-stage {args.cam_stage!r}: the model's stages are {', '.join(model.cam_stages)}")
     pp = model.preprocess
     print(f"{args.model}: {len(model.class_names)} classes, shorter side {pp.resize} -> centre {pp.crop_size} px "
           f"({pp.interpolation}), {pp.in_chans} channel(s)", file=sys.stderr)
@@ -141,9 +154,28 @@ def predict(args: argparse.Namespace) -> int:
         writer.writerows(rows)
         atomic_write_text(out, buffer.getvalue())
         print(f"wrote {len(rows)} predictions to {out}", file=sys.stderr)
+    if args.cam is not None:
+        write_cams(model, [r[0] for r in rows if not r[-1]], Path(args.cam), args.cam_stage, args.batch_size)
     if failed:
         print(f"{failed} of {len(rows)} images could not be decoded (marked FAILED)", file=sys.stderr)
     return 0
+
+
+def write_cams(model: Predictor, paths: list[str], folder: Path, stage: str | None, batch_size: int) -> None:
+    """DIR/<stem>_cam.jpg for each image: its top class's Grad-CAM over the image the model saw."""
+    stems: dict[str, str] = {}
+    for path in paths:
+        stem = Path(path).stem
+        if stem in stems:
+            raise ValueError(f"{path} and {stems[stem]} would both be written as {stem}_cam.jpg in --cam {folder}; "
+                             f"predict them separately")
+        stems[stem] = path
+    folder.mkdir(parents=True, exist_ok=True)
+    for result in model.cam(paths, stage=stage, batch_size=batch_size):
+        picture = Image.fromarray(overlay_cam(result["image"], result["cam"]))
+        atomic_write(folder / f"{Path(result['path']).stem}_cam.jpg", lambda f: picture.save(f, format="JPEG",
+                                                                                           quality=90))
+    print(f"wrote {len(paths)} Grad-CAM overlays ({stage or model.cam_stages[-1]}) to {folder}", file=sys.stderr)
 
 
 def predict_segmentation(args: argparse.Namespace, model: Predictor, out: Path | None) -> int:
@@ -216,11 +248,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a deepres run directory or .safetensors checkpoint (config inside), "
                                            "published weights arch.tag, or any .pth/.safetensors state dict "
                                            "together with --model")
-    parser.add_argument("--format", choices=tuple(FORMATS), default="onnx",
-                        help="onnx (dynamic batch, checked with ONNX Runtime), torchscript (torch.jit.trace), or "
-                             "export (torch.export .pt2)")
-    parser.add_argument("--out", metavar="FILE", help="output file (default: the checkpoint's name with "
-                                                       "the format's suffix, beside it)")
+    parser.add_argument("--format", choices=(*FORMATS, "triton"), default="onnx",
+                        help="onnx (dynamic batch, checked with ONNX Runtime), torchscript (torch.jit.trace), "
+                             "export (torch.export .pt2), or triton (a Triton Inference Server model repository: "
+                             "--out DIR gets <name>/config.pbtxt and <name>/1/model.onnx)")
+    parser.add_argument("--out", metavar="FILE|DIR", help="output file, or the model repository folder for triton "
+                                                          "(default: the checkpoint's name with the format's "
+                                                          "suffix, beside it; triton: model_repository)")
     parser.add_argument("--model", help="registered model name (needed for checkpoints without a deepres config)")
     parser.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
     parser.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo",
@@ -228,7 +262,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              "(TorchScript-based, deprecated)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="max |exported - PyTorch| logit error allowed, times max(1, largest |logit|)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output file (triton: model "
+                                                             "folder)")
+    triton = parser.add_argument_group("--format triton")
+    triton.add_argument("--name", help="the model's name in the repository (default: the architecture, e.g. resnet50)")
+    triton.add_argument("--max-batch", type=int, default=32, help="config.pbtxt max_batch_size (default 32)")
+    triton.add_argument("--max-wait-ms", type=float, default=5.0,
+                        help="dynamic batching: longest a request waits for batch mates, ms (default 5)")
 
 
 def default_output(checkpoint: str, format: str) -> Path:
@@ -241,7 +281,18 @@ def default_output(checkpoint: str, format: str) -> Path:
 
 
 def export(args: argparse.Namespace) -> int:
+    triton_only = [option for option, given in (("--name", args.name is not None), ("--max-batch",
+                   args.max_batch != 32), ("--max-wait-ms", args.max_wait_ms != 5.0)) if given]
+    if triton_only and args.format != "triton":
+        raise ValueError(f"{', '.join(triton_only)}: options of --format triton, not --format {args.format}")
     loaded = load_model(args.model, args.checkpoint) if args.model else load_model(args.checkpoint)
+    if args.format == "triton":
+        result = export_triton(loaded, Path(args.out or "model_repository"), name=args.name, max_batch=args.max_batch,
+                               max_wait_ms=args.max_wait_ms, force=args.force, opset=args.opset,
+                               exporter=args.exporter, tolerance=args.tolerance)
+        print(f"wrote the Triton model {result['model_dir']} (config.pbtxt, 1/model.onnx); max abs logit error vs "
+              f"PyTorch {result['max_abs_error']:.3g}")
+        return 0
     metadata = preprocessing_metadata(loaded)
     out = Path(args.out) if args.out else default_output(args.checkpoint, args.format)
     result = export_model(loaded.model, out, format=args.format, metadata=metadata, opset=args.opset,

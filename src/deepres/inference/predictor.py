@@ -19,8 +19,10 @@ from deepres.data.images import BadImageError
 from deepres.models.base import eval_mode, module_device
 from deepres.tasks.segmentation import SegViews, segment
 
+from .cam import cam_stages, grad_cam
 from .fastpath import MODES, InferenceInfo, prepare_for_inference
-from .preprocess import expand_inputs, input_path, preprocess_image, preprocess_tensor, to_image_tensor
+from .preprocess import (expand_inputs, input_path, normalize_image, preprocess_image, preprocess_tensor,
+                         resize_and_crop, to_image_tensor)
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +248,56 @@ class Predictor:
         items, single = expand_inputs(inputs)
         results = list(self.iter_predictions(items, top_k=top_k, batch_size=batch_size, skip_bad=skip_bad,
                                              progress=progress))
+        return results[0] if single else results
+
+    def class_index(self, target) -> int:
+        """A class given by name or index -> its index; ValueError naming the class if the model has no such one."""
+        names = self.class_names
+        if isinstance(target, str) and target not in names and target.lstrip("-").isdigit():
+            target = int(target)
+        if isinstance(target, str):
+            if target not in names:
+                shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+                raise ValueError(f"unknown class {target!r}; the model's classes are {shown}")
+            return names.index(target)
+        if not 0 <= int(target) < len(names):
+            raise ValueError(f"class index {target} out of range 0..{len(names) - 1}")
+        return int(target)
+
+    @property
+    def cam_stages(self) -> tuple[str, ...]:
+        """The stages `cam` can read, last = default."""
+        return cam_stages(self.model)
+
+    def cam(self, inputs, *, target=None, stage: str | None = None, batch_size: int = 32):
+        """Grad-CAM of one image (-> dict) or several (-> list of dicts): where the model saw `target` (a class name
+        or index; None: each image's top class), read at `stage` (a name from cam_stages; default the last).
+
+        Each dict: label, class, score (softmax probability of that class, fp32 model), stage, cam (float32 (H, W)
+        in 0..1 at the model's input size) and image (uint8 (C, H, W): the resized and cropped image the model saw,
+        for an overlay with deepres.inference.cam.overlay_cam), and "path" for files."""
+        if self.is_segmentation:
+            raise ValueError(f"{type(self.model).__name__} is a segmentation model: Grad-CAM explains classifiers")
+        label = None if target is None else self.class_index(target)
+        stage = self.cam_stages[-1] if stage is None else stage
+        items, single = expand_inputs(inputs)
+        results = []
+        with eval_mode(self.model):
+            for chunk in _batches(items, batch_size):
+                images = [resize_and_crop(to_image_tensor(item), self.preprocess) for item in chunk]
+                x = torch.stack([normalize_image(image, self.preprocess) for image in images]).to(self.device)
+                targets = None if label is None else [label] * len(chunk)
+                cams, logits = grad_cam(self.model, x, targets, stage=stage)
+                probs = torch.softmax(logits, dim=1)
+                labels = probs.argmax(dim=1).tolist() if label is None else [label] * len(chunk)
+                for item, image, cam_map, prob, index in zip(chunk, images, cams, probs, labels):
+                    result = {"label": index, "class": self.class_names[index], "score": float(prob[index]),
+                              "stage": stage, "cam": cam_map,
+                              "image": image if image.dtype == torch.uint8 else image.round().clamp(0, 255).byte()}
+                    path = input_path(item)
+                    if path is not None:
+                        result["path"] = path
+                    results.append(result)
         return results[0] if single else results
 
     def extract_feat(self, inputs, stage: str = "pre_logits", batch_size: int = 32):

@@ -114,8 +114,12 @@ def preprocess_image(item, pp: Preprocess) -> torch.Tensor:
 
 def preprocess_tensor(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     """A decoded image (to_image_tensor's (C, H, W), 0-255) -> normalised float32 model input."""
-    x = resize_and_crop(image, pp)
-    x = T.adapt_channels(x, pp.in_chans).float()
+    return normalize_image(resize_and_crop(image, pp), pp)
+
+
+def normalize_image(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
+    """An image already resized and cropped (resize_and_crop's output, 0-255) -> normalised float32 model input."""
+    x = T.adapt_channels(image, pp.in_chans).float()
     if pp.normalize == "mean":
         return T.subtract_mean(x, pp.mean)
     return T.normalize(x, pp.mean, pp.std)

@@ -1,0 +1,150 @@
+"""Load test of `deepres serve` on 127.0.0.1: requests/s and p50/p95/p99 latency at 1, 8 and 32 concurrent clients,
+with dynamic batching on (--max-batch 32 --max-wait-ms 5) and off (--max-batch 1), next to the offline images/s of
+the same fast path at batch 32 (what `deepres bench` measures), so the table says how close serving gets to it.
+
+Each client sends one image per request (POST /v1/predict, raw body) and waits for the answer before sending the
+next; each cell runs for --seconds (at most --max-requests requests) after --warmup requests. The server runs in a
+subprocess (deepres.inference.serve.serve_subprocess), so client and server share the machine's cores: the numbers
+are for one machine serving itself, a lower bound for a server with the machine to itself.
+
+    python benchmarks/serve_load.py                          # resnet50 at 224 and the demo model, 10 s per cell
+    python benchmarks/serve_load.py --models runs/demo-...   # any MODEL `deepres serve` takes
+    python benchmarks/serve_load.py --quick                  # a random Fashion-MNIST ResNet-20, 1 and 8 clients, 1 s
+
+The demo model defaults to a random-weight Fashion-MNIST ResNet-20 (the architecture and input of `make demo`;
+speed does not depend on the weights). Needs httpx (the test extra). Time it with nothing else running.
+"""
+import argparse
+import asyncio
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from deepres.core.checkpoint import save_checkpoint  # noqa: E402
+from deepres.core.config import Config, config_to_dict  # noqa: E402
+from deepres.core.device import cpu_model_name  # noqa: E402
+from deepres.inference import init_model  # noqa: E402
+from deepres.inference.bench import percentile, time_calls  # noqa: E402
+from deepres.inference.serve import serve_subprocess  # noqa: E402
+from deepres.models import create_model  # noqa: E402
+
+BATCHING = {"on": ["--max-batch", "32", "--max-wait-ms", "5"], "off": ["--max-batch", "1", "--max-wait-ms", "0"]}
+DEMO = "demo"  # --models entry: the random Fashion-MNIST ResNet-20 written to a temporary run directory
+
+
+def demo_run(directory: Path) -> Path:
+    cfg = Config()
+    cfg.model.name, cfg.model.num_classes, cfg.model.in_chans, cfg.data.name = "resnet20", 10, 1, "fashion_mnist"
+    save_checkpoint(directory / "checkpoints", "last", model=create_model("resnet20", num_classes=10, in_chans=1),
+                    state={"step": 0, "epoch": 0}, config=config_to_dict(cfg), classes=[str(i) for i in range(10)])
+    return directory
+
+
+def request_image(model: str) -> bytes:
+    """A JPEG the model's preprocessing has work to do on: a Fashion-MNIST example for 28 px models, else 320x240."""
+    side = init_model(model, fast=False).preprocess.input_size[-1]
+    if side <= 32:
+        return (ROOT / "examples" / "fashion_mnist" / "t10k_0000_ankle_boot.png").read_bytes()
+    pixels = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def offline_images_per_s(model: str, batch: int, seconds: float) -> float:
+    """Predictor.forward on a random batch, the default fast path: deepres bench's number for this model."""
+    predictor = init_model(model)
+    x = torch.randn(batch, *predictor.preprocess.input_size)
+    times = time_calls(predictor.forward, x, warmup=2, seconds=seconds, min_iterations=3, max_iterations=200)
+    return batch / statistics.median(times)
+
+
+async def load(url: str, body: bytes, clients: int, seconds: float, max_requests: int, warmup: int) -> dict:
+    """`clients` closed-loop clients for `seconds` after `warmup` requests: requests/s, latency percentiles (ms) and
+    the mean images per model call while timed (from /metrics)."""
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        async def one() -> float:
+            started = time.perf_counter()
+            response = await client.post("/v1/predict", content=body)
+            response.raise_for_status()
+            return time.perf_counter() - started
+
+        await asyncio.gather(*(one() for _ in range(warmup)))
+        images_before, calls_before = batch_totals((await client.get("/metrics")).text)
+        stop = time.perf_counter() + seconds
+
+        async def client_loop():
+            while time.perf_counter() < stop and len(latencies) < max_requests:
+                latencies.append(await one())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+        images, calls = batch_totals((await client.get("/metrics")).text)
+    return {"requests": len(latencies), "rps": len(latencies) / elapsed,
+            **{f"p{q}": percentile(latencies, q) * 1e3 for q in (50, 95, 99)},
+            "mean_batch": (images - images_before) / max(calls - calls_before, 1)}
+
+
+def batch_totals(metrics: str) -> tuple[float, float]:
+    """(images, model calls) so far, from the deepres_batch_size histogram."""
+    values = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line.startswith("deepres_batch_size_"))
+    return float(values["deepres_batch_size_sum"]), float(values["deepres_batch_size_count"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["resnet50", DEMO],
+                        help=f"MODEL specs as `deepres serve` takes them; {DEMO!r}: a random Fashion-MNIST ResNet-20")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients per cell")
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per cell")
+    parser.add_argument("--max-requests", type=int, default=5000, help="requests per cell at most")
+    parser.add_argument("--warmup", type=int, default=8, help="untimed requests before each cell")
+    parser.add_argument("--quick", action="store_true", help="the demo model only, 1 and 8 clients, 1 s per cell: "
+                                                             "checks that the benchmark runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.clients, args.seconds, args.warmup, args.max_requests = [DEMO], [1, 8], 1.0, 2, 200
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    print(f"CPU: {cpu_model_name()}, {os.cpu_count()} logical cores, torch {torch.__version__}; client and server on "
+          f"one machine, one image per request, {args.seconds:g} s per cell", file=sys.stderr)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for spec in args.models:
+            model = str(demo_run(Path(tmp) / "demo")) if spec == DEMO else spec
+            body = request_image(model)
+            offline = offline_images_per_s(model, 32, min(args.seconds, 5.0))
+            for batching, options in BATCHING.items():
+                with serve_subprocess(model, *options, env=env) as url:
+                    for clients in args.clients:
+                        result = asyncio.run(load(url, body, clients, args.seconds, args.max_requests, args.warmup))
+                        rows.append({"model": spec, "batching": batching, "clients": clients, **result,
+                                     "offline": offline})
+                        print(f"{spec} batching {batching} {clients} clients: {result['rps']:.1f} req/s",
+                              file=sys.stderr)
+    print("| model | batching | clients | requests/s | p50 ms | p95 ms | p99 ms | mean batch | "
+          "offline img/s (batch 32) | served / offline |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['batching']} | {r['clients']} | {r['rps']:.1f} | {r['p50']:.1f} | "
+              f"{r['p95']:.1f} | {r['p99']:.1f} | {r['mean_batch']:.1f} | {r['offline']:.0f} | "
+              f"{r['rps'] / r['offline']:.0%} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
