@@ -126,6 +126,18 @@ def test_rerun_from_stored_study_skips_finished_and_diverged_runs(tiny_study, ca
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
+def test_runs_made_before_a_config_key_existed_still_count(tiny_study, tmp_path, capsys):
+    out, _ = tiny_study
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    stored = copy / "narrow" / "seed0" / "config.yaml"
+    config = yaml.safe_load(stored.read_text())
+    del config["data"]["keep_classes"], config["optim"]["layer_decay"]  # keys newer than the run, at their defaults
+    stored.write_text(yaml.safe_dump(config))
+    assert main(["study", str(copy / "study.yaml"), "--out", str(copy)]) == 0
+    assert capsys.readouterr().out.count("finished earlier: skipped") == 4
+
+
 def test_compare_groups_by_config_or_parent(tiny_study, tmp_path, capsys):
     out, _ = tiny_study
     runs = [str(out / v / f"seed{s}") for v in ("narrow", "wide") for s in (0, 1)]

@@ -23,7 +23,7 @@ from deepres.core.runs import CONFIG_FILE, METRICS_FILE, read_metrics
 from deepres.core.checkpoint import checkpoint_paths
 from deepres.core.errors import NonFiniteLossError
 from deepres.core.files import atomic_write_text
-from deepres.core.config import RESUME_MAY_DIFFER, Config, config_diff, config_to_dict
+from deepres.core.config import RESUME_MAY_DIFFER, Config, config_diff, config_from_dict, config_to_dict
 
 from deepres.train import fit
 
@@ -85,7 +85,8 @@ def check_same_settings(run: PlannedRun) -> None:
     path = run.run_dir / CONFIG_FILE
     if not path.is_file():
         return
-    saved = yaml.safe_load(path.read_text()) or {}
+    # Through the schema: keys added to deepres since the run was made take their defaults, as on --resume
+    saved = config_to_dict(config_from_dict(yaml.safe_load(path.read_text()) or {}))
     planned = config_to_dict(run.config)
     diffs = [(k, a, b) for k, a, b in config_diff(saved, planned, ignore=RESUME_MAY_DIFFER)
              # num_classes / in_chans 0 = "from the data": the stored config holds the resolved number
