@@ -71,7 +71,14 @@ def auto_dtype(device: torch.device) -> str:
     return "fp32"
 
 
+INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")  # /proc/cpuinfo flags of 8-bit dot-product instructions
+
+
+def cpu_int8_flags() -> list[str]:
+    """This CPU's int8 dot-product flags (AMX-INT8, AVX-512 VNNI, AVX-VNNI), in that order; [] without any."""
+    return [flag for flag in INT8_FLAGS if flag in cpu_flags()]
+
 
 def cpu_has_vnni() -> bool:
     """True when the CPU has 8-bit dot products (AVX-512 VNNI, AVX-VNNI or AMX-INT8)."""
-    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return bool(cpu_int8_flags())
