@@ -26,7 +26,7 @@ def tiny_config(tmp, name, **train):
     cfg = Config()
     cfg.model.name = TINY_MODEL
     cfg.data.name, cfg.data.batch_size = "synthetic", 16
-    cfg.train = replace(cfg.train, epochs=6, progress=False, **train)  # >= 90% top-1 (test_train_loop)
+    cfg.train = replace(cfg.train, **{"epochs": 6, "progress": False, **train})  # 6: >= 90% top-1 (test_train_loop)
     cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov = 0.2, 0.9, True
     cfg.schedule.warmup_iters = 0
     cfg.run.out_dir, cfg.run.name = str(tmp), name

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from deepres.core.checkpoint import resolve_checkpoint, set_weights_metadata
-from deepres.core.device import cpu_int8_flags, cpu_model_name
+from deepres.core.device import cpu_int8_flags, cpu_model_name, limit_compute_threads
 from deepres.data import build_loaders
 from deepres.models.base import eval_mode
 from deepres.tasks.build import load_model
@@ -140,6 +140,7 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def calibrate(args: argparse.Namespace) -> int:
+    limit_compute_threads()
     path, calibration = calibrate_checkpoint(args.target, data_root=args.data, images=args.images,
                                              eval_images=args.eval_images)
     use, why = int8_choice(calibration, torch.device("cpu"))

@@ -27,7 +27,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from deepres.core.config import Config
-from deepres.core.device import AMP_DTYPES, default_device
+from deepres.core.device import AMP_DTYPES, default_device, limit_compute_threads, local_processes
 from deepres.core.distributed import all_reduce_sum, broadcast_buffers, find_ddp, process_group, raise_if_any_failed
 from deepres.core.errors import NonFiniteLossError, TrainingInterrupted
 from deepres.models.base import frozen_modules
@@ -252,11 +252,13 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
                          f"use train.amp=bf16 or none")
     if not cfg.run.name:
         cfg = replace(cfg, run=replace(cfg.run, name=f"{cfg.data.name}-{cfg.model.name}"))
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     try:
         with process_group(device) as (dist, device):
             log = (log or _print_line) if dist.is_main else _silent
             run = setup_run(cfg, resume=resume, device=device, loaders=loaders, dist=dist, log=log)
+            if device.type == "cpu":  # compute threads + DataLoader workers within the cores (core.device)
+                limit_compute_threads(workers=getattr(run.train_loader, "workers", 0), processes=local_processes())
             state, task = run.state, run.task
             with run.recorder or nullcontext():  # rank 0's; closed however the loop ends
                 if run.recorder is not None:
@@ -289,6 +291,7 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
                     "finished": state.step >= run.total_iters}
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_num_threads(threads)
 
 
 def _epoch(run: Run, stop_after_epochs: int | None, log: Callable[[str], None]) -> None:
