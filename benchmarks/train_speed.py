@@ -45,8 +45,8 @@ def fashion_config(args) -> Config:
         overrides += ["data.name=synthetic", "data.in_chans=1", "data.num_classes=10",
                       f"data.synthetic_size=[{args.steps * args.batch},1]", "data.synthetic_image_size=28"]
     cfg = load_config("fashion_mnist/resnet20", overrides)
-    if args.no_compile:
-        cfg.train.compile = False
+    if args.compile != "recipe":
+        cfg.train.compile = args.compile == "on"
     return cfg
 
 
@@ -60,7 +60,7 @@ def resnet50_config(args) -> Config:
     d.batch_size, d.limit_val = args.r50_batch, 1
     t = cfg.train
     t.amp = "bf16" if auto_dtype(torch.device("cpu")) == "bf16" else "none"
-    t.channels_last, t.compile = True, False
+    t.channels_last, t.compile = True, args.compile == "on"
     t.progress, t.log_every_iters = False, 10**6
     return cfg
 
@@ -110,14 +110,15 @@ def main(argv=None) -> int:
     parser.add_argument("--r50-size", type=int, default=224, help="ResNet-50 image side (default %(default)s)")
     parser.add_argument("--synthetic", action="store_true",
                         help="synthetic images in place of Fashion-MNIST (same shape; for machines without it)")
-    parser.add_argument("--no-compile", action="store_true", help="run the recipe without train.compile")
+    parser.add_argument("--compile", choices=("recipe", "on", "off"), default="recipe",
+                        help="train.compile for deepres's rows: as the recipe says (default), on or off")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes that run in seconds (a check that the script works; figures meaningless)")
     parser.add_argument("--out", metavar="FILE", help="also write the rows and the machine as JSON")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.batch, args.r50_steps, args.r50_batch, args.r50_size = 2, 8, 1, 2, 32
-        args.synthetic, args.no_compile = True, True
+        args.synthetic, args.compile = True, "off"
     threads = limit_compute_threads()
     machine = {"cpu": cpu_model_name() or platform.processor(), "isa": sorted(cpu_flags() & set(ISA)),
                "available_cores": available_cores(), "torch_threads": threads, "torch": torch.__version__,
