@@ -186,3 +186,26 @@ def test_deepres_calibrate_writes_into_a_run_on_its_own_dataset(tmp_path, capsys
     assert f"{stored.agreement:.2f}% of 24 images" in out and "not int8 (this CPU has no VNNI" in out
     assert main(["calibrate", str(tmp_path / "missing")]) != 0
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_deepres_train_with_calibrate_int8_stores_the_calibration(tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(f"model: {{name: {TINY_MODEL}, num_classes: 10, in_chans: 3}}\n"
+                      "data: {name: synthetic, synthetic_size: [32, 16], synthetic_image_size: 8, image_size: 8, "
+                      "batch_size: 16}\n"
+                      "train: {epochs: 1, progress: false, calibrate_int8: true, int8_calibration_images: 16, "
+                      "int8_agreement_images: 8}\n")
+    assert main(["train", str(recipe), "--out", str(tmp_path), "--set", "run.name=r"]) == 0
+    assert "int8 agrees with fp32 on" in capsys.readouterr().out
+    stored = Int8Calibration.from_json(load_weights(tmp_path / "r" / "checkpoints" / "best.safetensors")[1]
+                                       ["int8_calibration"])
+    assert stored.calibration_images == 16 and stored.eval_images == 8
+
+
+def test_fit_without_the_calibration_step_says_how_to_calibrate(tmp_path):
+    lines = []
+    fit(tiny_config(tmp_path, "r", epochs=1, calibrate_int8=True), device="cpu", loaders=tiny_loaders(),
+        log=lines.append)
+    assert any("deepres calibrate" in line for line in lines)
+    _, metadata = load_weights(tmp_path / "r" / "checkpoints" / "last.safetensors")
+    assert "int8_calibration" not in metadata
