@@ -128,6 +128,8 @@ def test_int8_predictions_agree_with_fp32_on_the_trained_model(trained, flags):
     assert int8.fast_info.dtype == "int8"
     assert (exact == quantized).float().mean() >= 0.9
     assert set(exact.tolist()) == {0, 1, 2, 3}  # the model learned the four patterns
+    asked = init_model(trained["calibrated"], fast="int8")  # no calibration images: the stored ranges serve
+    assert torch.equal(asked(images), int8(images)) and "fast='int8' was asked for" in asked.fast_reason
 
 
 def test_ranges_rebuild_the_same_int8_model_as_the_images(trained):
