@@ -156,6 +156,8 @@ def test_calibrate_int8_takes_images_through_a_predictor_and_rejects_bad_batches
     assert result.calibration_images == 20 and result.eval_images == 10
     with pytest.raises(ValueError, match="preprocessed float NCHW"):
         calibrate_int8(predictor.model, [images], [images])
+    with pytest.raises(ValueError, match="calibration images are empty"):
+        calibrate_int8(predictor.model, [], [images.float()])
 
 
 @pytest.mark.parametrize("data, message", [

@@ -42,6 +42,8 @@ def calibrate_int8(model: Predictor | nn.Module, calibration, eval_images, *, ma
     preprocess = model.preprocess if isinstance(model, Predictor) else None
     module = model.model if isinstance(model, Predictor) else model
     calib = list(_float_batches(calibration, preprocess, max_calibration_images, "calibration"))
+    if not calib:
+        raise ValueError("calibrate_int8: the calibration images are empty")
     with eval_mode(module):
         observed = observe_int8(module, calib[0][:2])
         seen = run_calibration(observed, calib)
