@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from deepres.core.device import auto_dtype, cpu_model_name  # noqa: E402
+from deepres.core.device import auto_dtype, cpu_model_name, load_warning  # noqa: E402
 from deepres.inference.bench import build_path, time_calls  # noqa: E402
 from deepres.models import create_model, list_models  # noqa: E402
 from deepres.models.complexity import model_complexity  # noqa: E402
@@ -36,6 +36,9 @@ def main() -> int:
     if missing:
         raise SystemExit(f"not registered: {', '.join(missing)} (see `deepres models`)")
     fast = auto_dtype(torch.device("cpu"))
+    warning = load_warning()  # a busy machine makes every figure below slower
+    if warning:
+        print(warning)
     print(f"CPU: {cpu_model_name()}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; batch {args.batch}, {args.size}x{args.size}, "
           f"fast path = {fast}")

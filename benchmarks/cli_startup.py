@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from deepres.core.device import cpu_flags, cpu_model_name  # noqa: E402
+from deepres.core.device import cpu_flags, cpu_model_name, load_warning  # noqa: E402
 
 
 def commands(baseline_src: str | None) -> list[tuple[str, list[str], dict | None]]:
@@ -60,6 +60,9 @@ def main() -> int:
     parser.add_argument("--baseline-src", metavar="DIR", help="also time `python -m deepres --help` from this src/")
     args = parser.parse_args()
     isa = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"})
+    warning = load_warning()  # a busy machine makes every figure below slower
+    if warning:
+        print(warning)
     print(f"CPU: {cpu_model_name() or platform.processor()} ({os.cpu_count()} cores; ISA flags: {', '.join(isa)}); "
           f"Python {platform.python_version()}; load average before {os.getloadavg()[0]:.2f}")
     print("| command | median s | fastest s |\n|---|---|---|")

@@ -33,6 +33,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from deepres.core.device import load_warning  # noqa: E402
 from deepres.data import DataConfig, PackOptions, build_loaders, pack_dataset  # noqa: E402
 
 WIDTH, HEIGHT = 500, 375  # pixels, ImageNet's most common photo size
@@ -136,6 +137,9 @@ def main() -> int:
     load_after = os.getloadavg()
 
     folder_rate = {r["workers"]: r["images_per_s"] for r in rows if r["source"] == "folder"}
+    warning = load_warning()  # a busy machine makes every figure below slower
+    if warning:
+        print(warning)
     print(f"\nloader throughput: random-resized crop to {args.image_size} + flip, batch {args.batch_size}, "
           f"{os.cpu_count()} CPUs, load average {load_before[0]:.1f} before / {load_after[0]:.1f} after")
     print("| source | stored as | kB/image | workers | images/s | per worker | vs folder |")

@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from deepres.core.runs import read_metrics  # noqa: E402
 from deepres.core.config import load_config  # noqa: E402
+from deepres.core.device import load_warning  # noqa: E402
 from deepres.train.loop import fit  # noqa: E402
 
 
@@ -43,6 +44,9 @@ def main():
             rows.append(time_to_accuracy(args.recipe, args.overrides, args.target, seed, tmp))
     import torch
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    warning = load_warning()  # a busy machine makes every figure below slower
+    if warning:
+        print(warning)
     print(f"\n{args.recipe} {' '.join(args.overrides)} | target top-1 {args.target}% | {device}, torch {torch.__version__}")
     print("| seed | seconds to target | epoch reached | final top-1 | total seconds |")
     print("|---|---|---|---|---|")

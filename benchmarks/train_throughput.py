@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from deepres.models import create_model  # noqa: E402
 from deepres.core.config import Config  # noqa: E402
+from deepres.core.device import load_warning  # noqa: E402
 from deepres.tasks import get_task  # noqa: E402
 from deepres.train.loop import train_one_epoch  # noqa: E402
 from deepres.train.run import Run  # noqa: E402
@@ -149,6 +150,9 @@ def main():
     device = torch.cuda.get_device_name()
     print(f"\nResNet-50, 224x224, batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, "
           f"{device}, torch {torch.__version__}")
+    warning = load_warning()  # a busy machine makes every figure below slower
+    if warning:
+        print(warning)
     print(f"| {'setup':<46} | {'img/s':>7} | {'vs fp32 eager':>13} | {'peak GiB':>8} |")
     print(f"|{'-' * 48}|{'-' * 9}|{'-' * 15}|{'-' * 10}|")
     for name, (ips, mem) in rows.items():

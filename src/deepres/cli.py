@@ -17,7 +17,9 @@ from deepres.core.errors import DownloadError, RunFailedError  # plain exception
 # name -> (module, one-line help)
 SUBCOMMANDS = {
     "models": ("deepres.models.cli", "list registered models with params and GMACs"),
-    "train": ("deepres.train.cli", "train a model from a recipe (YAML) with --set overrides; --resume continues"),
+    # deepres.inference.calibrate wraps deepres.train.cli's command to add train.calibrate_int8's final step
+    "train": ("deepres.inference.calibrate",
+              "train a model from a recipe (YAML) with --set overrides; --resume continues"),
     "teacher-logits": ("deepres.train.distill", "store a teacher's logits on every training image of a recipe, "
                                                 "for offline distillation (train.kd_logits)"),
     "eval": ("deepres.eval.cli", "evaluate a checkpoint on a dataset (multi-scale and flip testing optional)"),
@@ -33,6 +35,8 @@ SUBCOMMANDS = {
                "export a checkpoint to ONNX, TorchScript or torch.export, checked against PyTorch"),
     "serve": ("deepres.inference.serve", "serve a model over HTTP: JSON API, Grad-CAM, dynamic batching, a browser "
                                          "page, Prometheus metrics"),
+    "calibrate": ("deepres.inference.calibrate", "store an int8 calibration and its agreement with fp32 in a "
+                                                 "checkpoint: predict then runs int8 by default where it is safe"),
     "bench": ("deepres.inference.cli", "CPU inference speed: eager, deepres fast paths and ONNX Runtime side by side"),
     "convert": ("deepres.inference.convert",
                 "convert a foreign checkpoint (ademxapp MXNet .params) to a deepres safetensors state dict"),

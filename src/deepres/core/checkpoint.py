@@ -2,7 +2,9 @@
 
 A checkpoint `<name>` in a directory is two files:
   <name>.safetensors  the bare model's state_dict (no DDP `module.` / torch.compile `_orig_mod.` prefixes);
-                      metadata: resolved config (JSON), class names (JSON), model class, step, epoch
+                      metadata: resolved config (JSON), class names (JSON), model class, step, epoch, and
+                      optionally int8_calibration (JSON: int8 activation ranges and their measured agreement with
+                      fp32, written by deepres.inference.calibrate; a new save of the weights drops it)
   <name>.state.pt     optimizer, schedule position (step, epoch), EMA weights, GradScaler, RNG states
                       (torch CPU/CUDA, numpy, python), resolved config, best metric
 Every write goes to a hidden temp file in the same directory, is fsynced, then os.replace()d over the
@@ -25,9 +27,10 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
-from .files import atomic_write_many
+from .files import atomic_write, atomic_write_many
 
 STATE_FORMAT = 1  # bump when the .state.pt layout changes
+JSON_METADATA = ("config", "classes", "int8_calibration")  # metadata keys stored as JSON text
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -124,13 +127,26 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             tensors = f.get_tensors()
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
-    for key in ("config", "classes"):
+    for key in JSON_METADATA:
         if key in metadata:
             try:
                 metadata[key] = json.loads(metadata[key])
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: metadata {key!r} is not JSON ({e})") from None
     return tensors, metadata
+
+
+def set_weights_metadata(path: str | Path, key: str, value) -> None:
+    """Store `value` (JSON-serialisable) under metadata `key` of a .safetensors file, rewriting it atomically: the
+    tensors and every other metadata entry stay as they were, and a failure leaves the old file in place."""
+    path = Path(path)
+    if key not in JSON_METADATA or key in ("config", "classes"):
+        raise ValueError(f"metadata key {key!r} cannot be set here; settable: int8_calibration")
+    tensors, metadata = load_weights(path)
+    raw = {k: json.dumps(v) if k in JSON_METADATA else v for k, v in metadata.items()}
+    raw[key] = json.dumps(value)
+    blob = safetensors.torch.save(tensors, metadata=raw)
+    atomic_write(path, lambda f: f.write(blob))
 
 
 def load_checkpoint(directory: str | Path, name: str = "last") -> tuple[dict[str, torch.Tensor], dict]:

@@ -209,6 +209,13 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory format for model and inputs
     sync_bn: bool = False  # with several processes (CUDA): BatchNorm statistics over the global batch (SyncBatchNorm)
     compile: bool = False  # torch.compile the model for training (checkpoints store the bare model)
+    # At the end of a finished run, calibrate int8 on the best (else last) checkpoint and store the activation
+    # ranges and their top-1 agreement with fp32 in it (`deepres calibrate` does it for any checkpoint); predict
+    # and init_model then run int8 by default where the agreement is >= 99.5% and the CPU has VNNI/AMX. Off by
+    # default until its speed and accuracy are measured side by side (issue 15).
+    calibrate_int8: bool = False
+    int8_calibration_images: int = 256  # training images the activation ranges are observed on
+    int8_agreement_images: int = 1000  # evaluation images the int8-vs-fp32 top-1 agreement is measured on
     seed: int = 0  # seeds torch, numpy, random, the data order and augmentation
     deterministic: bool = False  # torch.use_deterministic_algorithms; bit-exact resume on CPU
     nonfinite_patience: int = 5  # stop after this many non-finite losses in a row (those steps are skipped)
@@ -265,7 +272,8 @@ class Config:
 
 # Keys that may differ between a run and its --resume: they do not change the trained weights.
 RESUME_MAY_DIFFER = ("run", "expect", "eval", "train.progress", "train.log_every_iters",
-                     "train.eval_every_epochs", "train.checkpoint_every_iters", "data.root", "data.workers",
+                     "train.eval_every_epochs", "train.checkpoint_every_iters", "train.calibrate_int8",
+                     "train.int8_calibration_images", "train.int8_agreement_images", "data.root", "data.workers",
                      "data.eval_batch_size")
 
 
@@ -384,6 +392,8 @@ def validate_config(cfg: Config) -> None:
     need(t.nonfinite_patience >= 1, "train.nonfinite_patience", t.nonfinite_patience, "must be >= 1")
     need(t.eval_every_epochs >= 1, "train.eval_every_epochs", t.eval_every_epochs, "must be >= 1")
     need(t.log_every_iters >= 1, "train.log_every_iters", t.log_every_iters, "must be >= 1")
+    need(t.int8_calibration_images >= 1, "train.int8_calibration_images", t.int8_calibration_images, "must be >= 1")
+    need(t.int8_agreement_images >= 1, "train.int8_agreement_images", t.int8_agreement_images, "must be >= 1")
     need(t.checkpoint_every_iters >= 0, "train.checkpoint_every_iters", t.checkpoint_every_iters,
          "must be >= 0 (optimizer steps; 0 = at epoch ends only)")
     need(all(0 < x <= MAX_TEST_SCALE for x in cfg.eval.scales), "eval.scales", cfg.eval.scales,

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from deepres.core.config import DataConfig, validate_data_config
+from deepres.core.device import local_processes, thread_plan
 from deepres.core.preprocess import Preprocess, parse_eval_preset
 
 from . import transforms as T
@@ -263,6 +264,7 @@ class Loader:
         self._first_batch = 0  # the batch the DataLoader's sampler starts at (iter_from)
         self._order: tuple[int, torch.Tensor] | None = None  # (epoch, its sample order): batch_indices
         self.on_device = on_device
+        self.workers = 0 if on_device else workers  # DataLoader worker processes (fit sizes its threads around them)
         if on_device:
             self._images = dataset.images.to(device)
             self._labels = dataset.labels.to(device)
@@ -460,7 +462,7 @@ def build_eval_loader(cfg: DataConfig, device, *, classes: list[str] | None = No
     eval_set = build_eval_dataset(cfg, classes, split)
     num_classes, in_chans = _data_shape(cfg, eval_set)
     loader_args = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
-                       on_device=_on_device(cfg, fmt), workers=cfg.workers)
+                       on_device=_on_device(cfg, fmt), workers=loader_workers(cfg.workers))
     info = DataInfo(num_classes=num_classes, in_chans=in_chans, classes=list(eval_set.classes), train_size=0,
                     eval_size=len(eval_set))
     return _eval_loader(cfg, fmt, eval_set, in_chans, loader_args), info
@@ -473,8 +475,14 @@ def eval_loader_of(dataset, cfg: DataConfig, device, *, in_chans: int | None = N
     validate_data_config(cfg)
     in_chans = in_chans or cfg.in_chans or dataset.in_chans
     loader_args = dict(device=torch.device(device), seed=0, rank=0, world_size=1, on_device=False,
-                       workers=cfg.workers)
+                       workers=loader_workers(cfg.workers))
     return _eval_loader(cfg, get_format("folder"), dataset, in_chans, loader_args)
+
+
+def loader_workers(requested: int) -> int:
+    """data.workers capped so that the workers of this node's processes leave each one a core to compute on
+    (core.device.thread_plan): more processes than cores make the workers and the compute threads fight."""
+    return thread_plan(requested, processes=local_processes())[0]
 
 
 def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -507,7 +515,7 @@ def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, worl
                                    auto_augment=AutoAugment.from_spec(cfg.auto_augment, cfg.auto_augment_convention),
                                    **common)
     loader_args = dict(device=torch.device(device), seed=seed, rank=rank, world_size=world_size,
-                       on_device=_on_device(cfg, fmt), workers=cfg.workers)
+                       on_device=_on_device(cfg, fmt), workers=loader_workers(cfg.workers))
     eval_loader = _eval_loader(cfg, fmt, eval_set, in_chans, loader_args)
     train_loader = Loader(train_set, batch_size=cfg.batch_size, train=True, item_transform=train_items,
                           batch_transform=train_batches, **loader_args)

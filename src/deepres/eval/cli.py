@@ -9,7 +9,7 @@ from pathlib import Path
 
 from deepres.core.checkpoint import resolve_checkpoint
 from deepres.core.config import MAX_TEST_SCALE, Config, apply_overrides
-from deepres.core.device import AMP_DTYPES, default_device
+from deepres.core.device import AMP_DTYPES, default_device, limit_compute_threads
 from deepres.data import build_eval_loader, list_formats
 from deepres.tasks import SegmentationTask, task_of
 from deepres.tasks.build import load_model
@@ -115,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     device = default_device()
     # Only the evaluated split is read; a deepres checkpoint's class list stands in for the training split.
     eval_loader, info = build_eval_loader(cfg.data, device, classes=classes, seed=cfg.train.seed)
+    if device.type == "cpu":  # compute threads + the loader's workers within the available cores
+        limit_compute_threads(workers=getattr(eval_loader, "workers", 0))
     if info.num_classes != model.num_classes:
         raise ValueError(f"{path}: its classifier does not fit the {info.num_classes} classes of {cfg.data.name} "
                          f"(it has {model.num_classes} outputs); evaluate on the dataset it was trained for")

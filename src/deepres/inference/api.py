@@ -7,6 +7,7 @@ from deepres.data.imagenet_classes import imagenet_class_names
 from deepres.models import load_pretrained, read_state_dict
 from deepres.tasks.build import load_model
 
+from .int8 import Int8Calibration
 from .predictor import Predictor, stem_in_chans
 
 
@@ -20,8 +21,10 @@ def init_model(model_or_recipe, checkpoint=None, device="cpu", *, preprocess: Pr
     `checkpoint` is given), a recipe name or YAML path, or an nn.Module (see deepres.tasks.build.load_model).
     checkpoint: any .pth/.safetensors state dict for that architecture (num_classes and in_chans are read from it).
     preprocess / class_names override what was derived.
-    fast: how the predictor runs it (Predictor.set_fast_path): "auto" (default; bf16 where the CPU/GPU computes it
-    natively, else fp32, BN folded and channels_last either way), "fp32", "bf16", "int8" (CPU; needs
+    fast: how the predictor runs it (Predictor.set_fast_path): "auto" (default; int8 where a deepres checkpoint
+    carries an int8 calibration agreeing with fp32 on >= 99.5% of its images and the CPU has VNNI/AMX, else bf16
+    where the CPU/GPU computes it natively, else fp32, BN folded and channels_last either way; the Predictor's
+    `fast_reason` says which and why), "fp32", "bf16", "int8" (CPU; needs
     `calibration`: a few hundred images of any kind inference_model takes), or False (the model as is, fp32).
     compile: add torch.compile (compiles once per batch size: worth it for large jobs). The model itself keeps
     its fp32 weights: extract_feat, export and training use it unchanged.
@@ -37,13 +40,16 @@ def init_model(model_or_recipe, checkpoint=None, device="cpu", *, preprocess: Pr
         default_names = imagenet_class_names() if num_classes == 1000 else [str(i) for i in range(num_classes)]
         source = {"source": "module", "checkpoint": str(checkpoint) if checkpoint is not None else None}
         derived_pp, derived_names, config = Preprocess(in_chans=stem_in_chans(model) or 3), default_names, None
+        int8 = None
     else:
         loaded = load_model(model_or_recipe, checkpoint)
         model, derived_pp, derived_names = loaded.model, loaded.preprocess, loaded.class_names
         source, config = loaded.source, loaded.config
+        int8 = (Int8Calibration.from_json(loaded.int8_calibration, f"{source['checkpoint']}: int8_calibration")
+                if loaded.int8_calibration is not None else None)
     return Predictor(model.to(device), preprocess or derived_pp,
                      class_names if class_names is not None else derived_names, source=source, config=config,
-                     fast=fast, compile=compile, calibration=calibration)
+                     fast=fast, compile=compile, calibration=calibration, int8_calibration=int8)
 
 
 def _predictor(model) -> Predictor:

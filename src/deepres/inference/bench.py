@@ -23,7 +23,8 @@ import torch.nn as nn
 
 from deepres.core.checkpoint import resolve_checkpoint
 from deepres.core.config import apply_overrides
-from deepres.core.device import auto_dtype, cpu_has_native_bf16, cpu_model_name
+from deepres.core.device import (auto_dtype, available_cores, cpu_has_native_bf16, cpu_int8_flags, cpu_model_name,
+                                 load_warning)
 from deepres.data import build_loaders
 from deepres.models import create_model
 
@@ -225,10 +226,19 @@ def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: 
 # ------------------------------------------------------------------------------------------ report
 
 
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def environment() -> dict:
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16(),
-           "python": platform.python_version(), "machine": platform.processor() or platform.machine()}
+           "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
+           "available_cores": available_cores(), "cpu_int8": cpu_int8_flags(), "load_average": _load_average(),
+           "load_warning": load_warning()}
     try:
         import onnxruntime
 

@@ -142,19 +142,23 @@ class InferenceInfo:
     max_abs_error: float | None = None  # largest |logit - fp32 eager logit| on check_batch
     check_batch: str = ""  # what max_abs_error was measured on: a random batch, or (int8) real calibration images
     notes: list[str] = field(default_factory=list)  # why auto chose what it did
+    reason: str = ""  # one line: why this path was picked (auto: the CPU, a stored int8 calibration)
 
 
 def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int], mode: str = "auto",
                           fold_bn: bool | None = None, channels_last: bool | None = None,
                           compile: bool = False, calibration: Iterable[torch.Tensor] | None = None,
+                          int8_ranges: dict[str, Sequence[float]] | None = None,
                           device: torch.device | str | None = None, verify: bool = True,
                           example_batch_size: int = 2) -> tuple[InferenceRunner, InferenceInfo]:
     """A runner for fast inference with `model` (left unchanged) and an InferenceInfo saying what was applied.
 
     mode: "eager" (the model as is, fp32), "fp32" (BN folded + channels_last), "bf16" (that, in bfloat16),
     "int8" (post-training quantization, FX graph mode with the x86 backend; CPU only, needs `calibration`
-    batches), "auto" (bf16 where the hardware computes it natively, else fp32). fold_bn / channels_last override
-    the mode's choice. compile: torch.compile (inductor, frozen weights) on top; it compiles once per batch size.
+    batches or `int8_ranges`, the activation_ranges a calibration stored), "auto" (bf16 where the hardware
+    computes it natively, else fp32; the int8-by-default rule is the Predictor's, deepres.inference.int8).
+    fold_bn / channels_last override the mode's choice. compile: torch.compile (inductor, frozen weights) on top;
+    it compiles once per batch size.
     example_input_size: (C, H, W) of one image; a random batch of `example_batch_size` such images is the compile
     warm-up (use the batch size you will run) and the self-check.
     verify: compare with the fp32 eager model on that example batch and record the error in info.
@@ -178,8 +182,9 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
     info = InferenceInfo(mode=mode, dtype=dtype, device=str(device), channels_last=channels_last)
     if mode == "auto":
         native = "natively (AVX-512 BF16 / AMX, or a CUDA GPU with bf16)"
-        info.notes.append(f"auto: {dtype} because this {device.type} {'computes' if dtype == 'bf16' else 'lacks'} "
-                          f"bf16 {native}")
+        info.reason = (f"auto: {dtype} because this {device.type} {'computes' if dtype == 'bf16' else 'lacks'} "
+                       f"bf16 {native}")
+        info.notes.append(info.reason)
     seeded = torch.Generator().manual_seed(0)  # the same check, and error figure, on every call
     example = torch.randn(example_batch_size, *example_input_size, generator=seeded).to(device)
 
@@ -202,7 +207,7 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
         info.steps.append("bf16 weights and activations")
     elif dtype == "int8":
         calibration = list(calibration) if calibration is not None else None
-        prepared = quantize_int8(prepared, calibration, example)
+        prepared = quantize_int8(prepared, calibration, example, ranges=int8_ranges)
         info.steps.append("int8 (FX graph mode, x86 backend, per-channel weights)")
 
     module = _compile_frozen(prepared) if compile else prepared
@@ -215,8 +220,9 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
                           f"{example_batch_size})")
     if verify:
         # int8 activation ranges fit real images, not noise: check it on real images (a calibration batch)
-        check = calibration[0].float().to(device) if dtype == "int8" else example
-        info.check_batch = "the first calibration batch" if dtype == "int8" else "a random batch"
+        on_images = dtype == "int8" and bool(calibration)
+        check = calibration[0].float().to(device) if on_images else example
+        info.check_batch = "the first calibration batch" if on_images else "a random batch"
         with eval_mode(reference), torch.inference_mode():
             expected = reference(check.to(module_device(reference))).float().to(device)
         info.max_abs_error = float((runner(check) - expected).abs().max())
@@ -233,16 +239,34 @@ def _compile_frozen(module: nn.Module) -> Callable:
 # ----------------------------------------------------------------------------------------- int8
 
 
-def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor] | None, example: torch.Tensor) -> nn.Module:
+def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor] | None, example: torch.Tensor, *,
+                  ranges: dict[str, Sequence[float]] | None = None) -> nn.Module:
     """Post-training static int8 quantization (torch.ao FX graph mode, x86 backend): conv-BN-ReLU fused, weights
-    per-channel symmetric, activations per-tensor from their min/max over the `calibration` batches."""
-    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
-    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+    per-channel symmetric, activations per-tensor from their min/max over the `calibration` batches, or from
+    `ranges` (activation_ranges of an earlier calibration of the same model: no images needed)."""
+    from torch.ao.quantization.quantize_fx import convert_fx
 
-    if calibration is None:
+    observed = observe_int8(model, example)
+    if ranges is not None:
+        load_activation_ranges(observed, ranges)
+    elif calibration is None:
         raise ValueError("mode='int8' needs calibration batches (a few hundred real, preprocessed images): "
                          "pass calibration=[batch, ...]")
+    else:
+        run_calibration(observed, calibration)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.13 deprecates FX quantization (see observe_int8)
+        return convert_fx(observed)
+
+
+def observe_int8(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """A CPU copy of `model` prepared for int8 (FX graph mode, x86 backend) with a min/max observer on every
+    activation to quantize; the observer names depend on the model's graph only, so ranges saved from one
+    observed copy load into another (activation_ranges / load_activation_ranges)."""
+    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
+    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
     torch.backends.quantized.engine = "x86"
     # 7-bit activations (reduce_range) only guard against int16 overflow in CPUs without VNNI; with VNNI the full
     # 8 bits are exact and agree better with fp32 (Fashion-MNIST ResNet-20: 98.7% vs 97.9% top-1 agreement).
@@ -253,13 +277,45 @@ def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor] | None, 
     with warnings.catch_warnings():
         # torch 2.13 deprecates FX quantization in favour of torchao's pt2e; it is still the one in torch itself.
         warnings.simplefilter("ignore")
-        observed = prepare_fx(model, get_default_qconfig_mapping("x86").set_global(qconfig),
-                              example_inputs=(example.cpu(),))
-        seen = 0
-        with torch.no_grad():  # observers update their buffers in place, which inference_mode forbids
-            for batch in calibration:
-                observed(batch.cpu().float())
-                seen += batch.shape[0]
-        if seen == 0:
-            raise ValueError("mode='int8': the calibration batches were empty")
-        return convert_fx(observed)
+        return prepare_fx(model, get_default_qconfig_mapping("x86").set_global(qconfig),
+                          example_inputs=(example.cpu(),))
+
+
+def run_calibration(observed: nn.Module, calibration: Iterable[torch.Tensor]) -> int:
+    """Feed the calibration batches through an observe_int8 model; returns the number of images seen."""
+    seen = 0
+    with torch.no_grad():  # observers update their buffers in place, which inference_mode forbids
+        for batch in calibration:
+            observed(batch.cpu().float())
+            seen += batch.shape[0]
+    if seen == 0:
+        raise ValueError("mode='int8': the calibration batches were empty")
+    return seen
+
+
+def _activation_observers(observed: nn.Module) -> dict[str, nn.Module]:
+    return {name: module for name, module in observed.named_modules()
+            if hasattr(module, "min_val") and hasattr(module, "max_val") and name}
+
+
+def activation_ranges(observed: nn.Module) -> dict[str, list[float]]:
+    """{observer name: [min, max]} of a calibrated observe_int8 model: everything int8 needs from the images.
+    The raw min/max, not scales: a CPU without VNNI derives 7-bit scales from the same ranges."""
+    ranges = {name: [float(obs.min_val), float(obs.max_val)] for name, obs in _activation_observers(observed).items()}
+    empty = [name for name, (low, high) in ranges.items() if low > high]  # min/max start at +inf / -inf
+    if empty:
+        raise ValueError(f"int8: no calibration data reached {', '.join(empty[:3])}")
+    return ranges
+
+
+def load_activation_ranges(observed: nn.Module, ranges: dict[str, Sequence[float]]) -> None:
+    """Set the observers of an observe_int8 model from activation_ranges (of the same architecture)."""
+    observers = _activation_observers(observed)
+    if set(observers) != set(ranges):
+        missing, extra = sorted(set(observers) - set(ranges)), sorted(set(ranges) - set(observers))
+        raise ValueError(f"int8 activation ranges do not fit this model: {len(missing)} observers without a range "
+                         f"({', '.join(missing[:3])}), {len(extra)} ranges without an observer "
+                         f"({', '.join(extra[:3])})")
+    for name, (low, high) in ranges.items():
+        observers[name].min_val.fill_(float(low))  # scalar buffers of a per-tensor observer
+        observers[name].max_val.fill_(float(high))

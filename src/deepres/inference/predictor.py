@@ -21,6 +21,7 @@ from deepres.tasks.segmentation import SegViews, segment
 
 from .cam import cam_stages, grad_cam
 from .fastpath import MODES, InferenceInfo, prepare_for_inference
+from .int8 import Int8Calibration, int8_choice
 from .preprocess import (expand_inputs, input_path, normalize_image, preprocess_image, preprocess_tensor,
                          resize_and_crop, to_image_tensor)
 
@@ -33,7 +34,8 @@ class Predictor:
     """model + preprocess + class names + source, and the fast path it runs on (see `set_fast_path`)."""
 
     def __init__(self, model: nn.Module, preprocess: Preprocess, class_names: list[str], *, source: dict | None = None,
-                 config=None, fast: bool | str = "auto", compile: bool = False, calibration=None):
+                 config=None, fast: bool | str = "auto", compile: bool = False, calibration=None,
+                 int8_calibration: Int8Calibration | None = None):
         in_chans = stem_in_chans(model)
         if in_chans and preprocess.in_chans != in_chans:
             raise ValueError(f"preprocess gives {preprocess.in_chans}-channel images but the model's stem takes "
@@ -46,6 +48,7 @@ class Predictor:
         self.class_names = list(class_names)
         self.source = dict(source or {})  # where the weights came from (kind, checkpoint, model, url, top1, ...)
         self.config = config  # the deepres training config, for weights deepres trained
+        self.int8_calibration = int8_calibration  # stored with the weights: lets fast="auto" pick int8 (int8.py)
         self._runner, self._info, self._prepared_for = None, None, None
         self._loads = _LoadCounter()  # load_state_dict calls on the model: each makes the prepared copy stale
         model.register_load_state_dict_post_hook(self._loads)
@@ -60,13 +63,17 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------ fast path
     def set_fast_path(self, fast: bool | str = "auto", *, compile: bool = False, calibration=None) -> None:
-        """fast: "auto" (bf16 where the CPU/GPU computes it natively, else fp32; BN folded and channels_last either
-        way), "fp32", "bf16", "int8" (CPU; needs `calibration`: a few hundred images of any kind `predict` takes),
+        """fast: "auto" (int8 where the weights carry an int8 calibration that agrees with fp32 on >= 99.5% of its
+        images and the CPU has VNNI/AMX, see deepres.inference.int8; else bf16 where the CPU/GPU computes it
+        natively, else fp32; BN folded and channels_last either way; `fast_reason` says which and why), "fp32",
+        "bf16", "int8" (CPU; needs `calibration`: a few hundred images of any kind `predict` takes),
         or False / "eager" (the model as it is, fp32). compile: add torch.compile (once per batch size)."""
         mode = "auto" if fast is True else "eager" if fast is False or fast is None else fast
         if mode not in MODES:
             raise ValueError(f"fast must be one of {', '.join(MODES)} or True/False, got {fast!r}")
-        if mode == "int8":
+        if mode == "int8" and calibration is None and self.int8_calibration is not None:
+            pass  # the activation ranges stored with the weights
+        elif mode == "int8":
             if calibration is None:
                 raise ValueError("fast='int8' needs calibration images (a few hundred real images of the kind you "
                                  "will classify: paths, a folder, PIL images, arrays or tensors): pass calibration=...")
@@ -88,6 +95,21 @@ class Predictor:
         """What the prepared fast path applied and its measured error (None before the first forward pass)."""
         return self._info
 
+    @property
+    def fast_reason(self) -> str:
+        """Why the fast path is the one it is (fast="auto": the int8 rule's verdict, then the dtype it chose)."""
+        if self._info is not None:
+            return self._info.reason
+        if self.fast_mode != "auto":
+            return f"fast={self.fast_mode!r} was asked for"
+        use, why = self._auto_int8()
+        return why if use else f"not int8: {why} (bf16 or fp32 is chosen on first use)"
+
+    def _auto_int8(self) -> tuple[bool, str]:
+        if self.int8_calibration is not None and self._loads.count:
+            return False, "the stored int8 calibration is of the weights before load_state_dict"
+        return int8_choice(self.int8_calibration, self.device, compile=self.compile)
+
     def refresh(self) -> None:
         """Forget the prepared fast path; the next forward pass prepares it from the model's current weights."""
         self._runner, self._info, self._prepared_for = None, None, None
@@ -104,12 +126,18 @@ class Predictor:
         if self._runner is not None and self._prepared_for == key:
             return self._runner
         pp = self.preprocess
-        calibration = None
-        if self.fast_mode == "int8":
+        mode, calibration, ranges, why = self.fast_mode, None, None, ""
+        if mode == "auto":
+            use_int8, why = self._auto_int8()
+            if use_int8:
+                mode = "int8"
+        if mode == "int8" and self.calibration is None:
+            ranges = self.int8_calibration.ranges
+        elif mode == "int8":
             calibration = [torch.stack([preprocess_image(item, pp) for item in chunk])
                            for chunk in _batches(self.calibration, 32)]
-        options = dict(example_input_size=pp.input_size, mode=self.fast_mode, compile=self.compile,
-                       calibration=calibration, device=self.device,
+        options = dict(example_input_size=pp.input_size, mode=mode, compile=self.compile,
+                       calibration=calibration, int8_ranges=ranges, device=self.device,
                        example_batch_size=batch_size if self.compile else 2)
         try:
             self._runner, self._info = prepare_for_inference(self.model, **options)
@@ -119,7 +147,13 @@ class Predictor:
             log.warning("fast path without BatchNorm folding: %s", error)
             self._runner, self._info = prepare_for_inference(self.model, fold_bn=False, **options)
         self._prepared_for = key
-        log.info("fast path: %s", ", ".join(self._info.steps) or self._info.mode)
+        if self.fast_mode != "auto":
+            self._info.reason = f"fast={self.fast_mode!r} was asked for"
+        elif mode == "int8":
+            self._info.mode, self._info.reason = "auto", why
+        else:
+            self._info.reason = f"{self._info.reason}; not int8: {why}"
+        log.info("fast path: %s (%s)", ", ".join(self._info.steps) or self._info.mode, self.fast_reason)
         return self._runner
 
     # ------------------------------------------------------------------------------------------ running

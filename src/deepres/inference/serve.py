@@ -40,7 +40,7 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 
 from deepres.core.checkpoint import checkpoint_paths
-from deepres.core.device import default_device
+from deepres.core.device import default_device, limit_compute_threads
 from deepres.core.typed import plain
 from deepres.data.images import BadImageError, decode_image_bytes, pil_to_tensor
 from deepres.data.seg_labels import palette_for
@@ -491,7 +491,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images per request (default %(default)s)")
     parser.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
                         help="largest image, width x height, checked before decoding (default %(default)s)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; at most the "
+                                                    "available cores shared by the --workers)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -499,8 +500,8 @@ def run(args: argparse.Namespace) -> int:
                     max_upload_mb=args.max_upload_mb, max_images=args.max_images, max_pixels=args.max_pixels)
     if not 0 <= args.port < 65536:
         raise ValueError(f"--port must be 0..65535, got {args.port}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    # each worker runs its own forward passes side by side: their threads together within the cores
+    limit_compute_threads(args.threads, processes=limits.workers)
     if (args.calibration is not None) != (args.precision == "int8"):
         raise ValueError("--precision int8 needs --calibration IMAGE|DIR, and --calibration is for int8 only")
     try:

@@ -92,6 +92,7 @@ class LoadedModel:
     preprocess: Preprocess  # the eval transform it expects
     config: Config | None = None  # the training config, for weights deepres trained (None otherwise)
     source: dict = field(default_factory=dict)  # where it came from: kind, checkpoint, model, url, published top1
+    int8_calibration: dict | None = None  # the checkpoint's stored int8 calibration (JSON), if it has one
 
 
 def load_model(spec: str | Path, checkpoint: str | Path | None = None) -> LoadedModel:
@@ -162,6 +163,7 @@ def _from_deepres_checkpoint(path: Path) -> LoadedModel:
     cfg = config_from_dict(metadata["config"], where=f"{path} metadata")
     loaded = _from_config(cfg, state_dict, metadata.get("classes") or None, str(path))
     loaded.source = {"source": "deepres checkpoint", "checkpoint": str(path), "model": cfg.model.name}
+    loaded.int8_calibration = metadata.get("int8_calibration")
     return loaded
 
 

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--resume continues it (to shorten training itself: --set train.epochs=N)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, *, after_training=None) -> int:
+    """`deepres train`; after_training: passed to fit (the int8 calibration step, deepres.inference.calibrate)."""
     cfg = load_config(args.recipe, args.overrides)
     if args.out:
         cfg.run.out_dir = args.out
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     # Under torchrun every rank gets the same result or error; rank 0 alone prints it.
     main = is_main_process()
     try:
-        result = fit(cfg, resume=args.resume, stop_after_epochs=args.max_epochs)
+        result = fit(cfg, resume=args.resume, stop_after_epochs=args.max_epochs, after_training=after_training)
     except TrainingInterrupted as e:
         return e.exit_code  # fit logged where it stopped and how to resume
     except (NonFiniteLossError, FileNotFoundError, FileExistsError, KeyError, ValueError) as e:

@@ -27,7 +27,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from deepres.core.config import Config
-from deepres.core.device import AMP_DTYPES, default_device
+from deepres.core.device import AMP_DTYPES, default_device, limit_compute_threads, local_processes
 from deepres.core.distributed import all_reduce_sum, broadcast_buffers, find_ddp, process_group, raise_if_any_failed
 from deepres.core.errors import NonFiniteLossError, TrainingInterrupted
 from deepres.models.base import frozen_modules
@@ -231,7 +231,8 @@ def _count_nonfinite(state: TrainState, ok: bool, loss: float, patience: int) ->
 
 
 def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = None, device=None, loaders=None,
-        log: Callable[[str], None] | None = None) -> dict:
+        log: Callable[[str], None] | None = None,
+        after_training: Callable[[Run, Callable[[str], None]], None] | None = None) -> dict:
     """Train `cfg` in cfg.run.out_dir/cfg.run.name; returns the final test metrics and where the run lives.
 
     resume: continue exactly from checkpoints/last (the config may differ only in RESUME_MAY_DIFFER keys); with
@@ -241,7 +242,9 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
     Under torchrun every process calls fit (see deepres.core.distributed); `loaders` must then hold this
     rank's shards, and every rank returns the same metrics. log: where its lines go (None: stdout, flushed
     line by line, so a SLURM log shows them as they come). SIGINT/SIGTERM stop it at the next optimizer step,
-    after saving checkpoints/last there, with TrainingInterrupted.
+    after saving checkpoints/last there, with TrainingInterrupted. after_training(run, log): called on rank 0 once
+    the run has finished and saved its checkpoints (`deepres train` passes the int8 calibration of
+    train.calibrate_int8, deepres.inference.calibrate, which this layer cannot import).
     """
     device = torch.device(device) if device is not None else default_device()
     if cfg.train.amp == "fp16" and device.type != "cuda":
@@ -249,11 +252,13 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
                          f"use train.amp=bf16 or none")
     if not cfg.run.name:
         cfg = replace(cfg, run=replace(cfg.run, name=f"{cfg.data.name}-{cfg.model.name}"))
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     try:
         with process_group(device) as (dist, device):
             log = (log or _print_line) if dist.is_main else _silent
             run = setup_run(cfg, resume=resume, device=device, loaders=loaders, dist=dist, log=log)
+            if device.type == "cpu":  # compute threads + DataLoader workers within the cores (core.device)
+                limit_compute_threads(workers=getattr(run.train_loader, "workers", 0), processes=local_processes())
             state, task = run.state, run.task
             with run.recorder or nullcontext():  # rank 0's; closed however the loop ends
                 if run.recorder is not None:
@@ -275,11 +280,18 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
                 except TrainingInterrupted as e:
                     log(str(e))
                     raise
+                if dist.is_main and state.step >= run.total_iters:
+                    if after_training is not None:
+                        after_training(run, log)
+                    elif run.cfg.train.calibrate_int8:
+                        log(f"train.calibrate_int8: not done by fit() without after_training; run `deepres "
+                            f"calibrate {run.run_dir}`")
             return {**state.metrics, "epoch": state.epoch, "step": state.step, f"best_{task.best_metric}": state.best,
                     "best_epoch": state.best_epoch, "run_dir": str(run.run_dir),
                     "finished": state.step >= run.total_iters}
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_num_threads(threads)
 
 
 def _epoch(run: Run, stop_after_epochs: int | None, log: Callable[[str], None]) -> None:

@@ -1,0 +1,161 @@
+"""CPU training speed: deepres's training step against a plain eager fp32 PyTorch loop, side by side in one run.
+
+Rows (issue 15), each images/s of full training steps (forward, loss, backward, SGD step) after warm-up:
+  plain eager fp32   the shortest correct loop: the model in fp32 NCHW, batches already in memory as normalised
+                     float tensors, no augmentation, SGD with momentum (the baseline)
+  deepres train      deepres.train.train_one_epoch as `deepres train` runs it: the recipe's precision, memory
+                     format and torch.compile setting, its in-memory loader with the recipe's augmentation on uint8
+                     batches; the first (warm-up) epoch, which holds any compile, is reported apart as "cold s"
+Cases: ResNet-20 on Fashion-MNIST, batch 128 (recipe fashion_mnist/resnet20; the real images when installed, else
+synthetic ones of the same shape), and ResNet-50 at 224x224 for a few steps (synthetic images, 1000 classes, bf16 +
+channels_last where the CPU computes bf16 natively). Prints the CPU model, its ISA flags, the cores and threads,
+a warning when the load average exceeds the cores (figures are then slower than the machine idle), and a table.
+
+    python benchmarks/train_speed.py                 # the measurement, on an idle machine
+    python benchmarks/train_speed.py --quick         # a few seconds: checks that it runs, figures meaningless
+"""
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from deepres.core.config import Config, load_config  # noqa: E402
+from deepres.core.device import (auto_dtype, available_cores, cpu_flags, cpu_model_name,  # noqa: E402
+                                 limit_compute_threads, load_warning)
+from deepres.models import create_model  # noqa: E402
+from deepres.train.loop import train_one_epoch  # noqa: E402
+from deepres.train.run import setup_run  # noqa: E402
+
+ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+
+
+def fashion_config(args) -> Config:
+    """The shipped demo recipe, on `steps` batches per epoch (real Fashion-MNIST, or synthetic with --synthetic)."""
+    overrides = [f"data.batch_size={args.batch}", f"data.limit_train={args.steps * args.batch}",
+                 "data.limit_val=1", "train.progress=false", "train.log_every_iters=1000000"]
+    if args.synthetic:
+        overrides += ["data.name=synthetic", "data.in_chans=1", "data.num_classes=10",
+                      f"data.synthetic_size=[{args.steps * args.batch},1]", "data.synthetic_image_size=28"]
+    cfg = load_config("fashion_mnist/resnet20", overrides)
+    if args.compile != "recipe":
+        cfg.train.compile = args.compile == "on"
+    return cfg
+
+
+def resnet50_config(args) -> Config:
+    """deepres's defaults for ResNet-50 with the fast CPU settings (bf16 where native, channels_last)."""
+    cfg = Config()
+    cfg.model.name = "resnet50"
+    d = cfg.data
+    d.name, d.num_classes, d.in_chans, d.image_size = "synthetic", 1000, 3, args.r50_size
+    d.synthetic_size, d.synthetic_image_size = (args.r50_steps * args.r50_batch, 1), args.r50_size
+    d.batch_size, d.limit_val = args.r50_batch, 1
+    t = cfg.train
+    t.amp = "bf16" if auto_dtype(torch.device("cpu")) == "bf16" else "none"
+    t.channels_last, t.compile = True, args.compile == "on"
+    t.progress, t.log_every_iters = False, 10**6
+    return cfg
+
+
+def deepres_speed(cfg: Config, out_dir: str) -> tuple[float, float, int]:
+    """(images/s of a timed epoch, seconds of the cold first epoch, images per epoch) with deepres's own loop."""
+    cfg.run.out_dir, cfg.run.name = out_dir, f"{cfg.model.name}-{time.monotonic_ns()}"
+    cfg.train.epochs = 2  # the schedule spans the warm-up and the timed epoch
+    run = setup_run(cfg, device=torch.device("cpu"), log=lambda line: None)
+    images = len(run.train_loader) * cfg.data.batch_size
+    start = time.perf_counter()
+    run.train_loader.set_epoch(0)
+    train_one_epoch(run)
+    cold = time.perf_counter() - start
+    run.train_loader.set_epoch(1)
+    start = time.perf_counter()
+    train_one_epoch(run)
+    return images / (time.perf_counter() - start), cold, images
+
+
+def plain_speed(model_name: str, *, num_classes: int, in_chans: int, size: int, batch: int, steps: int) -> float:
+    """images/s of the plain eager fp32 loop over `steps` in-memory batches, after one warm-up step."""
+    model = create_model(model_name, num_classes=num_classes, in_chans=in_chans).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    pool = [(torch.randn(batch, in_chans, size, size), torch.randint(0, num_classes, (batch,)))
+            for _ in range(min(steps, 8))]  # already normalised floats in memory; at most 8 distinct batches
+
+    def step(images, labels):
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step(*pool[0])  # warm-up: allocator and oneDNN primitive caches
+    start = time.perf_counter()
+    for i in range(steps):
+        step(*pool[i % len(pool)])
+    return batch * steps / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=100, help="ResNet-20 timed steps (default %(default)s)")
+    parser.add_argument("--batch", type=int, default=128, help="ResNet-20 batch size (default %(default)s)")
+    parser.add_argument("--r50-steps", type=int, default=5, help="ResNet-50 timed steps (default %(default)s)")
+    parser.add_argument("--r50-batch", type=int, default=16, help="ResNet-50 batch size (default %(default)s)")
+    parser.add_argument("--r50-size", type=int, default=224, help="ResNet-50 image side (default %(default)s)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="synthetic images in place of Fashion-MNIST (same shape; for machines without it)")
+    parser.add_argument("--compile", choices=("recipe", "on", "off"), default="recipe",
+                        help="train.compile for deepres's rows: as the recipe says (default), on or off")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes that run in seconds (a check that the script works; figures meaningless)")
+    parser.add_argument("--out", metavar="FILE", help="also write the rows and the machine as JSON")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.batch, args.r50_steps, args.r50_batch, args.r50_size = 2, 8, 1, 2, 32
+        args.synthetic, args.compile = True, "off"
+    threads = limit_compute_threads()
+    machine = {"cpu": cpu_model_name() or platform.processor(), "isa": sorted(cpu_flags() & set(ISA)),
+               "available_cores": available_cores(), "torch_threads": threads, "torch": torch.__version__,
+               "load_warning": load_warning()}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="train_speed-") as out_dir:
+        cases = [("resnet20 fashion-mnist", fashion_config(args), dict(num_classes=10, in_chans=1, size=28),
+                  args.batch, args.steps),
+                 (f"resnet50 {args.r50_size}px", resnet50_config(args),
+                  dict(num_classes=1000, in_chans=3, size=args.r50_size), args.r50_batch, args.r50_steps)]
+        for label, cfg, shape, batch, steps in cases:
+            print(f"{label}: plain eager fp32 loop, {steps} steps of batch {batch} ...", file=sys.stderr, flush=True)
+            plain = plain_speed(cfg.model.name, batch=batch, steps=steps, **shape)
+            print(f"{label}: deepres train step (amp={cfg.train.amp}, channels_last={cfg.train.channels_last}, "
+                  f"compile={cfg.train.compile}) ...", file=sys.stderr, flush=True)
+            fast, cold, images = deepres_speed(cfg, out_dir)
+            setup = f"amp={cfg.train.amp}, channels_last={cfg.train.channels_last}, compile={cfg.train.compile}"
+            rows.append({"case": label, "batch": batch, "plain_images_per_s": plain, "deepres_images_per_s": fast,
+                         "speedup": fast / plain, "deepres_cold_epoch_s": cold, "deepres_images": images,
+                         "deepres_setup": setup, "data": cfg.data.name})
+    warning = load_warning()  # measured again: a load that started during the run counts too
+    if warning:
+        print(warning)
+    print(f"CPU: {machine['cpu']} ({machine['available_cores']} available cores, {threads} torch threads; ISA flags: "
+          f"{', '.join(machine['isa']) or 'none'}); torch {torch.__version__}")
+    print("| case | batch | plain eager fp32 img/s | deepres train img/s | speed-up | deepres cold epoch s | "
+          "deepres setup | data |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['batch']} | {r['plain_images_per_s']:.1f} | {r['deepres_images_per_s']:.1f} | "
+              f"{r['speedup']:.2f}x | {r['deepres_cold_epoch_s']:.1f} | {r['deepres_setup']} | {r['data']} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"machine": machine, "command": " ".join(sys.argv), "rows": rows},
+                                             indent=2))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Threads never exceed the available cores (affinity, cgroup quota): torch compute threads plus DataLoader workers
+fit them in training, and inference commands cap --threads; a warning when the load average exceeds the cores."""
+import os
+
+import pytest
+import torch
+from train_fakes import tiny_loaders
+
+import deepres.core.device as device
+from deepres.cli import main
+from deepres.core.device import (available_cores, cgroup_cpu_quota, limit_compute_threads, load_warning,
+                                 thread_plan)
+from deepres.data.loaders import loader_workers
+from deepres.train import fit
+from test_int8_calibration import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cores(monkeypatch):
+    """Pretend this process may run on `n` cores (its affinity mask), with no cgroup quota."""
+    def set_cores(n):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(n)), raising=False)
+        monkeypatch.setattr(device, "cgroup_cpu_quota", lambda: None)
+    return set_cores
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_quota_v2_and_v1(tmp_path):
+    assert cgroup_cpu_quota(str(tmp_path)) is None  # no files: no quota
+    write(tmp_path / "v2" / "cpu.max", "150000 100000\n")
+    assert cgroup_cpu_quota(str(tmp_path / "v2")) == 1.5
+    write(tmp_path / "v2max" / "cpu.max", "max 100000\n")
+    assert cgroup_cpu_quota(str(tmp_path / "v2max")) is None
+    write(tmp_path / "v1" / "cpu" / "cpu.cfs_quota_us", "200000\n")
+    write(tmp_path / "v1" / "cpu" / "cpu.cfs_period_us", "100000\n")
+    assert cgroup_cpu_quota(str(tmp_path / "v1")) == 2.0
+    write(tmp_path / "v1none" / "cpu" / "cpu.cfs_quota_us", "-1\n")
+    write(tmp_path / "v1none" / "cpu" / "cpu.cfs_period_us", "100000\n")
+    assert cgroup_cpu_quota(str(tmp_path / "v1none")) is None
+
+
+def test_available_cores_is_the_affinity_capped_by_the_quota(monkeypatch, cores):
+    cores(4)
+    assert available_cores() == 4
+    monkeypatch.setattr(device, "cgroup_cpu_quota", lambda: 1.5)  # 1.5 cores of time: 2 threads can use it
+    assert available_cores() == 2
+    monkeypatch.setattr(device, "cgroup_cpu_quota", lambda: 0.2)
+    assert available_cores() == 1
+
+
+def test_workers_and_threads_together_fit_the_cores(cores):
+    cores(1)
+    assert thread_plan(4) == (0, 1) and loader_workers(4) == 0
+    cores(2)
+    assert thread_plan(4) == (1, 1) and thread_plan(0) == (0, 2)
+    assert thread_plan(2, processes=2) == (0, 1)  # two torchrun processes on two cores
+    cores(8)
+    assert thread_plan(2) == (2, 6) and loader_workers(2) == 2
+
+
+def test_compute_threads_never_exceed_one_core(cores):
+    torch.set_num_threads(2)
+    cores(1)
+    assert limit_compute_threads() == 1 and torch.get_num_threads() == 1
+    assert limit_compute_threads(8) == 1 and torch.get_num_threads() == 1  # an explicit --threads is capped too
+    cores(4)
+    torch.set_num_threads(1)
+    assert limit_compute_threads() == 1  # never raised by default: a study may have set fewer on purpose
+    assert limit_compute_threads(3) == 3
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        limit_compute_threads(0)
+
+
+def test_training_on_one_core_uses_one_thread_and_restores_the_setting(tmp_path, cores):
+    torch.set_num_threads(2)
+    cores(1)
+    seen = []
+
+    class Recording:  # a train loader that notes torch's thread count while training reads it
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader)
+
+        def set_epoch(self, epoch):
+            self.loader.set_epoch(epoch)
+
+        def __iter__(self):
+            for batch in self.loader:
+                seen.append(torch.get_num_threads())
+                yield batch
+
+    train, evaluation, info = tiny_loaders()
+    fit(tiny_config(tmp_path, "one-core", epochs=1), device="cpu", loaders=(Recording(train), evaluation, info),
+        log=lambda line: None)
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 2
+
+
+def test_load_warning_when_the_load_average_exceeds_the_cores(monkeypatch, cores):
+    cores(2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    assert load_warning() is None
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.25, 3.0, 1.0))
+    warning = load_warning()
+    assert "load average (7.2)" in warning and "2 available core(s)" in warning
+
+
+def test_deepres_bench_prints_the_warning_before_its_table(monkeypatch, capsys, cores):
+    cores(2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    argv = ["bench", "--case", "resnet20:16:1", "--paths", "eager_fp32", "--agreement-images", "1", "--seconds",
+            "0", "--warmup", "0", "--min-iterations", "1", "--max-iterations", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.index("WARNING: the load average (9.0)") < out.index("| ")
