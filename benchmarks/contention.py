@@ -14,7 +14,6 @@ measurement: a machine that is already busy makes both columns wrong.
 """
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,13 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from deepres.core.device import (available_cores, cpu_flags, cpu_model_name, limit_compute_threads,  # noqa: E402
-                                 load_warning)
+from deepres.core.device import limit_compute_threads, machine_line, machine_summary  # noqa: E402
 from deepres.inference.bench import DEFAULT_PATHS, PATHS, build_path, time_calls  # noqa: E402
 from deepres.inference.cli import parse_case  # noqa: E402
 from deepres.models import create_model  # noqa: E402
 
-ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
 BUSY_LOOP = "while True:\n    pass\n"  # one core's worth of pure-Python work per process
 
 
@@ -93,11 +90,9 @@ def main(argv=None) -> int:
         cases, timing = [("resnet20", 16, 2)], dict(warmup=1, seconds=0.0, min_iterations=2, max_iterations=2)
     if args.busy < 1:
         raise ValueError(f"--busy must be >= 1, got {args.busy}")
-    threads = limit_compute_threads(args.threads)
-    warning = load_warning()  # before any load of ours: the machine itself must be idle
-    machine = {"cpu": cpu_model_name() or platform.processor(), "isa": sorted(cpu_flags() & set(ISA)),
-               "available_cores": available_cores(), "torch_threads": threads, "torch": torch.__version__,
-               "busy_processes": args.busy, "load_warning": warning}
+    limit_compute_threads(args.threads)
+    machine = {**machine_summary(), "busy_processes": args.busy}  # the load warning before any load of ours
+    warning = machine["load_warning"]
     with tempfile.TemporaryDirectory(prefix="contention-") as workdir:
         print(f"building {len(cases) * len(paths)} runners ...", file=sys.stderr, flush=True)
         entries = build_runners(cases, paths, Path(workdir))
@@ -112,9 +107,7 @@ def main(argv=None) -> int:
             stop_load(load)
     if warning:
         print(warning)
-    print(f"CPU: {machine['cpu']} ({machine['available_cores']} available cores, {threads} torch threads; ISA flags: "
-          f"{', '.join(machine['isa']) or 'none'}); torch {torch.__version__}; loaded = {args.busy} busy Python "
-          f"process(es) started by this script")
+    print(f"{machine_line(machine)}; loaded = {args.busy} busy Python process(es) started by this script")
     print("| model | size | batch | path | idle img/s | loaded img/s | slowdown |")
     print("|---|---|---|---|---|---|---|")
     rows = [{k: v for k, v in e.items() if k not in ("runner", "batch")} for e in entries]

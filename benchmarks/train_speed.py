@@ -16,7 +16,6 @@ a warning when the load average exceeds the cores (figures are then slower than 
 """
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -28,14 +27,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from deepres.core.config import Config, load_config  # noqa: E402
-from deepres.core.device import (auto_dtype, available_cores, cpu_flags, cpu_model_name,  # noqa: E402
-                                 limit_compute_threads, load_warning)
+from deepres.core.device import (auto_dtype, limit_compute_threads, load_warning, machine_line,  # noqa: E402
+                                 machine_summary)
 from deepres.models import create_model  # noqa: E402
 from deepres.train.loop import train_one_epoch  # noqa: E402
 from deepres.train.run import setup_run  # noqa: E402
-
-ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
-
 
 def fashion_config(args) -> Config:
     """The shipped demo recipe, on `steps` batches per epoch (real Fashion-MNIST, or synthetic with --synthetic)."""
@@ -119,10 +115,8 @@ def main(argv=None) -> int:
     if args.quick:
         args.steps, args.batch, args.r50_steps, args.r50_batch, args.r50_size = 2, 8, 1, 2, 32
         args.synthetic, args.compile = True, "off"
-    threads = limit_compute_threads()
-    machine = {"cpu": cpu_model_name() or platform.processor(), "isa": sorted(cpu_flags() & set(ISA)),
-               "available_cores": available_cores(), "torch_threads": threads, "torch": torch.__version__,
-               "load_warning": load_warning()}
+    limit_compute_threads()
+    machine = machine_summary()
     rows = []
     with tempfile.TemporaryDirectory(prefix="train_speed-") as out_dir:
         cases = [("resnet20 fashion-mnist", fashion_config(args), dict(num_classes=10, in_chans=1, size=28),
@@ -142,8 +136,7 @@ def main(argv=None) -> int:
     warning = load_warning()  # measured again: a load that started during the run counts too
     if warning:
         print(warning)
-    print(f"CPU: {machine['cpu']} ({machine['available_cores']} available cores, {threads} torch threads; ISA flags: "
-          f"{', '.join(machine['isa']) or 'none'}); torch {torch.__version__}")
+    print(machine_line(machine))
     print("| case | batch | plain eager fp32 img/s | deepres train img/s | speed-up | deepres cold epoch s | "
           "deepres setup | data |")
     print("|---|---|---|---|---|---|---|---|")

@@ -65,3 +65,40 @@ def test_bench_refuses_bad_input(tmp_path):
     assert main(["bench", "--case", "nosuchnet:16:1", *TINY]) == 2
     assert main(["bench", "--case", "resnet20:16:1", "--paths", "fp64", *TINY]) == 2
     assert "bf16_compile" in PATHS
+
+
+def test_onnxruntime_static_int8_is_calibrated_on_the_given_images_and_agrees(tmp_path):
+    from deepres.inference.bench import agreement, build_path, run_batches
+
+    torch.manual_seed(0)
+    model = create_model("resnet20").eval()
+    images = torch.randn(24, 3, 16, 16)
+    runner, info, _ = build_path("onnxruntime_int8", model, (3, 16, 16), calibration=[images[:12], images[12:]],
+                                 workdir=tmp_path)
+    assert info is None and (tmp_path / "int8.onnx").is_file()
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    logits = run_batches(runner, images, 8)
+    reference = run_batches(model, images, 8)
+    assert logits.shape == reference.shape
+    agree, error = agreement(logits, reference)
+    assert error < float(reference.abs().max())  # quantized, so not exact, but close to the fp32 logits
+    assert agree >= 50
+
+
+def test_bench_times_a_checkpoint_on_real_images_with_its_default_path(synthetic_run, capsys):
+    assert main(["bench", "--case", "none", "--paths", "fp32,onnxruntime_int8", "--agreement-checkpoint",
+                 str(synthetic_run), "--agreement-limit", "16", "--checkpoint-batch", "4", *TINY]) == 0
+    out = capsys.readouterr().out
+    table = out.split("On real data")[1]
+    rows = [line.split("|") for line in table.splitlines() if line.startswith("| ") and "path" not in line]
+    assert [r[1].strip() for r in rows] == ["default", "fp32", "onnxruntime_int8"]
+    assert all(r[6].strip() == "4" and float(r[7]) > 0 for r in rows)  # batch 4, images/s
+    # the run carries no int8 calibration: the default is bf16 or fp32 and it says why
+    assert "default: " in table and "no int8 calibration stored" in table
+    assert "| resnet20 |" not in out  # --case none: no random-weight cases
+    assert main(["bench", "--case", "none", *TINY]) == 2
+    assert main(["bench", "--case", "none", "--agreement-checkpoint", str(synthetic_run), "--checkpoint-batch",
+                 "-1", *TINY]) == 2

@@ -206,10 +206,25 @@ def test_deepres_train_with_calibrate_int8_stores_the_calibration(tmp_path, caps
     assert stored.calibration_images == 16 and stored.eval_images == 8
 
 
-def test_fit_without_the_calibration_step_says_how_to_calibrate(tmp_path):
-    lines = []
+def test_fit_alone_leaves_the_checkpoint_uncalibrated(tmp_path):
     fit(tiny_config(tmp_path, "r", epochs=1, calibrate_int8=True), device="cpu", loaders=tiny_loaders(),
-        log=lines.append)
-    assert any("deepres calibrate" in line for line in lines)
+        log=lambda line: None)
+    _, metadata = load_weights(tmp_path / "r" / "checkpoints" / "last.safetensors")
+    assert "int8_calibration" not in metadata
+
+
+def test_a_failed_calibration_after_training_is_logged_and_leaves_the_run(tmp_path, monkeypatch):
+    import deepres.inference.calibrate as calibrate_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("observer tracing failed")
+
+    monkeypatch.setattr(calibrate_module, "calibrate_checkpoint", broken)
+    lines = []
+    result = fit(tiny_config(tmp_path, "r", epochs=1, calibrate_int8=True), device="cpu", loaders=tiny_loaders(),
+                 log=lines.append, after_training=calibrate_after_training)
+    assert result["finished"]
+    assert any("int8 calibration failed (RuntimeError: observer tracing failed)" in line
+               and f"deepres calibrate {tmp_path / 'r'}" in line for line in lines)
     _, metadata = load_weights(tmp_path / "r" / "checkpoints" / "last.safetensors")
     assert "int8_calibration" not in metadata

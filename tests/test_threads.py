@@ -126,3 +126,94 @@ def test_deepres_bench_prints_the_warning_before_its_table(monkeypatch, capsys, 
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.index("WARNING: the load average (9.0)") < out.index("| ")
+
+
+class FakeClock:
+    """time.monotonic / time.process_time for the governor, and a /proc/stat whose busy ticks we advance."""
+
+    def __init__(self, stat_path, cpus=2):
+        self.stat_path, self.cpus = stat_path, cpus
+        self.wall = self.own = 0.0
+        self.busy_ticks = [0] * cpus
+        self.write()
+
+    def write(self):
+        lines = [f"cpu  {sum(self.busy_ticks)} 0 0 0 0 0 0 0 0 0"]
+        lines += [f"cpu{i} {t} 0 0 1000 0 0 0 0 0 0" for i, t in enumerate(self.busy_ticks)]
+        self.stat_path.write_text("\n".join(lines) + "\nintr 0\n")
+
+    def advance(self, seconds, *, own_cores, other_cores):
+        """`seconds` pass with this process busy on own_cores and other processes on other_cores."""
+        hz = os.sysconf("SC_CLK_TCK")
+        self.wall += seconds
+        self.own += seconds * own_cores
+        total = round(seconds * (own_cores + other_cores) * hz)
+        for i in range(self.cpus):
+            self.busy_ticks[i] += total // self.cpus
+        self.write()
+
+    def monotonic(self):
+        return self.wall
+
+    def process_time(self):
+        return self.own
+
+
+@pytest.fixture
+def governed(tmp_path, monkeypatch, cores):
+    cores(2)
+    clock = FakeClock(tmp_path / "stat")
+    monkeypatch.setattr(device.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(device.time, "process_time", clock.process_time)
+    monkeypatch.delenv("DEEPRES_ADAPTIVE_THREADS", raising=False)
+    torch.set_num_threads(2)
+    return clock, device.ThreadGovernor(interval=1.0, stat_path=str(clock.stat_path))
+
+
+def test_thread_governor_drops_to_the_free_cores_and_comes_back(governed):
+    clock, governor = governed
+    assert governor.enabled and governor.tick() is None and governor.ceiling == 2  # the first tick only samples
+    clock.advance(1.0, own_cores=2, other_cores=0)
+    assert governor.tick() is None and torch.get_num_threads() == 2  # alone on the machine: all cores
+    clock.advance(1.0, own_cores=1, other_cores=1)  # a busy process arrives
+    assert governor.tick() == 1 and torch.get_num_threads() == 1 and governor.others == pytest.approx(1, abs=0.02)
+    clock.advance(0.5, own_cores=1, other_cores=0)
+    assert governor.tick() is None  # within the interval: no /proc read, no change
+    clock.advance(1.0, own_cores=1, other_cores=0.2)  # it left; a little background work does not count
+    assert governor.tick() == 2 and torch.get_num_threads() == 2
+    clock.advance(1.0, own_cores=0, other_cores=5)  # never fewer than 1 thread
+    assert governor.tick() == 1
+    clock.advance(1.0, own_cores=1, other_cores=0)
+    assert governor.tick() == 2  # never more than the ceiling ...
+    clock.advance(1.0, own_cores=1, other_cores=0)
+    assert governor.tick() is None and torch.get_num_threads() <= device.available_cores()
+
+
+def test_thread_governor_counts_the_jobs_own_workers_as_its_own(governed):
+    clock, _ = governed
+    governor = device.ThreadGovernor(interval=1.0, reserved=1.0, stat_path=str(clock.stat_path))
+    governor.ceiling = 1  # limit_compute_threads: 1 compute thread + 1 loader worker on 2 cores
+    torch.set_num_threads(1)
+    governor.tick()
+    clock.advance(1.0, own_cores=1, other_cores=1)  # the other busy core is our DataLoader worker
+    assert governor.tick() is None and torch.get_num_threads() == 1 and governor.others == pytest.approx(0, abs=0.02)
+
+
+def test_thread_governor_stays_off_where_it_cannot_see_the_cores(governed, monkeypatch):
+    clock, _ = governed
+    monkeypatch.setenv("DEEPRES_ADAPTIVE_THREADS", "0")
+    assert not device.ThreadGovernor(stat_path=str(clock.stat_path)).enabled
+    monkeypatch.delenv("DEEPRES_ADAPTIVE_THREADS")
+    monkeypatch.setattr(device, "cgroup_cpu_quota", lambda: 1.5)  # a quota: the host's other tenants would count
+    assert not device.ThreadGovernor(stat_path=str(clock.stat_path)).enabled
+    monkeypatch.setattr(device, "cgroup_cpu_quota", lambda: None)
+    assert not device.ThreadGovernor(stat_path=str(clock.stat_path.parent / "missing")).enabled
+    governor = device.ThreadGovernor(stat_path=str(clock.stat_path))
+    assert governor.enabled
+
+
+def test_limit_compute_threads_sets_the_governors_ceiling(cores):
+    cores(2)
+    torch.set_num_threads(2)
+    assert limit_compute_threads(workers=1) == 1
+    assert device._GOVERNOR.ceiling == 1 and device._GOVERNOR.reserved == 1

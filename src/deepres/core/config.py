@@ -209,11 +209,11 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory format for model and inputs
     sync_bn: bool = False  # with several processes (CUDA): BatchNorm statistics over the global batch (SyncBatchNorm)
     compile: bool = False  # torch.compile the model for training (checkpoints store the bare model)
-    # At the end of a finished run, calibrate int8 on the best (else last) checkpoint and store the activation
-    # ranges and their top-1 agreement with fp32 in it (`deepres calibrate` does it for any checkpoint); predict
-    # and init_model then run int8 by default where the agreement is >= 99.5% and the CPU has VNNI/AMX. Off by
-    # default until its speed and accuracy are measured side by side (issue 15).
-    calibrate_int8: bool = False
+    # At the end of a finished `deepres train` run of a classifier, calibrate int8 on the best (else last) checkpoint
+    # and store the activation ranges and their top-1 agreement with fp32 in it (`deepres calibrate` does it for any
+    # checkpoint); predict and init_model then run int8 by default where the agreement is >= 99.5% and the CPU has
+    # VNNI/AMX. A calibration that fails is logged and leaves the run as it was.
+    calibrate_int8: bool = True
     int8_calibration_images: int = 256  # training images the activation ranges are observed on
     int8_agreement_images: int = 1000  # evaluation images the int8-vs-fp32 top-1 agreement is measured on
     seed: int = 0  # seeds torch, numpy, random, the data order and augmentation

@@ -3,6 +3,7 @@ import functools
 import math
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +144,109 @@ def limit_compute_threads(requested: int | None = None, *, workers: int = 0, pro
     threads = min(requested if requested is not None else torch.get_num_threads(), fit)
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
+    reset_thread_governor(ceiling=threads, reserved=workers)  # adapt_threads: at most this many, fewer when busy
     return threads
+
+
+class ThreadGovernor:
+    """Adapts torch's intra-op threads to the cores other processes leave free, measured between calls.
+
+    Why: with OpenMP threads on every core, one core taken by another process makes each parallel region wait for
+    the thread that shares it, and the spinning waiters take CPU from it too, so a 2-thread job on 2 cores runs
+    4-9x slower beside one busy process instead of 2x (benchmarks/contention.py). One thread per free core keeps
+    it at about the share of the machine that is left. tick() is cheap (two small /proc reads at most every
+    `interval` seconds): call it once per batch. Over each interval it counts the CPU time the process's own CPUs
+    spent busy (/proc/stat, steal included) minus this process's CPU time; `reserved` cores of that are this job's
+    own helpers (DataLoader workers). Threads = the ceiling (the count in force at the first tick, or set by
+    `ceiling`) minus the other processes' whole cores, at least 1. It stays off where /proc/stat cannot speak for
+    this process's cores (not Linux, or a cgroup CPU quota: the host's other tenants would count) and with
+    DEEPRES_ADAPTIVE_THREADS=0."""
+
+    def __init__(self, interval: float = 1.0, reserved: float = 0.0, stat_path: str = "/proc/stat"):
+        self.interval, self.reserved, self.stat_path = interval, reserved, stat_path
+        self.ceiling: int | None = None
+        self.cpus = _affinity()
+        self.enabled = (os.environ.get("DEEPRES_ADAPTIVE_THREADS", "1") != "0" and self.cpus is not None
+                        and cgroup_cpu_quota() is None and self._busy() is not None)
+        self._last = None  # (wall, busy cpu seconds of our cpus, this process's cpu seconds)
+        self.others = 0.0  # cores' worth of other processes' work over the last interval
+
+    def _busy(self) -> float | None:
+        """Busy seconds (user, nice, system, irq, softirq, steal) summed over this process's CPUs."""
+        try:
+            with open(self.stat_path) as f:
+                lines = [line.split() for line in f if line.startswith("cpu") and not line.startswith("cpu ")]
+        except OSError:
+            return None
+        ticks = 0
+        for fields in lines:
+            if int(fields[0][3:]) in self.cpus:
+                user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+                ticks += user + nice + system + irq + softirq + steal
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def tick(self) -> int | None:
+        """Re-decide the thread count if an interval has passed; returns the count set, or None (no change)."""
+        if not self.enabled:
+            return None
+        now = time.monotonic()
+        if self._last is not None and now - self._last[0] < self.interval:
+            return None
+        busy, own = self._busy(), time.process_time()
+        if self.ceiling is None:
+            self.ceiling = torch.get_num_threads()
+        last, self._last = self._last, (now, busy, own)
+        if last is None or busy is None:
+            return None
+        wall = now - last[0]
+        self.others = max(0.0, (busy - last[1]) - (own - last[2])) / wall - self.reserved
+        threads = max(1, min(self.ceiling, len(self.cpus) - math.ceil(self.others - 0.5)))
+        if threads == torch.get_num_threads():
+            return None
+        torch.set_num_threads(threads)
+        return threads
+
+
+def _affinity() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return None
+
+
+_GOVERNOR: ThreadGovernor | None = None
+
+
+def adapt_threads() -> int | None:
+    """The process-wide ThreadGovernor's tick (see there): inference runners and the training loop call it."""
+    global _GOVERNOR
+    if _GOVERNOR is None:
+        _GOVERNOR = ThreadGovernor()
+    return _GOVERNOR.tick()
+
+
+def reset_thread_governor(*, ceiling: int | None = None, reserved: float = 0.0) -> None:
+    """Start the process-wide governor afresh: `ceiling` threads at most (None: the count in force at its first
+    tick), `reserved` cores of this job's own helper processes not counted as contention."""
+    global _GOVERNOR
+    _GOVERNOR = ThreadGovernor(reserved=reserved)
+    _GOVERNOR.ceiling = ceiling
+
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")  # what benchmarks report
+
+
+def machine_summary() -> dict:
+    """What a benchmark prints and stores next to its figures: CPU model, its ISA flags that matter to the kernels,
+    available cores, torch's threads and version, and the load warning (None when the machine is quiet)."""
+    return {"cpu": cpu_model_name() or "unknown CPU", "isa": [f for f in ISA_FLAGS if f in cpu_flags()],
+            "available_cores": available_cores(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "load_warning": load_warning()}
+
+
+def machine_line(machine: dict) -> str:
+    return (f"CPU: {machine['cpu']} ({machine['available_cores']} available cores, {machine['torch_threads']} torch "
+            f"threads; ISA flags: {', '.join(machine['isa']) or 'none'}); torch {machine['torch']}")
 
 
 def load_warning() -> str | None:

@@ -30,11 +30,17 @@ from deepres.models import create_model
 
 from deepres.tasks.build import load_model
 
+from .api import init_model
 from .export import export_onnx, onnxruntime_runner as session_runner
 from .fastpath import InferenceInfo, prepare_for_inference
 
-PATHS = ("eager_fp32", "fp32", "bf16", "bf16_compile", "int8", "onnxruntime_fp32")
-DEFAULT_PATHS = ("eager_fp32", "fp32", "bf16", "int8", "onnxruntime_fp32")
+PATHS = ("eager_fp32", "fp32", "fp32_compile", "bf16", "bf16_compile", "int8", "onnxruntime_fp32", "onnxruntime_int8")
+# --checkpoint only: what init_model / predict run by default for that checkpoint (int8 from its stored calibration
+# where that clears the bar on this CPU, else bf16 / fp32: deepres.inference.int8)
+CHECKPOINT_PATHS = ("default", *PATHS)
+ORT_STEPS = {"onnxruntime_fp32": "onnx export (dynamo), ORT CPU EP",
+             "onnxruntime_int8": "onnx export (dynamo), ORT quantize_static QDQ u8s8 per-channel, ORT CPU EP"}
+DEFAULT_PATHS = ("eager_fp32", "fp32", "bf16", "int8", "onnxruntime_fp32", "onnxruntime_int8")
 # (model, image side in pixels, batch size): the ImageNet and CIFAR workhorses at a latency and a throughput batch
 DEFAULT_CASES = (("resnet50", 224, 1), ("resnet50", 224, 16), ("resnet20", 32, 1), ("resnet20", 32, 128))
 
@@ -68,16 +74,19 @@ def build_path(path: str, model: nn.Module, input_size: tuple[int, int, int], *,
     batch to float logits. A compiled path is compiled for `batch_size` here."""
     start = time.perf_counter()
     info = None
+    if path == "int8" and calibration is None:  # random weights: random calibration images, for both int8 paths
+        calibration = [torch.randn(16, *input_size, generator=torch.Generator().manual_seed(1))]
     if path == "onnxruntime_fp32":
         runner = onnxruntime_runner(model, input_size, workdir or Path(tempfile.mkdtemp()))
+    elif path == "onnxruntime_int8":
+        calibration = calibration or [torch.randn(16, *input_size, generator=torch.Generator().manual_seed(1))]
+        runner = onnxruntime_int8_runner(model, input_size, workdir or Path(tempfile.mkdtemp()), calibration)
     else:
-        mode = {"eager_fp32": "eager", "bf16_compile": "bf16"}.get(path, path)
+        mode = {"eager_fp32": "eager", "bf16_compile": "bf16", "fp32_compile": "fp32"}.get(path, path)
         if path not in PATHS:
             raise ValueError(f"unknown benchmark path {path!r}; choose from {', '.join(PATHS)}")
-        if path == "int8" and calibration is None:
-            calibration = [torch.randn(16, *input_size, generator=torch.Generator().manual_seed(1))]
         runner, info = prepare_for_inference(model, example_input_size=input_size, mode=mode,
-                                             compile=path == "bf16_compile", calibration=calibration,
+                                             compile=path.endswith("_compile"), calibration=calibration,
                                              device="cpu", verify=False, example_batch_size=batch_size)
     return runner, info, time.perf_counter() - start - (sum(runner.compile_seconds.values()) if info else 0.0)
 
@@ -87,6 +96,34 @@ def onnxruntime_runner(model: nn.Module, input_size, workdir: Path) -> Callable[
     path = workdir / "model.onnx"
     export_onnx(model.eval(), torch.randn(2, *input_size), path)
     run = session_runner(path)
+    return lambda x: torch.from_numpy(run(x.float().contiguous()))
+
+
+def onnxruntime_int8_runner(model: nn.Module, input_size, workdir: Path, calibration: list[torch.Tensor]
+                            ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ONNX Runtime's own static int8 on the CPU EP, deepres int8's peer: the fp32 ONNX export, ORT's shape
+    pre-processing, then quantize_static in the QDQ format (uint8 activations, int8 per-channel weights, MinMax
+    ranges) calibrated on the same `calibration` batches deepres int8 observes."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source, prepared, quantized = workdir / "int8_source.onnx", workdir / "int8_prepared.onnx", workdir / "int8.onnx"
+    export_onnx(model.eval(), torch.randn(2, *input_size), source)
+    quant_pre_process(str(source), str(prepared))
+    input_name = onnx.load(str(prepared), load_external_data=False).graph.input[0].name
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(calibration)
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch.float().contiguous().numpy()}
+
+    quantize_static(str(prepared), str(quantized), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    run = session_runner(quantized)
     return lambda x: torch.from_numpy(run(x.float().contiguous()))
 
 
@@ -177,7 +214,7 @@ def _benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, sec
                                    p95_ms=percentile(times, 95) * 1e3, iterations=len(times), agreement=agree,
                                    agreement_n=len(images), max_abs_error=error, prepare_s=prepare_s,
                                    compile_s=compile_s, default=path == default_path,
-                                   steps=list(info.steps) if info else ["onnx export (dynamo), ORT CPU EP"])
+                                   steps=list(info.steps) if info else [ORT_STEPS[path]])
                     rows.append(row)
                     log(f"{name} {size}px batch {batch} {path}: {row.images_per_s:.1f} img/s, p50 "
                         f"{row.p50_ms:.1f} ms ({row.iterations} iterations)")
@@ -186,14 +223,20 @@ def _benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, sec
 
 
 def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: int = 0, batch_size: int = 500,
-                         calibration_images: int = 512, log=print) -> list[dict]:
+                         calibration_images: int = 512, timing_batch: int = 0, seconds: float = 2.0,
+                         log=print) -> list[dict]:
     """Top-1 accuracy of each path and its agreement with eager fp32 on the test split of a trained model
-    (its first `limit` images; 0 = all). int8 calibrates on `calibration_images` training images."""
+    (its first `limit` images; 0 = all); with timing_batch > 0 also its images/s on real test images at that
+    batch size. Both int8 paths calibrate on the same `calibration_images` training images; "default" is what
+    init_model runs for this checkpoint (its stored int8 calibration where that clears the bar on this CPU)."""
     path = resolve_checkpoint(str(checkpoint))
     loaded = load_model(path) if path.suffix == ".safetensors" else None
     if loaded is None or loaded.config is None:
         raise ValueError(f"--agreement-checkpoint {checkpoint}: no deepres config inside {path}, so the test set "
                          f"is unknown; give a deepres run directory or .safetensors checkpoint")
+    unknown = [p for p in paths if p not in CHECKPOINT_PATHS]
+    if unknown:
+        raise ValueError(f"unknown benchmark path(s) {', '.join(unknown)}; choose from {', '.join(CHECKPOINT_PATHS)}")
     cfg = apply_overrides(loaded.config, [f"data.eval_batch_size={batch_size}", f"data.limit_val={limit}"])
     model = loaded.model
     train_loader, eval_loader, _ = build_loaders(cfg.data, torch.device("cpu"), seed=cfg.train.seed)
@@ -213,14 +256,35 @@ def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in paths:
-            runner, info, _ = build_path(name, model, input_size, calibration=calibration, workdir=Path(tmp))
+            if name == "default":
+                runner, reason = _default_runner(path, timing_batch or 2)
+            else:
+                runner, _, _ = build_path(name, model, input_size, calibration=calibration, workdir=Path(tmp))
+                reason = ""
             logits = run_batches(runner, images, batch_size)
             agree, error = agreement(logits, reference)
             top1 = (logits.argmax(1) == labels).float().mean().item() * 100
-            results.append({"path": name, "agreement": agree, "top1": top1, "max_abs_error": error,
-                            "n": len(labels), "checkpoint": str(path), "model": cfg.model.name})
-            log(f"{path} {name}: top-1 {top1:.2f}%, agreement with eager fp32 {agree:.2f}% of {len(labels)}")
+            row = {"path": name, "agreement": agree, "top1": top1, "max_abs_error": error, "n": len(labels),
+                   "checkpoint": str(path), "model": cfg.model.name, "calibration_images": seen, "reason": reason}
+            if timing_batch:
+                batch = images[:timing_batch]
+                if len(batch) < timing_batch:
+                    raise ValueError(f"--checkpoint-batch {timing_batch}: only {len(images)} test images")
+                times = time_calls(runner, batch, warmup=2, seconds=seconds, min_iterations=5, max_iterations=500)
+                row.update(batch_size=timing_batch, images_per_s=timing_batch / statistics.median(times),
+                           p50_ms=percentile(times, 50) * 1e3)
+            results.append(row)
+            speed = f", {row['images_per_s']:.0f} img/s at batch {timing_batch}" if timing_batch else ""
+            log(f"{path} {name}: top-1 {top1:.2f}%, agreement with eager fp32 {agree:.2f}% of {len(labels)}{speed}"
+                + (f" ({reason})" if reason else ""))
     return results
+
+
+def _default_runner(checkpoint: Path, batch_size: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """The runner init_model(checkpoint) uses by default on the CPU, and why it picked it."""
+    predictor = init_model(str(checkpoint), device="cpu")
+    runner = predictor.fast_runner(batch_size)
+    return runner, predictor.fast_reason
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -264,7 +328,12 @@ def markdown_table(rows: list[BenchRow]) -> str:
 
 
 def agreement_table(results: list[dict]) -> str:
-    lines = ["| path | top-1 | agreement with eager fp32 | max abs err | images |", "|---|---|---|---|---|"]
-    lines += [f"| {r['path']} | {r['top1']:.2f}% | {r['agreement']:.2f}% | {r['max_abs_error']:.2g} | {r['n']} |"
-              for r in results]
-    return "\n".join(lines)
+    timed = any("images_per_s" in r for r in results)
+    lines = ["| path | top-1 | agreement with eager fp32 | max abs err | images |" + (" batch | img/s |" if timed else ""),
+             "|---|---|---|---|---|" + ("---|---|" if timed else "")]
+    for r in results:
+        speed = f" {r['batch_size']} | {r['images_per_s']:.1f} |" if "images_per_s" in r else ""
+        lines.append(f"| {r['path']} | {r['top1']:.2f}% | {r['agreement']:.2f}% | {r['max_abs_error']:.2g} | "
+                     f"{r['n']} |{speed}")
+    reasons = [f"default: {r['reason']}" for r in results if r.get("reason")]
+    return "\n".join(lines + reasons)

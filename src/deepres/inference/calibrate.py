@@ -124,8 +124,12 @@ def calibrate_after_training(run, log: Callable[[str], None]) -> None:
     if run.task.best_metric != "top1":
         log(f"train.calibrate_int8: int8 calibration is for classifiers; skipped for data.name={run.cfg.data.name}")
         return
-    calibrate_checkpoint(run.run_dir, images=t.int8_calibration_images, eval_images=t.int8_agreement_images,
-                         loaders=(run.train_loader, run.eval_loader), log=log)
+    try:
+        calibrate_checkpoint(run.run_dir, images=t.int8_calibration_images, eval_images=t.int8_agreement_images,
+                             loaders=(run.train_loader, run.eval_loader), log=log)
+    except Exception as e:  # the trained run is complete and saved; only the optional int8 step failed
+        log(f"train.calibrate_int8: int8 calibration failed ({type(e).__name__}: {e}); the run and its checkpoints "
+            f"are as they were, and predict runs bf16/fp32. Retry with `deepres calibrate {run.run_dir}`")
 
 
 # ---------------------------------------------------------------------------------------------- commands

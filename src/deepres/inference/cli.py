@@ -327,11 +327,11 @@ def parse_case(text: str) -> tuple[str, int, int]:
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case", action="append", metavar="MODEL:SIZE:BATCH",
                         help="a case to time, repeatable (default: resnet50:224:1, resnet50:224:16, resnet20:32:1, "
-                             "resnet20:32:128)")
+                             "resnet20:32:128); `none`: only --agreement-checkpoint")
     parser.add_argument("--paths", default=",".join(DEFAULT_PATHS),
                         help=f"comma-separated paths from {', '.join(PATHS)} (default: %(default)s)")
-    parser.add_argument("--compile", action="store_true", help="also time bf16_compile (torch.compile, inductor "
-                                                               "with freezing; compile time reported apart)")
+    parser.add_argument("--compile", action="store_true", help="also time fp32_compile and bf16_compile "
+                        "(torch.compile, inductor with freezing; compile time reported apart)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
     parser.add_argument("--seconds", type=float, default=2.0, help="time each path and batch for about this long, s "
                         "(default 2)")
@@ -344,6 +344,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also measure top-1 and agreement of each path on the test set of this trained model")
     parser.add_argument("--agreement-limit", type=int, default=0, metavar="N",
                         help="use only the first N test images for --agreement-checkpoint (default 0: all)")
+    parser.add_argument("--checkpoint-batch", type=int, default=0, metavar="N",
+                        help="also time each path on --agreement-checkpoint's model with batches of N real test "
+                             "images, plus `default` (what predict runs for it: int8 from its stored calibration "
+                             "where that clears the bar); 0 = no timing (default)")
     parser.add_argument("--threads", type=int, help="torch (and ONNX Runtime) intra-op threads (default: torch's; "
                                                     "at most the available cores)")
     parser.add_argument("--out", metavar="FILE", help="write the rows and environment as JSON here")
@@ -355,9 +359,17 @@ def bench(args: argparse.Namespace) -> int:
     if out is not None and out.exists() and not args.force:
         raise ValueError(f"--out {out} already exists; choose another file or pass --force")
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    if args.compile and "bf16_compile" not in paths:
-        paths.insert(paths.index("bf16") + 1 if "bf16" in paths else len(paths), "bf16_compile")
-    cases = [parse_case(c) for c in args.case] if args.case else list(DEFAULT_CASES)
+    for name in ("fp32", "bf16") if args.compile else ():  # each compiled path right after its eager one
+        if f"{name}_compile" not in paths:
+            paths.insert(paths.index(name) + 1 if name in paths else len(paths), f"{name}_compile")
+    if args.checkpoint_batch < 0:
+        raise ValueError("--checkpoint-batch must be >= 0")
+    if args.case == ["none"]:
+        if not args.agreement_checkpoint:
+            raise ValueError("--case none leaves nothing to measure without --agreement-checkpoint")
+        cases = []
+    else:
+        cases = [parse_case(c) for c in args.case] if args.case else list(DEFAULT_CASES)
     limit_compute_threads(args.threads)  # never more threads than this process may use (core.device)
     for name in ("warmup", "min_iterations", "max_iterations", "agreement_images"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
@@ -366,7 +378,9 @@ def bench(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     rows = benchmark(cases, paths, warmup=args.warmup, seconds=args.seconds, min_iterations=args.min_iterations,
                      max_iterations=args.max_iterations, agreement_images=args.agreement_images, log=log)
-    results = (checkpoint_agreement(args.agreement_checkpoint, paths, limit=args.agreement_limit, log=log)
+    checkpoint_paths = (["default", *paths] if args.checkpoint_batch else paths)
+    results = (checkpoint_agreement(args.agreement_checkpoint, checkpoint_paths, limit=args.agreement_limit,
+                                    timing_batch=args.checkpoint_batch, seconds=args.seconds, log=log)
                if args.agreement_checkpoint else [])
     env = environment()
     warning = load_warning()

@@ -19,7 +19,7 @@ import torch.fx
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from deepres.core.device import auto_dtype, cpu_has_vnni
+from deepres.core.device import adapt_threads, auto_dtype, cpu_has_vnni
 from deepres.models.base import eval_mode, module_device
 
 MODES = ("auto", "eager", "fp32", "bf16", "int8")
@@ -114,6 +114,8 @@ class InferenceRunner:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            adapt_threads()  # fewer threads while other processes hold cores (core.device.ThreadGovernor)
         with torch.inference_mode():
             x = self.prepare_input(batch)
             if self.compiled and not x.is_inference():

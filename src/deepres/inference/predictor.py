@@ -119,7 +119,9 @@ class Predictor:
         tensors = (*self.model.parameters(), *self.model.buffers())
         return self._loads.count, tuple((id(t), t.device, t.dtype) for t in tensors)
 
-    def _fast_runner(self, batch_size: int):
+    def fast_runner(self, batch_size: int = 2):
+        """The prepared model function (float NCHW batch -> logits) predict runs, preparing it if needed; None for
+        fast="eager"."""
         if self.fast_mode == "eager":
             return None
         key = self._weights_key()
@@ -167,7 +169,7 @@ class Predictor:
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits of a preprocessed float batch (N, C, H, W): the single call site of the model for inference."""
-        runner = self._fast_runner(batch.shape[0])
+        runner = self.fast_runner(batch.shape[0])
         if runner is None:
             with torch.inference_mode():
                 return self.model(batch.to(self.device, non_blocking=True))
@@ -233,7 +235,7 @@ class Predictor:
                     yield {"path": input_path(item), "failed": True, "error": str(error)}
                     bar.update(1)
                     continue
-                runner = self._fast_runner(1) or self.model
+                runner = self.fast_runner(1) or self.model
                 with torch.inference_mode():
                     probs = segment(runner, x[None].to(self.device), tuple(image.shape[-2:]), mode=views,
                                     num_classes=len(names), output_stride=getattr(self.model, "output_stride", None))

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from deepres.core.device import adapt_threads
 from deepres.core.distributed import all_reduce_sum, is_distributed
 from deepres.models.base import eval_mode, module_device
 
@@ -71,6 +72,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
         bar = tqdm(loader, total=total, desc="eval", unit="batch", leave=False, dynamic_ncols=True,
                    disable=None if progress is None else not progress)
         for batch_index, (images, labels) in enumerate(bar):
+            if images.device.type == "cpu":
+                adapt_threads()  # fewer threads while other processes hold cores (core.device.ThreadGovernor)
             if max_batches and batch_index >= max_batches:
                 break
             if metrics is None:

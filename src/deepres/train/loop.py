@@ -27,7 +27,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from deepres.core.config import Config
-from deepres.core.device import AMP_DTYPES, default_device, limit_compute_threads, local_processes
+from deepres.core.device import AMP_DTYPES, adapt_threads, default_device, limit_compute_threads, local_processes
 from deepres.core.distributed import all_reduce_sum, broadcast_buffers, find_ddp, process_group, raise_if_any_failed
 from deepres.core.errors import NonFiniteLossError, TrainingInterrupted
 from deepres.models.base import frozen_modules
@@ -78,6 +78,8 @@ def train_one_epoch(run: Run) -> dict:
         if i % accum == 0:  # first micro-batch of an optimizer step
             if state.step >= total_iters:
                 break
+            if run.device.type == "cpu":
+                adapt_threads()  # fewer threads while other processes hold cores (core.device.ThreadGovernor)
             group_size, group_ok, group_loss = min(accum, n_batches - i), True, 0.0
             lr = lr_at(state.step, cfg.schedule, peak_lr, iters_per_epoch, total_iters)
             for group in optimizer.param_groups:
@@ -280,12 +282,8 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
                 except TrainingInterrupted as e:
                     log(str(e))
                     raise
-                if dist.is_main and state.step >= run.total_iters:
-                    if after_training is not None:
-                        after_training(run, log)
-                    elif run.cfg.train.calibrate_int8:
-                        log(f"train.calibrate_int8: not done by fit() without after_training; run `deepres "
-                            f"calibrate {run.run_dir}`")
+                if dist.is_main and state.step >= run.total_iters and after_training is not None:
+                    after_training(run, log)
             return {**state.metrics, "epoch": state.epoch, "step": state.step, f"best_{task.best_metric}": state.best,
                     "best_epoch": state.best_epoch, "run_dir": str(run.run_dir),
                     "finished": state.step >= run.total_iters}
