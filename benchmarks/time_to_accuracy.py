@@ -68,7 +68,8 @@ def main():
     print("|---|---|---|---|---|")
     for r in rows:
         sec = f"{r['seconds_to_target']:.1f}" if r["seconds_to_target"] is not None else "not reached"
-        print(f"| {r['seed']} | {sec} | {r['epoch_reached'] or '-'} | {r['final_top1']:.2f} | {r['total_seconds']:.1f} |")
+        print(f"| {r['seed']} | {sec} | {r['epoch_reached'] or '-'} | {r['final_top1']:.2f} | "
+              f"{r['total_seconds']:.1f} |")
     reached = [r["seconds_to_target"] for r in rows if r["seconds_to_target"] is not None]
     print(f"| mean ± std ({len(rows)} seeds, {len(reached)} reached) | {mean_std(reached)} | | "
           f"{mean_std((r['final_top1'] for r in rows), 2)} | {mean_std(r['total_seconds'] for r in rows)} |")

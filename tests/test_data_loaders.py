@@ -199,16 +199,25 @@ def test_loader_workers_outlive_a_signal_to_the_process_group(folder_root, signu
 
 
 
-def _idle_loader_worker():
+def _idle_loader_worker(ready):
     _init_loader_worker(0)
+    ready.set()
     time.sleep(60)
 
 
 def test_a_loader_worker_still_ends_on_a_sigterm_from_the_training_process():
     # multiprocessing's terminate(), also at interpreter exit for daemonic workers: ignoring it would hang the exit
-    worker = multiprocessing.get_context("fork").Process(target=_idle_loader_worker, daemon=True)
-    worker.start()
-    time.sleep(0.5)
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()  # the worker's signal handling is set up (a fork of a large process can take a while)
+    worker = context.Process(target=_idle_loader_worker, args=(ready,), daemon=True)
+    # Forked with SIGINT and SIGTERM blocked, as Loader.iter_from starts its workers: threads that torch's fork
+    # handlers start in the child inherit the mask, so only the worker's SIGTERM thread takes the signal.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        worker.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    assert ready.wait(30)
     subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # from elsewhere: ignored
     time.sleep(0.5)
     assert worker.is_alive()

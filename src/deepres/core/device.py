@@ -233,7 +233,8 @@ def reset_thread_governor(*, ceiling: int | None = None, reserved: float = 0.0) 
     _GOVERNOR.ceiling = ceiling
 
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")  # what benchmarks report
+# The ISA flags benchmarks report: what the bf16 / int8 / fp32 kernels use
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
 
 
 def machine_summary() -> dict:

@@ -24,7 +24,7 @@ import torch.nn as nn
 from deepres.core.checkpoint import resolve_checkpoint
 from deepres.core.config import apply_overrides
 from deepres.core.device import (auto_dtype, available_cores, cpu_has_native_bf16, cpu_int8_flags, cpu_model_name,
-                                 load_warning)
+                                 load_warning, machine_summary)
 from deepres.data import build_loaders
 from deepres.models import create_model
 
@@ -302,6 +302,7 @@ def environment() -> dict:
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16(),
            "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
            "available_cores": available_cores(), "cpu_int8": cpu_int8_flags(), "load_average": _load_average(),
+           "isa": machine_summary()["isa"],
            "load_warning": load_warning()}
     try:
         import onnxruntime
@@ -329,8 +330,8 @@ def markdown_table(rows: list[BenchRow]) -> str:
 
 def agreement_table(results: list[dict]) -> str:
     timed = any("images_per_s" in r for r in results)
-    lines = ["| path | top-1 | agreement with eager fp32 | max abs err | images |" + (" batch | img/s |" if timed else ""),
-             "|---|---|---|---|---|" + ("---|---|" if timed else "")]
+    lines = ["| path | top-1 | agreement with eager fp32 | max abs err | images |" + (" batch | img/s |" * timed),
+             "|---|---|---|---|---|" + ("---|---|" * timed)]
     for r in results:
         speed = f" {r['batch_size']} | {r['images_per_s']:.1f} |" if "images_per_s" in r else ""
         lines.append(f"| {r['path']} | {r['top1']:.2f}% | {r['agreement']:.2f}% | {r['max_abs_error']:.2g} | "

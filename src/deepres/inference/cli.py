@@ -386,10 +386,12 @@ def bench(args: argparse.Namespace) -> int:
     warning = load_warning()
     if warning:
         print(warning)
-    print(f"CPU inference, {env.get('cpu', '?')}, {env['threads']} threads, torch {env['torch']}, onnxruntime "
-          f"{env.get('onnxruntime', '-')}; warm-up {args.warmup} calls excluded; agreement = top-1 agreement "
-          f"with eager fp32 on random images (random weights)")
-    print(markdown_table(rows))
+    print(f"CPU inference, {env.get('cpu', '?')} (ISA flags: {', '.join(env['isa']) or 'none'}), {env['threads']} "
+          f"threads, torch {env['torch']}, onnxruntime {env.get('onnxruntime', '-')}; warm-up {args.warmup} calls "
+          f"excluded")
+    if rows:
+        print("Random weights; agreement = top-1 agreement with eager fp32 on random images")
+        print(markdown_table(rows))
     if results:
         print(f"\nOn real data: {results[0]['model']} {results[0]['checkpoint']}, test set")
         print(agreement_table(results))
