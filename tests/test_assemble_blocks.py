@@ -1,11 +1,14 @@
 """Squeeze-and-Excitation and DropBlock as switches on the ResNet family (issue 13, Assemble-ResNet), and the
 trainer's DropBlock keep-probability schedule."""
+import time
+
 import pytest
 import torch
 from train_fakes import tiny_loaders
 
 from data_helpers import read_reference
 from deepres.core.config import Config, DataConfig, ModelConfig, RunConfig, TrainConfig, validate_config
+from deepres.core.runs import read_metrics
 from deepres.models import create_model, list_models, register_model
 from deepres.models.layers import DropBlock2d, SqueezeExcite, drop_block_2d, set_drop_block_keep
 from deepres.train.loop import fit
@@ -165,7 +168,11 @@ def test_fit_moves_keep_prob_linearly_to_train_dropblock_keep(tmp_path, start, e
                  train=TrainConfig(epochs=2, progress=False, dropblock_keep=end, dropblock_keep_start=start),
                  run=RunConfig(out_dir=str(tmp_path), name="run"))
     _built.clear()
+    began = time.perf_counter()
     result = fit(cfg, loaders=tiny_loaders(), device="cpu", log=lambda _: None)
+    wall = time.perf_counter() - began
+    _, epochs = read_metrics(tmp_path / "run")  # the keep schedule must not disturb the epoch's timing
+    assert len(epochs) == 2 and all(0 < e["epoch_time_s"] < wall for e in epochs)
     total = result["step"]  # 64 images / 16 per batch x 2 epochs = 8 optimizer steps
     assert total == 8
     keeps = {m.keep_prob for m in _built[0].modules() if isinstance(m, DropBlock2d)}

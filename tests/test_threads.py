@@ -217,3 +217,14 @@ def test_limit_compute_threads_sets_the_governors_ceiling(cores):
     torch.set_num_threads(2)
     assert limit_compute_threads(workers=1) == 1
     assert device._GOVERNOR.ceiling == 1 and device._GOVERNOR.reserved == 1
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_training_adapts_threads_per_step_unless_deterministic(tmp_path, monkeypatch, deterministic):
+    import deepres.train.loop as loop
+
+    calls = []
+    monkeypatch.setattr(loop, "adapt_threads", lambda: calls.append(1))
+    fit(tiny_config(tmp_path, "r", epochs=1, deterministic=deterministic), device="cpu", loaders=tiny_loaders(),
+        log=lambda line: None)
+    assert len(calls) == (0 if deterministic else 4)  # 64 images, batch 16: 4 optimizer steps

@@ -78,15 +78,15 @@ def train_one_epoch(run: Run) -> dict:
         if i % accum == 0:  # first micro-batch of an optimizer step
             if state.step >= total_iters:
                 break
-            if run.device.type == "cpu":
+            if run.device.type == "cpu" and not t.deterministic:  # a thread count change changes the sums' order
                 adapt_threads()  # fewer threads while other processes hold cores (core.device.ThreadGovernor)
             group_size, group_ok, group_loss = min(accum, n_batches - i), True, 0.0
             lr = lr_at(state.step, cfg.schedule, peak_lr, iters_per_epoch, total_iters)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
             if min(t.dropblock_keep, t.dropblock_keep_start) < 1.0:  # DropBlock keep: start -> end, linear in steps
-                start = t.dropblock_keep_start
-                set_drop_block_keep(model, start - (start - t.dropblock_keep) * state.step / total_iters)
+                keep = t.dropblock_keep_start
+                set_drop_block_keep(model, keep - (keep - t.dropblock_keep) * state.step / total_iters)
         if t.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         indices = run.train_loader.batch_indices(i) if needs_indices else None
