@@ -74,12 +74,11 @@ def build_path(path: str, model: nn.Module, input_size: tuple[int, int, int], *,
     batch to float logits. A compiled path is compiled for `batch_size` here."""
     start = time.perf_counter()
     info = None
-    if path == "int8" and calibration is None:  # random weights: random calibration images, for both int8 paths
+    if path in ("int8", "onnxruntime_int8") and calibration is None:  # random weights: the same random images
         calibration = [torch.randn(16, *input_size, generator=torch.Generator().manual_seed(1))]
     if path == "onnxruntime_fp32":
         runner = onnxruntime_runner(model, input_size, workdir or Path(tempfile.mkdtemp()))
     elif path == "onnxruntime_int8":
-        calibration = calibration or [torch.randn(16, *input_size, generator=torch.Generator().manual_seed(1))]
         runner = onnxruntime_int8_runner(model, input_size, workdir or Path(tempfile.mkdtemp()), calibration)
     else:
         mode = {"eager_fp32": "eager", "bf16_compile": "bf16", "fp32_compile": "fp32"}.get(path, path)
@@ -251,6 +250,8 @@ def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: 
         seen += len(x)
         if seen >= calibration_images:
             break
+    if len(images) < timing_batch:
+        raise ValueError(f"--checkpoint-batch {timing_batch}: only {len(images)} test images")
     input_size = tuple(images.shape[1:])
     reference = run_batches(model, images, batch_size)
     results = []
@@ -267,10 +268,7 @@ def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: 
             row = {"path": name, "agreement": agree, "top1": top1, "max_abs_error": error, "n": len(labels),
                    "checkpoint": str(path), "model": cfg.model.name, "calibration_images": seen, "reason": reason}
             if timing_batch:
-                batch = images[:timing_batch]
-                if len(batch) < timing_batch:
-                    raise ValueError(f"--checkpoint-batch {timing_batch}: only {len(images)} test images")
-                times = time_calls(runner, batch, warmup=2, seconds=seconds, min_iterations=5, max_iterations=500)
+                times = time_calls(runner, images[:timing_batch], warmup=2, seconds=seconds, min_iterations=5, max_iterations=500)
                 row.update(batch_size=timing_batch, images_per_s=timing_batch / statistics.median(times),
                            p50_ms=percentile(times, 50) * 1e3)
             results.append(row)
