@@ -94,10 +94,8 @@ def available_cores() -> int:
     """CPU cores this process may use: its affinity mask (taskset, cpusets), further capped by a cgroup CPU quota
     (containers: cgroup v2 cpu.max, v1 cpu.cfs_quota_us), rounded up; at least 1. os.cpu_count() counts every
     core of the machine, and torch's default thread count can exceed what a container is allowed to use."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    cpus = _affinity()
+    cores = len(cpus) if cpus is not None else os.cpu_count() or 1
     quota = cgroup_cpu_quota()
     return max(1, min(cores, math.ceil(quota)) if quota else cores)
 
@@ -237,10 +235,15 @@ def reset_thread_governor(*, ceiling: int | None = None, reserved: float = 0.0) 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
 
 
+def cpu_isa() -> list[str]:
+    """This CPU's ISA_FLAGS, in that order."""
+    return [flag for flag in ISA_FLAGS if flag in cpu_flags()]
+
+
 def machine_summary() -> dict:
     """What a benchmark prints and stores next to its figures: CPU model, its ISA flags that matter to the kernels,
     available cores, torch's threads and version, and the load warning (None when the machine is quiet)."""
-    return {"cpu": cpu_model_name() or "unknown CPU", "isa": [f for f in ISA_FLAGS if f in cpu_flags()],
+    return {"cpu": cpu_model_name() or "unknown CPU", "isa": cpu_isa(),
             "available_cores": available_cores(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "load_warning": load_warning()}
 
