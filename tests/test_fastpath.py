@@ -233,3 +233,27 @@ def test_self_check_leaves_every_module_training_flag_as_it_was():
     model.layer1.eval()  # e.g. a frozen first stage
     prepare_for_inference(model, example_input_size=(3, 32, 32), mode="fp32")
     assert model.training and not model.layer1.training and model.layer2.training
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
+def test_compile_path_freezes_its_weights_and_only_its_own():
+    """The compiled path bakes the weights into the graph (inductor freezing, which torch 2.13 ignores when given
+    as a torch.compile option): changing the prepared module's weights afterwards changes nothing. A model compiled
+    beside it, as training compiles one, still sees its own weight updates."""
+    torch.manual_seed(0)
+    tiny = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5)).eval()
+    runner, _ = prepare_for_inference(tiny, example_input_size=(3, 8, 8), mode="fp32", compile=True,
+                                      example_batch_size=2)
+    x = torch.randn(2, 3, 8, 8)
+    before = runner(x)
+    with torch.no_grad():
+        runner.module.module[0].weight.mul_(-1)  # the prepared private copy that was compiled
+    assert torch.equal(runner(x), before)
+
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    compiled = torch.compile(other, dynamic=False)
+    with torch.no_grad():
+        first = compiled(x)
+        other[0].weight.mul_(-1)
+        assert not torch.allclose(compiled(x), first)

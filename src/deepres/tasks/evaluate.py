@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from deepres.core.device import adapt_threads
+from deepres.core.device import adapt_threads, keep_freed_memory
 from deepres.core.distributed import all_reduce_sum, is_distributed
 from deepres.models.base import eval_mode, module_device
 
@@ -78,6 +78,8 @@ def evaluate(model: nn.Module, loader: Iterable, *, num_classes: int, scales: Se
                 break
             if metrics is None:
                 metrics = _Accumulators(num_classes, top_k, images.device)
+                if images.device.type == "cpu":
+                    keep_freed_memory()  # large activations reused, not page-faulted in at every batch
             labels = metrics.checked_labels(labels.to(images.device, non_blocking=True))
             scores, loss_sum = _predict(model, images, labels, num_classes, scales, flip, amp_dtype)
             metrics.update(scores, labels, loss_sum)

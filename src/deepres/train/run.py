@@ -18,7 +18,7 @@ import yaml
 from deepres.core.checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, repair_checkpoints,
                                      restore_rng_state, save_checkpoint)
 from deepres.core.config import RESUME_MAY_DIFFER, Config, config_diff, config_from_dict, config_to_dict
-from deepres.core.device import seed_everything, set_deterministic
+from deepres.core.device import keep_freed_memory, seed_everything, set_deterministic
 from deepres.core.distributed import DistInfo, raise_if_any_failed, same_on_all_ranks
 from deepres.core.runs import CONFIG_FILE, RunRecorder
 from deepres.data import DataInfo, build_loaders
@@ -123,6 +123,8 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
     train_loader, eval_loader, data = loaders
     same_on_all_ranks(len(train_loader), "batches per epoch (len(train_loader))")
     t = cfg.train
+    if device.type == "cpu":
+        keep_freed_memory()  # large activations and gradients reused, not page-faulted in at every step
     model = build_model(cfg, device)
     if saved is None and cfg.model.pretrained:  # a new run starts from these weights (a resume, from its own)
         report = load_initial_weights(model, cfg.model.pretrained)
