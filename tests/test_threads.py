@@ -257,3 +257,31 @@ def test_keep_freed_memory_stops_page_faults_on_large_blocks():
     pages = (64 << 20) // os.sysconf("SC_PAGE_SIZE")
     assert results["0"][0] == "False" and results["0"][1] > 5 * pages // 2  # every page faulted in, every time
     assert results["1"][0] == "True" and results["1"][1] < pages // 20
+
+
+def test_onnxruntime_sessions_get_the_ceiling_not_a_moment_of_contention(governed, monkeypatch, tmp_path):
+    """A peer ONNX Runtime session made while the governor has dropped torch to 1 thread still gets the
+    uncontended count (core.device.thread_ceiling), or a benchmark would time it on 1 thread for good."""
+    import onnxruntime as ort
+
+    from deepres.inference.export import export_onnx, onnxruntime_runner
+
+    clock, governor = governed
+    monkeypatch.setattr(device, "_GOVERNOR", governor)
+    assert device.thread_ceiling() == 2  # no tick yet: torch's count
+    governor.tick()
+    clock.advance(1.0, own_cores=1, other_cores=1)
+    assert governor.tick() == 1 and torch.get_num_threads() == 1 and device.thread_ceiling() == 2
+    made, real_session = [], ort.InferenceSession
+
+    def session(path, options, providers):
+        made.append(options.intra_op_num_threads)
+        return real_session(path, options, providers=providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    conv = torch.nn.Conv2d(3, 4, 3).eval()
+    x = torch.randn(2, 3, 8, 8)
+    export_onnx(conv, x, tmp_path / "m.onnx")
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(onnxruntime_runner(tmp_path / "m.onnx")(x)), conv(x), atol=1e-5)
+    assert made == [2]

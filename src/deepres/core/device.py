@@ -223,6 +223,15 @@ def adapt_threads() -> int | None:
     return _GOVERNOR.tick()
 
 
+def thread_ceiling() -> int:
+    """The threads this process computes with when no other process competes: the process-wide governor's
+    ceiling once it has ticked, else torch's current count. What a peer library (ONNX Runtime) is given, so a
+    moment of contention when its session is made does not fix it at fewer threads for good."""
+    if _GOVERNOR is not None and _GOVERNOR.ceiling is not None:
+        return _GOVERNOR.ceiling
+    return torch.get_num_threads()
+
+
 def reset_thread_governor(*, ceiling: int | None = None, reserved: float = 0.0) -> None:
     """Start the process-wide governor afresh: `ceiling` threads at most (None: the count in force at its first
     tick), `reserved` cores of this job's own helper processes not counted as contention."""

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from deepres.core.device import thread_ceiling
 from deepres.core.errors import RunFailedError
 from deepres.core.files import temp_file
 from deepres.core.preprocess import Preprocess
@@ -183,12 +184,13 @@ def export_onnx(model, example, path: Path, *, opset: int | None = None, exporte
 
 
 def onnxruntime_runner(path: Path):
-    """An ONNX Runtime session on the CPU EP (all graph optimisations, intra-op threads = torch's) as a function
-    of a contiguous float32 CPU tensor, returning a numpy array."""
+    """An ONNX Runtime session on the CPU EP (all graph optimisations, intra-op threads = torch's when nothing
+    competes, core.device.thread_ceiling) as a function of a contiguous float32 CPU tensor, returning a numpy
+    array."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = thread_ceiling()
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x.numpy()})[0]
