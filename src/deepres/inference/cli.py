@@ -336,9 +336,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="time each path and batch for about this long, s "
                         "(default 2)")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="time every path and batch in this many interleaved rounds of --seconds each, the "
-                             "median over all of them reported: a machine whose speed drifts then slows every "
-                             "path alike (default 1)")
+                        help="time every path and batch of the --case models in this many interleaved rounds of "
+                             "--seconds each, the median over all of them reported: a machine whose speed drifts "
+                             "then slows every path alike (default 1; the --agreement-checkpoint timing is one "
+                             "pass per path)")
     parser.add_argument("--min-iterations", type=int, default=5, help="timed calls at least (default 5)")
     parser.add_argument("--max-iterations", type=int, default=200, help="timed calls at most (default 200)")
     parser.add_argument("--agreement-images", type=int, default=32,
@@ -393,9 +394,10 @@ def bench(args: argparse.Namespace) -> int:
         print(warning)
     print(f"CPU inference, {env.get('cpu', '?')} (ISA flags: {', '.join(env['isa']) or 'none'}), {env['threads']} "
           f"threads, torch {env['torch']}, onnxruntime {env.get('onnxruntime', '-')}; warm-up {args.warmup} calls "
-          f"excluded; {args.rounds} interleaved round(s) of about {args.seconds:g} s per path and batch")
+          f"excluded")
     if rows:
-        print("Random weights; agreement = top-1 agreement with eager fp32 on random images")
+        print(f"Random weights, {args.rounds} interleaved round(s) of about {args.seconds:g} s per path and batch; "
+              f"agreement = top-1 agreement with eager fp32 on random images")
         print(markdown_table(rows))
     if results:
         print(f"\nOn real data: {results[0]['model']} {results[0]['checkpoint']}, test set")
