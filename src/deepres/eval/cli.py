@@ -40,9 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="allow --out to be a non-empty directory")
 
 
-def add_view_arguments(parser: argparse.ArgumentParser) -> None:
-    """Segmentation test-time options (eval.* and data.test_size); --flip is shared with classification."""
-    group = parser.add_argument_group("segmentation test-time views (default: the checkpoint's eval.* settings)")
+def add_view_arguments(parser) -> None:
+    """Segmentation test-time options (eval.* and data.test_size); --flip is shared with classification. `parser`
+    is a parser (the options get their own group) or a group of one (they join it: argparse deprecates nesting)."""
+    group = (parser.add_argument_group("segmentation test-time views (default: the checkpoint's eval.* settings)")
+             if isinstance(parser, argparse.ArgumentParser) else parser)
     group.add_argument("--mode", choices=("whole", "slide"), help="eval.mode: the whole image, or sliding windows")
     group.add_argument("--crop", type=int, help="eval.crop: sliding-window side, pixels")
     group.add_argument("--stride", type=int, help="eval.stride: sliding-window step, pixels")
