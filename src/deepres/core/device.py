@@ -249,10 +249,10 @@ def keep_freed_memory() -> bool:
 
     glibc serves every block over 32 MB (a ResNet-50 activation at batch 16, 224 px, is 51 MB) with a fresh mmap
     and unmaps it on free, so each forward pass page-faults its large activations back in, zero-filled. ONNX
-    Runtime keeps an arena and never pays that; measured on ResNet-50 b16 (Xeon, 2 threads) the faults cost
-    BN-folded fp32 28% (23.8 -> 32.9 img/s) and bf16 24% (93.0 -> 122.3). Here malloc stops using mmap and keeps
-    up to 1 GiB of freed heap, so the process holds on to its peak memory, as ORT's arena does. Once per process;
-    glibc on Linux only (elsewhere False); DEEPRES_KEEP_FREED_MEMORY=0 turns it off.
+    Runtime keeps an arena and never pays that; measured on ResNet-50 b16 (Xeon, 2 threads) the faults took 28%
+    of BN-folded fp32's time (23.8 -> 32.9 img/s without them) and 24% of bf16's (93.0 -> 122.3). Here malloc
+    stops using mmap and keeps up to 1 GiB of freed heap, so the process holds on to its peak memory, as ORT's
+    arena does. Once per process; glibc on Linux only (elsewhere False); DEEPRES_KEEP_FREED_MEMORY=0 turns it off.
     """
     global _HEAP_KEPT
     if _HEAP_KEPT is None:

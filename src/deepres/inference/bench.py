@@ -234,8 +234,8 @@ def _bench_row(name: str, size: int, batch: int, path: str, built: tuple, times:
     return BenchRow(model=name, image_size=size, batch_size=batch, path=path,
                     images_per_s=batch / statistics.median(times), p50_ms=percentile(times, 50) * 1e3,
                     p95_ms=percentile(times, 95) * 1e3, iterations=len(times), agreement=agree,
-                    agreement_n=agreement_n, max_abs_error=error, prepare_s=prepare_s, compile_s=compile_s, default=default,
-                    steps=list(info.steps) if info else [ORT_STEPS[path]])
+                    agreement_n=agreement_n, max_abs_error=error, prepare_s=prepare_s, compile_s=compile_s,
+                    default=default, steps=list(info.steps) if info else [ORT_STEPS[path]])
 
 
 def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: int = 0, batch_size: int = 500,
@@ -285,7 +285,8 @@ def checkpoint_agreement(checkpoint: str | Path, paths=DEFAULT_PATHS, *, limit: 
             row = {"path": name, "agreement": agree, "top1": top1, "max_abs_error": error, "n": len(labels),
                    "checkpoint": str(path), "model": cfg.model.name, "calibration_images": seen, "reason": reason}
             if timing_batch:
-                times = time_calls(runner, images[:timing_batch], warmup=2, seconds=seconds, min_iterations=5, max_iterations=500)
+                times = time_calls(runner, images[:timing_batch], warmup=2, seconds=seconds, min_iterations=5,
+                                   max_iterations=500)
                 row.update(batch_size=timing_batch, images_per_s=timing_batch / statistics.median(times),
                            p50_ms=percentile(times, 50) * 1e3)
             results.append(row)

@@ -214,7 +214,7 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
         prepared = quantize_int8(prepared, calibration, example, ranges=int8_ranges)
         info.steps.append("int8 (FX graph mode, x86 backend, per-channel weights)")
 
-    module = _compile_frozen(prepared) if compile else PerShapeInt8(prepared) if dtype == "int8" else prepared
+    module = FrozenCompiled(prepared) if compile else PerShapeInt8(prepared) if dtype == "int8" else prepared
     runner = InferenceRunner(module, device=device, input_dtype=input_dtype, channels_last=channels_last,
                              compiled=compile)
     if compile:
@@ -233,17 +233,12 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
     return runner, info
 
 
-def _compile_frozen(module: nn.Module) -> Callable:
-    """torch.compile with inductor's freezing: weights become constants, so oneDNN pre-packs them and the
-    convolutions run as mkldnn convolutions with bias, ReLU and the residual add fused in. Static shapes, compiled
+class FrozenCompiled:
+    """`module` compiled by inductor with its weights frozen into the graph, so oneDNN pre-packs them and the
+    convolutions run with bias, ReLU and the residual add fused in; later changes to the module's parameters do
+    not reach the compiled calls (the module is a private copy, so none should happen). Static shapes, compiled
     once per batch size: on ResNet-50 bf16 a dynamic batch dimension gave back most of the gain (measured: 1.05x
     ONNX Runtime instead of 1.5x)."""
-    return FrozenCompiled(module)
-
-
-class FrozenCompiled:
-    """`module` compiled by inductor with its weights frozen into the graph: later changes to the module's
-    parameters do not reach the compiled calls (the module is a private copy, so none should happen)."""
 
     def __init__(self, module: nn.Module):
         self.module = module
@@ -256,7 +251,7 @@ class FrozenCompiled:
             return self.compiled(x)
         # Inductor reads `freezing` from its global config while a call compiles, and torch 2.13 drops it from
         # torch.compile(options=...): passed that way nothing was frozen (ResNet-50 b16 bf16_compile, same
-        # machine: 133 img/s unfrozen, 232 frozen). Patched around this model's compiling calls only: a training
+        # machine: 133 img/s unfrozen, 199-233 frozen). Patched around this model's compiling calls only: a training
         # model compiled in the same process must never be frozen.
         import torch._inductor.config as inductor_config
 
