@@ -118,9 +118,98 @@ def test_fast_paths_match_fp32_on_any_batch_size(resnet20, mode, bound):
 
 def test_switches_override_the_mode(resnet20):
     runner, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32", fold_bn=False,
-                                         channels_last=False)
-    assert info.bn_folded == 0 and not info.channels_last and info.steps == []
+                                         channels_last=False, backend="torch")
+    assert info.bn_folded == 0 and not info.channels_last and info.steps == [] and info.backend == "torch"
     assert info.max_abs_error == 0.0
+
+
+def test_fp32_runs_on_onnxruntime_from_a_cached_export(resnet20, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPRES_CACHE", str(tmp_path))
+    runner, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32")
+    assert info.backend == "onnxruntime" and "exported ONNX" in info.steps[-1]
+    assert isinstance(runner.module, fastpath.OnnxRuntimeFp32) and not runner.channels_last
+    files = list((tmp_path / "onnx").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".onnx"  # no temporary file left beside it
+    for shape in ((1, 3, 32, 32), (5, 3, 32, 32), (2, 3, 40, 40)):  # 40 px: not the exported size, runs on torch
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            assert max_error(runner(x), resnet20(x)) <= 1e-4, shape
+    stamp = files[0].stat().st_mtime_ns
+    _, again = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32")
+    assert "cached ONNX" in again.steps[-1] and files[0].stat().st_mtime_ns == stamp
+    changed = copy.deepcopy(resnet20)
+    with torch.no_grad():
+        changed.fc.bias.add_(1.0)
+    runner, _ = prepare_for_inference(changed, example_input_size=(3, 32, 32), mode="fp32")
+    assert len(list((tmp_path / "onnx").iterdir())) == 2  # other weights, another export
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert max_error(runner(x), changed(x)) <= 1e-4
+
+
+def test_a_torn_cache_file_is_exported_again(resnet20, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPRES_CACHE", str(tmp_path))
+    folded, _ = fold_batchnorm(resnet20)
+    path = fastpath.onnx_cache_path(folded, (3, 32, 32))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not an onnx file")
+    runner, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32")
+    assert info.backend == "onnxruntime" and "exported ONNX" in info.steps[-1] and path.stat().st_size > 10_000
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert max_error(runner(x), resnet20(x)) <= 1e-4
+
+
+def test_an_unwritable_cache_still_runs_on_onnxruntime(resnet20, tmp_path, monkeypatch):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("DEEPRES_CACHE", str(blocker))
+    _, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32")
+    assert info.backend == "onnxruntime" and info.max_abs_error <= 1e-4
+    assert blocker.read_text() == "a file where the cache folder should be"
+
+
+class DataDependent(nn.Module):
+    """Branches on a value: torch.export (the ONNX exporter) cannot capture it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.conv(x).mean((2, 3))
+        return self.head(y if y.sum() > -1e9 else -y)
+
+
+def test_backend_choice_and_a_model_onnxruntime_cannot_take(resnet20, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPRES_CACHE", str(tmp_path))
+    cpu = torch.device("cpu")
+    assert fastpath.fp32_backend("auto", mode="fp32", dtype="fp32", device=cpu, compile=False)[0]
+    assert fastpath.fp32_backend("auto", mode="auto", dtype="fp32", device=cpu, compile=False)[0]
+    for mode, dtype, compile in (("eager", "fp32", False), ("fp32", "fp32", True), ("bf16", "bf16", False)):
+        assert fastpath.fp32_backend("auto", mode=mode, dtype=dtype, device=cpu, compile=compile) == (False, "")
+        with pytest.raises(ValueError, match="backend='onnxruntime' runs the fp32 fast path"):
+            fastpath.fp32_backend("onnxruntime", mode=mode, dtype=dtype, device=cpu, compile=compile)
+    assert not fastpath.fp32_backend("auto", mode="fp32", dtype="fp32", device=torch.device("meta"), compile=False)[0]
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, onnxruntime, got 'ort'"):
+        prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32", backend="ort")
+
+    model = DataDependent().eval()
+    runner, info = prepare_for_inference(model, example_input_size=(3, 8, 8), mode="fp32", fold_bn=False)
+    assert info.backend == "torch" and "ONNX Runtime backend failed" in info.notes[-1]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert max_error(runner(x), model(x)) <= 1e-5
+    with pytest.raises(ValueError, match="DataDependent does not run on ONNX Runtime"):
+        prepare_for_inference(model, example_input_size=(3, 8, 8), mode="fp32", fold_bn=False,
+                              backend="onnxruntime")
+    assert not any(p.name.endswith(".onnx") for p in (tmp_path / "onnx").iterdir())  # no torn file left
+
+
+def test_auto_on_a_cpu_without_bf16_says_it_runs_on_onnxruntime(resnet20, monkeypatch):
+    monkeypatch.setattr(deepres.core.device, "cpu_has_native_bf16", lambda: False)
+    _, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32))
+    assert info.dtype == "fp32" and info.backend == "onnxruntime" and "ONNX Runtime" in info.reason
 
 
 def test_auto_picks_bf16_only_with_native_support(resnet20, monkeypatch):

@@ -246,7 +246,14 @@ def test_fast_path_options_and_their_errors(tmp_path):
     exact.model.load_state_dict(model.model.state_dict())
     assert_close_probabilities(inference_model(model, image, top_k=10), inference_model(exact, image, top_k=10),
                                atol=1e-5)  # fp32: BN folding and channels_last only
-    assert model.fast_info.dtype == "fp32"
+    assert model.fast_info.dtype == "fp32" and model.fast_info.backend == "onnxruntime"
+    on_torch = init_model("resnet20", fast="fp32", backend="torch")
+    on_torch.model.load_state_dict(model.model.state_dict())
+    assert_close_probabilities(inference_model(on_torch, image, top_k=10), inference_model(exact, image, top_k=10),
+                               atol=1e-5)
+    assert on_torch.fast_info.backend == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        init_model("resnet20", backend="mlas")
     with pytest.raises(ValueError, match="fast must be one of"):
         init_model("resnet20", fast="fp16")
     with pytest.raises(ValueError, match="needs calibration images"):

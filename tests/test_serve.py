@@ -83,6 +83,7 @@ def test_model_card_health_docs_and_page(url):
     assert card["classes"] == FASHION_CLASSES and card["task"] == "classification" and card["name"] == "resnet20"
     assert card["preprocessing"]["input_size"] == [1, 28, 28] and card["preprocessing"]["crop_size"] == 28
     assert card["precision"]["mode"] == "fp32" and card["precision"]["max_abs_error"] < 1e-3
+    assert card["precision"]["backend"] == "onnxruntime"
     assert card["accuracy"]["top1"] == 11.5 and card["cam_stages"] == ["layer1", "layer2", "layer3"]
     assert card["limits"]["max_batch"] == 8 and card["limits"]["max_images"] == 4 and card["limits"]["workers"] == 2
     assert httpx.get(f"{url}/healthz").json()["status"] == "ok"

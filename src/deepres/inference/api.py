@@ -13,7 +13,7 @@ from .predictor import Predictor, stem_in_chans
 
 def init_model(model_or_recipe, checkpoint=None, device="cpu", *, preprocess: Preprocess | None = None,
                class_names: list[str] | None = None, fast: bool | str = "auto", compile: bool = False,
-               calibration=None) -> Predictor:
+               calibration=None, backend: str = "auto") -> Predictor:
     """A Predictor on `device`: the model in eval mode with its preprocessing, class names and source.
 
     model_or_recipe: a deepres run directory or .safetensors checkpoint (config and classes inside), a weights
@@ -26,7 +26,9 @@ def init_model(model_or_recipe, checkpoint=None, device="cpu", *, preprocess: Pr
     where the CPU/GPU computes it natively, else fp32, BN folded and channels_last either way; the Predictor's
     `fast_reason` says which and why), "fp32", "bf16", "int8" (CPU; needs
     `calibration`: a few hundred images of any kind inference_model takes), or False (the model as is, fp32).
-    compile: add torch.compile (compiles once per batch size: worth it for large jobs). The model itself keeps
+    compile: add torch.compile (compiles once per batch size: worth it for large jobs). backend: what runs an
+    fp32 path on the CPU: "auto" (ONNX Runtime, exported once and cached, unless compiled), "torch", "onnxruntime".
+    The model itself keeps
     its fp32 weights: extract_feat, export and training use it unchanged.
     """
     if isinstance(model_or_recipe, nn.Module):
@@ -49,7 +51,7 @@ def init_model(model_or_recipe, checkpoint=None, device="cpu", *, preprocess: Pr
                 if loaded.int8_calibration is not None else None)
     return Predictor(model.to(device), preprocess or derived_pp,
                      class_names if class_names is not None else derived_names, source=source, config=config,
-                     fast=fast, compile=compile, calibration=calibration, int8_calibration=int8)
+                     fast=fast, compile=compile, calibration=calibration, int8_calibration=int8, backend=backend)
 
 
 def _predictor(model) -> Predictor:

@@ -34,13 +34,16 @@ from .api import init_model
 from .export import export_onnx, onnxruntime_runner as session_runner
 from .fastpath import InferenceInfo, prepare_for_inference
 
-PATHS = ("eager_fp32", "fp32", "fp32_compile", "bf16", "bf16_compile", "int8", "onnxruntime_fp32", "onnxruntime_int8")
+# fp32: deepres's fp32 path as prepare_for_inference runs it (backend "auto": ONNX Runtime on the CPU from a cached
+# export); fp32_torch: the same in PyTorch (BN folded, channels_last, oneDNN)
+PATHS = ("eager_fp32", "fp32", "fp32_torch", "fp32_compile", "bf16", "bf16_compile", "int8", "onnxruntime_fp32",
+         "onnxruntime_int8")
 # --checkpoint only: what init_model / predict run by default for that checkpoint (int8 from its stored calibration
 # where that clears the bar on this CPU, else bf16 / fp32: deepres.inference.int8)
 CHECKPOINT_PATHS = ("default", *PATHS)
 ORT_STEPS = {"onnxruntime_fp32": "onnx export (dynamo), ORT CPU EP",
              "onnxruntime_int8": "onnx export (dynamo), ORT quantize_static QDQ u8s8 per-channel, ORT CPU EP"}
-DEFAULT_PATHS = ("eager_fp32", "fp32", "bf16", "int8", "onnxruntime_fp32", "onnxruntime_int8")
+DEFAULT_PATHS = ("eager_fp32", "fp32", "fp32_torch", "bf16", "int8", "onnxruntime_fp32", "onnxruntime_int8")
 # (model, image side in pixels, batch size): the ImageNet and CIFAR workhorses at a latency and a throughput batch
 DEFAULT_CASES = (("resnet50", 224, 1), ("resnet50", 224, 16), ("resnet20", 32, 1), ("resnet20", 32, 128))
 
@@ -81,12 +84,14 @@ def build_path(path: str, model: nn.Module, input_size: tuple[int, int, int], *,
     elif path == "onnxruntime_int8":
         runner = onnxruntime_int8_runner(model, input_size, workdir or Path(tempfile.mkdtemp()), calibration)
     else:
-        mode = {"eager_fp32": "eager", "bf16_compile": "bf16", "fp32_compile": "fp32"}.get(path, path)
+        mode = {"eager_fp32": "eager", "bf16_compile": "bf16", "fp32_compile": "fp32", "fp32_torch": "fp32"}.get(
+            path, path)
         if path not in PATHS:
             raise ValueError(f"unknown benchmark path {path!r}; choose from {', '.join(PATHS)}")
         runner, info = prepare_for_inference(model, example_input_size=input_size, mode=mode,
                                              compile=path.endswith("_compile"), calibration=calibration,
-                                             device="cpu", verify=False, example_batch_size=batch_size)
+                                             device="cpu", verify=False, example_batch_size=batch_size,
+                                             backend="torch" if path == "fp32_torch" else "auto")
     return runner, info, time.perf_counter() - start - (sum(runner.compile_seconds.values()) if info else 0.0)
 
 

@@ -30,6 +30,7 @@ from .bench import (DEFAULT_CASES, DEFAULT_PATHS, PATHS, agreement_table, benchm
                     environment, markdown_table)
 from .cam import overlay_cam
 from .export import DEFAULT_TOLERANCE, FORMATS, export_model, preprocessing_metadata
+from .fastpath import BACKENDS
 from .predictor import Predictor
 from .triton import export_triton
 
@@ -57,6 +58,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", nargs="+", metavar="IMAGE|DIR",
                         help="int8: images to calibrate on, real ones like those you classify (at most 256 used, "
                              "evenly spaced)")
+    add_backend_argument(parser)
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the fast path (compiles once per batch size; pays off on large folders)")
     parser.add_argument("--cam", metavar="DIR",
@@ -71,6 +73,12 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     seg.add_argument("--no-overlay", action="store_true", help="do not write <stem>_overlay.jpg")
     seg.add_argument("--flip", action="store_true", help="also average over the horizontally flipped image")
     add_view_arguments(seg)
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="what runs an fp32 path on the CPU (default auto: ONNX Runtime, the model exported "
+                             "once and cached in $DEEPRES_CACHE/onnx, unless --compile; torch: PyTorch/oneDNN)")
 
 
 def csv_header(top_k: int) -> list[str]:
@@ -117,7 +125,7 @@ def predict(args: argparse.Namespace) -> int:
     if device.type == "cpu":
         limit_compute_threads()
     model = init_model(args.model, args.checkpoint, device=device, fast=args.precision, compile=args.compile,
-                       calibration=args.calibration)
+                       calibration=args.calibration, backend=args.backend)
     if model.is_segmentation:
         if args.cam is not None:
             raise ValueError(f"--cam: {args.model} is a segmentation model; Grad-CAM explains classifiers")

@@ -183,15 +183,19 @@ def export_onnx(model, example, path: Path, *, opset: int | None = None, exporte
                           **kwargs)
 
 
-def onnxruntime_runner(path: Path):
-    """An ONNX Runtime session on the CPU EP (all graph optimisations, intra-op threads = torch's when nothing
-    competes, core.device.thread_ceiling) as a function of a contiguous float32 CPU tensor, returning a numpy
-    array."""
+def onnxruntime_session(path: Path):
+    """An ONNX Runtime session on the CPU EP: all graph optimisations, intra-op threads = torch's when nothing
+    competes (core.device.thread_ceiling)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = thread_ceiling()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_runner(path: Path):
+    """onnxruntime_session(path) as a function of a contiguous float32 CPU tensor, returning a numpy array."""
+    session = onnxruntime_session(path)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x.numpy()})[0]
 

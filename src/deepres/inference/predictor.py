@@ -20,7 +20,7 @@ from deepres.models.base import eval_mode, module_device
 from deepres.tasks.segmentation import SegViews, segment
 
 from .cam import cam_stages, grad_cam
-from .fastpath import MODES, InferenceInfo, prepare_for_inference
+from .fastpath import BACKENDS, MODES, InferenceInfo, prepare_for_inference
 from .int8 import Int8Calibration, int8_choice
 from .preprocess import (expand_inputs, input_path, normalize_image, preprocess_image, preprocess_tensor,
                          resize_and_crop, to_image_tensor)
@@ -35,7 +35,7 @@ class Predictor:
 
     def __init__(self, model: nn.Module, preprocess: Preprocess, class_names: list[str], *, source: dict | None = None,
                  config=None, fast: bool | str = "auto", compile: bool = False, calibration=None,
-                 int8_calibration: Int8Calibration | None = None):
+                 int8_calibration: Int8Calibration | None = None, backend: str = "auto"):
         in_chans = stem_in_chans(model)
         if in_chans and preprocess.in_chans != in_chans:
             raise ValueError(f"preprocess gives {preprocess.in_chans}-channel images but the model's stem takes "
@@ -52,7 +52,7 @@ class Predictor:
         self._runner, self._info, self._prepared_for = None, None, None
         self._loads = _LoadCounter()  # load_state_dict calls on the model: each makes the prepared copy stale
         model.register_load_state_dict_post_hook(self._loads)
-        self.set_fast_path(fast, compile=compile, calibration=calibration)
+        self.set_fast_path(fast, compile=compile, calibration=calibration, backend=backend)
 
     def __repr__(self) -> str:
         return (f"Predictor({type(self.model).__name__}, {len(self.class_names)} classes, {self.preprocess}, "
@@ -62,12 +62,15 @@ class Predictor:
         return {**self.__dict__, "_runner": None, "_info": None, "_prepared_for": None}
 
     # ------------------------------------------------------------------------------------------ fast path
-    def set_fast_path(self, fast: bool | str = "auto", *, compile: bool = False, calibration=None) -> None:
+    def set_fast_path(self, fast: bool | str = "auto", *, compile: bool = False, calibration=None,
+                      backend: str = "auto") -> None:
         """fast: "auto" (int8 where the weights carry an int8 calibration that agrees with fp32 on >= 99.5% of its
         images and the CPU has VNNI/AMX, see deepres.inference.int8; else bf16 where the CPU/GPU computes it
         natively, else fp32; BN folded and channels_last either way; `fast_reason` says which and why), "fp32",
         "bf16", "int8" (CPU; needs `calibration`: a few hundred images of any kind `predict` takes),
-        or False / "eager" (the model as it is, fp32). compile: add torch.compile (once per batch size)."""
+        or False / "eager" (the model as it is, fp32). compile: add torch.compile (once per batch size).
+        backend: what runs an fp32 path on the CPU, "auto" (ONNX Runtime unless compiled), "torch" or
+        "onnxruntime" (deepres.inference.fastpath.fp32_backend)."""
         mode = "auto" if fast is True else "eager" if fast is False or fast is None else fast
         if mode not in MODES:
             raise ValueError(f"fast must be one of {', '.join(MODES)} or True/False, got {fast!r}")
@@ -87,7 +90,9 @@ class Predictor:
             raise ValueError(f"calibration images are used by fast='int8' only, not fast={fast!r}")
         if compile and mode in ("eager", "int8"):
             raise ValueError(f"compile=True needs a fast path to compile (fast='auto', 'fp32' or 'bf16'), not {fast!r}")
-        self.fast_mode, self.compile, self.calibration = mode, compile, calibration
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        self.fast_mode, self.compile, self.calibration, self.backend = mode, compile, calibration, backend
         self.refresh()
 
     @property
@@ -140,7 +145,7 @@ class Predictor:
                            for chunk in _batches(self.calibration, 32)]
         options = dict(example_input_size=pp.input_size, mode=mode, compile=self.compile,
                        calibration=calibration, int8_ranges=ranges, device=self.device,
-                       example_batch_size=batch_size if self.compile else 2)
+                       example_batch_size=batch_size if self.compile else 2, backend=self.backend)
         try:
             self._runner, self._info = prepare_for_inference(self.model, **options)
         except ValueError as error:

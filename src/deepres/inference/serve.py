@@ -47,6 +47,7 @@ from deepres.data.seg_labels import palette_for
 
 from .api import init_model
 from .cam import heatmap_rgb, overlay_cam
+from .cli import add_backend_argument
 from .predictor import Predictor
 from .preprocess import preprocess_tensor
 
@@ -311,7 +312,8 @@ def model_card(predictor: Predictor, limits: Limits) -> dict:
             "classes": predictor.class_names, "num_classes": len(predictor.class_names),
             "preprocessing": {**plain(dataclasses.asdict(pp)), "input_size": list(pp.input_size)},
             "precision": {"mode": predictor.fast_mode,
-                          **({} if info is None else {"dtype": info.dtype, "device": info.device, "steps": info.steps,
+                          **({} if info is None else {"dtype": info.dtype, "device": info.device,
+                                                      "backend": info.backend, "steps": info.steps,
                                                       "max_abs_error": info.max_abs_error,
                                                       "check_batch": info.check_batch})},
             "accuracy": recorded_accuracy(predictor.source),
@@ -477,6 +479,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8", "eager"],
                         help="the fast path, as in `deepres predict` (int8 needs --calibration)")
     parser.add_argument("--calibration", nargs="+", metavar="IMAGE|DIR", help="int8: images to calibrate on")
+    add_backend_argument(parser)
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     defaults = Limits()
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch,
@@ -509,7 +512,7 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as e:
         raise ValueError(f"--device {args.device!r}: {e}") from None
     predictor = init_model(args.model, args.checkpoint, device=device, fast=args.precision,
-                           calibration=args.calibration)
+                           calibration=args.calibration, backend=args.backend)
     app = create_app(predictor, limits)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
