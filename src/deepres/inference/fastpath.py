@@ -245,7 +245,8 @@ def prepare_for_inference(model: nn.Module, *, example_input_size: Sequence[int]
     if ort_module is not None:
         ort_module.fallback, module = prepared, ort_module  # other image sizes run on torch
         info.backend = "onnxruntime"
-        info.steps.append(f"onnxruntime fp32 ({ort_module.source}) for {tuple(example_input_size)} images")
+        info.steps.append(f"onnxruntime fp32 ({ort_module.source}) for {tuple(example_input_size)} images, "
+                          f"torch for other sizes")
         info.notes.append(why_ort)
         if mode == "auto":
             info.reason += "; run by ONNX Runtime (its fp32 convolutions are faster than oneDNN's)"
