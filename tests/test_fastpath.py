@@ -134,6 +134,17 @@ def test_fp32_runs_on_onnxruntime_from_a_cached_export(resnet20, tmp_path, monke
         x = torch.randn(*shape)
         with torch.no_grad():
             assert max_error(runner(x), resnet20(x)) <= 1e-4, shape
+    threads = torch.get_num_threads()
+    try:  # what the thread governor does beside a busy process: ONNX Runtime follows with a session of its own
+        torch.set_num_threads(1)
+        x = torch.randn(4, 3, 32, 32)
+        with torch.no_grad():
+            assert max_error(runner.module(x), resnet20(x)) <= 1e-4
+    finally:
+        torch.set_num_threads(threads)
+    sessions = runner.module.sessions
+    assert 1 in sessions and len(set(map(id, sessions.values()))) == len(sessions)
+    assert sessions[1].get_session_options().intra_op_num_threads == 1
     stamp = files[0].stat().st_mtime_ns
     _, again = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32")
     assert "cached ONNX" in again.steps[-1] and files[0].stat().st_mtime_ns == stamp
@@ -164,9 +175,18 @@ def test_an_unwritable_cache_still_runs_on_onnxruntime(resnet20, tmp_path, monke
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")
     monkeypatch.setenv("DEEPRES_CACHE", str(blocker))
-    _, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32")
-    assert info.backend == "onnxruntime" and info.max_abs_error <= 1e-4
+    runner, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32")
+    assert info.backend == "onnxruntime" and info.max_abs_error <= 1e-4 and "not cached" in info.steps[-1]
     assert blocker.read_text() == "a file where the cache folder should be"
+    threads = torch.get_num_threads()
+    try:  # no file to make a 1-thread session from: the one session serves
+        torch.set_num_threads(1)
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            assert max_error(runner.module(x), resnet20(x)) <= 1e-4
+    finally:
+        torch.set_num_threads(threads)
+    assert len(set(map(id, runner.module.sessions.values()))) == 1
 
 
 class DataDependent(nn.Module):

@@ -183,13 +183,13 @@ def export_onnx(model, example, path: Path, *, opset: int | None = None, exporte
                           **kwargs)
 
 
-def onnxruntime_session(path: Path):
-    """An ONNX Runtime session on the CPU EP: all graph optimisations, intra-op threads = torch's when nothing
-    competes (core.device.thread_ceiling)."""
+def onnxruntime_session(path: Path, threads: int | None = None):
+    """An ONNX Runtime session on the CPU EP: all graph optimisations, `threads` intra-op threads (default: torch's
+    when nothing competes, core.device.thread_ceiling)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = thread_ceiling()
+    options.intra_op_num_threads = threads or thread_ceiling()
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -26,7 +26,7 @@ import torch.fx
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from deepres.core.device import adapt_threads, auto_dtype, cpu_has_vnni, keep_freed_memory
+from deepres.core.device import adapt_threads, auto_dtype, cpu_has_vnni, keep_freed_memory, thread_ceiling
 from deepres.core.files import cache_dir, temp_file
 from deepres.models.base import eval_mode, module_device
 
@@ -319,7 +319,12 @@ class OnnxRuntimeFp32:
     """A prepared fp32 model run by ONNX Runtime for `input_size` images (any batch size), the torch model
     (`fallback`, set by prepare_for_inference) for other sizes. The ONNX file is exported once per weights,
     architecture, image size and torch version and kept in deepres's cache (`$DEEPRES_CACHE/onnx`), so later
-    runs only load it; it is checked against the torch model on `example` before use."""
+    runs only load it; it is checked against the torch model on `example` before use.
+
+    Each call runs with as many ONNX Runtime threads as the thread governor gives torch at that moment
+    (core.device.adapt_threads, ticked by the InferenceRunner): a session per thread count, the others made from
+    the cached file when first needed. A single session keeps its thread count for good, and beside a busy process
+    its spinning threads wait on the one that shares a core."""
 
     def __init__(self, model: nn.Module, input_size: Sequence[int], example: torch.Tensor, *,
                  tolerance: float = 1e-4):
@@ -335,11 +340,14 @@ class OnnxRuntimeFp32:
                 log.warning("fast path: %s does not load in ONNX Runtime (%s); exporting it again", path, error)
         if session is None:
             cached = False
-            session = _export_and_load(model, example, path)
+            session, kept = _export_and_load(model, example, path)
+            path = path if kept else None
         if len(session.get_outputs()) != 1:
             raise ValueError(f"the exported model has {len(session.get_outputs())} outputs, the fast path takes one")
-        self.session, self.name = session, session.get_inputs()[0].name
-        self.source = f"{'cached' if cached else 'exported'} ONNX {time.perf_counter() - start:.1f} s, {path.name}"
+        self.path, self.name = path, session.get_inputs()[0].name  # path: None where the cache was not writable
+        self.sessions = {thread_ceiling(): session}  # intra-op threads -> session
+        self.source = (f"{'cached' if cached else 'exported'} ONNX {time.perf_counter() - start:.1f} s"
+                       f"{f', {path.name}' if path else ', not cached'}")
         with torch.inference_mode():
             expected = model(example.cpu().float())
         error = float((self(example.cpu().float()) - expected).abs().max())
@@ -349,7 +357,20 @@ class OnnxRuntimeFp32:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.input_size and self.fallback is not None:
             return self.fallback(x.contiguous(memory_format=torch.channels_last))
-        return torch.from_numpy(self.session.run(None, {self.name: x.float().contiguous().numpy()})[0])
+        return torch.from_numpy(self.session().run(None, {self.name: x.float().contiguous().numpy()})[0])
+
+    def session(self):
+        """The session with the thread count the governor gives torch now (made on first need)."""
+        threads = torch.get_num_threads()
+        session = self.sessions.get(threads)
+        if session is None:
+            try:
+                session = onnxruntime_session(self.path, threads) if self.path else None
+            except Exception as error:  # the cached file was removed or replaced since
+                log.warning("fast path: no %d-thread ONNX Runtime session from %s (%s)", threads, self.path, error)
+            # the ceiling's session otherwise; kept under this count either way, so a failure is not retried
+            session = self.sessions[threads] = session or self.sessions[max(self.sessions)]
+        return session
 
 
 def onnx_cache_path(model: nn.Module, input_size: Sequence[int]) -> Path:
@@ -365,8 +386,9 @@ def onnx_cache_path(model: nn.Module, input_size: Sequence[int]) -> Path:
 
 
 def _export_and_load(model: nn.Module, example: torch.Tensor, path: Path):
-    """Export `model` to `path` (written under a temporary name and renamed, so a crash leaves no torn file) and
-    load it; where the cache cannot be written, the export goes to a temporary folder and is loaded from there."""
+    """(session, kept): export `model` to `path` (written under a temporary name and renamed, so a crash leaves no
+    torn file) and load it; where the cache cannot be written, the export goes to a temporary folder and is loaded
+    from there (kept False)."""
     # batch 2: torch.export makes a batch dimension of size 0 or 1 static
     example = example[:2].cpu().float().expand(2, -1, -1, -1).contiguous()
 
@@ -383,11 +405,11 @@ def _export_and_load(model: nn.Module, example: torch.Tensor, path: Path):
         log.warning("fast path: cannot write the ONNX cache %s (%s); exporting to a temporary folder", path.parent,
                     error)
         with tempfile.TemporaryDirectory() as folder:
-            return export_and_load(Path(folder) / path.name)
+            return export_and_load(Path(folder) / path.name), False
     try:
         session = export_and_load(Path(tmp))
         os.replace(tmp, path)
-        return session
+        return session, True
     finally:
         Path(tmp).unlink(missing_ok=True)
 
