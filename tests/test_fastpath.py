@@ -123,6 +123,18 @@ def test_switches_override_the_mode(resnet20):
     assert info.max_abs_error == 0.0
 
 
+def assert_matches_on_one_thread(runner, model: nn.Module) -> None:
+    """Call the ONNX Runtime module while torch has one thread (as the governor sets it under contention)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        x = torch.randn(4, 3, 32, 32)
+        with torch.no_grad():
+            assert max_error(runner.module(x), model(x)) <= 1e-4
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_fp32_runs_on_onnxruntime_from_a_cached_export(resnet20, tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPRES_CACHE", str(tmp_path))
     runner, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32")
@@ -134,14 +146,8 @@ def test_fp32_runs_on_onnxruntime_from_a_cached_export(resnet20, tmp_path, monke
         x = torch.randn(*shape)
         with torch.no_grad():
             assert max_error(runner(x), resnet20(x)) <= 1e-4, shape
-    threads = torch.get_num_threads()
-    try:  # what the thread governor does beside a busy process: ONNX Runtime follows with a session of its own
-        torch.set_num_threads(1)
-        x = torch.randn(4, 3, 32, 32)
-        with torch.no_grad():
-            assert max_error(runner.module(x), resnet20(x)) <= 1e-4
-    finally:
-        torch.set_num_threads(threads)
+    # what the thread governor does beside a busy process: ONNX Runtime follows with a session of its own
+    assert_matches_on_one_thread(runner, resnet20)
     sessions = runner.module.sessions
     assert 1 in sessions and len(set(map(id, sessions.values()))) == len(sessions)
     assert sessions[1].get_session_options().intra_op_num_threads == 1
@@ -178,14 +184,7 @@ def test_an_unwritable_cache_still_runs_on_onnxruntime(resnet20, tmp_path, monke
     runner, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32")
     assert info.backend == "onnxruntime" and info.max_abs_error <= 1e-4 and "not cached" in info.steps[-1]
     assert blocker.read_text() == "a file where the cache folder should be"
-    threads = torch.get_num_threads()
-    try:  # no file to make a 1-thread session from: the one session serves
-        torch.set_num_threads(1)
-        x = torch.randn(2, 3, 32, 32)
-        with torch.no_grad():
-            assert max_error(runner.module(x), resnet20(x)) <= 1e-4
-    finally:
-        torch.set_num_threads(threads)
+    assert_matches_on_one_thread(runner, resnet20)  # no file to make a 1-thread session from: the one serves
     assert len(set(map(id, runner.module.sessions.values()))) == 1
 
 
