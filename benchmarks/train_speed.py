@@ -43,6 +43,7 @@ def fashion_config(args) -> Config:
     cfg = load_config("fashion_mnist/resnet20", overrides)
     if args.compile != "recipe":
         cfg.train.compile = args.compile == "on"
+    cfg.train.inductor_bn = args.inductor_bn == "on"
     return cfg
 
 
@@ -56,7 +57,7 @@ def resnet50_config(args) -> Config:
     d.batch_size, d.limit_val = args.r50_batch, 1
     t = cfg.train
     t.amp = "bf16" if auto_dtype(torch.device("cpu")) == "bf16" else "none"
-    t.channels_last, t.compile = True, args.compile == "on"
+    t.channels_last, t.compile, t.inductor_bn = True, args.compile == "on", args.inductor_bn == "on"
     t.progress, t.log_every_iters = False, 10**6
     return cfg
 
@@ -108,6 +109,8 @@ def main(argv=None) -> int:
                         help="synthetic images in place of Fashion-MNIST (same shape; for machines without it)")
     parser.add_argument("--compile", choices=("recipe", "on", "off"), default="recipe",
                         help="train.compile for deepres's rows: as the recipe says (default), on or off")
+    parser.add_argument("--inductor-bn", choices=("on", "off"), default="on",
+                        help="train.inductor_bn for deepres's rows (applies with compile on the CPU; default on)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes that run in seconds (a check that the script works; figures meaningless)")
     parser.add_argument("--out", metavar="FILE", help="also write the rows and the machine as JSON")
@@ -134,6 +137,8 @@ def main(argv=None) -> int:
                   f"compile={cfg.train.compile}) ...", file=sys.stderr, flush=True)
             fast, cold, images = deepres_speed(cfg, out_dir)
             setup = f"amp={cfg.train.amp}, channels_last={cfg.train.channels_last}, compile={cfg.train.compile}"
+            if cfg.train.compile:
+                setup += f", inductor_bn={cfg.train.inductor_bn}"
             rows.append({"case": label, "batch": batch, "plain_images_per_s": plain[label],
                          "deepres_images_per_s": fast, "speedup": fast / plain[label], "deepres_cold_epoch_s": cold,
                          "deepres_images": images, "deepres_setup": setup, "data": cfg.data.name})

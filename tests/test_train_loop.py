@@ -211,16 +211,22 @@ def test_cuda_deterministic_resume_is_bit_identical(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # raised inside torch.compile
 def test_compiled_training_step_follows_the_eager_loss_trajectory(tmp_path):
-    """train.compile (forward and backward through inductor) with bf16 autocast and channels_last: the same
-    per-step losses as the eager step, within bf16 rounding, over 8 optimizer steps."""
-    losses = {}
-    for compiled in (False, True):
-        cfg = tiny_config(tmp_path, f"compile{compiled}", epochs=2, log_every_iters=1, compile=compiled,
-                          amp="bf16", channels_last=True)
+    """train.compile (forward and backward through inductor) with bf16 autocast and channels_last, with and
+    without train.inductor_bn's BatchNorm: the same per-step losses as the eager step, within bf16 rounding, over
+    8 optimizer steps."""
+    losses, lines = {}, {}
+    for name, train in (("eager", {}), ("compiled", {"compile": True}),
+                        ("compiled_torch_bn", {"compile": True, "inductor_bn": False})):
+        cfg = tiny_config(tmp_path, name, epochs=2, log_every_iters=1, amp="bf16", channels_last=True, **train)
         cfg.model.drop_rate = 0.0  # dropout masks come from different generators eagerly and compiled
-        fit(cfg, device="cpu", loaders=tiny_loaders(), log=quiet)
-        steps, _ = read_metrics(tmp_path / f"compile{compiled}")
-        losses[compiled] = torch.tensor([s["train_loss"] for s in steps])
-    assert len(losses[True]) == len(losses[False]) == 8  # 64 images, batch 16, 2 epochs
-    assert losses[False][-1] < losses[False][0]  # it trains
-    torch.testing.assert_close(losses[True], losses[False], rtol=0.05, atol=0.02)
+        lines[name] = []
+        fit(cfg, device="cpu", loaders=tiny_loaders(), log=lines[name].append)
+        steps, _ = read_metrics(tmp_path / name)
+        losses[name] = torch.tensor([s["train_loss"] for s in steps])
+    assert len(losses["eager"]) == len(losses["compiled"]) == len(losses["compiled_torch_bn"]) == 8  # 64 / 16, 2 epochs
+    assert losses["eager"][-1] < losses["eager"][0]  # it trains
+    for name in ("compiled", "compiled_torch_bn"):
+        torch.testing.assert_close(losses[name], losses["eager"], rtol=0.05, atol=0.02)
+    converted = "train.inductor_bn: 1 BatchNorm2d layers use the inductor-friendly training form"
+    assert converted in lines["compiled"]
+    assert not any("inductor_bn" in line for line in lines["eager"] + lines["compiled_torch_bn"])

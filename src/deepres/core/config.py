@@ -209,6 +209,9 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory format for model and inputs
     sync_bn: bool = False  # with several processes (CUDA): BatchNorm statistics over the global batch (SyncBatchNorm)
     compile: bool = False  # torch.compile the model for training (checkpoints store the bare model)
+    # with compile on CPU: BatchNorm2d's training forward/backward in the form inductor's CPU code runs fastest
+    # (train/compiled_bn.py; same results within float rounding, same state-dict keys); false = PyTorch's own
+    inductor_bn: bool = True
     # At the end of a finished `deepres train` run of a classifier, calibrate int8 on the best (else last) checkpoint
     # and store the activation ranges and their top-1 agreement with fp32 in it (`deepres calibrate` does it for any
     # checkpoint); predict and init_model then run int8 by default where the agreement is >= 99.5% and the CPU has

@@ -26,6 +26,7 @@ from deepres.models.base import freeze_stages
 from deepres.tasks import Task, task_of
 from deepres.tasks.build import build_model, load_initial_weights, load_model, resolve_config
 
+from .compiled_bn import use_inductor_batch_norm
 from .distill import read_teacher_logits
 from .ema import ModelEMA
 from .interrupts import StopRequest
@@ -156,6 +157,9 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
         run.train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if t.compile:
+        if t.inductor_bn and device.type == "cpu":
+            swapped = use_inductor_batch_norm(model)
+            log(f"train.inductor_bn: {swapped} BatchNorm2d layers use the inductor-friendly training form")
         run.train_model = torch.compile(run.train_model)
     if dist.is_main:
         run.recorder = RunRecorder(run.run_dir, config_to_dict(cfg), resume=resume)
