@@ -230,3 +230,17 @@ def test_compiled_training_step_follows_the_eager_loss_trajectory(tmp_path):
     converted = "train.inductor_bn: 1 BatchNorm2d layers use the inductor-friendly training form"
     assert converted in lines["compiled"]
     assert not any("inductor_bn" in line for line in lines["eager"] + lines["compiled_torch_bn"])
+
+
+def test_compile_without_a_cpp_compiler_trains_eagerly_and_says_so(tmp_path, monkeypatch):
+    """A recipe with train.compile still trains on a machine where inductor finds no C++ compiler."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("deepres-test-no-such-compiler",))
+    lines = []
+    result = fit(tiny_config(tmp_path, epochs=1, compile=True), device="cpu", loaders=tiny_loaders(),
+                 log=lines.append)
+    assert result["finished"] and result["step"] == 4
+    off = [line for line in lines if line.startswith("train.compile: off for this run")]
+    assert len(off) == 1 and "No working C++ compiler" in off[0] and "install g++" in off[0]
+    assert not any("inductor_bn" in line for line in lines)  # nothing was compiled or converted

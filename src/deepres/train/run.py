@@ -156,7 +156,10 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
     if dist.enabled:  # checkpoints and evaluation use the bare run.model
         run.train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if t.compile:
+    missing = _cpu_compiler_missing() if t.compile and device.type == "cpu" else ""
+    if missing:  # a recipe that compiles still trains on a machine without a C++ compiler, at eager speed
+        log(f"train.compile: off for this run, {missing} (inductor builds its CPU code with one: install g++)")
+    elif t.compile:
         if t.inductor_bn and device.type == "cpu":
             swapped = use_inductor_batch_norm(model)
             log(f"train.inductor_bn: {swapped} BatchNorm2d layers use the inductor-friendly training form")
@@ -167,6 +170,20 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
         _restore_rng(saved.rng, device, dist.enabled)
     return run
 
+
+
+def _cpu_compiler_missing() -> str:
+    """Why torch.compile cannot build CPU code on this machine ('' when it can): inductor needs a C++ compiler."""
+    try:  # here, not at the top: torch._inductor takes ~1 s to import and only compiling runs need it
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        from torch._inductor.exc import InvalidCxxCompiler
+    except ImportError:  # another torch layout: torch.compile reports any problem itself
+        return ""
+    try:
+        get_cpp_compiler()
+    except InvalidCxxCompiler as e:
+        return str(e)
+    return ""
 
 def _prepare(cfg: Config, resume: bool, found: bool, device: torch.device, loaders, dist: DistInfo):
     """Everything before the model: checkpoint, seeds, data, the resolved config; may fail on one rank only."""
