@@ -186,7 +186,7 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(pool, tmp_p
     # under no_sync. (BatchNorm would normalise over per-rank halves; SyncBatchNorm needs CUDA.)
     two = values(pool.run(task_fit, small_config(tmp_path, "ddp", batch_size=8, grad_accum_steps=accum)))
     one = fit(small_config(tmp_path, "single", batch_size=16, grad_accum_steps=accum), device="cpu", log=quiet)
-    half = fit(small_config(tmp_path, "half", batch_size=8, grad_accum_steps=accum), device="cpu", log=quiet)
+    fit(small_config(tmp_path, "half", batch_size=8, grad_accum_steps=accum), device="cpu", log=quiet)
 
     assert two[0] == two[1]  # every rank returns the same (all-reduced) metrics
     assert two[0]["step"] == one["step"] == 8 // accum
