@@ -171,7 +171,6 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
     return run
 
 
-
 def _cpu_compiler_missing() -> str:
     """Why torch.compile cannot build CPU code on this machine ('' when it can): inductor needs a C++ compiler."""
     try:  # here, not at the top: torch._inductor takes ~1 s to import and only compiling runs need it
@@ -184,6 +183,7 @@ def _cpu_compiler_missing() -> str:
     except InvalidCxxCompiler as e:
         return str(e)
     return ""
+
 
 def _prepare(cfg: Config, resume: bool, found: bool, device: torch.device, loaders, dist: DistInfo):
     """Everything before the model: checkpoint, seeds, data, the resolved config; may fail on one rank only."""
