@@ -206,6 +206,24 @@ def test_deepres_train_with_calibrate_int8_stores_the_calibration(tmp_path, caps
     assert stored.calibration_images == 16 and stored.eval_images == 8
 
 
+
+def test_a_deterministic_run_is_calibrated_too(tmp_path):
+    """train.deterministic turns on torch's deterministic-only mode, which the quantized kernels (no deterministic
+    variant) would refuse; calibration lifts it for its own duration only."""
+    deterministic_after = []
+
+    def after_training(run, log):
+        calibrate_after_training(run, log)
+        deterministic_after.append(torch.are_deterministic_algorithms_enabled())
+
+    cfg = tiny_config(tmp_path, "r", epochs=1, deterministic=True, int8_calibration_images=16, int8_agreement_images=8)
+    lines = []
+    fit(cfg, device="cpu", loaders=tiny_loaders(), log=lines.append, after_training=after_training)
+    assert not any("calibration failed" in line for line in lines), lines
+    assert any("int8 agrees with fp32 on" in line for line in lines)
+    assert deterministic_after == [True]  # the run's setting is back once calibration is done
+
+
 def test_fit_alone_leaves_the_checkpoint_uncalibrated(tmp_path):
     fit(tiny_config(tmp_path, "r", epochs=1, calibrate_int8=True), device="cpu", loaders=tiny_loaders(),
         log=lambda line: None)

@@ -1,4 +1,5 @@
 """Devices, precisions, seeds and what the CPU can do: the facts every layer asks about the machine."""
+import contextlib
 import functools
 import math
 import os
@@ -31,6 +32,19 @@ def set_deterministic(enabled: bool, device: torch.device) -> None:
     torch.use_deterministic_algorithms(enabled, warn_only=False)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled and device.type == "cuda"
+
+
+@contextlib.contextmanager
+def nondeterministic_kernels_allowed():
+    """Inside: kernels without a deterministic implementation run even in a train.deterministic process (the
+    quantized int8 ones have none, and calibration computes ranges and an agreement, not training updates)."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def cpu_model_name() -> str:

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from deepres.core.checkpoint import resolve_checkpoint, set_weights_metadata
-from deepres.core.device import cpu_int8_flags, cpu_model_name, limit_compute_threads
+from deepres.core.device import (cpu_int8_flags, cpu_model_name, limit_compute_threads,
+                                 nondeterministic_kernels_allowed)
 from deepres.data import build_loaders
 from deepres.models.base import eval_mode
 from deepres.tasks.build import load_model
@@ -44,7 +45,7 @@ def calibrate_int8(model: Predictor | nn.Module, calibration, eval_images, *, ma
     calib = list(_float_batches(calibration, preprocess, max_calibration_images, "calibration"))
     if not calib:
         raise ValueError("calibrate_int8: the calibration images are empty")
-    with eval_mode(module):
+    with eval_mode(module), nondeterministic_kernels_allowed():
         observed = observe_int8(module, calib[0][:2])
         seen = run_calibration(observed, calib)
         ranges = activation_ranges(observed)
