@@ -206,7 +206,6 @@ def test_deepres_train_with_calibrate_int8_stores_the_calibration(tmp_path, caps
     assert stored.calibration_images == 16 and stored.eval_images == 8
 
 
-
 def test_a_deterministic_run_is_calibrated_too(tmp_path):
     """train.deterministic turns on torch's deterministic-only mode, which the quantized kernels (no deterministic
     variant) would refuse; calibration lifts it for its own duration only."""
