@@ -13,6 +13,13 @@ a warning when the load average exceeds the cores (figures are then slower than 
 
     python benchmarks/train_speed.py                 # the measurement, on an idle machine
     python benchmarks/train_speed.py --quick         # a few seconds: checks that it runs, figures meaningless
+    python benchmarks/train_speed.py --isa avx2      # as an AVX2-only CPU would run (kernels and deepres's rules)
+
+Each row also gives the achieved GFLOP/s (torch.utils.flop_counter's count of one forward + backward per image,
+times images/s) and its share of what this machine's fp32 units reach: a 2048x2048 fp32 matrix product timed in the
+same run (the best any kernel does here; bf16 on AMX can exceed it). The nominal peak (core.device.fp32_peak_gflops:
+cores x the clock /proc/cpuinfo reports x 32 FLOP/cycle for AVX2, 64 for Intel AVX-512) is printed beside it; a VM
+reports its base clock, and turbo lets kernels pass that figure.
 """
 import argparse
 import json
@@ -27,8 +34,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from deepres.core.config import Config, load_config  # noqa: E402
-from deepres.core.device import (auto_dtype, limit_compute_threads, load_warning, machine_line,  # noqa: E402
-                                 machine_summary)
+from deepres.core.device import (CPU_CLASSES, fp32_peak_gflops, limit_compute_threads,  # noqa: E402
+                                 load_warning, machine_line, machine_summary, reexec_as_cpu_class, resolve_amp)
 from deepres.models import create_model  # noqa: E402
 from deepres.train.loop import train_one_epoch  # noqa: E402
 from deepres.train.run import setup_run  # noqa: E402
@@ -43,12 +50,14 @@ def fashion_config(args) -> Config:
     cfg = load_config("fashion_mnist/resnet20", overrides)
     if args.compile != "recipe":
         cfg.train.compile = args.compile == "on"
+    if args.amp != "recipe":
+        cfg.train.amp = args.amp
     cfg.train.inductor_bn = args.inductor_bn == "on"
     return cfg
 
 
 def resnet50_config(args) -> Config:
-    """deepres's defaults for ResNet-50 with the fast CPU settings (bf16 where native, channels_last)."""
+    """deepres's defaults for ResNet-50 with the fast CPU settings (train.amp=auto, channels_last)."""
     cfg = Config()
     cfg.model.name = "resnet50"
     d = cfg.data
@@ -56,7 +65,7 @@ def resnet50_config(args) -> Config:
     d.synthetic_size, d.synthetic_image_size = (args.r50_steps * args.r50_batch, 1), args.r50_size
     d.batch_size, d.limit_val = args.r50_batch, 1
     t = cfg.train
-    t.amp = "bf16" if auto_dtype(torch.device("cpu")) == "bf16" else "none"
+    t.amp = "auto" if args.amp == "recipe" else args.amp
     t.channels_last, t.compile, t.inductor_bn = True, args.compile == "on", args.inductor_bn == "on"
     t.progress, t.log_every_iters = False, 10**6
     return cfg
@@ -98,6 +107,27 @@ def plain_speed(model_name: str, *, num_classes: int, in_chans: int, size: int, 
     return batch * steps / (time.perf_counter() - start)
 
 
+def train_flops_per_image(model_name: str, *, num_classes: int, in_chans: int, size: int) -> float:
+    """FLOPs of one training step's forward + backward per image (torch.utils.flop_counter, batch 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create_model(model_name, num_classes=num_classes, in_chans=in_chans).train()
+    images, labels = torch.randn(2, in_chans, size, size), torch.randint(0, num_classes, (2,))
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(images), labels).backward()
+    return counter.get_total_flops() / 2
+
+
+def sgemm_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of an fp32 size x size matrix product: the rate this machine's fp32 units reach in practice."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100, help="ResNet-20 timed steps (default %(default)s)")
@@ -111,10 +141,15 @@ def main(argv=None) -> int:
                         help="train.compile for deepres's rows: as the recipe says (default), on or off")
     parser.add_argument("--inductor-bn", choices=("on", "off"), default="on",
                         help="train.inductor_bn for deepres's rows (applies with compile on the CPU; default on)")
+    parser.add_argument("--amp", choices=("recipe", "auto", "none", "bf16"), default="recipe",
+                        help="train.amp for deepres's rows (default: the recipe's, auto)")
+    parser.add_argument("--isa", choices=CPU_CLASSES, help="run as a CPU of this class: kernels (oneDNN, ATen, "
+                        "inductor, fbgemm, MKL) and deepres's choice rules restricted to it (core.device)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes that run in seconds (a check that the script works; figures meaningless)")
     parser.add_argument("--out", metavar="FILE", help="also write the rows and the machine as JSON")
     args = parser.parse_args(argv)
+    reexec_as_cpu_class(args.isa)
     if args.quick:
         args.steps, args.batch, args.r50_steps, args.r50_batch, args.r50_size = 2, 8, 1, 2, 32
         args.synthetic, args.compile = True, "off"
@@ -136,22 +171,36 @@ def main(argv=None) -> int:
             print(f"{label}: deepres train step (amp={cfg.train.amp}, channels_last={cfg.train.channels_last}, "
                   f"compile={cfg.train.compile}) ...", file=sys.stderr, flush=True)
             fast, cold, images = deepres_speed(cfg, out_dir)
-            setup = f"amp={cfg.train.amp}, channels_last={cfg.train.channels_last}, compile={cfg.train.compile}"
+            amp = resolve_amp(cfg.train.amp, torch.device("cpu")).amp
+            setup = (f"amp={cfg.train.amp} -> {amp}, channels_last={cfg.train.channels_last}, "
+                     f"compile={cfg.train.compile}")
             if cfg.train.compile:
                 setup += f", inductor_bn={cfg.train.inductor_bn}"
+            flops = train_flops_per_image(cfg.model.name, **shape)
             rows.append({"case": label, "batch": batch, "plain_images_per_s": plain[label],
+                         "gflop_per_image": flops / 1e9, "plain_gflops": plain[label] * flops / 1e9,
+                         "deepres_gflops": fast * flops / 1e9,
                          "deepres_images_per_s": fast, "speedup": fast / plain[label], "deepres_cold_epoch_s": cold,
                          "deepres_images": images, "deepres_setup": setup, "data": cfg.data.name})
     warning = load_warning()  # measured again: a load that started during the run counts too
     if warning:
         print(warning)
     print(machine_line(machine))
-    print("| case | batch | plain eager fp32 img/s | deepres train img/s | speed-up | deepres cold epoch s | "
-          "deepres setup | data |")
-    print("|---|---|---|---|---|---|---|---|")
+    nominal = machine["fp32_peak_gflops"] = fp32_peak_gflops(machine["torch_threads"])
+    peak = machine["sgemm_gflops"] = sgemm_gflops()
+    print(f"fp32 on {machine['torch_threads']} thread(s): 2048^2 sgemm {peak:.0f} GFLOP/s measured (the 'of peak' "
+          f"base); nominal FMA peak " + (f"{nominal:.0f} GFLOP/s at the reported clock" if nominal else "unknown"))
+
+    def gflops(value: float) -> str:
+        return f"{value:.0f} ({value / peak:.0%})"
+
+    print("| case | batch | plain eager fp32 img/s | deepres train img/s | speed-up | plain GFLOP/s (of peak) | "
+          "deepres GFLOP/s (of peak) | deepres cold epoch s | deepres setup | data |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['batch']} | {r['plain_images_per_s']:.1f} | {r['deepres_images_per_s']:.1f} | "
-              f"{r['speedup']:.2f}x | {r['deepres_cold_epoch_s']:.1f} | {r['deepres_setup']} | {r['data']} |")
+              f"{r['speedup']:.2f}x | {gflops(r['plain_gflops'])} | {gflops(r['deepres_gflops'])} | "
+              f"{r['deepres_cold_epoch_s']:.1f} | {r['deepres_setup']} | {r['data']} |")
     if args.out:
         Path(args.out).write_text(json.dumps({"machine": machine, "command": " ".join(sys.argv), "rows": rows},
                                              indent=2))

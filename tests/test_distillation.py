@@ -40,7 +40,7 @@ def test_distillation_loss_matches_a_hand_computation():
 def test_task_with_a_teacher_mixes_its_logits_into_the_loss():
     torch.manual_seed(0)
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
-    train = TrainConfig(label_smoothing=0.1, kd_temperature=2.0, kd_weight=0.5, kd_ce_weight=0.8)
+    train = TrainConfig(label_smoothing=0.1, kd_temperature=2.0, kd_weight=0.5, kd_ce_weight=0.8, amp="none")
     task = ClassificationTask(3, train, Config().eval, teacher=teacher)
     images, labels = torch.randn(5, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1])
     mixed, (targets, teacher_logits) = task.mix(images, labels, np.random.default_rng(0))

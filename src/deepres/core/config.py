@@ -205,7 +205,9 @@ class TrainConfig:
     dropblock_keep: float = 1.0
     dropblock_keep_start: float = 1.0
     grad_accum_steps: int = 1  # micro-batches per optimizer step
-    amp: Literal["none", "bf16", "fp16"] = "none"  # autocast dtype; fp16 needs CUDA (GradScaler)
+    # autocast dtype. auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with AVX-512 BF16 or
+    # AMX), fp32 elsewhere (an AVX2 CPU emulates bf16 about 10x slower than fp32); fp16 needs CUDA (GradScaler)
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     channels_last: bool = False  # NHWC memory format for model and inputs
     sync_bn: bool = False  # with several processes (CUDA): BatchNorm statistics over the global batch (SyncBatchNorm)
     compile: bool = False  # torch.compile the model for training (checkpoints store the bare model)

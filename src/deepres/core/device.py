@@ -4,7 +4,9 @@ import functools
 import math
 import os
 import random
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,13 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # tr
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter or buffer (the CPU for one that has none)."""
+    tensor = next(iter(model.parameters()), None)
+    tensor = tensor if tensor is not None else next(iter(model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -56,9 +65,26 @@ def cpu_model_name() -> str:
         return ""
 
 
+# CPU classes, from the fewest instructions to the most, and the /proc/cpuinfo flags each one may keep. deepres's
+# choice rules (training precision, inference path, int8 default) read the flags; DEEPRES_CPU_ISA=CLASS hides the
+# flags above CLASS from them, so a machine of a higher class decides as the lower one would (isa_restriction_env
+# also limits the kernels: oneDNN, ATen, inductor, fbgemm and MKL). AVX2: the commonest server and laptop class
+# (e.g. AMD EPYC Zen 2/3), no AVX-512, no VNNI, no native bf16. AVX512: AVX-512 with BF16 and VNNI where the CPU
+# has them (e.g. AMD EPYC Zen 4), no AMX. AMX: Intel Xeon Sapphire Rapids and later.
+CPU_CLASSES = ("avx2", "avx512", "amx")
+_CLASS_HIDES = {"avx2": ("avx512", "amx", "avx_vnni"), "avx512": ("amx", "avx_vnni"), "amx": ()}  # flag prefixes hidden
+CPU_ISA_ENV = "DEEPRES_CPU_ISA"
+
+
+def _isa_override() -> str | None:
+    value = os.environ.get(CPU_ISA_ENV, "").strip().lower()
+    if value and value not in CPU_CLASSES:
+        raise ValueError(f"{CPU_ISA_ENV}={value!r}: must be one of {', '.join(CPU_CLASSES)} (or unset)")
+    return value or None
+
+
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+def _proc_cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -69,11 +95,32 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS), less those that
+    DEEPRES_CPU_ISA hides (see CPU_CLASSES)."""
+    flags, limit = _proc_cpu_flags(), _isa_override()
+    if limit is None:
+        return flags
+    return frozenset(f for f in flags if not f.startswith(_CLASS_HIDES[limit]))
+
+
+def cpu_class(flags: frozenset[str] | None = None) -> str:
+    """'amx', 'avx512', 'avx2' or 'baseline' (none of them: older x86, or flags unknown, e.g. ARM or macOS)."""
+    flags = cpu_flags() if flags is None else flags
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2" if "avx2" in flags else "baseline"
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 in hardware (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
     flags = cpu_flags()
     if flags & {"avx512_bf16", "amx_bf16"}:
         return True
+    if flags or _isa_override():  # the flags are known (or restricted on purpose): they decide
+        return False
     probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private; absent in some builds
     amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool((probe and probe()) or (amx and amx()))
@@ -88,6 +135,45 @@ def auto_dtype(device: torch.device) -> str:
     return "fp32"
 
 
+# Emulated bf16 training on an AVX2 CPU, measured against fp32 (issue 25: `deepres train fashion_mnist/resnet20`
+# with amp=bf16, 50 img/s, against a plain fp32 loop's 501-512 img/s on a 2-core AMD EPYC with AVX2 only)
+EMULATED_BF16_SLOWDOWN = 10
+
+
+@dataclass(frozen=True)
+class AmpChoice:
+    """An autocast precision decided for this device: amp 'none' (fp32), 'bf16' or 'fp16', and why."""
+    amp: str
+    reason: str
+    emulated: bool = False  # bf16 on a CPU that has no bf16 instructions: it runs, about 10x slower than fp32
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return AMP_DTYPES[self.amp]
+
+    @property
+    def label(self) -> str:  # what a result line says it ran in
+        return "fp32" if self.amp == "none" else self.amp
+
+
+def resolve_amp(requested: str, device: torch.device) -> AmpChoice:
+    """train.amp / --amp on this device. 'auto': bf16 where the device computes it natively (auto_dtype), else
+    'none' (fp32); fp16 only where asked. An explicit bf16 on a CPU without native bf16 runs, and the reason says
+    it is emulated and how much slower it measured."""
+    if requested not in AMP_DTYPES and requested != "auto":
+        raise ValueError(f"amp={requested!r}: must be one of auto, {', '.join(AMP_DTYPES)}")
+    where = f"CPU class {cpu_class()}" if device.type == "cpu" else device.type
+    if requested == "auto":
+        if auto_dtype(device) == "bf16":
+            return AmpChoice("bf16", f"auto: native bf16, {where}")
+        return AmpChoice("none", f"auto: fp32, no native bf16 on {where}")
+    if requested == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        return AmpChoice("bf16", f"bf16 as asked, but this CPU ({where}) has no native bf16: it is emulated, about "
+                                 f"{EMULATED_BF16_SLOWDOWN}x slower than fp32 in training (measured on an AVX2 AMD "
+                                 f"EPYC); amp=auto picks fp32 here", emulated=True)
+    return AmpChoice(requested, "as asked")
+
+
 INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")  # /proc/cpuinfo flags of 8-bit dot-product instructions
 
 
@@ -99,6 +185,34 @@ def cpu_int8_flags() -> list[str]:
 def cpu_has_vnni() -> bool:
     """True when the CPU has 8-bit dot products (AVX-512 VNNI, AVX-VNNI or AMX-INT8)."""
     return bool(cpu_int8_flags())
+
+
+def isa_restriction_env(cpu_isa_class: str) -> dict[str, str]:
+    """Environment variables that make this process's kernels and deepres's choice rules act as on a CPU of
+    `cpu_isa_class` (one of CPU_CLASSES): oneDNN (ONEDNN_MAX_CPU_ISA), ATen's and inductor's vector code
+    (ATEN_CPU_CAPABILITY), fbgemm (FBGEMM_ENABLE_INSTRUCTIONS), MKL (MKL_ENABLE_INSTRUCTIONS) and deepres
+    (DEEPRES_CPU_ISA). They must be set before torch is imported: a benchmark re-executes itself with them. ONNX
+    Runtime has no such switch, so its figures stay those of the real CPU."""
+    if cpu_isa_class not in CPU_CLASSES:
+        raise ValueError(f"CPU class {cpu_isa_class!r}: must be one of {', '.join(CPU_CLASSES)}")
+    return {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                     "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+            "avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "ATEN_CPU_CAPABILITY": "avx512",
+                       "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
+            "amx": {}}[cpu_isa_class] | {CPU_ISA_ENV: cpu_isa_class}
+
+
+def reexec_as_cpu_class(cpu_isa_class: str | None) -> None:
+    """Re-execute this script (a benchmark's --isa CLASS) with isa_restriction_env(CLASS) set, unless it already
+    is; None does nothing. torch reads ATEN_CPU_CAPABILITY when it loads, so the restriction needs a new process."""
+    if cpu_isa_class is None:
+        return
+    env = isa_restriction_env(cpu_isa_class)
+    if all(os.environ.get(name) == value for name, value in env.items()):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
 
 
 # ------------------------------------------------------------------------------------------ cores and threads
@@ -286,6 +400,27 @@ def _glibc_mallopt(*settings: tuple[int, int]) -> bool:
         return False
 
 
+def cpu_mhz() -> float | None:
+    """The clock /proc/cpuinfo reports (MHz; a VM's nominal clock, turbo not included), or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((float(line.split(":", 1)[1]) for line in f if line.startswith("cpu MHz")), None)
+    except (OSError, ValueError):
+        return None
+
+
+def fp32_peak_gflops(cores: int | None = None) -> float | None:
+    """fp32 FMA peak of `cores` cores (default: available_cores) at cpu_mhz(): 2 FMA units x vector lanes x 2
+    FLOP per cycle: 32 FLOP/cycle with AVX2 (and AMD's AVX-512, which Zen 4 runs on 256-bit units), 64 with Intel's
+    AVX-512; None where the clock is unknown. A benchmark divides achieved GFLOP/s by it."""
+    mhz = cpu_mhz()
+    if mhz is None:
+        return None
+    flags = cpu_flags()
+    per_cycle = 64 if "avx512f" in flags and "AMD" not in cpu_model_name() else 32 if "avx2" in flags else 16
+    return (cores or available_cores()) * mhz / 1000 * per_cycle
+
+
 # The ISA flags benchmarks report: what the bf16 / int8 / fp32 kernels use
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
 
@@ -298,14 +433,25 @@ def cpu_isa() -> list[str]:
 def machine_summary() -> dict:
     """What a benchmark prints and stores next to its figures: CPU model, its ISA flags that matter to the kernels,
     available cores, torch's threads and version, and the load warning (None when the machine is quiet)."""
-    return {"cpu": cpu_model_name() or "unknown CPU", "isa": cpu_isa(),
+    return {"cpu": cpu_model_name() or "unknown CPU", "isa": cpu_isa(), "cpu_class": cpu_class_label(),
             "available_cores": available_cores(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "load_warning": load_warning()}
 
 
+def cpu_class_label() -> str:
+    """The CPU class, and how it was had: 'amx', or 'avx2 (restricted by DEEPRES_CPU_ISA from amx)'."""
+    real, limit = cpu_class(_proc_cpu_flags()), _isa_override()
+    if limit is None or cpu_class() == real:
+        return real
+    env = {name: os.environ[name] for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if name in os.environ}
+    kernels = ", ".join(f"{k}={v}" for k, v in env.items()) or "kernels NOT restricted"
+    return f"{cpu_class()} (restricted from {real}: {CPU_ISA_ENV}={limit}, {kernels})"
+
+
 def machine_line(machine: dict) -> str:
-    return (f"CPU: {machine['cpu']} ({machine['available_cores']} available cores, {machine['torch_threads']} torch "
-            f"threads; ISA flags: {', '.join(machine['isa']) or 'none'}); torch {machine['torch']}")
+    return (f"CPU: {machine['cpu']}, class {machine.get('cpu_class', '?')} ({machine['available_cores']} available "
+            f"cores, {machine['torch_threads']} torch threads; ISA flags: {', '.join(machine['isa']) or 'none'}); "
+            f"torch {machine['torch']}")
 
 
 def load_warning() -> str | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .device import cpu_model_name
+from .device import cpu_class_label, cpu_model_name
 from .files import atomic_write_text
 from .plots import plot_curves
 
@@ -97,9 +97,10 @@ class RunRecorder:
                         and not isinstance(value, bool):
                     self._writer.add_scalar(f"{tb_prefix}/{key}", value, tb_step)
 
-    def write_env(self) -> dict:
-        """Write env.json (versions, device, git commit, command line, host, start time); returns it."""
-        env = collect_env()
+    def write_env(self, **extra) -> dict:
+        """Write env.json (versions, device, CPU class, git commit, command line, host, start time, and `extra`,
+        e.g. the training precision resolved on this machine); returns it."""
+        env = collect_env() | extra
         env["start_time"] = datetime.datetime.fromtimestamp(self.start_time).astimezone().isoformat()
         (self.run_dir / "env.json").write_text(json.dumps(env, indent=2) + "\n")
         return env
@@ -191,6 +192,7 @@ def collect_env() -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "device": _device_name(),
+        "cpu_class": cpu_class_label(),
         "num_threads": torch.get_num_threads(),
         "git_commit": commit,
         "git_dirty": dirty,

@@ -3,13 +3,14 @@ multi-scale and flip testing; prints top-1/top-5 (segmentation: mIoU, pixel and 
 per-class accuracy (segmentation: IoU) and the confusion matrix."""
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from deepres.core.checkpoint import resolve_checkpoint
 from deepres.core.config import MAX_TEST_SCALE, Config, apply_overrides
-from deepres.core.device import AMP_DTYPES, default_device, limit_compute_threads
+from deepres.core.device import default_device, limit_compute_threads, resolve_amp
 from deepres.data import build_eval_loader, list_formats
 from deepres.tasks import SegmentationTask, task_of
 from deepres.tasks.build import load_model
@@ -32,12 +33,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", help="also average over horizontally flipped images")
     add_view_arguments(parser)
     parser.add_argument("--batch-size", type=int, help="data.eval_batch_size")
-    parser.add_argument("--amp", choices=("none", "bf16"), default="none",
-                        help="autocast for evaluation (default none: fp32, the reference numbers)")
+    add_amp_argument(parser)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any other config override, e.g. --set data.limit_val=1000")
     parser.add_argument("--out", metavar="DIR", help="write metrics.json, per_class.csv, confusion.csv/png here")
     parser.add_argument("--force", action="store_true", help="allow --out to be a non-empty directory")
+
+
+def add_amp_argument(parser) -> None:
+    parser.add_argument("--amp", choices=("none", "auto", "bf16"), default="none",
+                        help="autocast for evaluation: none = fp32, the reference numbers (default); auto = bf16 "
+                             "where the machine computes it natively, else fp32; bf16 (emulated, slow, on a CPU "
+                             "without AVX-512 BF16 / AMX)")
+
+
+def amp_of(args, device):
+    """--amp resolved on `device` (core.device.resolve_amp); a note on stderr when bf16 would be emulated."""
+    amp = resolve_amp(args.amp, device)
+    if amp.emulated:
+        print(f"note: --amp {amp.reason}", file=sys.stderr)
+    return amp
 
 
 def add_view_arguments(parser) -> None:
@@ -115,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = replace(cfg, data=replace(cfg.data, in_chans=loaded.preprocess.in_chans))
 
     device = default_device()
+    args.amp_choice = amp_of(args, device)
     # Only the evaluated split is read; a deepres checkpoint's class list stands in for the training split.
     eval_loader, info = build_eval_loader(cfg.data, device, classes=classes, seed=cfg.train.seed)
     if device.type == "cpu":  # compute threads + the loader's workers within the available cores
@@ -128,13 +144,13 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     # progress=None: a bar on stderr only when it is a terminal
     result = evaluate(model.to(device), eval_loader, num_classes=model.num_classes, scales=scales, flip=args.flip,
-                      amp_dtype=AMP_DTYPES[args.amp], class_names=class_names, progress=None)
+                      amp_dtype=args.amp_choice.dtype, class_names=class_names, progress=None)
     seconds = time.perf_counter() - started
 
     views = f"scales {scales}" if scales else "single scale"
     print(f"{path}: {cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, "
           f"{result['skipped']} skipped, {views}"
-          f"{', flip' if args.flip else ''}, {'bf16' if args.amp == 'bf16' else 'fp32'})")
+          f"{', flip' if args.flip else ''}, {args.amp_choice.label})")
     print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
           f"({result['n']} images in {seconds:.1f} s, {result['n'] / seconds:.1f} images/s, decoding included)")
     if out is not None:
@@ -142,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = {k: result[k] for k in ("top1", "top5", "top5_k", "loss", "n", "skipped")}
         metrics.update(seconds=seconds, images_per_second=result["n"] / seconds, checkpoint=str(path),
                        model=cfg.model.name, dataset=cfg.data.name,
-                       split=cfg.data.val_split, scales=scales, flip=args.flip, amp=args.amp)
+                       split=cfg.data.val_split, scales=scales, flip=args.flip, amp=args.amp_choice.amp)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print(f"wrote {out}/metrics.json, per_class.csv, confusion.csv, confusion.png")
     return 0
@@ -152,19 +168,19 @@ def _evaluate_segmentation(model, loader, cfg: Config, class_names, args, path, 
     views = SegViews.from_config(cfg.eval, cfg.data)
     started = time.perf_counter()
     result = evaluate_segmentation(model, loader, num_classes=model.num_classes, mode=views,
-                                   amp_dtype=AMP_DTYPES[args.amp], class_names=class_names, progress=None)
+                                   amp_dtype=args.amp_choice.dtype, class_names=class_names, progress=None)
     seconds = time.perf_counter() - started
     size = f"test size {cfg.data.test_size} ({cfg.data.base_side} side)" if cfg.data.test_size else "as stored"
     print(f"{path}: {cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, {size}, "
           f"{views.mode}, scales {list(views.scale_ratios) or [1.0]}{', flip' if views.flip else ''}"
           f"{f', test_steps {views.test_steps}' if views.test_steps > 1 else ''}, "
-          f"{'bf16' if args.amp == 'bf16' else 'fp32'})")
+          f"{args.amp_choice.label})")
     print(f"mIoU {result['miou']:.2f}%  pixel acc {result['pixel_acc']:.2f}%  mean acc {result['mean_acc']:.2f}%  "
           f"({result['n']} images in {seconds:.1f} s, {result['n'] / seconds:.1f} images/s, decoding included)")
     metrics = {k: result[k] for k in ("miou", "pixel_acc", "mean_acc", "test_loss", "n", "pixels")}
     metrics.update(seconds=seconds, checkpoint=str(path), model=cfg.model.name, dataset=cfg.data.name,
                    split=cfg.data.val_split, test_size=cfg.data.test_size, mode=views.mode, crop=views.crop,
                    stride=views.stride, scale_ratios=list(views.scale_ratios), flip=views.flip,
-                   test_steps=views.test_steps, amp=args.amp)
+                   test_steps=views.test_steps, amp=args.amp_choice.amp)
     report_segmentation(result, out, metrics)
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from deepres.core.config import Config, apply_overrides
-from deepres.core.device import AMP_DTYPES, default_device
+from deepres.core.device import default_device
 from deepres.data import build_eval_loader, eval_loader_of, imagenet_c_contents, imagenet_c_dataset
 from deepres.data.imagenet_classes import imagenet_synsets
 from deepres.data.corruptions import corrupt, parse_corruptions, parse_severities
@@ -22,6 +22,7 @@ from deepres.tasks import SegmentationTask, task_of
 from deepres.tasks.build import load_model
 from deepres.tasks.evaluate import evaluate
 
+from .cli import add_amp_argument, amp_of
 from .robustness import (ALEXNET, REPORT_FILES, Baseline, RobustnessReport, baseline_from_report,
                          flip_probability, top5_distance, write_example_grid, write_report)
 
@@ -160,7 +161,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="corruption seed: (image, corruption, severity, seed) "
                                                             "always gives the same image")
     parser.add_argument("--batch-size", type=int, help="data.eval_batch_size")
-    parser.add_argument("--amp", choices=("none", "bf16"), default="none", help="autocast (default fp32)")
+    add_amp_argument(parser)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any other config override, e.g. --set data.limit_val=1000")
     parser.add_argument("--out", metavar="DIR", help="report folder (default: RUN/robustness for a run directory)")
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     data_classes = classes if loaded.config is not None else None
     device = default_device()
     model = model.to(device).eval()
-    amp_dtype = AMP_DTYPES[args.amp]
+    amp_dtype = amp_of(args, device).dtype
     baseline = resolve_baseline(args.baseline, imagenet=len(classes) == 1000)
     name = str(loaded.source.get("checkpoint") or args.checkpoint)
     print(f"{name}: {cfg.model.name}; baseline {baseline.name}")

@@ -23,8 +23,8 @@ import torch.nn as nn
 
 from deepres.core.checkpoint import resolve_checkpoint
 from deepres.core.config import apply_overrides
-from deepres.core.device import (auto_dtype, available_cores, cpu_has_native_bf16, cpu_int8_flags, cpu_isa,
-                                 cpu_model_name, load_warning)
+from deepres.core.device import (auto_dtype, available_cores, cpu_class_label, cpu_has_native_bf16, cpu_int8_flags,
+                                 cpu_isa, cpu_model_name, load_warning)
 from deepres.data import build_loaders
 from deepres.models import create_model
 
@@ -323,7 +323,7 @@ def environment() -> dict:
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16(),
            "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
            "available_cores": available_cores(), "cpu_int8": cpu_int8_flags(), "load_average": _load_average(),
-           "isa": cpu_isa(),
+           "isa": cpu_isa(), "cpu_class": cpu_class_label(),
            "load_warning": load_warning()}
     try:
         import onnxruntime

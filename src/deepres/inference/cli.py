@@ -17,7 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from deepres.core.checkpoint import resolve_checkpoint
-from deepres.core.device import default_device, limit_compute_threads, load_warning
+from deepres.core.device import CPU_CLASSES, default_device, limit_compute_threads, load_warning, reexec_as_cpu_class
 from deepres.core.files import atomic_write, atomic_write_text
 from deepres.data.seg_labels import CITYSCAPES_CLASSES, cityscapes_train_to_label, palette_for, write_mask_png
 from deepres.eval.cli import add_view_arguments, parse_ratios
@@ -363,11 +363,15 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
                              "where that clears the bar); 0 = no timing (default)")
     parser.add_argument("--threads", type=int, help="torch (and ONNX Runtime) intra-op threads (default: torch's; "
                                                     "at most the available cores)")
+    parser.add_argument("--isa", choices=CPU_CLASSES,
+                        help="run as a CPU of this class would: torch's kernels (oneDNN, ATen, inductor, fbgemm, "
+                             "MKL) and deepres's choice rules restricted to it; ONNX Runtime keeps the real CPU's")
     parser.add_argument("--out", metavar="FILE", help="write the rows and environment as JSON here")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
 
 def bench(args: argparse.Namespace) -> int:
+    reexec_as_cpu_class(args.isa)  # a new process: torch reads the restriction when it loads
     out = Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.force:
         raise ValueError(f"--out {out} already exists; choose another file or pass --force")
@@ -400,7 +404,8 @@ def bench(args: argparse.Namespace) -> int:
     warning = load_warning()
     if warning:
         print(warning)
-    print(f"CPU inference, {env.get('cpu', '?')} (ISA flags: {', '.join(env['isa']) or 'none'}), {env['threads']} "
+    print(f"CPU inference, {env.get('cpu', '?')}, class {env['cpu_class']} (ISA flags: "
+          f"{', '.join(env['isa']) or 'none'}), {env['threads']} "
           f"threads, torch {env['torch']}, onnxruntime {env.get('onnxruntime', '-')}; warm-up {args.warmup} calls "
           f"excluded")
     if rows:

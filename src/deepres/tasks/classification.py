@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from deepres.core.config import Config, DataConfig, EvalConfig, TrainConfig
-from deepres.core.device import AMP_DTYPES
+from deepres.core.device import model_device, resolve_amp
 from deepres.core.preprocess import Preprocess
 from deepres.data import eval_preprocess
 
@@ -142,7 +142,7 @@ class ClassificationTask:
             return images, (targets, logits_of(teacher, t.kd_temperature))
         if self.teacher is None:
             return images, targets
-        amp_dtype = AMP_DTYPES[t.amp]
+        amp_dtype = resolve_amp(t.amp, images.device).dtype  # train.amp=auto: as the run resolves it
         with torch.no_grad(), torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             teacher_logits = self.teacher(images).float()
         return images, (targets, teacher_logits)
@@ -159,7 +159,7 @@ class ClassificationTask:
         """top1, top5 (%) and test_loss (nats) on `loader`, test_skipped (bad images dropped) when any, and ema_top1
         with an EMA model; summed over ranks."""
         kwargs = dict(num_classes=self.num_classes, scales=tuple(self.eval.scales), flip=self.eval.flip,
-                      amp_dtype=AMP_DTYPES[self.train.amp])
+                      amp_dtype=resolve_amp(self.train.amp, model_device(model)).dtype)
         result = evaluate(model, loader, **kwargs)
         metrics = {"top1": result["top1"], "top5": result["top5"], "test_loss": result["loss"]}
         if result["skipped"]:  # bad images dropped from the test set (data.on_bad_image=skip), summed over ranks

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from deepres.core.config import Config, DataConfig, EvalConfig, TrainConfig
-from deepres.core.device import AMP_DTYPES
+from deepres.core.device import model_device, resolve_amp
 from deepres.core.distributed import all_reduce_sum, is_distributed
 from deepres.core.preprocess import Preprocess
 from deepres.models.base import eval_mode, module_device
@@ -313,7 +313,8 @@ class SegmentationTask:
 
     def evaluate(self, model: nn.Module, loader, *, ema_model: nn.Module | None = None) -> dict[str, float]:
         """miou, pixel_acc, mean_acc (%), test_loss, and ema_miou with an EMA model; summed over ranks."""
-        kwargs = dict(num_classes=self.num_classes, mode=self.mode, amp_dtype=AMP_DTYPES[self.train.amp])
+        kwargs = dict(num_classes=self.num_classes, mode=self.mode,
+                      amp_dtype=resolve_amp(self.train.amp, model_device(model)).dtype)
         result = evaluate_segmentation(model, loader, **kwargs)
         metrics = {key: result[key] for key in ("miou", "pixel_acc", "mean_acc", "test_loss")}
         if ema_model is not None:

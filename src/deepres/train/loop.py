@@ -27,7 +27,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from deepres.core.config import Config
-from deepres.core.device import AMP_DTYPES, adapt_threads, default_device, limit_compute_threads, local_processes
+from deepres.core.device import adapt_threads, default_device, limit_compute_threads, local_processes
 from deepres.core.distributed import all_reduce_sum, broadcast_buffers, find_ddp, process_group, raise_if_any_failed
 from deepres.core.errors import NonFiniteLossError, TrainingInterrupted
 from deepres.models.base import frozen_modules
@@ -52,7 +52,7 @@ def train_one_epoch(run: Run) -> dict:
     checkpoints/last when train.checkpoint_every_iters asks, or when run.stop was requested (SIGINT/SIGTERM:
     see fit), and then raises TrainingInterrupted."""
     cfg, t, state, task = run.cfg, run.cfg.train, run.state, run.task
-    model, optimizer, amp_dtype = run.train_model, run.optimizer, AMP_DTYPES[t.amp]
+    model, optimizer, amp_dtype = run.train_model, run.optimizer, run.amp.dtype
     accum, n_batches, world_size = t.grad_accum_steps, len(run.train_loader), run.dist.world_size
     iters_per_epoch, total_iters, peak_lr = run.iters_per_epoch, run.total_iters, run.peak_lr
     ddp = find_ddp(model)
@@ -264,7 +264,8 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
             state, task = run.state, run.task
             with run.recorder or nullcontext():  # rank 0's; closed however the loop ends
                 if run.recorder is not None:
-                    run.recorder.write_env()
+                    run.recorder.write_env(train_precision={"requested": cfg.train.amp, "resolved": run.amp.amp,
+                                                            "reason": run.amp.reason})
                 log(_start_line(run))
                 if resume and not run.resumed:
                     log(f"--resume: no checkpoint in {run.run_dir / 'checkpoints'} yet (stopped before its first "
@@ -358,7 +359,7 @@ def _start_line(run: Run) -> str:
     cfg, s = run.cfg, run.state
     n_params = sum(p.numel() for p in run.model.parameters())
     return (f"run {run.run_dir}: {cfg.model.name} ({n_params / 1e6:.2f}M params) on {run.device}, "
-            f"amp={cfg.train.amp}, {run.iters_per_epoch} steps/epoch, {run.total_iters} steps" +
+            f"amp={run.amp.amp} ({run.amp.reason}), {run.iters_per_epoch} steps/epoch, {run.total_iters} steps" +
             (f", resuming after epoch {s.epoch} (step {s.step})" if run.resumed else ""))
 
 

@@ -18,7 +18,7 @@ import yaml
 from deepres.core.checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, repair_checkpoints,
                                      restore_rng_state, save_checkpoint)
 from deepres.core.config import RESUME_MAY_DIFFER, Config, config_diff, config_from_dict, config_to_dict
-from deepres.core.device import keep_freed_memory, seed_everything, set_deterministic
+from deepres.core.device import AmpChoice, keep_freed_memory, resolve_amp, seed_everything, set_deterministic
 from deepres.core.distributed import DistInfo, raise_if_any_failed, same_on_all_ranks
 from deepres.core.runs import CONFIG_FILE, RunRecorder
 from deepres.data import DataInfo, build_loaders
@@ -70,6 +70,9 @@ class Run:
     resumed: bool = False  # setup_run restored checkpoints/last into it
     stop: StopRequest = field(default_factory=StopRequest)  # set by SIGINT/SIGTERM (fit) to stop at the next step
     log: Callable[[str], None] | None = None  # progress lines when the bar is off (rank 0; set by fit)
+    # the autocast precision this run computes in: cfg.train.amp resolved on this device, with its reason (the
+    # start line and env.json say it)
+    amp: AmpChoice = AmpChoice("none", "as asked")
 
     def __post_init__(self):
         if self.train_model is None:
@@ -136,7 +139,10 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
         log(f"model.frozen_stages={cfg.model.frozen_stages}: {frozen:,} parameters frozen")
     if t.sync_bn and dist.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys as BatchNorm
-    task = task_of(cfg.data).from_config(cfg)
+    amp = resolve_amp(t.amp, device)  # train.amp=auto: bf16 where the device computes it natively, else fp32
+    if amp.emulated:
+        log(f"warning: train.amp={amp.reason}")
+    task = task_of(cfg.data).from_config(cfg)  # it resolves train.amp on the model's device the same way
     if (t.kd_teacher or t.kd_logits) and not hasattr(task, "teacher"):
         raise ValueError(f"train.kd_teacher / kd_logits: knowledge distillation is for classification, not "
                          f"data.name={cfg.data.name}")
@@ -148,7 +154,7 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
         task = replace(task, teacher_logits=stored.to(device))
     run = Run(cfg=cfg, device=device, model=model, optimizer=create_optimizer(model, cfg.optim),
               task=task, train_loader=train_loader, eval_loader=eval_loader, data=data,
-              scaler=torch.amp.GradScaler("cuda") if t.amp == "fp16" else None,
+              scaler=torch.amp.GradScaler("cuda") if amp.amp == "fp16" else None, amp=amp,
               ema=ModelEMA(model, t.ema_decay) if t.ema_decay > 0 else None, dist=dist,
               progress=t.progress and sys.stderr.isatty() and dist.is_main, resumed=saved is not None)
     if saved is not None:
@@ -203,6 +209,7 @@ def _prepare(cfg: Config, resume: bool, found: bool, device: torch.device, loade
     cfg = resolve_config(cfg, loaders[2])
     if saved is not None:
         where = run_dir / "checkpoints"
+        cfg = keep_stored_amp(saved.config, cfg)
         check_resume_config(saved.config, cfg, where)
         if saved.world_size != dist.world_size:
             raise ValueError(f"cannot resume from {where}: it was trained by {saved.world_size} process(es), "
@@ -212,6 +219,7 @@ def _prepare(cfg: Config, resume: bool, found: bool, device: torch.device, loade
         stored = run_dir / CONFIG_FILE
         text = stored.read_text() if stored.is_file() else ""
         if text.strip():
+            cfg = keep_stored_amp(yaml.safe_load(text), cfg)
             check_resume_config(yaml.safe_load(text), cfg, stored)
     return saved, cfg, loaders
 
@@ -221,6 +229,15 @@ def _check_fresh_run_dir(run_dir: Path) -> None:
     if taken:
         raise FileExistsError(f"run directory {run_dir} already holds a run ({', '.join(taken)}); use --resume "
                               f"to continue it, or choose another run.name (--set run.name=NAME)")
+
+
+def keep_stored_amp(saved_config: dict, cfg: Config) -> Config:
+    """train.amp=auto resuming a run that stored a precision of its own (a run from before auto was the default, whose
+    recipe left amp out, stored 'none'): the run goes on in the stored one, so an old recipe still resumes exactly."""
+    stored = (saved_config.get("train") or {}).get("amp") if isinstance(saved_config, dict) else None
+    if cfg.train.amp == "auto" and stored in ("none", "bf16", "fp16"):
+        return replace(cfg, train=replace(cfg.train, amp=stored))
+    return cfg
 
 
 def check_resume_config(saved_config: dict, cfg: Config, where) -> None:

@@ -1,0 +1,122 @@
+"""The choice rules per CPU class (issue 25): training precision, inference path and the int8 default decided from
+the machine's flags, and DEEPRES_CPU_ISA, which makes a higher class decide as a lower one."""
+import json
+
+import pytest
+import torch
+from test_train_loop import tiny_config
+from train_fakes import tiny_loaders
+
+import deepres.core.device as device_facts
+from deepres.core.device import (CPU_ISA_ENV, auto_dtype, cpu_class, cpu_class_label, cpu_int8_flags,
+                                 isa_restriction_env, resolve_amp)
+from deepres.inference.int8 import Int8Calibration, int8_choice
+from deepres.train.loop import fit
+
+CPU = torch.device("cpu")
+# /proc/cpuinfo flags of the three classes seen (abridged to what the rules read)
+AVX2_EPYC = frozenset({"sse4_2", "fma", "avx", "avx2"})
+ZEN4 = AVX2_EPYC | {"avx512f", "avx512bw", "avx512_bf16", "avx512_vnni"}
+XEON_AMX = ZEN4 | {"avx_vnni", "amx_bf16", "amx_int8", "amx_tile"}
+CLASSES = {"avx2": AVX2_EPYC, "avx512": ZEN4, "amx": XEON_AMX}
+
+
+@pytest.fixture
+def flags(monkeypatch):
+    """Pretend this machine has the given /proc/cpuinfo flags."""
+    monkeypatch.delenv(CPU_ISA_ENV, raising=False)
+
+    def use(flag_set):
+        monkeypatch.setattr(device_facts, "_proc_cpu_flags", lambda: frozenset(flag_set))
+    return use
+
+
+def calibration(agreement=99.8, cpu_int8=("amx_int8",)):
+    return Int8Calibration(ranges={}, agreement=agreement, eval_images=1000, calibration_images=256,
+                           cpu_int8=list(cpu_int8))
+
+
+@pytest.mark.parametrize("name, train_amp, inference, int8_flags", [
+    ("avx2", "none", "fp32", []),
+    ("avx512", "bf16", "bf16", ["avx512_vnni"]),
+    ("amx", "bf16", "bf16", ["amx_int8", "avx512_vnni", "avx_vnni"]),
+])
+def test_each_class_picks_its_precision(flags, name, train_amp, inference, int8_flags):
+    flags(CLASSES[name])
+    assert cpu_class() == name
+    assert resolve_amp("auto", CPU).amp == train_amp
+    assert auto_dtype(CPU) == inference
+    assert cpu_int8_flags() == int8_flags
+    # an explicit bf16 runs everywhere; only where it is emulated does it say so
+    explicit = resolve_amp("bf16", CPU)
+    assert explicit.amp == "bf16" and explicit.emulated == (name == "avx2")
+    if name == "avx2":
+        assert "emulated" in explicit.reason and "10x slower" in explicit.reason
+    assert resolve_amp("none", CPU).amp == "none"
+
+
+def test_int8_default_follows_where_the_calibration_was_measured(flags):
+    flags(AVX2_EPYC)  # no VNNI: int8 only with a calibration measured without VNNI too (its kernels' rounding)
+    assert int8_choice(calibration(cpu_int8=[]), CPU)[0]
+    chosen, reason = int8_choice(calibration(cpu_int8=["amx_int8"]), CPU)
+    assert not chosen and "calibrate" in reason
+    flags(XEON_AMX)
+    assert int8_choice(calibration(cpu_int8=["amx_int8"]), CPU)[0]
+    assert int8_choice(calibration(cpu_int8=["avx512_vnni"]), CPU)[0]
+    assert int8_choice(calibration(cpu_int8=[]), CPU)[0]  # measured with 7-bit activations; 8 bits here
+    assert not int8_choice(calibration(agreement=99.0), CPU)[0]
+
+
+def test_the_override_hides_the_higher_classes(flags, monkeypatch):
+    flags(XEON_AMX)
+    monkeypatch.setenv(CPU_ISA_ENV, "avx2")
+    assert cpu_class() == "avx2" and cpu_int8_flags() == [] and auto_dtype(CPU) == "fp32"
+    assert resolve_amp("auto", CPU).amp == "none"
+    assert cpu_class_label().startswith("avx2 (restricted from amx")
+    monkeypatch.setenv(CPU_ISA_ENV, "avx512")
+    assert cpu_class() == "avx512" and auto_dtype(CPU) == "bf16" and cpu_int8_flags() == ["avx512_vnni"]
+    monkeypatch.setenv(CPU_ISA_ENV, "amx")
+    assert cpu_class() == "amx"
+    flags(AVX2_EPYC)  # a restriction never adds what the machine lacks
+    assert cpu_class() == "avx2"
+    monkeypatch.setenv(CPU_ISA_ENV, "avx1024")
+    with pytest.raises(ValueError, match="DEEPRES_CPU_ISA='avx1024': must be one of avx2, avx512, amx"):
+        cpu_class()
+
+
+def test_restriction_env_limits_every_kernel_library():
+    env = isa_restriction_env("avx2")
+    assert env == {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+                   "MKL_ENABLE_INSTRUCTIONS": "AVX2", CPU_ISA_ENV: "avx2"}
+    assert isa_restriction_env("amx") == {CPU_ISA_ENV: "amx"}
+    with pytest.raises(ValueError, match="CPU class 'sse'"):
+        isa_restriction_env("sse")
+
+
+def test_bad_amp_is_named():
+    with pytest.raises(ValueError, match="amp='fp8': must be one of auto, none, bf16, fp16"):
+        resolve_amp("fp8", CPU)
+
+
+@pytest.mark.parametrize("name, resolved", [("avx2", "none"), ("amx", "bf16")])
+def test_training_records_the_precision_it_resolved(tmp_path, flags, name, resolved):
+    flags(CLASSES[name])
+    lines = []
+    fit(tiny_config(tmp_path, epochs=1), loaders=tiny_loaders(), device="cpu", log=lines.append)
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert env["train_precision"]["requested"] == "auto" and env["train_precision"]["resolved"] == resolved
+    assert env["cpu_class"] == name
+    assert any(f"amp={resolved} (auto:" in line for line in lines)
+    assert not any("emulated" in line for line in lines)
+
+
+def test_explicit_bf16_on_an_avx2_cpu_trains_and_warns(tmp_path, flags):
+    flags(AVX2_EPYC)
+    lines = []
+    result = fit(tiny_config(tmp_path, epochs=1, amp="bf16"), loaders=tiny_loaders(), device="cpu",
+                 log=lines.append)
+    assert result["finished"]
+    warnings = [line for line in lines if line.startswith("warning: train.amp=bf16 as asked")]
+    assert len(warnings) == 1 and "emulated" in warnings[0]
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert env["train_precision"]["resolved"] == "bf16"
