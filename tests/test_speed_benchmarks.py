@@ -2,6 +2,9 @@
 is checked here)."""
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -26,6 +29,19 @@ def test_train_speed_quick_prints_the_machine_and_both_rows(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["case"] for r in rows] == ["resnet20 fashion-mnist", "resnet50 32px"]
     assert all(r["plain_images_per_s"] > 0 and r["deepres_images_per_s"] > 0 for r in rows)
+
+
+def test_train_speed_runs_as_a_lower_cpu_class_in_a_new_process(tmp_path):
+    """--isa re-executes the script once with the restriction (a loop of re-executions once hung it)."""
+    out = tmp_path / "train_speed.json"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "train_speed.py"), "--quick", "--isa", "avx2",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "class avx2 (restricted from" in done.stdout or "class avx2 " in done.stdout
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_class"].startswith("avx2")
+    assert all("amp=auto -> none" in r["deepres_setup"] for r in report["rows"])  # no native bf16 on AVX2
 
 
 def test_contention_quick_times_each_path_idle_and_loaded(tmp_path, capsys):

@@ -1,10 +1,12 @@
 """Devices, precisions, seeds and what the CPU can do: the facts every layer asks about the machine."""
 import contextlib
 import functools
+import getpass
 import math
 import os
 import random
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,14 +158,25 @@ class AmpChoice:
         return "fp32" if self.amp == "none" else self.amp
 
 
-def resolve_amp(requested: str, device: torch.device) -> AmpChoice:
-    """train.amp / --amp on this device. 'auto': bf16 where the device computes it natively (auto_dtype), else
-    'none' (fp32); fp16 only where asked. An explicit bf16 on a CPU without native bf16 runs, and the reason says
-    it is emulated and how much slower it measured."""
+# AVX-512 BF16 without AMX (AMD Zen 4 class) computes bf16 convolutions at about fp32's rate, and the casts cost
+# more than the halved memory traffic saves in training (ResNet-20 F-MNIST b128, `benchmarks/train_speed.py --isa
+# avx512` on a Xeon, 2026-12-07); inference still gains from it (ResNet-50 b16 on a real Zen 4: bf16 36.9 img/s,
+# ONNX Runtime fp32 23.9), so auto_dtype keeps bf16 there.
+AVX512_BF16_TRAINING = "compiled ResNet-20 training measured 672 img/s in bf16 against 853 in fp32"
+
+
+def resolve_amp(requested: str, device: torch.device, *, training: bool = True) -> AmpChoice:
+    """train.amp / --amp on this device. 'auto': bf16 where the device computes it natively (auto_dtype) and, on a
+    CPU, trains faster in it (AMX; not AVX-512 BF16 alone, AVX512_BF16_TRAINING; training=False, for evaluation,
+    leaves that out), else 'none' (fp32); fp16 only where asked. An explicit bf16 on a CPU without native bf16
+    runs, and the reason says it is emulated and how much slower it measured."""
     if requested not in AMP_DTYPES and requested != "auto":
         raise ValueError(f"amp={requested!r}: must be one of auto, {', '.join(AMP_DTYPES)}")
     where = f"CPU class {cpu_class()}" if device.type == "cpu" else device.type
     if requested == "auto":
+        if training and device.type == "cpu" and auto_dtype(device) == "bf16" and "amx_bf16" not in cpu_flags():
+            return AmpChoice("none", f"auto: fp32, which trains faster than bf16 without AMX ({where}: "
+                                     f"{AVX512_BF16_TRAINING})")
         if auto_dtype(device) == "bf16":
             return AmpChoice("bf16", f"auto: native bf16, {where}")
         return AmpChoice("none", f"auto: fp32, no native bf16 on {where}")
@@ -195,11 +208,21 @@ def isa_restriction_env(cpu_isa_class: str) -> dict[str, str]:
     Runtime has no such switch, so its figures stay those of the real CPU."""
     if cpu_isa_class not in CPU_CLASSES:
         raise ValueError(f"CPU class {cpu_isa_class!r}: must be one of {', '.join(CPU_CLASSES)}")
-    return {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
-                     "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
-            "avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "ATEN_CPU_CAPABILITY": "avx512",
-                       "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
-            "amx": {}}[cpu_isa_class] | {CPU_ISA_ENV: cpu_isa_class}
+    kernels = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                        "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+               "avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "ATEN_CPU_CAPABILITY": "avx512",
+                          "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
+               "amx": {}}[cpu_isa_class]
+    if kernels:
+        # A cache of inductor's own: torch 2.13's FX graph cache key leaves out the vector width that
+        # ATEN_CPU_CAPABILITY picks, so code generated for AVX2's 8 lanes was reused by an unrestricted process,
+        # compiled there for 16 and wrote past its buffers (heap corruption in fp32 ResNet-20 training, measured)
+        base = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(
+            tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+        for cls in CPU_CLASSES:  # already a restricted process's (re-executed): the same folder again
+            base = base.removesuffix(f"-isa-{cls}")
+        kernels["TORCHINDUCTOR_CACHE_DIR"] = f"{base}-isa-{cpu_isa_class}"
+    return kernels | {CPU_ISA_ENV: cpu_isa_class}
 
 
 def reexec_as_cpu_class(cpu_isa_class: str | None) -> None:

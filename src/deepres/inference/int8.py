@@ -3,8 +3,8 @@ int8_calibration metadata) and the rule `int8_choice` that fast="auto" follows: 
 calibration whose measured top-1 agreement with fp32 is >= AGREEMENT_BAR, on an x86 CPU with AVX2 or more (int8 was
 measured faster than fp32 on every such class: ResNet-50 b16 on a 2-core AVX2-only AMD EPYC, int8 30.4 img/s against
 the fp32 default's 21.8, issue 25; 2-5x on AVX-512 VNNI and AMX), and, on a CPU without 8-bit dot products (VNNI,
-AMX-INT8), only with a calibration measured without them too: there the activations are quantized to 7 bits
-(reduce_range), so an agreement measured with 8 bits does not carry over. Otherwise today's default (bf16 where
+AMX-INT8), only with a calibration measured without them too: there fbgemm sums pairs of 8-bit products in int16,
+which can saturate, so an agreement measured with VNNI does not carry over. Otherwise today's default (bf16 where
 native, else fp32). Published weights carry no calibration.
 """
 from __future__ import annotations
@@ -73,9 +73,9 @@ def int8_choice(calibration: Int8Calibration | None, device: torch.device, *, co
     if cls == "baseline":
         return False, "this CPU has no AVX2, where int8 was never measured faster than fp32"
     if not flags and calibration.cpu_int8:
-        return False, (f"this CPU has no VNNI or AMX-INT8, so int8 runs with 7-bit activations; the stored agreement "
-                       f"was measured with {', '.join(calibration.cpu_int8)}: `deepres calibrate` on this machine "
-                       f"measures it for these kernels")
+        return False, (f"this CPU has no VNNI or AMX-INT8, so its int8 kernels round differently (int16 sums); the "
+                       f"stored agreement was measured with {', '.join(calibration.cpu_int8)}: `deepres calibrate` on "
+                       f"this machine measures it for these kernels")
     has = f"this CPU has {', '.join(flags)}" if flags else f"this CPU (class {cls}) runs int8 faster than fp32"
     return True, (f"auto: int8 because the stored calibration agrees with fp32 on {calibration.agreement:.2f}% of "
                   f"{calibration.eval_images} images (bar {AGREEMENT_BAR}%) and {has}")
