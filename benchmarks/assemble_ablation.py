@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from deepres.core.device import auto_dtype, cpu_model_name, load_warning  # noqa: E402
+from deepres.core.device import auto_dtype, cpu_class_label, cpu_model_name, load_warning  # noqa: E402
 from deepres.inference.bench import build_path, time_calls  # noqa: E402
 from deepres.models import create_model, list_models  # noqa: E402
 from deepres.models.complexity import model_complexity  # noqa: E402
@@ -39,7 +39,7 @@ def main() -> int:
     warning = load_warning()  # a busy machine makes every figure below slower
     if warning:
         print(warning)
-    print(f"CPU: {cpu_model_name()}, capability {torch.backends.cpu.get_cpu_capability()}, "
+    print(f"CPU: {cpu_model_name()}, class {cpu_class_label()}, capability {torch.backends.cpu.get_cpu_capability()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; batch {args.batch}, {args.size}x{args.size}, "
           f"fast path = {fast}")
     rows = []

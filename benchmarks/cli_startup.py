@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from deepres.core.device import cpu_flags, cpu_model_name, load_warning  # noqa: E402
+from deepres.core.device import cpu_class_label, cpu_flags, cpu_model_name, load_warning  # noqa: E402
 
 
 def commands(baseline_src: str | None) -> list[tuple[str, list[str], dict | None]]:
@@ -63,7 +63,8 @@ def main() -> int:
     warning = load_warning()  # a busy machine makes every figure below slower
     if warning:
         print(warning)
-    print(f"CPU: {cpu_model_name() or platform.processor()} ({os.cpu_count()} cores; ISA flags: {', '.join(isa)}); "
+    print(f"CPU: {cpu_model_name() or platform.processor()}, class {cpu_class_label()} ({os.cpu_count()} cores; "
+          f"ISA flags: {', '.join(isa)}); "
           f"Python {platform.python_version()}; load average before {os.getloadavg()[0]:.2f}")
     print("| command | median s | fastest s |\n|---|---|---|")
     for label, argv, env in commands(args.baseline_src):

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from deepres.core.device import cpu_flags, cpu_model_name, load_warning  # noqa: E402
+from deepres.core.device import cpu_class_label, cpu_flags, cpu_model_name, load_warning  # noqa: E402
 from deepres.data.corruptions import ALL_CORRUPTIONS, corrupt  # noqa: E402
 
 ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     warning = load_warning()  # a busy machine makes every figure below slower
     if warning:
         print(warning)
-    print(f"CPU: {cpu_model_name() or 'unknown'} ({os.cpu_count()} cores; ISA flags: {', '.join(isa) or 'none'}); "
+    print(f"CPU: {cpu_model_name() or 'unknown'}, class {cpu_class_label()} ({os.cpu_count()} cores; "
+          f"ISA flags: {', '.join(isa) or 'none'}); "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if "cuda" in devices:
         print(f"GPU: {torch.cuda.get_device_name()}")

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from deepres.core.checkpoint import save_checkpoint  # noqa: E402
 from deepres.core.config import Config, config_to_dict  # noqa: E402
-from deepres.core.device import cpu_model_name, load_warning  # noqa: E402
+from deepres.core.device import cpu_class_label, cpu_model_name, load_warning  # noqa: E402
 from deepres.inference import init_model  # noqa: E402
 from deepres.inference.bench import percentile, time_calls  # noqa: E402
 from deepres.inference.serve import serve_subprocess  # noqa: E402
@@ -123,7 +123,8 @@ def main() -> int:
     warning = load_warning()  # a busy machine makes every figure below slower
     if warning:
         print(warning)
-    print(f"CPU: {cpu_model_name()}, {os.cpu_count()} logical cores, torch {torch.__version__}; client and server on "
+    print(f"CPU: {cpu_model_name()}, class {cpu_class_label()}, {os.cpu_count()} logical cores, torch "
+          f"{torch.__version__}; client and server on "
           f"one machine, one image per request, {args.seconds:g} s per cell", file=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
