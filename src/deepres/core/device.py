@@ -158,25 +158,14 @@ class AmpChoice:
         return "fp32" if self.amp == "none" else self.amp
 
 
-# AVX-512 BF16 without AMX (AMD Zen 4 class) computes bf16 convolutions at about fp32's rate, and the casts cost
-# more than the halved memory traffic saves in training (ResNet-20 F-MNIST b128, `benchmarks/train_speed.py --isa
-# avx512` on a Xeon, 2026-12-07); inference still gains from it (ResNet-50 b16 on a real Zen 4: bf16 36.9 img/s,
-# ONNX Runtime fp32 23.9), so auto_dtype keeps bf16 there.
-AVX512_BF16_TRAINING = "compiled ResNet-20 training measured 672 img/s in bf16 against 853 in fp32"
-
-
-def resolve_amp(requested: str, device: torch.device, *, training: bool = True) -> AmpChoice:
-    """train.amp / --amp on this device. 'auto': bf16 where the device computes it natively (auto_dtype) and, on a
-    CPU, trains faster in it (AMX; not AVX-512 BF16 alone, AVX512_BF16_TRAINING; training=False, for evaluation,
-    leaves that out), else 'none' (fp32); fp16 only where asked. An explicit bf16 on a CPU without native bf16
+def resolve_amp(requested: str, device: torch.device) -> AmpChoice:
+    """train.amp / --amp on this device. 'auto': bf16 where the device computes it natively (auto_dtype: CUDA with
+    bf16, AVX-512 BF16, AMX), else 'none' (fp32); fp16 only where asked. An explicit bf16 on a CPU without native bf16
     runs, and the reason says it is emulated and how much slower it measured."""
     if requested not in AMP_DTYPES and requested != "auto":
         raise ValueError(f"amp={requested!r}: must be one of auto, {', '.join(AMP_DTYPES)}")
     where = f"CPU class {cpu_class()}" if device.type == "cpu" else device.type
     if requested == "auto":
-        if training and device.type == "cpu" and auto_dtype(device) == "bf16" and "amx_bf16" not in cpu_flags():
-            return AmpChoice("none", f"auto: fp32, which trains faster than bf16 without AMX ({where}: "
-                                     f"{AVX512_BF16_TRAINING})")
         if auto_dtype(device) == "bf16":
             return AmpChoice("bf16", f"auto: native bf16, {where}")
         return AmpChoice("none", f"auto: fp32, no native bf16 on {where}")

@@ -49,7 +49,7 @@ def add_amp_argument(parser) -> None:
 
 def amp_of(args, device):
     """--amp resolved on `device` (core.device.resolve_amp); a note on stderr when bf16 would be emulated."""
-    amp = resolve_amp(args.amp, device, training=False)
+    amp = resolve_amp(args.amp, device)
     if amp.emulated:
         print(f"note: --amp {amp.reason}", file=sys.stderr)
     return amp
