@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from deepres.core.checkpoint import save_checkpoint  # noqa: E402
 from deepres.core.config import Config, config_to_dict  # noqa: E402
-from deepres.core.device import cpu_class_label, cpu_model_name, load_warning  # noqa: E402
+from deepres.core.device import (CPU_CLASSES, cpu_class_label, cpu_model_name, load_warning,  # noqa: E402
+                                 reexec_as_cpu_class)
 from deepres.inference import init_model  # noqa: E402
 from deepres.inference.bench import percentile, time_calls  # noqa: E402
 from deepres.inference.serve import serve_subprocess  # noqa: E402
@@ -116,7 +117,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=8, help="untimed requests before each cell")
     parser.add_argument("--quick", action="store_true", help="the demo model only, 1 and 8 clients, 1 s per cell: "
                                                              "checks that the benchmark runs")
+    parser.add_argument("--isa", choices=CPU_CLASSES, help="client and server run as a CPU of this class would "
+                        "(kernels and deepres's choice rules restricted, core.device.isa_restriction_env)")
     args = parser.parse_args()
+    reexec_as_cpu_class(args.isa)  # the server subprocess inherits the restricted environment
     if args.quick:
         args.models, args.clients, args.seconds, args.warmup, args.max_requests = [DEMO], [1, 8], 1.0, 2, 200
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
