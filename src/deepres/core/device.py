@@ -184,11 +184,6 @@ def cpu_int8_flags() -> list[str]:
     return [flag for flag in INT8_FLAGS if flag in cpu_flags()]
 
 
-def cpu_has_vnni() -> bool:
-    """True when the CPU has 8-bit dot products (AVX-512 VNNI, AVX-VNNI or AMX-INT8)."""
-    return bool(cpu_int8_flags())
-
-
 def isa_restriction_env(cpu_isa_class: str) -> dict[str, str]:
     """Environment variables that make this process's kernels and deepres's choice rules act as on a CPU of
     `cpu_isa_class` (one of CPU_CLASSES): oneDNN (ONEDNN_MAX_CPU_ISA), ATen's and inductor's vector code
