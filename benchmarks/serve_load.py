@@ -1,6 +1,8 @@
 """Load test of `deepres serve` on 127.0.0.1: requests/s and p50/p95/p99 latency at 1, 8 and 32 concurrent clients,
 with dynamic batching on (--max-batch 32 --max-wait-ms 5) and off (--max-batch 1), next to the offline images/s of
-the same fast path at batch 32 (what `deepres bench` measures), so the table says how close serving gets to it.
+the same fast path at batch 32 (what `deepres bench` measures), so the table says how close serving gets to it,
+and the CPU time per request of the server (its process and threads, from /proc) and of this load generator: on 2
+cores they share, a client that costs as much as the server halves what the server can do.
 
 Each client sends one image per request (POST /v1/predict, raw body) and waits for the answer before sending the
 next; each cell runs for --seconds (at most --max-requests requests) after --warmup requests. The server runs in a
@@ -92,13 +94,31 @@ async def load(url: str, body: bytes, clients: int, seconds: float, max_requests
             while time.perf_counter() < stop and len(latencies) < max_requests:
                 latencies.append(await one())
 
+        server_cpu, client_cpu = children_cpu_seconds(), time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(client_loop() for _ in range(clients)))
         elapsed = time.perf_counter() - started
+        server_cpu, client_cpu = children_cpu_seconds() - server_cpu, time.process_time() - client_cpu
         images, calls = batch_totals((await client.get("/metrics")).text)
+    requests = max(len(latencies), 1)
     return {"requests": len(latencies), "rps": len(latencies) / elapsed,
             **{f"p{q}": percentile(latencies, q) * 1e3 for q in (50, 95, 99)},
-            "mean_batch": (images - images_before) / max(calls - calls_before, 1)}
+            "mean_batch": (images - images_before) / max(calls - calls_before, 1),
+            "server_cpu_ms": server_cpu / requests * 1e3, "client_cpu_ms": client_cpu / requests * 1e3}
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds (user + system, all threads) used so far by this process's live child processes: the server
+    that serve_subprocess started. From /proc/PID/stat (Linux); 0 elsewhere."""
+    total, me, tick = 0.0, os.getpid(), os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == me:
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14 and 15 of stat)
+    return total
 
 
 def batch_totals(metrics: str) -> tuple[float, float]:
@@ -145,12 +165,12 @@ def main() -> int:
                         print(f"{spec} batching {batching} {clients} clients: {result['rps']:.1f} req/s",
                               file=sys.stderr)
     print("| model | batching | clients | requests/s | p50 ms | p95 ms | p99 ms | mean batch | "
-          "offline img/s (batch 32) | served / offline |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "offline img/s (batch 32) | served / offline | server CPU ms/request | client CPU ms/request |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['batching']} | {r['clients']} | {r['rps']:.1f} | {r['p50']:.1f} | "
               f"{r['p95']:.1f} | {r['p99']:.1f} | {r['mean_batch']:.1f} | {r['offline']:.0f} | "
-              f"{r['rps'] / r['offline']:.0%} |")
+              f"{r['rps'] / r['offline']:.0%} | {r['server_cpu_ms']:.2f} | {r['client_cpu_ms']:.2f} |")
     return 0
 
 

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -52,3 +53,20 @@ def test_contention_quick_times_each_path_idle_and_loaded(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["path"] for r in rows] == ["eager_fp32", "fp32"]
     assert all(r["idle"] > 0 and r["loaded"] > 0 for r in rows)
+
+
+def test_serve_load_counts_the_cpu_time_of_its_child_processes():
+    """The server's CPU ms per request come from its process's /proc stat: a child that burns about 0.5 s of CPU
+    shows up there, and the count never includes this process itself."""
+    children_cpu_seconds = load_script("serve_load").children_cpu_seconds
+    before = children_cpu_seconds()
+    child = subprocess.Popen([sys.executable, "-c", "import time\nend = time.process_time() + 0.5\n"
+                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while children_cpu_seconds() - before < 0.4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert 0.4 <= children_cpu_seconds() - before < 5
+    finally:
+        child.kill()
+        child.wait()
