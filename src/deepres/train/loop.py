@@ -283,8 +283,16 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
                 except TrainingInterrupted as e:
                     log(str(e))
                     raise
+                error = None
                 if dist.is_main and state.step >= run.total_iters and after_training is not None:
-                    after_training(run, log)
+                    try:
+                        after_training(run, log)
+                    except Exception as e:
+                        error = e
+                # A barrier too: no rank leaves (and tears down its gloo pairs) while rank 0 still works; a rank
+                # that exited during rank 0's int8 calibration aborted in gloo's teardown ("terminate called
+                # without an active exception"), about 1 torchrun run in 6
+                raise_if_any_failed(error)
             return {**state.metrics, "epoch": state.epoch, "step": state.step, f"best_{task.best_metric}": state.best,
                     "best_epoch": state.best_epoch, "run_dir": str(run.run_dir),
                     "finished": state.step >= run.total_iters}
