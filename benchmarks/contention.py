@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from deepres.core.device import limit_compute_threads, machine_line, machine_summary  # noqa: E402
 from deepres.inference.bench import DEFAULT_PATHS, PATHS, build_path, time_calls  # noqa: E402
-from deepres.inference.cli import parse_case  # noqa: E402
+from deepres.commands.bench import parse_case  # noqa: E402
 from deepres.models import create_model  # noqa: E402
 
 BUSY_LOOP = "while True:\n    pass\n"  # one core's worth of pure-Python work per process

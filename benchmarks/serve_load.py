@@ -6,7 +6,7 @@ cores they share, a client that costs as much as the server halves what the serv
 
 Each client sends one image per request (POST /v1/predict, raw body) and waits for the answer before sending the
 next; each cell runs for --seconds (at most --max-requests requests) after --warmup requests. The server runs in a
-subprocess (deepres.inference.serve.serve_subprocess), so client and server share the machine's cores: the numbers
+subprocess (tests/serve_helpers.py serve_subprocess), so client and server share the machine's cores: the numbers
 are for one machine serving itself, a lower bound for a server with the machine to itself.
 
     python benchmarks/serve_load.py                          # resnet50 at 224 and the demo model, 10 s per cell
@@ -33,6 +33,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # serve_helpers: `deepres serve` in a subprocess
 
 from deepres.core.checkpoint import save_checkpoint  # noqa: E402
 from deepres.core.config import Config, config_to_dict  # noqa: E402
@@ -40,8 +41,8 @@ from deepres.core.device import (CPU_CLASSES, cpu_class_label, cpu_model_name, l
                                  reexec_as_cpu_class)
 from deepres.inference import init_model  # noqa: E402
 from deepres.inference.bench import percentile, time_calls  # noqa: E402
-from deepres.inference.serve import serve_subprocess  # noqa: E402
 from deepres.models import create_model  # noqa: E402
+from serve_helpers import serve_subprocess  # noqa: E402
 
 BATCHING = {"on": ["--max-batch", "32", "--max-wait-ms", "5"], "off": ["--max-batch", "1", "--max-wait-ms", "0"]}
 DEMO = "demo"  # --models entry: the random Fashion-MNIST ResNet-20 written to a temporary run directory
@@ -57,7 +58,7 @@ def demo_run(directory: Path) -> Path:
 
 def request_image(model: str) -> bytes:
     """A JPEG the model's preprocessing has work to do on: a Fashion-MNIST example for 28 px models, else 320x240."""
-    side = init_model(model, fast=False).preprocess.input_size[-1]
+    side = init_model(model, precision="eager").preprocess.input_size[-1]
     if side <= 32:
         return (ROOT / "examples" / "fashion_mnist" / "t10k_0000_ankle_boot.png").read_bytes()
     pixels = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)

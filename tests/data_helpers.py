@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deepres.data.seg_labels import voc_colormap
+from deepres.data.readers.seg_labels import voc_colormap
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 

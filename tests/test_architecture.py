@@ -2,6 +2,7 @@
 same package or a lower layer, no file imports another inside a function, and the module import graph has no
 cycle. `import deepres` and `deepres --help` import no torch."""
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,35 @@ def test_import_deepres_and_help_load_no_torch():
     assert done.returncode == 0, done.stderr
     assert "train a model from a recipe" in done.stdout  # the help was printed
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+# Outside tasks/, no code asks which task it is: the task row answers (deepres.tasks). These spellings are how code
+# asked before the rows owned inference and evaluation.
+TASK_QUESTIONS = re.compile(r"is_segmentation|\btask\s*[!=]=|\.task\s*[!=]=|is SegmentationTask|is ClassificationTask|"
+                            r"isinstance\([^)]*(?:Segmentation|Classification)Task")
+
+
+def test_no_code_outside_tasks_asks_which_task_it_is():
+    asked = [f"{path.name}:{number}: {module}: {line.strip()}" for module, path in MODULES.items()
+             if _package(module) != "tasks"
+             for number, line in enumerate(path.read_text().splitlines(), 1) if TASK_QUESTIONS.search(line)]
+    assert not asked, "task branches outside deepres/tasks (ask the task row instead):\n" + "\n".join(asked)
+
+
+def test_the_task_rule_catches_a_branch(tmp_path, monkeypatch):
+    fake = dict(MODULES)
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f(p):\n    return 1 if p.is_segmentation else 2\n")
+    fake["deepres.inference.bad"] = bad
+    monkeypatch.setattr(sys.modules[__name__], "MODULES", fake)
+    with pytest.raises(AssertionError, match="bad.py:2"):
+        test_no_code_outside_tasks_asks_which_task_it_is()
+
+
+def test_argparse_only_in_the_commands_package():
+    """The library packages take values, not parsed command lines: argparse lives in deepres.commands (and the
+    dispatcher, deepres/cli.py)."""
+    found = [f"{path.relative_to(SRC)}" for module, path in MODULES.items()
+             if _package(module) not in ("commands", "cli") and re.search(r"^\s*(import argparse|from argparse)",
+                                                                          path.read_text(), re.M)]
+    assert not found, "argparse outside deepres.commands: " + ", ".join(found)

@@ -7,8 +7,9 @@ from data_helpers import write_gray_png, write_image
 
 from deepres.core.config import DataConfig, validate_data_config
 from deepres.data import build_loaders
-from deepres.data.autoaugment import (OP_NAMES, OPS, AutoAugment, apply_plan, gray, tf_argument,
-                                      torchvision_argument)
+from deepres.data.augment.autoaugment import (OP_NAMES, OPS, AutoAugment, apply_plan, tf_argument,
+                                              torchvision_argument)
+from deepres.data.augment.transforms import luma
 
 
 def img(rows, channels=1) -> torch.Tensor:
@@ -69,7 +70,7 @@ def test_enhance_ops_blend_with_pils_degenerate_images():
     assert torch.equal(op("Contrast", g, 2.0), img([[0, 150], [50, 52]]))
     assert torch.equal(op("Contrast", g, 0.0), img([[50, 50], [50, 50]]))
     red = torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1)
-    assert gray(red).item() == 76  # Pillow "L": (255 * 19595 + 2^15) >> 16
+    assert luma(red).item() == 76  # Pillow "L": (255 * 19595 + 2^15) >> 16
     assert torch.equal(op("Color", red, 0.0).flatten(), torch.tensor([76, 76, 76], dtype=torch.uint8))
     assert torch.equal(op("Color", red, 0.5).flatten(), torch.tensor([165, 38, 38], dtype=torch.uint8))
     assert torch.equal(op("Color", g, 0.0), g)  # gray images: their gray image is themselves

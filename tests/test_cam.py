@@ -81,7 +81,7 @@ def test_overlay_has_the_image_size():
 def predictor():
     torch.manual_seed(0)
     model = create_model("resnet20", num_classes=4, in_chans=3)
-    return init_model(model, preprocess=Preprocess(resize=20, crop_size=16), class_names=CLASSES, fast=False)
+    return init_model(model, preprocess=Preprocess(resize=20, crop_size=16), class_names=CLASSES, precision="eager")
 
 
 def test_predictor_cam_every_stage_and_class_by_name(predictor):

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from deepres.data.corruptions import (ALL_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS, SCALES, corrupt,
-                                      corruption_scale)
-from deepres.data.perturbations import (ALL_PERTURBATIONS, NOISE_PERTURBATIONS, PERTURBATIONS,
-                                        perturbation_frames, perturbation_sequence)
+from deepres.data.corruptions.corruptions import (ALL_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS, SCALES, corrupt,
+                                                  corruption_scale)
+from deepres.data.corruptions.perturbations import (ALL_PERTURBATIONS, NOISE_PERTURBATIONS, PERTURBATIONS,
+                                                    perturbation_frames, perturbation_sequence)
 
 # Corruptions with no random draw: the seed cannot change them.
 DETERMINISTIC = {"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression",

@@ -1,16 +1,19 @@
-"""The choice rules per CPU class (issue 25): training precision, inference path and the int8 default decided from
-the machine's flags, and DEEPRES_CPU_ISA, which makes a higher class decide as a lower one."""
+"""The choice rules per CPU class (issue 25): training precision, inference path (choose_path: the precision, its
+backend and the int8 default, with the reason) decided from the machine's flags, and DEEPRES_CPU_ISA, which makes a
+higher class decide as a lower one."""
 import json
 
 import pytest
 import torch
+import torch.nn as nn
 from test_train_loop import tiny_config
 from train_fakes import tiny_loaders
 
 import deepres.core.device as device_facts
 from deepres.core.device import (CPU_ISA_ENV, auto_dtype, cpu_class, cpu_class_label, cpu_int8_flags,
                                  isa_restriction_env, resolve_amp)
-from deepres.inference.int8 import Int8Calibration, int8_choice
+from deepres.inference.int8 import Int8Calibration
+from deepres.inference.plan import Request, choose_path
 from deepres.train.loop import fit
 
 CPU = torch.device("cpu")
@@ -19,6 +22,7 @@ AVX2_EPYC = frozenset({"sse4_2", "fma", "avx", "avx2"})
 ZEN4 = AVX2_EPYC | {"avx512f", "avx512bw", "avx512_bf16", "avx512_vnni"}
 XEON_AMX = ZEN4 | {"avx_vnni", "amx_bf16", "amx_int8", "amx_tile"}
 CLASSES = {"avx2": AVX2_EPYC, "avx512": ZEN4, "amx": XEON_AMX}
+OLD_X86 = frozenset({"sse4_2"})  # class "baseline": no AVX2
 
 
 @pytest.fixture
@@ -55,16 +59,60 @@ def test_each_class_picks_its_precision(flags, name, train_amp, inference, int8_
     assert resolve_amp("none", CPU).amp == "none"
 
 
-def test_int8_default_follows_where_the_calibration_was_measured(flags):
-    flags(AVX2_EPYC)  # no VNNI: int8 only with a calibration measured without VNNI too (its kernels' rounding)
-    assert int8_choice(calibration(cpu_int8=[]), CPU)[0]
-    chosen, reason = int8_choice(calibration(cpu_int8=["amx_int8"]), CPU)
-    assert not chosen and "calibrate" in reason
+@pytest.fixture
+def model():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 2)).eval()
+
+
+NO_CALIBRATION = "not int8: no int8 calibration stored"
+
+
+@pytest.mark.parametrize("name, stored, dtype, says", [
+    ("avx2", None, "fp32", ["auto: fp32 because this cpu lacks bf16", "run by ONNX Runtime", NO_CALIBRATION]),
+    ("avx512", None, "bf16", ["auto: bf16 because this cpu computes bf16", NO_CALIBRATION]),
+    ("amx", None, "bf16", ["auto: bf16 because this cpu computes bf16", NO_CALIBRATION]),
+    ("baseline", calibration(cpu_int8=[]), "fp32", ["not int8: this CPU has no AVX2"]),
+    # no VNNI: int8 only with a calibration measured without VNNI too (its kernels' rounding)
+    ("avx2", calibration(cpu_int8=[]), "int8", ["auto: int8 because", "this CPU (class avx2) runs int8 faster"]),
+    ("avx2", calibration(cpu_int8=["amx_int8"]), "fp32", ["not int8: this CPU has no VNNI", "`deepres calibrate`"]),
+    ("avx512", calibration(), "int8", ["agrees with fp32 on 99.80% of 1000 images", "this CPU has avx512_vnni"]),
+    ("amx", calibration(cpu_int8=["avx512_vnni"]), "int8", ["this CPU has amx_int8, avx512_vnni, avx_vnni"]),
+    ("amx", calibration(cpu_int8=[]), "int8", ["auto: int8"]),  # measured on int16-summing kernels: VNNI is exact
+    ("amx", calibration(agreement=99.0), "bf16", ["not int8: the stored int8 calibration agrees with fp32 on 99.00%",
+                                                  "below the 99.5% bar"]),
+])
+def test_choose_path_per_class_and_calibration(flags, model, name, stored, dtype, says):
+    flags({**CLASSES, "baseline": OLD_X86}[name])
+    plan = choose_path(model, CPU, stored)
+    assert plan.precision == "auto" and plan.dtype == dtype
+    assert all(part in plan.reason for part in says), plan.reason
+    assert plan.int8_source == ("stored" if dtype == "int8" else "") and plan.channels_last and not plan.compile
+    assert plan.fold_bn == (dtype != "int8")  # int8 fuses conv-BN-ReLU itself
+    assert plan.backend == ("onnxruntime" if dtype == "fp32" else "torch")
+
+
+def test_an_explicit_precision_wins_over_the_class_rules(flags, model):
+    flags(XEON_AMX)  # where a good calibration makes auto int8
+    assert choose_path(model, CPU, calibration()).dtype == "int8"
+    for precision, dtype in (("fp32", "fp32"), ("bf16", "bf16"), ("eager", "fp32")):
+        plan = choose_path(model, CPU, calibration(), precision)
+        assert plan.dtype == dtype and plan.reason == f"precision={precision!r} was asked for"
+    assert not choose_path(model, CPU, calibration(), "eager").fold_bn
+    flags(AVX2_EPYC)  # emulated bf16, and int8 from a calibration auto would not take here: both run when asked
+    assert choose_path(model, CPU, None, "bf16").dtype == "bf16"
+    plan = choose_path(model, CPU, calibration(agreement=50.0), "int8")
+    assert plan.dtype == "int8" and plan.int8_source == "stored" and plan.reason == "precision='int8' was asked for"
+
+
+def test_auto_names_why_a_good_calibration_is_not_used(flags, model):
     flags(XEON_AMX)
-    assert int8_choice(calibration(cpu_int8=["amx_int8"]), CPU)[0]
-    assert int8_choice(calibration(cpu_int8=["avx512_vnni"]), CPU)[0]
-    assert int8_choice(calibration(cpu_int8=[]), CPU)[0]  # measured on int16-summing kernels: VNNI is exact
-    assert not int8_choice(calibration(agreement=99.0), CPU)[0]
+    cases = ((Request(stale_calibration=True), CPU, "the stored int8 calibration is of the weights before load_"),
+             (Request(compile=True), CPU, "compile=True was asked and int8 does not compile"),
+             (Request(), torch.device("meta"), "int8 runs on the CPU only, not meta"))
+    for request, device, why in cases:
+        plan = choose_path(model, device, calibration(), request)
+        assert plan.dtype != "int8" and f"not int8: {why}" in plan.reason
 
 
 def test_the_override_hides_the_higher_classes(flags, monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 from data_helpers import FASHION_MNIST_DIR, idx_bytes
 from deepres.cli import main as deepres_main
 from deepres.data import ChecksumError, DownloadError, find_local, get_dataset, read_mnist
-from deepres.data import cli as data_cli
+from deepres.commands import data as data_cli
 from deepres.data import fetch
 from deepres.data.fetch import Source, check_file, download, md5sum
 

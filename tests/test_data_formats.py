@@ -14,7 +14,7 @@ from deepres.data import (FASHION_MNIST_CLASSES, DataConfig, build_datasets, bui
                           image_list, imagenet_val, list_image_files, load_image, make_synthetic, read_cifar10,
                           read_cifar100, read_class_names, read_fashion_mnist, read_idx, read_mnist)
 from deepres.data.imagenet_classes import imagenet_synsets
-from deepres.data.formats import CIFAR10_CLASSES as CIFAR10_NAMES
+from deepres.data.readers.formats import CIFAR10_CLASSES as CIFAR10_NAMES
 
 
 # ------------------------------------------------------------------------------------------------- CIFAR

@@ -11,7 +11,7 @@ from PIL import Image
 from data_helpers import random_pixels, write_image
 from deepres.data import BadImageError, ImageFileDataset, TooManyBadImagesError, load_image
 from deepres.cli import main as deepres_main
-from deepres.data import cli as data_cli
+from deepres.commands import data as data_cli
 
 
 # -------------------------------------------------------------------------------------------- load_image
@@ -196,7 +196,7 @@ def test_verify_clean_folder_exits_zero(tmp_path):
 
 def test_deepres_command_runs_data_verify(tmp_path, capsys):
     cli = pytest.importorskip("deepres.cli")
-    pytest.importorskip("deepres.models.cli", reason="the `deepres` dispatcher also imports deepres.models.cli")
+    pytest.importorskip("deepres.commands.models", reason="the `deepres` dispatcher also imports deepres.commands.models")
     write_image(tmp_path / "imgs" / "a.png")
     (tmp_path / "imgs" / "b.jpg").write_bytes(b"")
     assert cli.main(["data", "verify", str(tmp_path / "imgs"), "--quiet"]) == 1

@@ -282,11 +282,11 @@ def test_skip_policy_substitutes_in_training(folder_root, caplog):
 # ---------------------------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("overrides, message", [
     (dict(batch_size=200), "exceeds the 100 training images"),
-    (dict(normalize="zscore"), "data.normalize must be one of"),
-    (dict(on_device="always"), "data.on_device must be one of"),
+    (dict(normalize="zscore"), "data.normalize expects one of 'meanstd', 'mean', got 'zscore'"),
+    (dict(on_device="always"), "data.on_device expects one of 'auto', 'yes', 'no', got 'always'"),
     (dict(eval_preset="center"), "unknown data.eval_preset"),
     (dict(mean=(0.1, 0.2)), "data.mean has 2 values"),
-    (dict(name="imagenet21k"), "unknown data.name"),
+    (dict(name="imagenet21k"), "data.name='imagenet21k': unknown dataset format; known: fashion_mnist, "),
 ])
 def test_bad_config_values_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):

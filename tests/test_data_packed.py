@@ -16,7 +16,7 @@ from deepres.data import (BadImageError, DataConfig, PackOptions, build_datasets
                           load_image, pack_dataset, read_packed)
 from deepres.data import transforms as T
 from deepres.data.images import pil_to_tensor
-from deepres.data.pack import parse_byte_size
+from deepres.data.packing.pack import parse_byte_size
 
 @pytest.fixture
 def umask_027():

@@ -1,12 +1,14 @@
 """The dataset-format registry: lookups, the facts each built-in record states (checked against what its reader
-returns), in-memory vs file formats through the loaders, and the config's DatasetName kept equal to it."""
+returns), in-memory vs file formats through the loaders, and the config's data.name and format options checked
+against it."""
 import dataclasses
-from typing import get_args
+import subprocess
+import sys
 
 import pytest
 
 from data_helpers import write_cifar10, write_cifar100, write_image, write_mnist
-from deepres.core.config import DatasetName
+from deepres.core.config import FORMAT_OPTIONS, Config, apply_overrides, config_from_dict, config_to_dict, load_config
 from deepres.data import (DataConfig, build_datasets, build_loaders, eval_preprocess, format_shape,
                           get_format, list_formats, pack_dataset, register_format, registry, resolve_root, stored_side)
 from deepres.data.imagenet_classes import imagenet_class_names
@@ -14,9 +16,68 @@ from deepres.data.imagenet_classes import imagenet_class_names
 WRITERS = {"mnist": write_mnist, "fashion_mnist": write_mnist, "cifar10": write_cifar10, "cifar100": write_cifar100}
 
 
-def test_list_formats_is_the_config_literal():
-    # Adding a format without adding it to core.config.DatasetName (or the reverse) fails here.
-    assert sorted(list_formats()) == sorted(get_args(DatasetName))
+@pytest.fixture
+def formats(monkeypatch):
+    """Registrations made in the test end with it."""
+    monkeypatch.setattr(registry, "_formats", dict(registry._formats))
+
+
+def test_a_format_registered_at_runtime_is_a_config_data_name(formats):
+    unknown = r"data.name='emnist': unknown dataset format; known: fashion_mnist, mnist, .*, aircraft$"
+    with pytest.raises(ValueError, match=unknown):
+        load_config("fashion_mnist/resnet20", ["data.name=emnist"])
+    with pytest.raises(ValueError, match=unknown):
+        build_datasets(DataConfig(name="emnist"))
+    register_format(dataclasses.replace(get_format("mnist"), name="emnist"))
+    assert load_config("fashion_mnist/resnet20", ["data.name=emnist"]).data.name == "emnist"
+    assert apply_overrides(Config(), ["data.name=emnist"]).data.name == "emnist"
+
+
+def test_unknown_data_name_is_one_line_naming_the_file_or_option(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {name: imagenet21k}\n")
+    with pytest.raises(ValueError, match=rf"^{recipe}: data.name='imagenet21k': unknown dataset format; known: "
+                                         r"fashion_mnist, mnist, cifar10, .*, aircraft$"):
+        load_config(recipe)
+    with pytest.raises(ValueError, match=r"^--set data.name=x: data.name='x': unknown dataset format; known: "):
+        load_config("fashion_mnist/resnet20", ["data.name=x"])
+    stored = config_to_dict(Config())
+    stored["data"]["name"] = "x"
+    with pytest.raises(ValueError, match=r"^run/config.yaml: data.name='x': unknown dataset format"):
+        config_from_dict(stored, where="run/config.yaml")
+
+
+def test_deepres_train_refuses_an_unknown_data_name_in_a_fresh_process(tmp_path):
+    # Nothing imported deepres.data before the command did: its imports alone hand the registry to the config.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base: fashion_mnist/resnet20\ndata: {name: imagenet21k}\n")
+    done = subprocess.run([sys.executable, "-m", "deepres", "train", str(recipe)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"deepres train: error: {recipe}: data.name='imagenet21k': unknown dataset "
+                                        f"format; known: {', '.join(list_formats())}"]
+
+
+def test_a_format_option_its_format_does_not_read_is_refused(formats):
+    register_format(dataclasses.replace(get_format("folder"), name="trees", options=("class_depth",)))
+    register_format(dataclasses.replace(get_format("cifar100"), name="cifar100_sets", options=("coarse_labels",)))
+    assert load_config("fashion_mnist/resnet20", ["data.name=trees", "data.class_depth=2"]).data.class_depth == 2
+    with pytest.raises(ValueError, match=r"data.coarse_labels=True: data.name=trees does not read it \(read by "
+                                         r"(.*, )?cifar100_sets\)$"):
+        load_config("fashion_mnist/resnet20", ["data.name=trees", "data.coarse_labels=true"])
+    with pytest.raises(ValueError, match=r"data.synthetic_size=\(4, 2\): data.name=trees does not read it"):
+        build_datasets(DataConfig(name="trees", synthetic_size=(4, 2)))
+    # an option set back to its default is not "set"; a format that declares nothing reads every option
+    assert load_config("fashion_mnist/resnet20", ["data.name=trees", "data.coarse_labels=false"])
+    register_format(dataclasses.replace(get_format("folder"), name="anything", options=None))
+    assert load_config("fashion_mnist/resnet20", ["data.name=anything", "data.coarse_labels=true"])
+
+
+def test_a_record_declares_only_format_options(formats):
+    with pytest.raises(ValueError, match=r"dataset format 'trees': options must be data format options "
+                                         r"\(class_depth, .*\), got 'batch_size'"):
+        register_format(dataclasses.replace(get_format("folder"), name="trees", options=("batch_size",)))
+    assert "class_depth" in FORMAT_OPTIONS and "batch_size" not in FORMAT_OPTIONS
 
 
 def test_get_format_unknown_names_the_known_ones():
@@ -37,8 +98,7 @@ def test_only_file_formats_are_packed(tmp_path):
         pack_dataset(DataConfig(name="cifar10", root=str(tmp_path)), tmp_path / "packed")
 
 
-def test_register_format_refuses_a_second_record_or_an_unknown_task(monkeypatch):
-    monkeypatch.setattr(registry, "_formats", dict(registry._formats))  # registrations end with the test
+def test_register_format_refuses_a_second_record_or_an_unknown_task(formats):
     with pytest.raises(ValueError, match="'mnist' is already registered"):
         register_format(get_format("mnist"))
     with pytest.raises(ValueError, match="task must be one of classification, segmentation, got 'depth'"):

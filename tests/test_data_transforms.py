@@ -137,8 +137,21 @@ def test_adapt_channels():
     assert rgb.shape[1] == 3 and torch.equal(rgb[:, 2], gray[:, 0])
     image = batch_u8(n=1, h=5, w=6)[0]
     pil_gray = np.asarray(Image.fromarray(image.permute(1, 2, 0).numpy()).convert("L"))
-    ours = T.adapt_channels(image, 1)[0].numpy().astype(int)
-    assert np.abs(ours - pil_gray).max() <= 1
+    assert np.array_equal(T.adapt_channels(image, 1)[0].numpy(), pil_gray)  # Pillow's "L", fixed point
+
+
+def test_luma_is_pillows_l_on_uint8_and_itu_601_on_float():
+    # every (R, G) pair with a few B values: the fixed-point sum rounds where float32 would round half to even
+    r, g = torch.meshgrid(torch.arange(256), torch.arange(256), indexing="ij")
+    for b in (0, 1, 128, 255):
+        rgb = torch.stack([r, g, torch.full_like(r, b)]).to(torch.uint8)
+        pil = np.asarray(Image.fromarray(rgb.permute(1, 2, 0).numpy()).convert("L"))
+        assert np.array_equal(T.luma(rgb)[0].numpy(), pil)
+    x = torch.rand(2, 3, 4, 5)
+    expected = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    assert torch.allclose(T.luma(x), expected, atol=1e-6) and T.luma(x).dtype == x.dtype
+    gray = batch_u8(c=1)
+    assert T.luma(gray) is gray
 
 
 # ------------------------------------------------------------------------------------------ photometric

@@ -1,5 +1,7 @@
-"""Fast CPU inference: BatchNorm folding for every model family, each fast path against the plain fp32 model
-(random weights for the logit error, a ResNet-20 trained on real Fashion-MNIST images for top-1 agreement)."""
+"""Fast CPU inference: BatchNorm folding for every model family, choose_path as a pure function of what was asked,
+the stored calibration, the model's structure and the machine, and each path build_runner builds against the plain
+fp32 model (random weights for the logit error, a ResNet-20 trained on real Fashion-MNIST images for top-1
+agreement)."""
 import copy
 from pathlib import Path
 
@@ -8,8 +10,14 @@ import torch
 import torch.nn as nn
 
 import deepres.core.device
-import deepres.inference.fastpath as fastpath
-from deepres.inference.fastpath import fold_batchnorm, prepare_for_inference
+from deepres import init_model
+from deepres.inference import fastpath
+from deepres.inference.bn_fold import fold_batchnorm
+from deepres.inference.int8 import PerShapeInt8
+from deepres.inference.onnx_backend import OnnxRuntimeFp32, onnx_cache_path
+from deepres.inference.plan import PRECISIONS, Request, choose_path
+from deepres.inference.predictor import Predictor
+from deepres.inference.runner import build_runner, example_batch
 from deepres.models import create_model
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -34,6 +42,13 @@ def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def bn_count(model: nn.Module) -> int:
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def build(model: nn.Module, request: Request | str = "auto", input_size=(3, 32, 32), *, calibration=None,
+          batch_size: int = 2, verify: bool = True):
+    """choose_path then build_runner, on the model's device."""
+    plan = choose_path(model, None, calibration, request)
+    return build_runner(model, plan, example_batch(input_size, batch_size), calibration=calibration, verify=verify)
 
 
 # (model, overrides, input side, BNs that must stay: those not directly after a conv)
@@ -99,9 +114,9 @@ def resnet20():
     return randomize_bn(create_model("resnet20"), seed=3)
 
 
-@pytest.mark.parametrize("mode,bound", [("eager", 0.0), ("fp32", 1e-4), ("bf16", 0.1)])
-def test_fast_paths_match_fp32_on_any_batch_size(resnet20, mode, bound):
-    runner, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode=mode)
+@pytest.mark.parametrize("precision,bound", [("eager", 0.0), ("fp32", 1e-4), ("bf16", 0.1)])
+def test_fast_paths_match_fp32_on_any_batch_size(resnet20, precision, bound):
+    runner, info = build(resnet20, precision)
     scale = 0.0
     for batch in (1, 3, 8):
         x = torch.randn(batch, 3, 32, 32)
@@ -110,15 +125,14 @@ def test_fast_paths_match_fp32_on_any_batch_size(resnet20, mode, bound):
         got = runner(x)
         assert got.dtype == torch.float32 and got.shape == expected.shape
         scale = max(1.0, float(expected.abs().max()))
-        assert max_error(got, expected) <= bound * scale, (mode, batch)
+        assert max_error(got, expected) <= bound * scale, (precision, batch)
     assert info.max_abs_error is not None and info.max_abs_error <= bound * scale
-    assert info.dtype == {"eager": "fp32"}.get(mode, mode)
-    assert (info.bn_folded > 0) == (mode != "eager") and info.channels_last == (mode != "eager")
+    assert info.precision == precision and info.dtype == {"eager": "fp32"}.get(precision, precision)
+    assert (info.bn_folded > 0) == (precision != "eager") and info.channels_last == (precision != "eager")
 
 
-def test_switches_override_the_mode(resnet20):
-    runner, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32", fold_bn=False,
-                                         channels_last=False, backend="torch")
+def test_request_switches_override_the_precision(resnet20):
+    runner, info = build(resnet20, Request("fp32", fold_bn=False, channels_last=False, backend="torch"))
     assert info.bn_folded == 0 and not info.channels_last and info.steps == [] and info.backend == "torch"
     assert info.max_abs_error == 0.0
 
@@ -137,9 +151,9 @@ def assert_matches_on_one_thread(runner, model: nn.Module) -> None:
 
 def test_fp32_runs_on_onnxruntime_from_a_cached_export(resnet20, tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPRES_CACHE", str(tmp_path))
-    runner, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32")
+    runner, info = build(resnet20, "fp32")
     assert info.backend == "onnxruntime" and "exported ONNX" in info.steps[-1]
-    assert isinstance(runner.module, fastpath.OnnxRuntimeFp32) and not runner.channels_last
+    assert isinstance(runner.module, OnnxRuntimeFp32) and not runner.channels_last
     files = list((tmp_path / "onnx").iterdir())
     assert len(files) == 1 and files[0].suffix == ".onnx"  # no temporary file left beside it
     for shape in ((1, 3, 32, 32), (5, 3, 32, 32), (2, 3, 40, 40)):  # 40 px: not the exported size, runs on torch
@@ -152,12 +166,12 @@ def test_fp32_runs_on_onnxruntime_from_a_cached_export(resnet20, tmp_path, monke
     assert 1 in sessions and len(set(map(id, sessions.values()))) == len(sessions)
     assert sessions[1].get_session_options().intra_op_num_threads == 1
     stamp = files[0].stat().st_mtime_ns
-    _, again = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32")
+    _, again = build(resnet20, "fp32")
     assert "cached ONNX" in again.steps[-1] and files[0].stat().st_mtime_ns == stamp
     changed = copy.deepcopy(resnet20)
     with torch.no_grad():
         changed.fc.bias.add_(1.0)
-    runner, _ = prepare_for_inference(changed, example_input_size=(3, 32, 32), mode="fp32")
+    runner, _ = build(changed, "fp32")
     assert len(list((tmp_path / "onnx").iterdir())) == 2  # other weights, another export
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -167,10 +181,10 @@ def test_fp32_runs_on_onnxruntime_from_a_cached_export(resnet20, tmp_path, monke
 def test_a_torn_cache_file_is_exported_again(resnet20, tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPRES_CACHE", str(tmp_path))
     folded, _ = fold_batchnorm(resnet20)
-    path = fastpath.onnx_cache_path(folded, (3, 32, 32))
+    path = onnx_cache_path(folded, (3, 32, 32))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not an onnx file")
-    runner, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32")
+    runner, info = build(resnet20, "fp32")
     assert info.backend == "onnxruntime" and "exported ONNX" in info.steps[-1] and path.stat().st_size > 10_000
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -181,7 +195,7 @@ def test_an_unwritable_cache_still_runs_on_onnxruntime(resnet20, tmp_path, monke
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")
     monkeypatch.setenv("DEEPRES_CACHE", str(blocker))
-    runner, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32")
+    runner, info = build(resnet20, "fp32")
     assert info.backend == "onnxruntime" and info.max_abs_error <= 1e-4 and "not cached" in info.steps[-1]
     assert blocker.read_text() == "a file where the cache folder should be"
     assert_matches_on_one_thread(runner, resnet20)  # no file to make a 1-thread session from: the one serves
@@ -189,65 +203,124 @@ def test_an_unwritable_cache_still_runs_on_onnxruntime(resnet20, tmp_path, monke
 
 
 class DataDependent(nn.Module):
-    """Branches on a value: torch.export (the ONNX exporter) cannot capture it."""
+    """Branches on a value: neither torch.fx (BatchNorm folding) nor torch.export (the ONNX exporter) can capture it."""
 
     def __init__(self):
         super().__init__()
-        self.conv, self.head = nn.Conv2d(3, 4, 3), nn.Linear(4, 3)
+        self.conv, self.bn, self.head = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 3)
 
     def forward(self, x):
-        y = self.conv(x).mean((2, 3))
+        y = self.bn(self.conv(x)).mean((2, 3))
         return self.head(y if y.sum() > -1e9 else -y)
 
 
 def test_backend_choice_and_a_model_onnxruntime_cannot_take(resnet20, tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPRES_CACHE", str(tmp_path))
-    cpu = torch.device("cpu")
-    assert fastpath.fp32_backend("auto", mode="fp32", dtype="fp32", device=cpu, compile=False)[0]
-    assert fastpath.fp32_backend("auto", mode="auto", dtype="fp32", device=cpu, compile=False)[0]
-    for mode, dtype, compile in (("eager", "fp32", False), ("fp32", "fp32", True), ("bf16", "bf16", False)):
-        assert fastpath.fp32_backend("auto", mode=mode, dtype=dtype, device=cpu, compile=compile) == (False, "")
+    monkeypatch.setattr(deepres.core.device, "cpu_has_native_bf16", lambda: False)
+    for request in (Request("fp32"), Request("auto")):  # auto: fp32 here, without native bf16
+        plan = choose_path(resnet20, "cpu", None, request)
+        assert plan.backend == "onnxruntime" and plan.torch_fallback and "backend='torch'" in plan.notes[-1]
+    assert not choose_path(resnet20, "cpu", None, Request("fp32", backend="onnxruntime")).torch_fallback
+    for request in (Request("eager"), Request("fp32", compile=True), Request("bf16")):
+        assert choose_path(resnet20, "cpu", None, request).backend == "torch"
         with pytest.raises(ValueError, match="backend='onnxruntime' runs the fp32 fast path"):
-            fastpath.fp32_backend("onnxruntime", mode=mode, dtype=dtype, device=cpu, compile=compile)
-    assert not fastpath.fp32_backend("auto", mode="fp32", dtype="fp32", device=torch.device("meta"), compile=False)[0]
+            choose_path(resnet20, "cpu", None, Request(request.precision, compile=request.compile,
+                                                       backend="onnxruntime"))
+    assert choose_path(resnet20, "meta", None, "fp32").backend == "torch"
     with pytest.raises(ValueError, match="backend must be one of auto, torch, onnxruntime, got 'ort'"):
-        prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32", backend="ort")
+        choose_path(resnet20, "cpu", None, Request("fp32", backend="ort"))
 
     model = DataDependent().eval()
-    runner, info = prepare_for_inference(model, example_input_size=(3, 8, 8), mode="fp32", fold_bn=False)
+    plan = choose_path(model, "cpu", None, "fp32")  # no fx graph: BatchNorm stays, and the plan says so
+    assert not plan.fold_bn and "BatchNorm left unfolded: cannot trace DataDependent" in plan.notes[0]
+    runner, info = build_runner(model, plan, example_batch((3, 8, 8)))
     assert info.backend == "torch" and "ONNX Runtime backend failed" in info.notes[-1]
+    assert info.reason == plan.reason == "precision='fp32' was asked for"  # the plan's reason, as it was made
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert max_error(runner(x), model(x)) <= 1e-5
     with pytest.raises(ValueError, match="DataDependent does not run on ONNX Runtime"):
-        prepare_for_inference(model, example_input_size=(3, 8, 8), mode="fp32", fold_bn=False,
-                              backend="onnxruntime")
+        build(model, Request("fp32", backend="onnxruntime"), (3, 8, 8))
+    with pytest.raises(ValueError, match="fold_bn=True: cannot trace DataDependent"):
+        choose_path(model, "cpu", None, Request("fp32", fold_bn=True))
     assert not any(p.name.endswith(".onnx") for p in (tmp_path / "onnx").iterdir())  # no torn file left
 
 
 def test_auto_on_a_cpu_without_bf16_says_it_runs_on_onnxruntime(resnet20, monkeypatch):
     monkeypatch.setattr(deepres.core.device, "cpu_has_native_bf16", lambda: False)
-    _, info = prepare_for_inference(resnet20, example_input_size=(3, 32, 32))
+    _, info = build(resnet20)
     assert info.dtype == "fp32" and info.backend == "onnxruntime" and "ONNX Runtime" in info.reason
 
 
 def test_auto_picks_bf16_only_with_native_support(resnet20, monkeypatch):
     monkeypatch.setattr(deepres.core.device, "cpu_has_native_bf16", lambda: True)
-    assert prepare_for_inference(resnet20, example_input_size=(3, 32, 32), verify=False)[1].dtype == "bf16"
+    assert choose_path(resnet20, "cpu").dtype == "bf16"
     monkeypatch.setattr(deepres.core.device, "cpu_has_native_bf16", lambda: False)
-    assert prepare_for_inference(resnet20, example_input_size=(3, 32, 32), verify=False)[1].dtype == "fp32"
+    assert choose_path(resnet20, "cpu").dtype == "fp32"
+
+
+def test_choose_path_is_pure(resnet20):
+    """The same question gets the same plan; the model is only looked at."""
+    before = copy.deepcopy(resnet20.state_dict())
+    training = [m.training for m in resnet20.modules()]
+    for precision in (p for p in PRECISIONS if p != "int8"):  # int8 needs calibration: below
+        assert choose_path(resnet20, "cpu", None, precision) == choose_path(resnet20, "cpu", None, precision)
+    assert all(torch.equal(before[k], v) for k, v in resnet20.state_dict().items())
+    assert [m.training for m in resnet20.modules()] == training
+
+
+def test_choose_path_names_what_a_request_misses(resnet20):
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, int8, eager, got 'fp16'"):
+        choose_path(resnet20, "cpu", None, "fp16")
+    with pytest.raises(ValueError, match="precision='int8' needs calibration images .* or an int8 calibration "
+                                         "stored with the weights"):
+        choose_path(resnet20, "cpu", None, "int8")
+    images = [torch.randn(2, 3, 32, 32)]
+    with pytest.raises(ValueError, match="runs on the CPU only"):
+        choose_path(resnet20, "meta", images, "int8")
+    with pytest.raises(ValueError, match="calibration images are used by precision='int8' only"):
+        choose_path(resnet20, "cpu", images, "bf16")
+    for precision, calibration in (("eager", None), ("int8", images)):
+        with pytest.raises(ValueError, match=f"compile=True needs a fast path .* not precision='{precision}'"):
+            choose_path(resnet20, "cpu", calibration, Request(precision, compile=True))
+    plan = choose_path(resnet20, "cpu", images, "int8")
+    assert plan.int8_source == "images" and plan.reason == "precision='int8' was asked for" and not plan.fold_bn
+    with pytest.raises(ValueError, match="pass calibration="):  # the images the plan counts on
+        build_runner(resnet20, plan, example_batch((3, 32, 32)))
 
 
 def test_bad_arguments_are_named(resnet20):
-    with pytest.raises(ValueError, match="mode must be one of"):
-        prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp16")
-    with pytest.raises(ValueError, match="example_input_size"):
-        prepare_for_inference(resnet20, example_input_size=(32, 32))
-    with pytest.raises(ValueError, match="calibration"):
-        prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="int8")
-    runner, _ = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="fp32", verify=False)
+    with pytest.raises(ValueError, match="input_size"):
+        example_batch((32, 32))
+    with pytest.raises(ValueError, match="float NCHW"):
+        build_runner(resnet20, choose_path(resnet20, "cpu", None, "fp32"), torch.randn(3, 32, 32))
+    runner, _ = build(resnet20, "fp32", verify=False)
     with pytest.raises(ValueError, match="NCHW"):
         runner(torch.randn(3, 32, 32))
+
+
+def test_the_old_names_still_work_and_warn():
+    """fast= (Predictor, init_model, set_fast_path), fast_info, fast_reason, fast_mode, InferenceInfo.mode and
+    fastpath.MODES are the deprecated names of precision, runner_info, plan.reason, precision and PRECISIONS."""
+    with pytest.warns(DeprecationWarning, match="init_model\\(fast=...\\) is deprecated"):
+        predictor = init_model(create_model("resnet20"), fast=False)
+    assert predictor.precision == "eager"
+    with pytest.warns(DeprecationWarning, match="set_fast_path\\(fast=...\\)"):
+        predictor.set_fast_path(fast=True)
+    assert predictor.precision == "auto"
+    predictor(torch.randn(2, 3, 32, 32))
+    with pytest.warns(DeprecationWarning, match="use .runner_info"):
+        assert predictor.fast_info is predictor.runner_info
+    with pytest.warns(DeprecationWarning, match="use .plan.reason"):
+        assert predictor.fast_reason == predictor.plan.reason
+    with pytest.warns(DeprecationWarning, match="use .precision"):
+        assert predictor.fast_mode == "auto"
+    with pytest.warns(DeprecationWarning, match="use .precision"):
+        assert predictor.runner_info.mode == "auto"
+    with pytest.warns(DeprecationWarning, match="Predictor\\(fast=...\\)"):
+        assert Predictor(predictor.model, predictor.preprocess, predictor.class_names, fast="fp32").precision == "fp32"
+    with pytest.warns(DeprecationWarning, match="use PRECISIONS"):
+        assert fastpath.MODES == PRECISIONS
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # raised inside torch.compile
@@ -255,7 +328,7 @@ def test_compile_path_matches_and_handles_new_batch_sizes():
     torch.manual_seed(0)
     tiny = randomize_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
                                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)))
-    runner, info = prepare_for_inference(tiny, example_input_size=(3, 8, 8), mode="fp32", compile=True)
+    runner, info = build(tiny, Request("fp32", compile=True), (3, 8, 8))
     assert info.compiled and info.compile_seconds > 0
     for batch in (2, 5, 2):  # 5 compiles a second graph; 2 again reuses the first
         x = torch.randn(batch, 3, 8, 8)
@@ -263,7 +336,7 @@ def test_compile_path_matches_and_handles_new_batch_sizes():
             assert max_error(runner(x), tiny(x)) <= 1e-4
     assert sorted(runner.compile_seconds) == [(2, 3, 8, 8), (5, 3, 8, 8)]
     with pytest.raises(ValueError, match="int8"):
-        prepare_for_inference(tiny, example_input_size=(3, 8, 8), mode="int8", compile=True, calibration=[x])
+        choose_path(tiny, "cpu", [x], Request("int8", compile=True))
 
 
 # ------------------------------------------------------------------------------------------ real data
@@ -312,34 +385,33 @@ run: {{out_dir: {tmp / 'runs'}, name: fm}}
 
 # int8: 97%, not 99%, because this briefly trained model has small logit margins (98.7% measured); on the fully
 # trained demo model int8 agrees on 99.7% of the test set (README, `deepres bench --agreement-checkpoint`).
-@pytest.mark.parametrize("mode,min_agreement", [("fp32", 99.9), ("bf16", 99.0), ("int8", 97.0)])
-def test_fast_paths_agree_with_fp32_on_real_images(trained_fashion_mnist, mode, min_agreement):
+@pytest.mark.parametrize("precision,min_agreement", [("fp32", 99.9), ("bf16", 99.0), ("int8", 97.0)])
+def test_fast_paths_agree_with_fp32_on_real_images(trained_fashion_mnist, precision, min_agreement):
     model, images, labels, expected, calibration = trained_fashion_mnist
     accuracy = (expected.argmax(1) == labels).float().mean().item() * 100
     assert accuracy > 50, "the fixture model should have learned something"
-    runner, _ = prepare_for_inference(model, example_input_size=tuple(images.shape[1:]), mode=mode,
-                                      calibration=calibration, verify=False)
+    runner, _ = build(model, precision, tuple(images.shape[1:]), verify=False,
+                      calibration=calibration if precision == "int8" else None)
     got = torch.cat([runner(images[i:i + 500]) for i in range(0, len(images), 500)])
     agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item() * 100
-    assert len(images) == 1000 and agreement >= min_agreement, f"{mode}: {agreement:.1f}% agreement"
+    assert len(images) == 1000 and agreement >= min_agreement, f"{precision}: {agreement:.1f}% agreement"
 
 
 def test_int8_self_check_runs_on_real_calibration_images(trained_fashion_mnist):
     model, _, _, _, calibration = trained_fashion_mnist
-    runner, info = prepare_for_inference(model, example_input_size=(1, 28, 28), mode="int8",
-                                         calibration=iter(calibration))  # a generator is read once, then kept
+    runner, info = build(model, "int8", (1, 28, 28), calibration=iter(calibration))  # a generator: read once, kept
     assert info.check_batch == "the first calibration batch"
     with torch.no_grad():
         expected = model(calibration[0])
     assert info.max_abs_error == pytest.approx(float((runner(calibration[0]) - expected).abs().max()))
-    _, bf16 = prepare_for_inference(model, example_input_size=(1, 28, 28), mode="bf16")
+    _, bf16 = build(model, "bf16", (1, 28, 28))
     assert bf16.check_batch == "a random batch"
 
 
 def test_self_check_leaves_every_module_training_flag_as_it_was():
     model = create_model("resnet20").train()
     model.layer1.eval()  # e.g. a frozen first stage
-    prepare_for_inference(model, example_input_size=(3, 32, 32), mode="fp32")
+    build(model, "fp32")
     assert model.training and not model.layer1.training and model.layer2.training
 
 
@@ -351,8 +423,7 @@ def test_compile_path_freezes_its_weights_and_only_its_own():
     torch.manual_seed(0)
     tiny = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                          nn.Linear(8, 5)).eval()
-    runner, _ = prepare_for_inference(tiny, example_input_size=(3, 8, 8), mode="fp32", compile=True,
-                                      example_batch_size=2)
+    runner, _ = build(tiny, Request("fp32", compile=True), (3, 8, 8), batch_size=2)
     x = torch.randn(2, 3, 8, 8)
     before = runner(x)
     with torch.no_grad():
@@ -371,12 +442,9 @@ def test_int8_keeps_one_quantized_copy_per_input_shape(resnet20, monkeypatch):
     """x86 quantized convolutions cache their oneDNN primitive for the first input shape and rebuild it at every
     call of another shape; the int8 runner therefore calls a copy per shape (up to MAX_SHAPES, then the first one),
     and every copy gives what a model that only ever saw that shape gives."""
-    from deepres.inference.fastpath import PerShapeInt8
-
     torch.manual_seed(0)
     calibration = [torch.randn(8, 3, 32, 32)]
-    runner, _ = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="int8",
-                                      calibration=calibration, verify=False)
+    runner, _ = build(resnet20, "int8", calibration=calibration, verify=False)
     assert isinstance(runner.module, PerShapeInt8)
     one, five = torch.randn(1, 3, 32, 32), torch.randn(5, 3, 32, 32)
     fresh = {1: copy.deepcopy(runner.module.pristine)(one), 5: copy.deepcopy(runner.module.pristine)(five)}
@@ -386,7 +454,6 @@ def test_int8_keeps_one_quantized_copy_per_input_shape(resnet20, monkeypatch):
     assert runner.module.by_shape[(1, 3, 32, 32)] is not runner.module.by_shape[(5, 3, 32, 32)]
 
     monkeypatch.setattr(PerShapeInt8, "MAX_SHAPES", 1)
-    capped, _ = prepare_for_inference(resnet20, example_input_size=(3, 32, 32), mode="int8",
-                                      calibration=calibration, verify=False)
+    capped, _ = build(resnet20, "int8", calibration=calibration, verify=False)
     assert torch.equal(capped(five), fresh[5]) and torch.allclose(capped(one), fresh[1], atol=1e-4)
     assert list(capped.module.by_shape) == [(5, 3, 32, 32)]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deepres.data.imagenet_c import imagenet_c_contents, imagenet_c_dataset
+from deepres.data.corruptions.imagenet_c import imagenet_c_contents, imagenet_c_dataset
 
 WNIDS = ("n01440764", "n01443537")
 # The model's classes: a superset of the tree's, in its own order.
@@ -37,7 +37,7 @@ def test_contents_in_hendrycks_order_and_strays_reported(tmp_path, caplog):
     (root / "my_blur" / "1").mkdir(parents=True)  # no ImageNet-C corruption: reported, not used
     (root / "fog" / "6").mkdir()  # no severity
     (root / ".cache").mkdir()  # hidden: ignored silently
-    with caplog.at_level(logging.WARNING, logger="deepres.data.imagenet_c"):
+    with caplog.at_level(logging.WARNING, logger="deepres.data.corruptions.imagenet_c"):
         contents = imagenet_c_contents(root)
     assert contents == {"gaussian_noise": [1, 2], "fog": [1, 2]}
     assert list(contents) == ["gaussian_noise", "fog"]

@@ -163,7 +163,7 @@ def test_init_model_from_pth_checkpoint_reads_classes_and_channels(tmp_path):
     trained = create_model("resnet20", num_classes=7, in_chans=1).eval()
     path = tmp_path / "gray7.pth"
     torch.save({"state_dict": trained.state_dict()}, path)
-    model = init_model("resnet20", checkpoint=path, fast=False)  # fp32 as is: compared at 1e-5
+    model = init_model("resnet20", checkpoint=path, precision="eager")  # the fp32 model as it is: compared at 1e-5
     assert model.model.num_classes == 7 and model.preprocess.in_chans == 1 and len(model.class_names) == 7
     image = random_pixels(32, 32, channels=1, seed=3)
     x = (torch.from_numpy(image)[None, None].float() / 255 - np.mean(model.preprocess.mean)) / np.mean(
@@ -207,25 +207,25 @@ def assert_close_probabilities(result, reference, atol):
 def test_default_fast_path_is_prepared_on_use_and_follows_the_weights():
     torch.manual_seed(0)
     model = init_model("resnet20")
-    assert model.fast_mode == "auto" and model.fast_info is None  # nothing prepared yet
-    exact = init_model("resnet20", fast=False)
-    assert exact.fast_mode == "eager"
+    assert model.precision == "auto" and model.runner_info is None  # nothing prepared yet
+    exact = init_model("resnet20", precision="eager")
+    assert exact.precision == "eager"
     exact.model.load_state_dict(model.model.state_dict())
     image = random_pixels(32, 32, seed=4)
 
     result = inference_model(model, image, top_k=10)
-    info = model.fast_info
+    info = model.runner_info
     assert info.dtype == auto_dtype(torch.device("cpu")) and info.channels_last
     assert info.bn_folded == 19 and not info.bn_kept  # ResNet-20: stem + 9 blocks x 2, option-A shortcuts
     assert_close_probabilities(result, inference_model(exact, image, top_k=10), atol=0.02)
     inference_model(model, [image, image])
-    assert model.fast_info is info  # same weights: not prepared again
+    assert model.runner_info is info  # same weights: not prepared again
 
     with torch.no_grad():  # an in-place change of the weights, announced by refresh()
         model.model.fc.bias[3] += 100
     model.refresh()
     assert inference_model(model, image)["pred_label"] == 3
-    assert model.fast_info is not info
+    assert model.runner_info is not info
 
     torch.manual_seed(5)  # new weights through load_state_dict: noticed without refresh()
     other = create_model("resnet20").eval()
@@ -235,44 +235,44 @@ def test_default_fast_path_is_prepared_on_use_and_follows_the_weights():
                                atol=0.02)
 
     twin = copy.deepcopy(model)  # a copy keeps the setting, not the prepared runner
-    assert twin.fast_mode == "auto" and twin.fast_info is None
+    assert twin.precision == "auto" and twin.runner_info is None
     assert inference_model(twin, image)["pred_label"] == inference_model(model, image)["pred_label"]
 
 
 def test_fast_path_options_and_their_errors(tmp_path):
-    model = init_model("resnet20", fast="fp32")
+    model = init_model("resnet20", precision="fp32")
     image = random_pixels(32, 32, seed=6)
-    exact = init_model("resnet20", fast=False)
+    exact = init_model("resnet20", precision="eager")
     exact.model.load_state_dict(model.model.state_dict())
     assert_close_probabilities(inference_model(model, image, top_k=10), inference_model(exact, image, top_k=10),
                                atol=1e-5)  # fp32: BN folding and channels_last only
-    assert model.fast_info.dtype == "fp32" and model.fast_info.backend == "onnxruntime"
-    on_torch = init_model("resnet20", fast="fp32", backend="torch")
+    assert model.runner_info.dtype == "fp32" and model.runner_info.backend == "onnxruntime"
+    on_torch = init_model("resnet20", precision="fp32", backend="torch")
     on_torch.model.load_state_dict(model.model.state_dict())
     assert_close_probabilities(inference_model(on_torch, image, top_k=10), inference_model(exact, image, top_k=10),
                                atol=1e-5)
-    assert on_torch.fast_info.backend == "torch"
+    assert on_torch.runner_info.backend == "torch"
     with pytest.raises(ValueError, match="backend must be one of"):
         init_model("resnet20", backend="mlas")
-    with pytest.raises(ValueError, match="fast must be one of"):
-        init_model("resnet20", fast="fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        init_model("resnet20", precision="fp16")
     with pytest.raises(ValueError, match="needs calibration images"):
-        init_model("resnet20", fast="int8")
-    with pytest.raises(ValueError, match="fast='int8' only"):
+        init_model("resnet20", precision="int8")
+    with pytest.raises(ValueError, match="precision='int8' only"):
         init_model("resnet20", calibration=[image])
     with pytest.raises(ValueError, match="compile=True needs a fast path"):
-        init_model("resnet20", fast=False, compile=True)
+        init_model("resnet20", precision="eager", compile=True)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # raised inside torch.compile
 def test_compiled_fast_path_pads_the_last_batch_instead_of_compiling_again():
     model = init_model("resnet20", compile=True)
-    exact = init_model("resnet20", fast=False)
+    exact = init_model("resnet20", precision="eager")
     exact.model.load_state_dict(model.model.state_dict())
     images = [random_pixels(32, 32, seed=20 + i) for i in range(5)]
     results = inference_model(model, images, batch_size=4, top_k=10)  # batches of 4 and 1
     # compiled once, for batch 4
-    assert model.fast_info.compiled and list(model._runner.compile_seconds) == [(4, 3, 32, 32)]
+    assert model.runner_info.compiled and list(model._runner.compile_seconds) == [(4, 3, 32, 32)]
     for result, reference in zip(results, inference_model(exact, images, batch_size=1, top_k=10)):
         assert_close_probabilities(result, reference, atol=0.02)
 
@@ -280,12 +280,12 @@ def test_compiled_fast_path_pads_the_last_batch_instead_of_compiling_again():
 def test_int8_calibrates_on_images_and_samples_large_sets(tmp_path):
     folder = tmp_path / "calibration"
     paths = [write_image(folder / f"{i:02d}.png", size=(36, 36), seed=i) for i in range(8)]
-    model = init_model("resnet20", fast="int8", calibration=folder)
+    model = init_model("resnet20", precision="int8", calibration=folder)
     assert model.calibration == paths
     results = inference_model(model, paths)
     assert len(results) == 8 and all(0 <= r["pred_label"] < 10 for r in results)
-    assert model.fast_info.dtype == "int8" and "int8" in model.fast_info.steps[-1]
-    many = init_model("resnet20", fast="int8", calibration=list(range(1000)))  # sampled, not all kept
+    assert model.runner_info.dtype == "int8" and "int8" in model.runner_info.steps[-1]
+    many = init_model("resnet20", precision="int8", calibration=list(range(1000)))  # sampled, not all kept
     assert many.calibration == [int(i * 1000 / 256) for i in range(256)]
 
 
@@ -317,7 +317,7 @@ def fashion_run(tmp_path_factory):
 
 def test_fashion_mnist_predictions_equal_the_eval_loader_path(fashion_run):
     run_dir, folder, cfg = fashion_run
-    model = init_model(run_dir, fast=False)  # the fp32 model as is: the eval loader's numbers to 1e-5
+    model = init_model(run_dir, precision="eager")  # the fp32 model as is: the eval loader's numbers to 1e-5
     assert model.class_names == FASHION_MNIST_CLASSES
     assert model.preprocess == Preprocess(resize=28, crop_size=28, mean=(0.2860,), std=(0.3530,), in_chans=1)
     assert model.config.train.channels_last and model.model.conv1.weight.is_contiguous()  # did not leak

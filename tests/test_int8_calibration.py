@@ -1,5 +1,5 @@
 """int8 by default when it is safe: a calibration stored in the checkpoint (ranges + agreement with fp32) round-trips,
-fast="auto" picks int8 only when the stored agreement clears the bar on a CPU with VNNI/AMX, and says why; older
+precision="auto" picks int8 only when the stored agreement clears the bar on a CPU with VNNI/AMX, and says why; older
 checkpoints without the section still load; `deepres calibrate` and train.calibrate_int8 write it."""
 import json
 from dataclasses import replace
@@ -9,15 +9,16 @@ import safetensors
 import torch
 from train_fakes import TINY_MODEL, tiny_data, tiny_loaders
 
-import deepres.inference.int8 as int8_module
+import deepres.inference.plan as plan_module
 from deepres import init_model
 from deepres.cli import main
 from deepres.core.checkpoint import load_checkpoint, load_weights, save_checkpoint, set_weights_metadata
 from deepres.core.config import Config, config_to_dict
 from deepres.inference.calibrate import calibrate_after_training, calibrate_int8
-from deepres.inference.fastpath import (activation_ranges, observe_int8, prepare_for_inference, quantize_int8,
-                                        run_calibration)
-from deepres.inference.int8 import AGREEMENT_BAR, Int8Calibration
+from deepres.inference.int8 import (Int8Calibration, activation_ranges, observe_int8, quantize_int8,
+                                    run_calibration)
+from deepres.inference.plan import AGREEMENT_BAR, choose_path
+from deepres.inference.runner import build_runner, example_batch
 from deepres.models import create_model
 from deepres.train import fit
 
@@ -41,8 +42,9 @@ def trained(tmp_path_factory):
     runs = {}
     for name, calibrate in (("calibrated", True), ("plain", False)):
         cfg = tiny_config(tmp, name, calibrate_int8=calibrate, int8_calibration_images=48, int8_agreement_images=32)
-        result = fit(cfg, device="cpu", loaders=tiny_loaders(), log=lambda line: None,
-                     after_training=calibrate_after_training)
+        loaders = tiny_loaders()
+        result = fit(cfg, device="cpu", loaders=loaders, log=lambda line: None)
+        calibrate_after_training(cfg, result["run_dir"], loaders=loaders[:2], log=lambda line: None)
         assert result["top1"] >= 90.0
         runs[name] = tmp / name
     return runs
@@ -52,7 +54,7 @@ def trained(tmp_path_factory):
 def flags(monkeypatch):
     """Set this CPU's int8 flags as the auto rule sees them."""
     def set_flags(values):
-        monkeypatch.setattr(int8_module, "cpu_int8_flags", lambda: list(values))
+        monkeypatch.setattr(plan_module, "cpu_int8_flags", lambda: list(values))
     return set_flags
 
 
@@ -93,20 +95,20 @@ def test_auto_picks_int8_only_when_the_stored_agreement_clears_the_bar_on_a_vnni
     assert stored.agreement >= AGREEMENT_BAR  # the patterns are easy: int8 agrees with fp32 on all of them
     flags(["avx512_vnni"])
     predictor(eval_images()[:4])
-    assert predictor.fast_info.dtype == "int8" and predictor.fast_info.mode == "auto"
-    assert "avx512_vnni" in predictor.fast_reason and f"{stored.agreement:.2f}%" in predictor.fast_reason
+    assert predictor.runner_info.dtype == "int8" and predictor.runner_info.precision == "auto"
+    assert "avx512_vnni" in predictor.plan.reason and f"{stored.agreement:.2f}%" in predictor.plan.reason
 
     flags([])  # no VNNI / AMX: today's default
     predictor.refresh()
     predictor(eval_images()[:4])
-    assert predictor.fast_info.dtype in ("bf16", "fp32") and "no VNNI or AMX" in predictor.fast_reason
+    assert predictor.runner_info.dtype in ("bf16", "fp32") and "no VNNI or AMX" in predictor.plan.reason
 
     flags(["amx_int8"])  # a low stored agreement: not int8 either
     predictor.int8_calibration = replace(stored, agreement=99.4)
     predictor.refresh()
     predictor(eval_images()[:4])
-    assert predictor.fast_info.dtype in ("bf16", "fp32") and "99.40%" in predictor.fast_reason
-    assert "below the 99.5% bar" in predictor.fast_reason
+    assert predictor.runner_info.dtype in ("bf16", "fp32") and "99.40%" in predictor.plan.reason
+    assert "below the 99.5% bar" in predictor.plan.reason
 
 
 def test_an_old_checkpoint_without_calibration_keeps_the_default(trained, flags):
@@ -116,25 +118,25 @@ def test_an_old_checkpoint_without_calibration_keeps_the_default(trained, flags)
     predictor = init_model(trained["plain"])
     assert predictor.int8_calibration is None
     predictor(eval_images()[:2])
-    assert predictor.fast_info.dtype in ("bf16", "fp32") and "no int8 calibration stored" in predictor.fast_reason
+    assert predictor.runner_info.dtype in ("bf16", "fp32") and "no int8 calibration stored" in predictor.plan.reason
 
 
 def test_int8_predictions_agree_with_fp32_on_the_trained_model(trained, flags):
     flags(["avx512_vnni"])
     images = eval_images()
-    exact = init_model(trained["calibrated"], fast=False)(images).argmax(1)  # preprocessed batches, as trained
+    exact = init_model(trained["calibrated"], precision="eager")(images).argmax(1)  # preprocessed batches, as trained
     int8 = init_model(trained["calibrated"])
     quantized = int8(images).argmax(1)
-    assert int8.fast_info.dtype == "int8"
+    assert int8.runner_info.dtype == "int8"
     assert (exact == quantized).float().mean() >= 0.9
     assert set(exact.tolist()) == {0, 1, 2, 3}  # the model learned the four patterns
-    asked = init_model(trained["calibrated"], fast="int8")  # no calibration images: the stored ranges serve
-    assert torch.equal(asked(images), int8(images)) and "fast='int8' was asked for" in asked.fast_reason
+    asked = init_model(trained["calibrated"], precision="int8")  # no calibration images: the stored ranges serve
+    assert torch.equal(asked(images), int8(images)) and asked.plan.reason == "precision='int8' was asked for"
 
 
 def test_ranges_rebuild_the_same_int8_model_as_the_images(trained):
     """The stored ranges alone give the int8 model that calibrating on the images gives."""
-    model = init_model(trained["calibrated"], fast=False).model
+    model = init_model(trained["calibrated"], precision="eager").model
     images = eval_images()
     observed = observe_int8(model, images[:2])
     run_calibration(observed, [images])
@@ -146,11 +148,11 @@ def test_ranges_rebuild_the_same_int8_model_as_the_images(trained):
     bad = dict(ranges)
     bad.pop(next(iter(bad)))
     with pytest.raises(ValueError, match="do not fit this model"):
-        prepare_for_inference(model, example_input_size=(1, 8, 8), mode="int8", int8_ranges=bad)
+        build_runner(model, choose_path(model, "cpu", bad, "int8"), example_batch((1, 8, 8)))
 
 
 def test_calibrate_int8_takes_images_through_a_predictor_and_rejects_bad_batches(trained):
-    predictor = init_model(trained["calibrated"], fast=False)
+    predictor = init_model(trained["calibrated"], precision="eager")
     images = (tiny_data()[1][0].clamp(-1, 1) * 127 + 128).to(torch.uint8)  # uint8 images, as files would be
     result = calibrate_int8(predictor, images, images, max_calibration_images=20, max_eval_images=10)
     assert result.calibration_images == 20 and result.eval_images == 10
@@ -187,7 +189,7 @@ def test_deepres_calibrate_writes_into_a_run_on_its_own_dataset(tmp_path, capsys
     out = capsys.readouterr().out
     stored = Int8Calibration.from_json(load_weights(weights)[1]["int8_calibration"])
     assert stored.calibration_images == 16 and stored.eval_images == 24
-    assert f"{stored.agreement:.2f}% of 24 images" in out and "not int8 (this CPU has no VNNI" in out
+    assert f"{stored.agreement:.2f}% of 24 images" in out and "this CPU has no VNNI" in out
     assert main(["calibrate", str(tmp_path / "missing")]) != 0
     assert "checkpoint not found" in capsys.readouterr().err
 
@@ -209,18 +211,21 @@ def test_deepres_train_with_calibrate_int8_stores_the_calibration(tmp_path, caps
 def test_a_deterministic_run_is_calibrated_too(tmp_path):
     """train.deterministic turns on torch's deterministic-only mode, which the quantized kernels (no deterministic
     variant) would refuse; calibration lifts it for its own duration only."""
-    deterministic_after = []
-
-    def after_training(run, log):
-        calibrate_after_training(run, log)
-        deterministic_after.append(torch.are_deterministic_algorithms_enabled())
-
-    cfg = tiny_config(tmp_path, "r", epochs=1, deterministic=True, int8_calibration_images=16, int8_agreement_images=8)
+    cfg = tiny_config(tmp_path, "r", epochs=1, deterministic=True, calibrate_int8=True, int8_calibration_images=16,
+                      int8_agreement_images=8)
     lines = []
-    fit(cfg, device="cpu", loaders=tiny_loaders(), log=lines.append, after_training=after_training)
+    loaders = tiny_loaders()
+    result = fit(cfg, device="cpu", loaders=loaders, log=lines.append)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # as in a process that runs deterministically throughout
+    try:
+        calibrate_after_training(cfg, result["run_dir"], loaders=loaders[:2], log=lines.append)
+        deterministic_after = torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(was)
     assert not any("calibration failed" in line for line in lines), lines
     assert any("int8 agrees with fp32 on" in line for line in lines)
-    assert deterministic_after == [True]  # the run's setting is back once calibration is done
+    assert deterministic_after  # the setting is back once calibration is done
 
 
 def test_fit_alone_leaves_the_checkpoint_uncalibrated(tmp_path):
@@ -238,8 +243,9 @@ def test_a_failed_calibration_after_training_is_logged_and_leaves_the_run(tmp_pa
 
     monkeypatch.setattr(calibrate_module, "calibrate_checkpoint", broken)
     lines = []
-    result = fit(tiny_config(tmp_path, "r", epochs=1, calibrate_int8=True), device="cpu", loaders=tiny_loaders(),
-                 log=lines.append, after_training=calibrate_after_training)
+    cfg = tiny_config(tmp_path, "r", epochs=1, calibrate_int8=True)
+    result = fit(cfg, device="cpu", loaders=tiny_loaders(), log=lines.append)
+    calibrate_after_training(cfg, result["run_dir"], log=lines.append)
     assert result["finished"]
     assert any("int8 calibration failed (RuntimeError: observer tracing failed)" in line
                and f"deepres calibrate {tmp_path / 'r'}" in line for line in lines)

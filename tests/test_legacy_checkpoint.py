@@ -36,7 +36,7 @@ def test_legacy_run_predicts_with_its_config_and_classes(legacy_run):
     from deepres.data import make_synthetic
     from deepres.inference import inference_model, init_model
 
-    predictor = init_model(str(legacy_run), fast=False)
+    predictor = init_model(str(legacy_run), precision="eager")
     assert predictor.class_names == ["class_0", "class_1", "class_2", "class_3"]
     val = make_synthetic(64, num_classes=4, image_size=16, in_chans=3, seed=2)  # the synthetic val split
     results = inference_model(predictor, [image for image in val.images])

@@ -87,18 +87,18 @@ def test_predict_bad_images_stop_or_are_marked_failed(run_dir, images, tmp_path,
 def test_predict_precision_switches(run_dir, images, tmp_path, capsys):
     assert main(["predict", str(images), "--model", str(run_dir)]) == 0
     err = capsys.readouterr().err
-    assert "fast path: " in err and "fold_bn" in err  # the default: bf16 or fp32 by CPU, BN folded either way
+    assert "precision path: " in err and "fold_bn" in err  # the default: bf16 or fp32 by CPU, BN folded either way
     # on the CPU like init_model below (on a GPU, cuDNN's TF32 convolutions differ from the CPU's at ~2e-4)
     assert main(["predict", str(images), "--model", str(run_dir), "--precision", "eager", "--device", "cpu"]) == 0
     out, err = capsys.readouterr()
     assert "fast path" not in err
-    exact = inference_model(init_model(run_dir, fast=False), images, top_k=1)
+    exact = inference_model(init_model(run_dir, precision="eager"), images, top_k=1)
     assert [line.split("\t")[0] for line in out.strip().splitlines()] == [r["path"] for r in exact]
     assert [float(line.split("\t")[2]) for line in out.strip().splitlines()] == pytest.approx(
         [r["pred_score"] for r in exact], abs=1e-4)
     assert main(["predict", str(images), "--model", str(run_dir), "--precision", "int8",
                  "--calibration", str(images)]) == 0
-    assert "fast path: int8" in capsys.readouterr().err
+    assert "precision path: int8" in capsys.readouterr().err
     assert main(["predict", str(images), "--model", str(run_dir), "--precision", "int8"]) == 2
     assert "--calibration" in capsys.readouterr().err
     assert main(["predict", str(images), "--model", str(run_dir), "--calibration", str(images)]) == 2

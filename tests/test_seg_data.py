@@ -10,12 +10,12 @@ from PIL import Image
 
 from deepres.data import (BadImageError, DataConfig, SegEvalTransform, SegTrainTransform, build_datasets,
                           build_eval_dataset, format_shape, get_format)
+from deepres.data.augment.seg_transforms import rescale
+from deepres.data.readers.seg_labels import (ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, VOC_CLASSES,
+                                             ade_reduce_zero, cityscapes_label_to_train, cityscapes_train_to_label,
+                                             palette_for, read_mask_png, voc_colormap, write_mask_png)
+from deepres.data.readers.segmentation import voc_train_aug_ids
 from deepres.data.scenes import SCENE_CLASSES, make_fashion_mnist_scenes
-from deepres.data.seg_labels import (ADE20K_CLASSES, ADE20K_PALETTE, CITYSCAPES_CLASSES, VOC_CLASSES,
-                                     ade_reduce_zero, cityscapes_label_to_train, cityscapes_train_to_label,
-                                     palette_for, read_mask_png, voc_colormap, write_mask_png)
-from deepres.data.seg_transforms import rescale
-from deepres.data.segmentation import voc_train_aug_ids
 
 
 # ------------------------------------------------------------------------------------------------ labels

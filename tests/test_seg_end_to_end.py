@@ -98,7 +98,7 @@ def test_predict_writes_palette_pngs_that_score_like_eval(trained, capsys):
 @needs_fashion_mnist
 def test_api_and_onnx_export_of_a_segmentation_run(trained):
     tmp, scenes, run = trained
-    predictor = init_model(str(run), fast=False)
+    predictor = init_model(str(run), precision="eager")
     image = scenes / "test" / "images" / "000000.png"
     result = predictor.predict(str(image))
     assert result["class_map"].shape == (32, 32) and result["class_map"].dtype == torch.uint8

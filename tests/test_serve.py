@@ -5,9 +5,9 @@ import asyncio
 import base64
 import csv
 import io
-import re
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 import numpy as np
 import pytest
 from PIL import Image
@@ -35,7 +35,7 @@ def url(run_dir):
 
 @pytest.fixture(scope="module")
 def predictor(run_dir):
-    return init_model(run_dir, fast="fp32")
+    return init_model(run_dir, precision="fp32")
 
 
 def upload(paths) -> list:
@@ -47,9 +47,13 @@ def assert_same(got: dict, want: dict) -> None:
     assert got["top_k_scores"] == pytest.approx(want["top_k_scores"], abs=1e-4)
 
 
-def metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
+def metric(text: str, name: str, **labels: str) -> float:
+    """A sample's value in a /metrics scrape, read with Prometheus' own text parser (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
 
 
 def png(array: np.ndarray) -> bytes:
@@ -82,7 +86,8 @@ def test_model_card_health_docs_and_page(url):
     card = httpx.get(f"{url}/v1/model").json()
     assert card["classes"] == FASHION_CLASSES and card["task"] == "classification" and card["name"] == "resnet20"
     assert card["preprocessing"]["input_size"] == [1, 28, 28] and card["preprocessing"]["crop_size"] == 28
-    assert card["precision"]["mode"] == "fp32" and card["precision"]["max_abs_error"] < 1e-3
+    assert card["precision"]["precision"] == "fp32" and card["precision"]["max_abs_error"] < 1e-3
+    assert "was asked for" in card["precision"]["reason"]
     assert card["precision"]["backend"] == "onnxruntime"
     assert card["accuracy"]["top1"] == 11.5 and card["cam_stages"] == ["layer1", "layer2", "layer3"]
     assert card["limits"]["max_batch"] == 8 and card["limits"]["max_images"] == 4 and card["limits"]["workers"] == 2
@@ -153,7 +158,7 @@ def test_bad_inputs_get_a_4xx_json_error_and_the_server_keeps_serving(url, predi
         assert_same(good.json()["results"][0], want)
     text = httpx.get(f"{url}/metrics").text
     for _, _, status, kind in bad_requests(image):
-        assert metric(text, f'deepres_errors_total{{kind="{kind}"}}') >= 1, kind
+        assert metric(text, "deepres_errors_total", kind=kind) >= 1, kind
     assert "zebra" in httpx.post(f"{url}/v1/cam?class=zebra", content=image).json()["detail"]
     assert "100000" in httpx.post(f"{url}/v1/predict", content=png(np.zeros((1000, 1000), np.uint8))).text
 
@@ -172,12 +177,11 @@ def test_concurrent_requests_are_batched_and_answered_correctly(url, predictor):
         assert_same(response.json()["results"][0], want)
     after = httpx.get(f"{url}/metrics").text
     count = metric(after, "deepres_batch_size_count") - metric(before, "deepres_batch_size_count")
-    singles = (metric(after, 'deepres_batch_size_bucket{le="1"}') -
-               metric(before, 'deepres_batch_size_bucket{le="1"}'))
+    singles = metric(after, "deepres_batch_size_bucket", le="1.0") - metric(before, "deepres_batch_size_bucket", le="1.0")
     assert count < 8 and count - singles >= 1  # 8 images in fewer model calls: some batch held several
     assert metric(after, "deepres_images_total") - metric(before, "deepres_images_total") == 8
-    assert metric(after, 'deepres_requests_total{route="/v1/predict",status="200"}') >= 8
-    assert 'deepres_request_latency_seconds_bucket{route="/v1/predict",le="+Inf"}' in after
+    assert metric(after, "deepres_requests_total", route="/v1/predict", status="200") >= 8
+    assert metric(after, "deepres_request_latency_seconds_bucket", route="/v1/predict", le="+Inf") >= 8
 
 
 def test_segmentation_model_answers_class_maps(tmp_path):

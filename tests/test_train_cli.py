@@ -44,12 +44,12 @@ def test_end_to_end_train_stop_resume_and_refuse_overwrite(tmp_path, capsys):
 def test_an_interrupted_run_exits_with_the_signal_code(tmp_path, monkeypatch):
     import signal
 
-    import deepres.train.cli
+    import deepres.commands.train
     from deepres.core.errors import TrainingInterrupted
 
     for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
         def stopped(*_, signum=signum, **__):  # fit after saving checkpoints/last at the step the signal came
             raise TrainingInterrupted(f"stopped by {signum.name} at step 3", signum)
 
-        monkeypatch.setattr(deepres.train.cli, "fit", stopped)
+        monkeypatch.setattr(deepres.commands.train, "fit", stopped)
         assert main(["train", str(recipe(tmp_path)), "--out", str(tmp_path / "runs")]) == code

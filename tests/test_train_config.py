@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deepres.core.config import (Config, apply_overrides, config_diff, config_from_dict, config_to_dict,
-                                  config_to_yaml, list_recipes, load_config)
+from deepres.core.config import (RESUME_MAY_DIFFER, Config, apply_overrides, config_diff, config_from_dict,
+                                  config_to_dict, config_to_yaml, list_recipes, load_config)
 
 
 def write(path: Path, text: str) -> Path:
@@ -114,11 +114,12 @@ def test_an_empty_recipe_is_an_error_naming_the_file(tmp_path, text):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
-    ("data.workers=-1", "data.workers must be >= 0, got -1"),
-    ("data.bad_image_cap=-1", "data.bad_image_cap must be >= 0, got -1"),
-    ("data.max_image_pixels=0", "data.max_image_pixels must be >= 1, got 0"),
-    ("data.limit_val=-2", "data.limit_train / limit_val must be >= 0"),
+    ("data.batch_size=0", "data.batch_size=0: must be >= 1$"),
+    ("data.workers=-1", "data.workers=-1: must be >= 0$"),
+    ("data.bad_image_cap=-1", "data.bad_image_cap=-1: must be >= 0$"),
+    ("data.max_image_pixels=0", "data.max_image_pixels=0: must be >= 1$"),
+    ("data.limit_val=-2", r"data.limit_val=-2: must be >= 0 \(0 = all\)$"),
+    ("data.scale_range=[2.0, 0.5]", r"data.scale_range=\(2.0, 0.5\): must be \[low, high\] with 0 < low <= high"),
     ("data.eval_preset=center", "unknown data.eval_preset 'center'"),
     ("data.eval_preset=crop_pct:1.5", "crop_pct must be a number in"),
     ("data.normalize=zscore", "data.normalize expects one of 'meanstd', 'mean'"),
@@ -133,6 +134,37 @@ def test_data_section_is_checked_at_load_time(recipe, override, message):
     data["data"][key] = yaml.safe_load(value)
     with pytest.raises(ValueError, match=message):
         config_from_dict(data)
+
+
+def test_a_rule_broken_in_a_recipe_names_the_file_and_in_a_set_names_the_option(tmp_path, recipe):
+    base = write(tmp_path / "base.yaml", "optim: {momentum: 1.5}\n")
+    child = write(tmp_path / "child.yaml", "base: base.yaml\noptim: {lr: 0.02}\n")
+    with pytest.raises(ValueError, match=rf"^{base}: optim.momentum=1.5: must be in \[0, 1\)$"):
+        load_config(child)
+    with pytest.raises(ValueError, match=r"^--set eval.scales=\[224, 5000\]: eval.scales=\[224, 5000\]: must be "
+                                         r"pixel sizes in 1..4096$"):
+        load_config(recipe, ["eval.scales=[224, 5000]"])
+    with pytest.raises(ValueError, match=r"^--set train.ema_decay=1: train.ema_decay=1.0: must be in \[0, 1\) "
+                                         r"\(0 = off\)$"):
+        apply_overrides(Config(), ["train.ema_decay=1"])
+    with pytest.raises(ValueError, match=r"expect.accuracy=101.0: must be a percentage$"):
+        load_config(recipe, ["expect.accuracy=101"])
+
+
+def test_a_rule_across_fields_names_the_recipe(recipe):
+    with pytest.raises(ValueError, match=rf"^{recipe}: schedule.warm_start_lr=0.0: must be > 0 when "
+                                         r"warm_start_iters > 0$"):
+        load_config(recipe, ["schedule.warm_start_iters=10"])
+    with pytest.raises(ValueError, match=rf"^{recipe}: train.epochs=0: must be >= 1 \(or set train.max_iters\)$"):
+        load_config(recipe, ["train.epochs=0", "train.max_iters=0"])
+    assert load_config(recipe, ["train.epochs=0"]).train.max_iters == 64000  # max_iters decides
+
+
+def test_only_keys_that_leave_the_weights_alone_may_change_on_resume():
+    assert set(RESUME_MAY_DIFFER) == {
+        "run", "expect", "eval", "train.progress", "train.log_every_iters", "train.eval_every_epochs",
+        "train.checkpoint_every_iters", "train.calibrate_int8", "train.int8_calibration_images",
+        "train.int8_agreement_images", "data.root", "data.workers", "data.eval_batch_size"}
 
 
 def test_base_inheritance_merges_and_reports_child_file(tmp_path):

@@ -17,7 +17,7 @@ from dist_helpers import NOBN_MODEL, RankPool
 from train_fakes import EventAt, send_signal
 
 from deepres.data import build_eval_loader, build_loaders
-from deepres.data.formats import ArrayDataset
+from deepres.data.readers.formats import ArrayDataset
 from deepres.data.loaders import BatchTransform, Loader
 from deepres.eval import evaluate
 from deepres.core.checkpoint import load_checkpoint

@@ -13,7 +13,7 @@ from scipy.io import savemat
 from data_helpers import write_image
 from deepres.core.config import load_config
 from deepres.data import DataConfig, build_datasets, build_eval_dataset, build_loaders, format_shape, get_format
-from deepres.data.transfer import FLOWERS102_CLASSES
+from deepres.data.readers.transfer import FLOWERS102_CLASSES
 from deepres.models.pretrained import get_pretrained
 from deepres.tasks.build import model_shape
 

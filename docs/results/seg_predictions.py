@@ -14,12 +14,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from deepres.data.seg_labels import palette_for, read_mask_png  # noqa: E402
+from deepres.data.readers.seg_labels import palette_for, read_mask_png  # noqa: E402
 from deepres.inference import init_model  # noqa: E402
 
 
 def main(run: str, scenes: str, out: str, count: int = 6) -> None:
-    predictor = init_model(run, fast=False)
+    predictor = init_model(run, precision="eager")
     names = predictor.class_names
     palette = palette_for("pairs", len(names))
     images = sorted((Path(scenes) / "test" / "images").glob("*.png"))[:count]

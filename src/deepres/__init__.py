@@ -10,10 +10,12 @@ __version__ = "0.1.0"
 
 # core: config engine and schema, checkpoint format, devices, distributed, run records, files
 # models | data: model registry and weights records | dataset-format registry, readers, loaders
-# tasks: a config or checkpoint -> the model; a task's loss, metrics, eval transform
-# train | eval: the training loop | `deepres eval`;  inference | studies: predictor, fast path, export, bench |
-# multi-seed studies;  cli: deepres/__init__.py, __main__.py, cli.py
-LAYERS = (("core",), ("models", "data"), ("tasks",), ("train", "eval"), ("inference", "studies"), ("cli",))
+# tasks: a config or checkpoint -> the model; each task row: loss, metrics, eval transform, predictor, JSON, files
+# train | eval: the training loop | evaluation, robustness, scoring;  inference | studies: predictor, precision
+# path, export, bench, serving | multi-seed studies;  commands: one module per subcommand (the only argparse);
+# cli: deepres/__init__.py, __main__.py, cli.py
+LAYERS = (("core",), ("models", "data"), ("tasks",), ("train", "eval"), ("inference", "studies"), ("commands",),
+          ("cli",))
 
 # public name -> the module that defines it (PEP 562: imported on first attribute access)
 _LAZY = {

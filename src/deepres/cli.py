@@ -1,8 +1,7 @@
 """deepres: train, evaluate, run, export and study deep residual networks for image recognition.
 
-Each subcommand lives in its package's cli module, which provides `add_arguments(parser)` and `run(args) -> int`
-(or, for a module that serves several commands, a `COMMANDS` dict of name -> (add_arguments, run)); this file only
-lists them and imports the one that runs.
+Each subcommand is one module of deepres.commands, the only package with argparse, which provides
+`add_arguments(parser)` and `run(args) -> int`; this file only lists them and imports the one that runs.
 
 Exit codes, the same for every subcommand: 0 success; 2 a usage or user error (a bad option, path, key or value, an
 output that exists without --force: argparse's own code for a bad option too), printed as one line; 1 a run that
@@ -14,41 +13,36 @@ import sys
 
 from deepres.core.errors import DownloadError, RunFailedError  # plain exception classes: no torch import
 
-# name -> (module, one-line help)
+# name -> (module in deepres.commands, one-line help)
 SUBCOMMANDS = {
-    "models": ("deepres.models.cli", "list registered models with params and GMACs"),
-    # deepres.inference.calibrate wraps deepres.train.cli's command to add train.calibrate_int8's final step
-    "train": ("deepres.inference.calibrate",
-              "train a model from a recipe (YAML) with --set overrides; --resume continues"),
-    "teacher-logits": ("deepres.train.distill", "store a teacher's logits on every training image of a recipe, "
-                                                "for offline distillation (train.kd_logits)"),
-    "eval": ("deepres.eval.cli", "evaluate a checkpoint on a dataset (multi-scale and flip testing optional)"),
-    "robustness": ("deepres.eval.robustness_cli", "corruption error (mCE) and flip rate (mFR) of a classifier: "
-                                                  "corruptions made on the fly, or an ImageNet-C folder"),
-    "score": ("deepres.eval.score", "score a folder of prediction PNGs from any tool against a segmentation "
-                                    "dataset's ground truth"),
-    "data": ("deepres.data.cli", "get MNIST / Fashion-MNIST, verify that every image decodes, or pack a dataset"),
-    "study": ("deepres.studies.cli", "train every (variant, seed) of a study file, resumably; report mean ± std"),
-    "compare": ("deepres.studies.compare", "compare finished runs: table (mean ± std over seeds) and curves"),
-    "predict": ("deepres.inference.cli", "classify images or folders with a trained or published model; CSV out"),
-    "export": ("deepres.inference.cli",
-               "export a checkpoint to ONNX, TorchScript or torch.export, checked against PyTorch"),
-    "serve": ("deepres.inference.serve", "serve a model over HTTP: JSON API, Grad-CAM, dynamic batching, a browser "
-                                         "page, Prometheus metrics"),
-    "calibrate": ("deepres.inference.calibrate", "store an int8 calibration and its agreement with fp32 in a "
-                                                 "checkpoint: predict then runs int8 by default where it is safe"),
-    "bench": ("deepres.inference.cli", "CPU inference speed: eager, deepres fast paths and ONNX Runtime side by side"),
-    "convert": ("deepres.inference.convert",
-                "convert a foreign checkpoint (ademxapp MXNet .params) to a deepres safetensors state dict"),
+    "models": ("models", "list registered models with params and GMACs"),
+    "train": ("train", "train a model from a recipe (YAML) with --set overrides; --resume continues"),
+    "teacher-logits": ("teacher_logits", "store a teacher's logits on every training image of a recipe, for offline "
+                                         "distillation (train.kd_logits)"),
+    "eval": ("eval", "evaluate a checkpoint on a dataset (multi-scale and flip testing optional)"),
+    "robustness": ("robustness", "corruption error (mCE) and flip rate (mFR) of a classifier: corruptions made on the "
+                                 "fly, or an ImageNet-C folder"),
+    "score": ("score", "score a folder of prediction PNGs from any tool against a segmentation dataset's ground truth"),
+    "data": ("data", "get MNIST / Fashion-MNIST, verify that every image decodes, or pack a dataset"),
+    "study": ("study", "train every (variant, seed) of a study file, resumably; report mean ± std"),
+    "compare": ("compare", "compare finished runs: table (mean ± std over seeds) and curves"),
+    "predict": ("predict", "run a trained or published model on images or folders: classes (CSV) or class maps (PNG)"),
+    "export": ("export", "export a checkpoint to ONNX, TorchScript, torch.export or a Triton model repository, "
+                         "checked against PyTorch"),
+    "serve": ("serve", "serve a model over HTTP: JSON API, Grad-CAM, dynamic batching, a browser page, Prometheus "
+                       "metrics"),
+    "calibrate": ("calibrate", "store an int8 calibration and its agreement with fp32 in a checkpoint: predict then "
+                               "runs int8 by default where it is safe"),
+    "bench": ("bench", "CPU inference speed: eager, deepres precision paths and ONNX Runtime side by side"),
+    "convert": ("convert", "convert a foreign checkpoint (ademxapp MXNet .params) to a deepres safetensors state dict"),
 }
 
 
 def _command(name: str):
     """(add_arguments, run) of a subcommand. Imported here, not at the top: a subcommand's module pulls in torch and
     its packages (seconds), and `deepres --help` or a typo must not pay for every command."""
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    commands = getattr(module, "COMMANDS", None)
-    return commands[name] if commands is not None else (module.add_arguments, module.run)
+    module = importlib.import_module(f"deepres.commands.{SUBCOMMANDS[name][0]}")
+    return module.add_arguments, module.run
 
 
 def main(argv=None) -> int:

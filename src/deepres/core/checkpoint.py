@@ -156,15 +156,28 @@ def load_checkpoint(directory: str | Path, name: str = "last") -> tuple[dict[str
         raise FileNotFoundError(f"no checkpoint {name!r} in {directory} (need {weights_path.name} and "
                                 f"{state_path.name})")
     tensors, metadata = load_weights(weights_path)
+    state = _read_state(state_path)
+    if (metadata.get("step"), metadata.get("epoch")) != (str(state["step"]), str(state["epoch"])):
+        raise ValueError(_torn_message(directory, name, metadata.get("step"), state["step"]))
+    return tensors, state
+
+
+def read_training_state(weights: str | Path) -> dict | None:
+    """The training state saved beside a checkpoint's weights file (`<name>.state.pt` beside `<name>.safetensors`:
+    step, epoch, metrics, best_*), format-checked; None when there is none (weights saved without training)."""
+    weights = Path(weights)
+    state_path = checkpoint_paths(weights.parent, weights.name.removesuffix(".safetensors"))[1]
+    return _read_state(state_path) if state_path.is_file() else None
+
+
+def _read_state(state_path: Path) -> dict:
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file
         raise ValueError(f"{state_path}: not a readable training state ({e})") from None
     if state.get("format") != STATE_FORMAT:
         raise ValueError(f"{state_path}: state format {state.get('format')!r}, this version reads {STATE_FORMAT}")
-    if (metadata.get("step"), metadata.get("epoch")) != (str(state["step"]), str(state["epoch"])):
-        raise ValueError(_torn_message(directory, name, metadata.get("step"), state["step"]))
-    return tensors, state
+    return state
 
 
 def _torn_message(directory: str | Path, name: str, weights_step, state_step, *, repaired: bool = False) -> str:

@@ -2,45 +2,51 @@
 
 A recipe is a YAML mapping with the blocks below (model, data, optim, schedule, train, eval, run, expect);
 `base: other.yaml` (a path relative to the recipe, or a recipe name) inherits another recipe first.
-Every key and value is checked against the dataclass field types (deepres.core.typed); unknown keys fail with
-the full dotted key, the file, and close matches. `config_to_dict` / `config_from_dict` round-trip exactly; the
-resolved config is stored in every run directory (config.yaml) and inside every checkpoint.
+Every key and value is checked against the dataclass field types and the rule declared with each field
+(`setting(0.9, ge=0, lt=1)`; deepres.core.typed), then against each section's `cross_check` (the rules that span
+fields); unknown keys fail with the full dotted key, the file, and close matches. `config_to_dict` /
+`config_from_dict` round-trip exactly; the resolved config is stored in every run directory (config.yaml) and
+inside every checkpoint.
 """
 from __future__ import annotations
 
 import difflib
-import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import yaml
 
 from .preprocess import parse_eval_preset
-from .typed import Schema, deep_merge, plain, read_yaml_mapping
+from .typed import Choices, Schema, deep_merge, plain, read_yaml_mapping, setting
 
 # Recipes shipped with the repository: <repo>/recipes/<dataset>/<name>.yaml (DEEPRES_RECIPES overrides, e.g.
 # for a non-editable install where the repository is elsewhere)
 RECIPES_DIR = Path(os.environ.get("DEEPRES_RECIPES") or Path(__file__).resolve().parents[3] / "recipes")
 
 
-# The dataset formats deepres reads (deepres.data registers one record for each; a test keeps the two equal)
-DatasetName = Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "folder", "imagenet", "list", "packed",
-                      "synthetic", "pairs", "voc", "cityscapes", "ade20k", "food101", "cub200", "stanford_cars",
-                      "flowers102", "pets", "aircraft"]
+# A field declared with `setting(default, ...)` carries its rule (ge/gt/le/lt bounds, a test, what 0 means in the
+# error) and its marks: resume_safe=True, a key (or section) a run's --resume may change because it does not change
+# the trained weights; format_option=True, a data key only the formats whose registry record lists it read.
+
+# data.name: a record of deepres.data's format registry, which hands its names (and the format options each reads)
+# to this seam when deepres.data is imported; core cannot import it. Until then any name passes the schema.
+DATASET_FORMATS = Choices("dataset format")
 
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet20"  # a registered model (see `deepres models`)
-    num_classes: int = 0  # classifier outputs; 0 = from the data
-    in_chans: int = 0  # input channels; 0 = from the data
-    drop_rate: float = 0.0  # dropout probability before the classifier
+    name: str = setting("resnet20", test=bool, text="name a registered model")  # see `deepres models`
+    num_classes: int = setting(0, ge=0, note="0 = from the data")  # classifier outputs; 0 = from the data
+    in_chans: int = setting(0, ge=0, note="0 = from the data")  # input channels; 0 = from the data
+    drop_rate: float = setting(0.0, ge=0, lt=1)  # dropout probability before the classifier
     zero_init_last: bool = False  # zero the last BN gamma in each residual block (Goyal et al. 2017)
     # BatchNorm momentum for every BN layer: None = the model's own (PyTorch default 0.1), a float in (0, 1],
     # or "dynamic": cumulative average 1/(1+n) over the batches of the current epoch, reset at each epoch start
-    bn_momentum: float | str | None = None
+    bn_momentum: float | str | None = setting(
+        None, test=lambda m: m == "dynamic" or (isinstance(m, float) and 0.0 < m <= 1.0),
+        text='must be null, a float in (0, 1], or "dynamic"')
     kwargs: dict = field(default_factory=dict)  # extra builder overrides, e.g. {shortcut: B, bn_after_add: true}
     # Keep every BatchNorm in eval mode while training: running statistics frozen, affine weights still trained
     # (ademxapp fine-tunes its segmentation models this way)
@@ -51,27 +57,32 @@ class ModelConfig:
     pretrained: str = ""
     # Fine-tuning: stop gradients to, and keep in eval mode, the stem (0) or the stem and stages 1..k (k), as
     # mmpretrain's frozen_stages; -1 = train everything
-    frozen_stages: int = -1
+    frozen_stages: int = setting(-1, ge=-1, note="-1 = nothing frozen")
+
+    def cross_check(self):
+        if self.freeze_bn and self.bn_momentum == "dynamic":
+            yield "freeze_bn", 'frozen BN statistics cannot also be re-estimated (model.bn_momentum="dynamic")'
 
 
 @dataclass
 class DataConfig:
     # Dataset format, a record of deepres.data's format registry (`deepres.data.list_formats()`)
-    name: DatasetName = "fashion_mnist"
-    root: str = ""  # dataset directory; "" = the format's default location (e.g. the Debian Fashion-MNIST path)
+    name: str = setting("fashion_mnist", choices=DATASET_FORMATS)
+    # dataset directory; "" = the format's default location (e.g. the Debian Fashion-MNIST path)
+    root: str = setting("", resume_safe=True)
     train_split: str = "train"  # folder/list: sub-folder or list file (relative to root) for training
     val_split: str = "val"  # folder/list: sub-folder or list file for evaluation ("test" for CIFAR/MNIST-style sets)
     # Transfer sets name their own splits: train/val read food101, cub200, stanford_cars train/test, pets trainval/test,
     # flowers102 and aircraft train/val (both also take trainval and test: the usual fine-tuning pair)
-    num_classes: int = 0  # 0 = take it from the dataset
-    in_chans: int = 0  # 0 = take it from the dataset (1 for MNIST-style, 3 otherwise)
+    num_classes: int = setting(0, ge=0)  # 0 = take it from the dataset
+    in_chans: int = setting(0, ge=0)  # 0 = take it from the dataset (1 for MNIST-style, 3 otherwise)
     # Training-time augmentation
-    image_size: int = 224  # train crop side, pixels
+    image_size: int = setting(224, ge=1)  # train crop side, pixels
     random_resized_crop: bool = False  # Inception-style crop (scale 0.08-1, ratio 3/4-4/3) instead of pad-and-crop
-    crop_padding: int = 0  # pad-and-random-crop padding, pixels (4 for CIFAR); 0 = off
+    crop_padding: int = setting(0, ge=0)  # pad-and-random-crop padding, pixels (4 for CIFAR); 0 = off
     hflip: bool = True  # random horizontal flip, p=0.5
-    color_jitter: float = 0.0  # brightness/contrast/saturation strength; 0 = off
-    pca_lighting: float = 0.0  # AlexNet PCA lighting alphastd (0.1 in fb.resnet.torch); 0 = off
+    color_jitter: float = setting(0.0, ge=0)  # brightness/contrast/saturation strength; 0 = off
+    pca_lighting: float = setting(0.0, ge=0)  # AlexNet PCA lighting alphastd (0.1 in fb.resnet.torch); 0 = off
     # AutoAugment family on the uint8 training batch, a different draw per image (deepres.data.autoaugment):
     # "" = off, "autoaugment" (the ImageNet policy), "randaugment:N:M" (N ops at magnitude M; "randaugment" =
     # 2:9), "trivialaugment"
@@ -88,43 +99,70 @@ class DataConfig:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # per channel, 0-1 scale
     std: tuple[float, ...] = (0.229, 0.224, 0.225)  # per channel, 0-1 scale
     # Loading
-    batch_size: int = 128  # per process; global batch = batch_size × processes × train.grad_accum_steps
-    eval_batch_size: int = 256
-    workers: int = 2  # DataLoader worker processes for folder datasets
+    # per process; global batch = batch_size × processes × train.grad_accum_steps
+    batch_size: int = setting(128, ge=1)
+    eval_batch_size: int = setting(256, ge=1, resume_safe=True)
+    workers: int = setting(2, ge=0, resume_safe=True)  # DataLoader worker processes for folder datasets
     # "auto": small sets (CIFAR/MNIST-sized) live on the training device as uint8; "yes"/"no"
     on_device: Literal["auto", "yes", "no"] = "auto"
     on_bad_image: Literal["error", "skip"] = "error"
-    bad_image_cap: int = 100  # with skip: stop after this many bad images
+    bad_image_cap: int = setting(100, ge=0)  # with skip: stop after this many bad images
     exif_rotate: bool = False  # apply EXIF orientation; off for ImageNet parity
-    limit_train: int = 0  # use only the first N training images (0 = all); for smoke runs
-    limit_val: int = 0  # use only the first N evaluation images (0 = all)
+    limit_train: int = setting(0, ge=0, note="0 = all")  # use only the first N training images; for smoke runs
+    limit_val: int = setting(0, ge=0, note="0 = all")  # use only the first N evaluation images
     # Class subsets (e.g. pre-train on Fashion-MNIST classes 0-4, fine-tune on 5-9): keep only these classes, given
     # as indices or names of the format's class list, in both splits, renumbered 0..k-1 in the order given; [] = all
-    keep_classes: list[int | str] = field(default_factory=list)
+    keep_classes: list[int | str] = setting(factory=list, test=lambda keep: len(set(map(str, keep))) == len(keep),
+                                            text="names a class twice")
     # Few labels: keep this many training images of each class, drawn with data.subset_seed (0 = all)
-    labels_per_class: int = 0
+    labels_per_class: int = setting(0, ge=0, note="0 = all")
     subset_seed: int = 0
-    synthetic_size: tuple[int, int] = (512, 128)  # synthetic: (train, val) image counts
-    synthetic_image_size: int = 32  # synthetic: image side, pixels
-    max_image_pixels: int = 89_478_485  # width*height above this is a bad image (replaces Pillow's bomb limit)
-    # Format-specific; relative paths are taken relative to root
-    # folder/imagenet: folder levels that name a class (1: n01440764/, 2: a/abbey/); 0 = every folder holding images
-    class_depth: int = 0
-    image_root: str = ""  # list: folder the listed paths are relative to; "" = root
-    list_suffix: str = ""  # list: appended to each listed path (".jpg" for Food-101's meta/train.txt)
-    class_names: str = ""  # list: class-name file, "name" or "name index" per line; "" = "0".."K-1"
+    # width*height above this is a bad image (replaces Pillow's bomb limit)
+    max_image_pixels: int = setting(89_478_485, ge=1)
+
+    # Format options: each is read only by the formats whose registry record lists it (DatasetFormat.options); set
+    # to anything but its default for another format, it is an error. Relative paths are taken relative to root.
+    # folder, imagenet: folder levels that name a class (1: n01440764/, 2: a/abbey/); 0 = every folder holding images
+    class_depth: int = setting(0, format_option=True)
     # imagenet with a flat val folder: ILSVRC2012_validation_ground_truth.txt (needs synset_map) or LOC_val_solution.csv
-    val_ground_truth: str = ""
-    synset_map: str = ""  # imagenet with the .txt ground truth: synsets in ILSVRC2012 id order, one per line
-    coarse_labels: bool = False  # cifar100: the 20 superclasses instead of the 100 classes
+    val_ground_truth: str = setting("", format_option=True)
+    synset_map: str = setting("", format_option=True)  # for the .txt: synsets in ILSVRC2012 id order, one per line
+    # list
+    image_root: str = setting("", format_option=True)  # folder the listed paths are relative to; "" = root
+    # appended to each listed path (".jpg" for Food-101's meta/train.txt)
+    list_suffix: str = setting("", format_option=True)
+    # list, pairs: class-name file, "name" or "name index" per line; "" = "0".."K-1" (pairs: root/classes.txt)
+    class_names: str = setting("", format_option=True)
+    # cifar100
+    coarse_labels: bool = setting(False, format_option=True)  # the 20 superclasses instead of the 100 classes
+    # synthetic
+    synthetic_size: tuple[int, int] = setting((512, 128), format_option=True)  # (train, val) image counts
+    synthetic_image_size: int = setting(32, format_option=True)  # image side, pixels
     # Segmentation formats (pairs, voc, cityscapes, ade20k): uint8 masks, 255 = ignore; image and mask move together
-    scale_range: tuple[float, float] = (1.0, 1.0)  # train: random rescale factor (mmseg 0.5-2.0, ademxapp 0.7-1.3)
-    base_size: int = 0  # the factors scale an image resized to base_size on its `base_side` (0: its stored size)
-    base_side: Literal["longer", "shorter"] = "longer"  # the side base_size and test_size set
-    cat_max_ratio: float = 1.0  # train crop: redraw (up to 10 times) while one class fills more than this; 1 = off
-    test_size: int = 0  # eval: resize the image's `base_side` to this (0: as stored); scored at the stored size
-    sbd_root: str = ""  # voc train_split=train_aug: the SBD folder (benchmark_RELEASE), relative to root
+    # train: random rescale factor (mmseg 0.5-2.0, ademxapp 0.7-1.3)
+    scale_range: tuple[float, float] = setting((1.0, 1.0), test=lambda r: 0 < r[0] <= r[1],
+                                               text="must be [low, high] with 0 < low <= high", format_option=True)
+    # the factors scale an image resized to base_size on its `base_side` (0: its stored size)
+    base_size: int = setting(0, ge=0, note="pixels, 0 = as stored", format_option=True)
+    base_side: Literal["longer", "shorter"] = setting("longer", format_option=True)  # the side base_size, test_size set
+    # train crop: redraw (up to 10 times) while one class fills more than this; 1 = off
+    cat_max_ratio: float = setting(1.0, gt=0, le=1, note="1 = off", format_option=True)
+    # eval: resize the image's `base_side` to this (0: as stored); scored at the stored size
+    test_size: int = setting(0, ge=0, note="pixels, 0 = as stored", format_option=True)
+    # voc: with train_split=train_aug, the SBD folder (benchmark_RELEASE), relative to root
+    sbd_root: str = setting("", format_option=True)
     extra: dict = field(default_factory=dict)  # free-form keys for formats added outside deepres.data
+
+    def cross_check(self):
+        parse_eval_preset(self.eval_preset, self.image_size)  # raises for an unknown preset
+        parse_auto_augment(self.auto_augment, self.auto_augment_convention)  # raises for an unknown policy
+        formats = DATASET_FORMATS.known() or {}
+        reads = formats.get(self.name)  # None: the format has not declared its options
+        defaults = DataConfig()
+        for key in () if reads is None else FORMAT_OPTIONS:
+            if key not in reads and plain(getattr(self, key)) != plain(getattr(defaults, key)):
+                readers = [name for name, options in formats.items() if key in (options or ())]
+                yield key, f"data.name={self.name} does not read it (read by {', '.join(readers) or 'no format'})"
 
 
 @dataclass
@@ -133,60 +171,71 @@ class OptimConfig:
     # Peak lr. lr_scaling "none": for the global batch as the recipe runs it (data.batch_size × processes ×
     # grad_accum_steps); "linear": for lr_base_batch images, multiplied by global batch / lr_base_batch
     # (Goyal et al. 2017), so the same recipe keeps its meaning on 1 or 64 GPUs
-    lr: float = 0.1
+    lr: float = setting(0.1, gt=0)
     lr_scaling: Literal["none", "linear"] = "none"
-    lr_base_batch: int = 256  # images the lr is given for when lr_scaling is "linear"
-    momentum: float = 0.9  # sgd, rmsprop
+    lr_base_batch: int = setting(256, ge=1, note="images")  # images the lr is given for when lr_scaling is "linear"
+    momentum: float = setting(0.9, ge=0, lt=1)  # sgd, rmsprop
     nesterov: bool = False  # sgd only
-    weight_decay: float = 1e-4  # L2 coefficient (adamw: decoupled decay, multiplied by lr)
+    weight_decay: float = setting(1e-4, ge=0)  # L2 coefficient (adamw: decoupled decay, multiplied by lr)
     wd_exclude_bn_bias: bool = False  # no weight decay on BN weights and biases (every param with ndim <= 1)
     # Per-group multipliers (mmseg's paramwise_cfg): parameters under the model's head modules (a segmentation
     # model's classifier / aux_classifier) get lr x head_lr_mult; conv/linear biases lr x bias_lr_mult and weight
     # decay x bias_decay_mult (ademxapp: biases x2 lr, no decay)
-    head_lr_mult: float = 1.0
-    bias_lr_mult: float = 1.0
-    bias_decay_mult: float = 1.0
+    head_lr_mult: float = setting(1.0, ge=0)
+    bias_lr_mult: float = setting(1.0, ge=0)
+    bias_decay_mult: float = setting(1.0, ge=0)
     # Layer-wise lr decay: lr x layer_decay^(S + 1 - depth), depth 0 the stem, 1..S the stages, S + 1 the head
     # (so the head keeps the full lr and each earlier stage gets layer_decay times the next one's); 1.0 = off
-    layer_decay: float = 1.0
+    layer_decay: float = setting(1.0, gt=0, le=1, note="1 = off")
     betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
     eps: float | None = None  # denominator term; None = the optimizer's default (adam 1e-8, adagrad 1e-10, ...)
     alpha: float | None = None  # squared-gradient smoothing: rmsprop alpha (0.99), adadelta rho (0.9); None = default
+
+    def cross_check(self):
+        if self.nesterov and (self.name != "sgd" or self.momentum <= 0):
+            yield "nesterov", "needs optim.name=sgd and optim.momentum > 0"
 
 
 @dataclass
 class ScheduleConfig:
     name: Literal["multistep", "step", "cosine", "linear", "constant", "poly"] = "multistep"
     unit: Literal["iter", "epoch"] = "iter"  # unit of `milestones` and `step_size`: optimizer steps or epochs
-    milestones: list[int] = field(default_factory=list)  # multistep: lr *= gamma at each milestone (in `unit`)
-    step_size: int = 30  # step: lr *= gamma every step_size `unit`s
+    # multistep: lr *= gamma at each milestone (in `unit`)
+    milestones: list[int] = setting(factory=list, test=lambda m: m == sorted(m), text="must be increasing")
+    step_size: int = setting(30, gt=0)  # step: lr *= gamma every step_size `unit`s
     gamma: float = 0.1  # decay factor at each milestone/step
-    warmup_iters: int = 0  # linear warmup, optimizer steps; 0 = off
-    warmup_start_factor: float = 0.1  # warmup starts at lr × this and reaches lr at warmup_iters
+    warmup_iters: int = setting(0, ge=0)  # linear warmup, optimizer steps; 0 = off
+    warmup_start_factor: float = setting(0.1, ge=0, le=1)  # warmup starts at lr × this and reaches lr at warmup_iters
     # ResNet-110 trick (He et al. 2015, sec. 4.2): a constant warm_start_lr for the first warm_start_iters
     # optimizer steps, then the normal schedule (milestones still count from step 0); 0 = off
     warm_start_lr: float = 0.0
-    warm_start_iters: int = 0
+    warm_start_iters: int = setting(0, ge=0)
     min_lr: float = 0.0  # cosine/linear/poly: lr reached at the last step
-    power: float = 0.9  # poly: lr = min_lr + (lr - min_lr)(1 - step/total)^power (mmseg, torchvision's reference)
+    # poly: lr = min_lr + (lr - min_lr)(1 - step/total)^power (mmseg, torchvision's reference)
+    power: float = setting(0.9, gt=0)
+
+    def cross_check(self):
+        if self.warm_start_iters > 0 and self.warm_start_lr <= 0:
+            yield "warm_start_lr", "must be > 0 when warm_start_iters > 0"
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 90  # passes over the training set; ignored when max_iters > 0
-    max_iters: int = 0  # total optimizer steps (0 = epochs decide); the CIFAR paper schedule stops at 64k
+    # total optimizer steps; the CIFAR paper schedule stops at 64k
+    max_iters: int = setting(0, ge=0, note="0 = epochs decide")
     # softmax cross-entropy, sigmoid BCE on (mixed) one-hot targets (RSB A3), or (segmentation) ademxapp's
     # bootstrapped cross-entropy: only pixels with p(target) <= bootstrap_threshold, at least the
     # bootstrap_min_kept hardest per batch
     loss: Literal["ce", "bce", "bootstrap"] = "ce"
-    bootstrap_threshold: float = 0.6
-    bootstrap_min_kept: int = 256
-    aux_weight: float = 0.5  # segmentation: weight of the auxiliary head's loss (models built with one)
-    label_smoothing: float = 0.0  # probability mass spread uniformly over all classes
-    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing of whole images; 0 = off
-    cutmix_alpha: float = 0.0  # Beta(alpha, alpha) box pasting; 0 = off
-    mix_prob: float = 1.0  # probability that a batch is mixed at all (when an alpha > 0)
-    mix_switch_prob: float = 0.5  # with both alphas > 0: probability of cutmix rather than mixup
+    bootstrap_threshold: float = setting(0.6, gt=0, le=1)
+    bootstrap_min_kept: int = setting(256, ge=0, note="pixels")
+    aux_weight: float = setting(0.5, ge=0)  # segmentation: weight of the auxiliary head's loss (models built with one)
+    label_smoothing: float = setting(0.0, ge=0, lt=1)  # probability mass spread uniformly over all classes
+    mixup_alpha: float = setting(0.0, ge=0, note="0 = off")  # Beta(alpha, alpha) mixing of whole images
+    cutmix_alpha: float = setting(0.0, ge=0, note="0 = off")  # Beta(alpha, alpha) box pasting
+    mix_prob: float = setting(1.0, ge=0, le=1)  # probability that a batch is mixed at all (when an alpha > 0)
+    mix_switch_prob: float = setting(0.5, ge=0, le=1)  # with both alphas > 0: probability of cutmix rather than mixup
     mixup_per_sample: bool = False  # mixup: one lam ~ Beta(alpha, alpha) per image (Assemble-ResNet), not per batch
     # Online knowledge distillation: a teacher (run directory, checkpoint, `arch.tag`) run on every (mixed) batch;
     # loss = kd_ce_weight · CE(targets) + kd_weight · T² · soft CE(student/T, softmax(teacher/T)), T = kd_temperature
@@ -194,17 +243,18 @@ class TrainConfig:
     # Offline distillation: a file of the teacher's logits per training image (`deepres teacher-logits`), looked
     # up by each batch's image indices; the teacher's softened distributions are mixed with the labels' lam
     kd_logits: str = ""
-    kd_temperature: float = 1.0
-    kd_weight: float = 1.0
-    kd_ce_weight: float = 1.0
-    ema_decay: float = 0.0  # exponential moving average of weights and buffers, per optimizer step; 0 = off
-    grad_clip_norm: float = 0.0  # clip the global gradient L2 norm to this; 0 = off
+    kd_temperature: float = setting(1.0, gt=0)
+    kd_weight: float = setting(1.0, ge=0)
+    kd_ce_weight: float = setting(1.0, ge=0)
+    # exponential moving average of weights and buffers, per optimizer step
+    ema_decay: float = setting(0.0, ge=0, lt=1, note="0 = off")
+    grad_clip_norm: float = setting(0.0, ge=0, note="0 = off")  # clip the global gradient L2 norm to this; 0 = off
     # DropBlock keep probability at the end of training, reached linearly from dropblock_keep_start over all
     # optimizer steps (Assemble-ResNet: 1.0 -> 0.9 from scratch, 0.9 -> 0.7 fine-tuning); acts on the model's
     # DropBlock2d modules (model.kwargs {dropblock: true}); both 1.0 = off
-    dropblock_keep: float = 1.0
-    dropblock_keep_start: float = 1.0
-    grad_accum_steps: int = 1  # micro-batches per optimizer step
+    dropblock_keep: float = setting(1.0, gt=0, le=1, note="1 = off")
+    dropblock_keep_start: float = setting(1.0, gt=0, le=1)
+    grad_accum_steps: int = setting(1, ge=1)  # micro-batches per optimizer step
     # autocast dtype. auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with AVX-512 BF16 or
     # AMX), fp32 elsewhere (an AVX2 CPU emulates bf16 about 10x slower than fp32); fp16 needs CUDA (GradScaler)
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
@@ -218,17 +268,27 @@ class TrainConfig:
     # and store the activation ranges and their top-1 agreement with fp32 in it (`deepres calibrate` does it for any
     # checkpoint); predict and init_model then run int8 by default where the agreement is >= 99.5% and the CPU has
     # VNNI/AMX. A calibration that fails is logged and leaves the run as it was.
-    calibrate_int8: bool = True
-    int8_calibration_images: int = 256  # training images the activation ranges are observed on
-    int8_agreement_images: int = 1000  # evaluation images the int8-vs-fp32 top-1 agreement is measured on
+    calibrate_int8: bool = setting(True, resume_safe=True)
+    # training images the activation ranges are observed on
+    int8_calibration_images: int = setting(256, ge=1, resume_safe=True)
+    # evaluation images the int8-vs-fp32 top-1 agreement is measured on
+    int8_agreement_images: int = setting(1000, ge=1, resume_safe=True)
     seed: int = 0  # seeds torch, numpy, random, the data order and augmentation
     deterministic: bool = False  # torch.use_deterministic_algorithms; bit-exact resume on CPU
-    nonfinite_patience: int = 5  # stop after this many non-finite losses in a row (those steps are skipped)
-    eval_every_epochs: int = 1  # evaluate every N epochs (and always after the last)
-    log_every_iters: int = 50  # step-level metrics (and a progress line when the bar is off), optimizer steps
+    # stop after this many non-finite losses in a row (those steps are skipped)
+    nonfinite_patience: int = setting(5, ge=1)
+    eval_every_epochs: int = setting(1, ge=1, resume_safe=True)  # evaluate every N epochs (and always after the last)
+    # step-level metrics (and a progress line when the bar is off), optimizer steps
+    log_every_iters: int = setting(50, ge=1, resume_safe=True)
     # also save checkpoints/last every N optimizer steps, mid-epoch (long ImageNet epochs); 0 = at epoch ends only
-    checkpoint_every_iters: int = 0
-    progress: bool = True  # tqdm bar per epoch (only when stderr is a terminal)
+    checkpoint_every_iters: int = setting(0, ge=0, note="optimizer steps; 0 = at epoch ends only", resume_safe=True)
+    progress: bool = setting(True, resume_safe=True)  # tqdm bar per epoch (only when stderr is a terminal)
+
+    def cross_check(self):
+        if self.epochs < 1 and self.max_iters <= 0:
+            yield "epochs", "must be >= 1 (or set train.max_iters)"
+        if self.kd_teacher and self.kd_logits:
+            yield "kd_logits", "set together with train.kd_teacher: two sources of teacher targets; set one"
 
 
 # Largest test-time view side, pixels: a 4096x4096 RGB float32 batch of one is already 0.2 GB, and a typo such as
@@ -238,27 +298,34 @@ MAX_TEST_SCALE = 4096
 
 @dataclass
 class EvalConfig:
-    scales: list[int] = field(default_factory=list)  # extra test resolutions (pixels) averaged with the base one
+    # extra test resolutions (pixels) averaged with the base one
+    scales: list[int] = setting(factory=list, each=True, gt=0, le=MAX_TEST_SCALE,
+                                text=f"must be pixel sizes in 1..{MAX_TEST_SCALE}")
     flip: bool = False  # also average predictions on the horizontally flipped image
     # Segmentation test-time modes (softmax averaged over every view)
     mode: Literal["whole", "slide"] = "whole"  # one pass over the whole image, or sliding windows (mmseg)
-    crop: int = 0  # slide: window side, pixels (0 = data.image_size)
-    stride: int = 0  # slide: window step, pixels (0 = two thirds of the window)
-    scale_ratios: list[float] = field(default_factory=list)  # multi-scale: factors of the test size (mmseg 0.5-1.75)
-    test_steps: int = 1  # ademxapp shift-and-stitch: k > 1 runs k x k passes shifted by output_stride / k pixels
+    crop: int = setting(0, ge=0, note="pixels, 0 = data.image_size")  # slide: window side
+    stride: int = setting(0, ge=0, note="pixels, 0 = two thirds of the window")  # slide: window step
+    # multi-scale: factors of the test size (mmseg 0.5-1.75)
+    scale_ratios: list[float] = setting(factory=list, each=True, gt=0, le=8, text="must be factors in (0, 8]")
+    # ademxapp shift-and-stitch: k > 1 runs k x k passes shifted by output_stride / k pixels
+    test_steps: int = setting(1, ge=1, note="1 = off")
 
 
 @dataclass
 class RunConfig:
     out_dir: str = "runs"  # parent directory of run directories
-    name: str = ""  # run directory name under out_dir; "" = from the recipe name (e.g. cifar10-resnet20)
+    # run directory name under out_dir; "" = from the recipe name (e.g. cifar10-resnet20)
+    name: str = setting("", test=lambda name: "/" not in name and name not in (".", ".."),
+                        text="must be a plain directory name")
     keep: Literal["last", "last+best"] = "last+best"  # checkpoints kept: last, and best by top-1
     recipe: str = ""  # the recipe file this config was loaded from (set by load_config)
 
 
 @dataclass
 class ExpectConfig:
-    accuracy: float = 0.0  # test accuracy (%) this recipe is expected to reach, as `metric`
+    # test accuracy (%) this recipe is expected to reach, as `metric`
+    accuracy: float = setting(0.0, ge=0, le=100, text="must be a percentage")
     metric: Literal["top1", "top5", "miou", "pixel_acc"] = "top1"  # miou / pixel_acc: segmentation (%)
     note: str = ""  # where that number comes from (paper, table, hardware, number of runs)
 
@@ -270,20 +337,17 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    expect: ExpectConfig = field(default_factory=ExpectConfig)
-
-
-# Keys that may differ between a run and its --resume: they do not change the trained weights.
-RESUME_MAY_DIFFER = ("run", "expect", "eval", "train.progress", "train.log_every_iters",
-                     "train.eval_every_epochs", "train.checkpoint_every_iters", "train.calibrate_int8",
-                     "train.int8_calibration_images", "train.int8_agreement_images", "data.root", "data.workers",
-                     "data.eval_batch_size")
+    eval: EvalConfig = setting(factory=EvalConfig, resume_safe=True)
+    run: RunConfig = setting(factory=RunConfig, resume_safe=True)
+    expect: ExpectConfig = setting(factory=ExpectConfig, resume_safe=True)
 
 
 # ---------------------------------------------------------------------------------------------- loading
 SCHEMA = Schema(Config, kind="config", free=("model.kwargs", "data.extra"))
+# The keys a run's --resume may change (marked resume_safe above), and DataConfig's format options (a format's
+# registry record lists those it reads)
+RESUME_MAY_DIFFER = SCHEMA.marked("resume_safe")
+FORMAT_OPTIONS = tuple(key.removeprefix("data.") for key in SCHEMA.marked("format_option"))
 
 
 def load_config(path_or_name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -295,7 +359,7 @@ def load_config(path_or_name: str | Path, overrides: list[str] | tuple[str, ...]
         cfg.run.recipe = str(path)
     if not cfg.run.name:
         cfg.run.name = _default_run_name(path)
-    validate_config(cfg)
+    validate_config(cfg, str(path))
     return cfg
 
 
@@ -350,119 +414,14 @@ def _load_recipe_tree(path: Path, chain: tuple[Path, ...]) -> dict:
 # ------------------------------------------------------------------------------------------ validation
 
 
-def validate_config(cfg: Config) -> None:
-    """Range checks the types cannot express; raises ValueError naming the key and the value."""
-
-    def need(ok: bool, key: str, value: Any, rule: str):
-        if not ok:
-            raise ValueError(f"config {key}={value!r}: {rule}")
-
-    m, o, s, t = cfg.model, cfg.optim, cfg.schedule, cfg.train
-    need(bool(m.name), "model.name", m.name, "name a registered model")
-    need(m.num_classes >= 0 and m.in_chans >= 0, "model.num_classes/in_chans", (m.num_classes, m.in_chans),
-         "must be >= 0 (0 = from the data)")
-    need(0.0 <= m.drop_rate < 1.0, "model.drop_rate", m.drop_rate, "must be in [0, 1)")
-    bn = m.bn_momentum
-    need(bn is None or bn == "dynamic" or (isinstance(bn, float) and 0.0 < bn <= 1.0), "model.bn_momentum", bn,
-         'must be null, a float in (0, 1], or "dynamic"')
-    need(o.lr > 0, "optim.lr", o.lr, "must be > 0")
-    need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "must be >= 0")
-    need(0.0 <= o.momentum < 1.0, "optim.momentum", o.momentum, "must be in [0, 1)")
-    need(not o.nesterov or (o.name == "sgd" and o.momentum > 0), "optim.nesterov", o.nesterov,
-         "needs optim.name=sgd and optim.momentum > 0")
-    need(s.milestones == sorted(s.milestones), "schedule.milestones", s.milestones, "must be increasing")
-    need(s.step_size > 0, "schedule.step_size", s.step_size, "must be > 0")
-    need(s.warmup_iters >= 0 and s.warm_start_iters >= 0, "schedule.warmup_iters/warm_start_iters",
-         (s.warmup_iters, s.warm_start_iters), "must be >= 0")
-    need(0.0 <= s.warmup_start_factor <= 1.0, "schedule.warmup_start_factor", s.warmup_start_factor,
-         "must be in [0, 1]")
-    need(s.warm_start_iters == 0 or s.warm_start_lr > 0, "schedule.warm_start_lr", s.warm_start_lr,
-         "must be > 0 when warm_start_iters > 0")
-    need(t.epochs >= 1 or t.max_iters > 0, "train.epochs", t.epochs, "must be >= 1 (or set train.max_iters)")
-    need(t.max_iters >= 0, "train.max_iters", t.max_iters, "must be >= 0 (0 = epochs decide)")
-    need(0.0 <= t.label_smoothing < 1.0, "train.label_smoothing", t.label_smoothing, "must be in [0, 1)")
-    need(t.mixup_alpha >= 0 and t.cutmix_alpha >= 0, "train.mixup_alpha/cutmix_alpha",
-         (t.mixup_alpha, t.cutmix_alpha), "must be >= 0 (0 = off)")
-    need(0.0 <= t.mix_prob <= 1.0, "train.mix_prob", t.mix_prob, "must be in [0, 1]")
-    need(0.0 <= t.mix_switch_prob <= 1.0, "train.mix_switch_prob", t.mix_switch_prob, "must be in [0, 1]")
-    need(0.0 <= t.ema_decay < 1.0, "train.ema_decay", t.ema_decay, "must be in [0, 1) (0 = off)")
-    need(t.grad_clip_norm >= 0, "train.grad_clip_norm", t.grad_clip_norm, "must be >= 0 (0 = off)")
-    need(0.0 < t.dropblock_keep <= 1.0, "train.dropblock_keep", t.dropblock_keep, "must be in (0, 1] (1 = off)")
-    need(0.0 < t.dropblock_keep_start <= 1.0, "train.dropblock_keep_start", t.dropblock_keep_start,
-         "must be in (0, 1]")
-    need(0.0 < o.layer_decay <= 1.0, "optim.layer_decay", o.layer_decay, "must be in (0, 1] (1 = off)")
-    need(m.frozen_stages >= -1, "model.frozen_stages", m.frozen_stages, "must be >= -1 (-1 = nothing frozen)")
-    need(o.lr_base_batch >= 1, "optim.lr_base_batch", o.lr_base_batch, "must be >= 1 (images)")
-    need(t.grad_accum_steps >= 1, "train.grad_accum_steps", t.grad_accum_steps, "must be >= 1")
-    need(t.nonfinite_patience >= 1, "train.nonfinite_patience", t.nonfinite_patience, "must be >= 1")
-    need(t.eval_every_epochs >= 1, "train.eval_every_epochs", t.eval_every_epochs, "must be >= 1")
-    need(t.log_every_iters >= 1, "train.log_every_iters", t.log_every_iters, "must be >= 1")
-    need(t.int8_calibration_images >= 1, "train.int8_calibration_images", t.int8_calibration_images, "must be >= 1")
-    need(t.int8_agreement_images >= 1, "train.int8_agreement_images", t.int8_agreement_images, "must be >= 1")
-    need(t.checkpoint_every_iters >= 0, "train.checkpoint_every_iters", t.checkpoint_every_iters,
-         "must be >= 0 (optimizer steps; 0 = at epoch ends only)")
-    need(all(0 < x <= MAX_TEST_SCALE for x in cfg.eval.scales), "eval.scales", cfg.eval.scales,
-         f"must be pixel sizes in 1..{MAX_TEST_SCALE}")
-    need("/" not in cfg.run.name and cfg.run.name not in (".", ".."), "run.name", cfg.run.name,
-         "must be a plain directory name")
-    need(t.aux_weight >= 0, "train.aux_weight", t.aux_weight, "must be >= 0")
-    need(not (t.kd_teacher and t.kd_logits), "train.kd_logits", t.kd_logits,
-         "and train.kd_teacher are two sources of teacher targets; set one")
-    need(t.kd_temperature > 0, "train.kd_temperature", t.kd_temperature, "must be > 0")
-    need(t.kd_weight >= 0 and t.kd_ce_weight >= 0, "train.kd_weight/kd_ce_weight", (t.kd_weight, t.kd_ce_weight),
-         "must be >= 0")
-    need(0.0 < t.bootstrap_threshold <= 1.0, "train.bootstrap_threshold", t.bootstrap_threshold, "must be in (0, 1]")
-    need(t.bootstrap_min_kept >= 0, "train.bootstrap_min_kept", t.bootstrap_min_kept, "must be >= 0 (pixels)")
-    need(s.power > 0, "schedule.power", s.power, "must be > 0")
-    for key in ("head_lr_mult", "bias_lr_mult", "bias_decay_mult"):
-        need(getattr(o, key) >= 0, f"optim.{key}", getattr(o, key), "must be >= 0")
-    need(not (m.freeze_bn and bn == "dynamic"), "model.freeze_bn", m.freeze_bn,
-         'frozen BN statistics cannot also be re-estimated (model.bn_momentum="dynamic")')
-    e = cfg.eval
-    need(e.crop >= 0 and e.stride >= 0, "eval.crop/stride", (e.crop, e.stride), "must be >= 0 pixels (0 = default)")
-    need(e.test_steps >= 1, "eval.test_steps", e.test_steps, "must be >= 1 (1 = off)")
-    need(all(0 < r <= 8 for r in e.scale_ratios), "eval.scale_ratios", e.scale_ratios, "must be factors in (0, 8]")
-    need(0.0 <= cfg.expect.accuracy <= 100.0, "expect.accuracy", cfg.expect.accuracy, "must be a percentage")
-    validate_data_config(cfg.data)
+def validate_config(cfg: Config, where: str = "config") -> None:
+    """Every field's rule and each section's cross_check; raises ValueError naming the key and the value."""
+    SCHEMA.validate(cfg, where)
 
 
 def validate_data_config(data: DataConfig) -> None:
-    """The data section's choices and ranges, and its eval preset parsed; raises ValueError naming the key.
-
-    Run at config load time; the data builders run it again for a DataConfig made in Python, which no loader
-    has checked."""
-    names = get_args(DatasetName)
-    if data.name not in names:
-        raise ValueError(f"unknown data.name {data.name!r}; expected one of {', '.join(names)}")
-    for key, allowed in _data_choices().items():
-        if key != "name" and getattr(data, key) not in allowed:
-            raise ValueError(f"data.{key} must be one of {', '.join(allowed)}, got {getattr(data, key)!r}")
-    for key in ("batch_size", "eval_batch_size", "image_size"):
-        if getattr(data, key) < 1:
-            raise ValueError(f"data.{key} must be >= 1, got {getattr(data, key)}")
-    for key in ("workers", "crop_padding", "color_jitter", "pca_lighting", "num_classes", "in_chans"):
-        if getattr(data, key) < 0:
-            raise ValueError(f"data.{key} must be >= 0, got {getattr(data, key)}")
-    low, high = data.scale_range
-    if not 0 < low <= high:
-        raise ValueError(f"data.scale_range must be [low, high] with 0 < low <= high, got {list(data.scale_range)}")
-    if not 0 < data.cat_max_ratio <= 1:
-        raise ValueError(f"data.cat_max_ratio must be in (0, 1] (1 = off), got {data.cat_max_ratio}")
-    if data.base_size < 0 or data.test_size < 0:
-        raise ValueError(f"data.base_size / test_size must be >= 0 pixels (0 = as stored), got {data.base_size} / "
-                         f"{data.test_size}")
-    if data.bad_image_cap < 0:
-        raise ValueError(f"data.bad_image_cap must be >= 0, got {data.bad_image_cap}")
-    if data.max_image_pixels < 1:
-        raise ValueError(f"data.max_image_pixels must be >= 1, got {data.max_image_pixels}")
-    if data.limit_train < 0 or data.limit_val < 0:
-        raise ValueError(f"data.limit_train / limit_val must be >= 0, got {data.limit_train} / {data.limit_val}")
-    if data.labels_per_class < 0:
-        raise ValueError(f"data.labels_per_class must be >= 0 (0 = all), got {data.labels_per_class}")
-    if len(set(map(str, data.keep_classes))) != len(data.keep_classes):
-        raise ValueError(f"data.keep_classes names a class twice: {data.keep_classes}")
-    parse_eval_preset(data.eval_preset, data.image_size)  # raises for an unknown preset
-    parse_auto_augment(data.auto_augment, data.auto_augment_convention)  # raises for an unknown policy
+    """The data section alone: the data builders check a DataConfig made in Python, which no loader has checked."""
+    SCHEMA.validate(data, prefix="data.")
 
 
 def parse_auto_augment(spec: str, convention: str = "torchvision") -> tuple[str, int, int] | None:
@@ -489,13 +448,6 @@ def parse_auto_augment(spec: str, convention: str = "torchvision") -> tuple[str,
     return name, num_ops, magnitude
 
 
-@functools.cache
-def _data_choices() -> dict[str, tuple]:
-    """DataConfig field -> its allowed values, for every Literal-typed field."""
-    hints = get_type_hints(DataConfig)
-    return {key: get_args(tp) for key, tp in hints.items() if get_origin(tp) is Literal}
-
-
 # ----------------------------------------------------------------------------------------- round trip
 
 
@@ -512,7 +464,7 @@ def config_to_dict(cfg: Config) -> dict:
 def config_from_dict(d: dict, where: str = "config dict") -> Config:
     """Inverse of `config_to_dict`, with the same key and type checks as a recipe."""
     cfg = SCHEMA.instantiate(SCHEMA.check(d, where))
-    validate_config(cfg)
+    validate_config(cfg, where)
     return cfg
 
 

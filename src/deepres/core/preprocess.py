@@ -11,7 +11,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class Preprocess:
     """Eval transform: the `resize_side` side to `resize`, centre `crop_size` square (0: no crop, the whole
-    resized image, as segmentation models see it), normalise."""
+    resized image, as segmentation models see it; with resize_side "none" the image as stored), normalise."""
 
     resize: int = 256  # shorter (or `resize_side`) side before the centre crop, pixels
     crop_size: int = 224  # side of the square the model sees, pixels; 0 = no crop (segmentation)
@@ -20,7 +20,9 @@ class Preprocess:
     std: tuple[float, ...] = IMAGENET_STD  # per channel, 0-1 scale
     in_chans: int = 3  # channels the model takes; images are converted to it (gray <-> RGB; others must match)
     normalize: str = "meanstd"  # "meanstd": (x/255 - mean)/std; "mean": x - mean*255 (plain mean subtraction)
-    resize_side: str = "shorter"  # the side `resize` sets: "shorter" (classifiers, torchvision) or "longer"
+    # the side `resize` sets: "shorter" (classifiers, torchvision) or "longer"; "none" (no crop only): no resize, the
+    # image as stored (segmentation at data.test_size 0), `resize` then only sizes example inputs (input_size)
+    resize_side: str = "shorter"
 
     def __post_init__(self):
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
@@ -28,8 +30,11 @@ class Preprocess:
         if self.resize < 1 or self.crop_size < 0:
             raise ValueError(f"preprocess resize must be >= 1 pixel and crop_size >= 0 (0 = no crop), got "
                              f"{self.resize}, {self.crop_size}")
-        if self.resize_side not in ("shorter", "longer"):
-            raise ValueError(f"preprocess resize_side must be shorter or longer, got {self.resize_side!r}")
+        if self.resize_side not in ("shorter", "longer", "none"):
+            raise ValueError(f"preprocess resize_side must be shorter, longer or none, got {self.resize_side!r}")
+        if self.resize_side == "none" and self.crop_size:
+            raise ValueError(f"preprocess resize_side none (images as stored) takes no crop, got crop_size "
+                             f"{self.crop_size}")
         if self.interpolation not in ("bilinear", "bicubic"):
             raise ValueError(f"preprocess interpolation must be bilinear or bicubic, got {self.interpolation!r}")
         if self.normalize not in ("meanstd", "mean"):

@@ -2,8 +2,10 @@
 
 Every key is checked against the dataclass fields (an unknown key fails with its full dotted name, the file or
 option it came from, and close matches) and every value against the field's type (bool, int, float, str,
-Literal, unions, lists, fixed tuples, dicts, nested dataclasses). Training recipes (deepres.core.config) and
-study files (deepres.studies.spec) are both read through it.
+Literal, unions, lists, fixed tuples, dicts, nested dataclasses) and against the rule declared with the field
+(`setting(0.9, ge=0, lt=1)`: bounds, a test, a late-listed set of names). A rule that spans fields is the
+section's `cross_check()`. Training recipes (deepres.core.config) and study files (deepres.studies.spec) are
+both read through it.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import dataclasses
 import difflib
 import re
 import types
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -28,6 +31,75 @@ def read_yaml_mapping(path: Path, what: str) -> dict:
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a {what} must be a YAML mapping, got {type(raw).__name__}")
     return raw
+
+
+# ------------------------------------------------------------------------------------------- field rules
+class Choices:
+    """The names a str field may take, listed at run time by a package the schema's module cannot import
+    (deepres.data lists its dataset formats for data.name). Until a source is provided every name passes."""
+
+    def __init__(self, what: str):
+        self.what = what  # the noun an error uses: "dataset format"
+        self._source: Callable[[], Mapping[str, Any]] | None = None
+
+    def provide(self, source: Callable[[], Mapping[str, Any]]) -> None:
+        """source() -> {name: what the config may ask about it}, called at every check (names added later count)."""
+        self._source = source
+
+    def known(self) -> Mapping[str, Any] | None:
+        """name -> its entry; None while nothing has provided them."""
+        return None if self._source is None else self._source()
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What a field's value must be beyond its type (None always passes); declared with the field by `setting`."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    each: bool = False  # the bounds hold for every item of a list
+    test: Callable[[Any], bool] | None = None  # any other condition on the whole value
+    text: str = ""  # what an error says instead of the bounds ("must be a percentage")
+    note: str = ""  # what a special value means, after the text in brackets ("0 = off")
+    choices: Choices | None = None
+
+    def broken(self, value: Any) -> str | None:
+        """Why `value` breaks the rule (the text after "key=value: "); None when it keeps it."""
+        if value is None:
+            return None
+        known = self.choices.known() if self.choices is not None else None
+        if known is not None and value not in known:
+            return f"unknown {self.choices.what}; known: {', '.join(known)}"
+        items = value if self.each else [value]
+        return None if all(map(self.within, items)) and (self.test is None or self.test(value)) else self.describe()
+
+    def within(self, v: Any) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def describe(self) -> str:
+        bounds = [(op, b) for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                  if b is not None]
+        if self.text or not bounds:
+            text = self.text or "is not allowed"
+        elif len(bounds) == 2:  # a range: [0, 1), (0, 1], ...
+            (low, a), (high, b) = bounds
+            text = f"must be in {'[' if low == '>=' else '('}{a}, {b}{']' if high == '<=' else ')'}"
+        else:
+            text = "must be {} {}".format(*bounds[0])
+        return f"{text} ({self.note})" if self.note else text
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, ge=None, gt=None, le=None,
+            lt=None, each: bool = False, test=None, text: str = "", note: str = "", choices: Choices | None = None,
+            **marks: bool) -> Any:
+    """A dataclass field with its rule and marks: `lr: float = setting(0.1, gt=0)`; `workers: int = setting(2,
+    ge=0, resume_safe=True)`. A mark is a flag `Schema.marked` lists the keys of."""
+    rule = Rule(ge, gt, le, lt, each, test, text, note, choices)
+    metadata = {**marks, "rule": rule} if rule != Rule() else marks
+    return dataclasses.field(default=default, default_factory=factory, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,19 +133,56 @@ class Schema:
         if not isinstance(raw, dict):
             raise ValueError(f"{where}: {prefix.rstrip('.') or 'the ' + self.kind} must be a mapping "
                              f"(a {self.kind} section), got {raw!r}")
-        hints = self.fields(cls)
+        hints, fields = self.fields(cls), {f.name: f for f in dataclasses.fields(cls)}
         out = {}
         for name, value in raw.items():
             key = f"{prefix}{name}"
             if name not in hints:
                 self.unknown_key(key, list(hints), where)
             out[name] = self.coerce(value, hints[name], key, where)
+            self.enforce(fields[name], out[name], key, where)
         return out
 
     def coerce(self, value: Any, tp: Any, key: str, where: str) -> Any:
         if dataclasses.is_dataclass(tp):
             return self.check_section(tp, value, key + ".", where)
         return coerce_value(value, tp, key, where)
+
+    @staticmethod
+    def enforce(f: dataclasses.Field | None, value: Any, key: str, where: str) -> None:
+        """The rule declared with field `f`, on its (coerced) value; ValueError "where: key=value: why"."""
+        rule = f.metadata.get("rule") if f is not None else None
+        why = rule.broken(value) if rule is not None else None
+        if why:
+            raise ValueError(f"{where}: {key}={value!r}: {why}")
+
+    def validate(self, obj: Any, where: str = "", prefix: str = "") -> None:
+        """A dataclass tree (made in Python or instantiated from checked values) against its field rules and
+        Literal choices (other types are trusted), then each section's `cross_check()`, which yields (field, why)
+        for every cross-field rule it breaks. `prefix`: obj's dotted key when it is a section of the root."""
+        where = where or self.kind
+        hints = get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value, tp, key = getattr(obj, f.name), hints[f.name], prefix + f.name
+            if dataclasses.is_dataclass(tp):
+                self.validate(value, where, key + ".")
+                continue
+            if get_origin(tp) is Literal:
+                coerce_value(value, tp, key, where)
+            self.enforce(f, value, key, where)
+        for name, why in getattr(obj, "cross_check", tuple)():
+            raise ValueError(f"{where}: {prefix}{name}={getattr(obj, name)!r}: {why}")
+
+    def marked(self, mark: str, cls=None, prefix: str = "") -> tuple[str, ...]:
+        """Dotted keys of the fields, or whole sections, declared with `mark` (e.g. resume_safe=True)."""
+        cls = cls or self.root
+        hints, out = get_type_hints(cls), []
+        for f in dataclasses.fields(cls):
+            if f.metadata.get(mark):
+                out.append(prefix + f.name)
+            elif dataclasses.is_dataclass(hints[f.name]):
+                out += self.marked(mark, hints[f.name], f"{prefix}{f.name}.")
+        return tuple(out)
 
     def unknown_key(self, key: str, siblings: list[str], where: str):
         leaf = key.rsplit(".", 1)[-1]
@@ -104,19 +213,22 @@ class Schema:
         return cls(**kwargs)
 
     # --------------------------------------------------------------------------------------- overrides
-    def field_type(self, parts: list[str], where: str):
-        """The declared type at a dotted path (None inside a free-form dict); unknown keys raise KeyError."""
+    def field_at(self, parts: list[str], where: str) -> tuple[Any, dataclasses.Field | None]:
+        """The declared type and field at a dotted path ((None, None) inside a free-form dict); unknown keys raise
+        KeyError."""
         cls: Any = self.root
+        f = None
         for i, name in enumerate(parts):
             if cls is None or cls is dict or get_origin(cls) is dict:
-                return None  # free-form mapping (model.kwargs, data.extra): any key
+                return None, None  # free-form mapping (model.kwargs, data.extra): any key
             if not dataclasses.is_dataclass(cls):
                 raise KeyError(f"{where}: {'.'.join(parts[:i])} is a {type_name(cls)}, it has no key {name!r}")
             hints = self.fields(cls)
             if name not in hints:
                 self.unknown_key(".".join(parts[: i + 1]), list(hints), where)
+            f = next(x for x in dataclasses.fields(cls) if x.name == name)
             cls = hints[name]
-        return cls
+        return cls, f
 
     def parse_override(self, item: str) -> tuple[str, Any]:
         """`a.b=c` -> ("a.b", value): the value read as YAML and checked against the field's type."""
@@ -124,7 +236,7 @@ class Schema:
         key = key.strip()
         if not sep or not key:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=0.05")
-        tp = self.field_type(key.split("."), f"--set {item}")
+        tp, f = self.field_at(key.split("."), f"--set {item}")
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as e:
@@ -132,7 +244,7 @@ class Schema:
         if tp is str and not isinstance(value, str) and value is not None:
             value = text  # a str field takes the text as typed (run.name=2024 stays "2024")
         if tp is not None:
-            self.coerce(value, tp, key, f"--set {item}")
+            self.enforce(f, self.coerce(value, tp, key, f"--set {item}"), key, f"--set {item}")
         return key, value
 
     def apply_overrides(self, raw: dict, overrides) -> dict:

@@ -1,5 +1,10 @@
 """Datasets, image decoding, tensor transforms and the train/eval loaders.
 
+Layout: registry.py (the format records) and datasets.py (config -> datasets, the built-in rows) over readers/ (one
+module per family of on-disk layouts); images.py decodes files; augment/ the tensor transforms; loaders.py the
+seeded train/eval loaders; corruptions/ ImageNet-C/-P style shifts; packing/ the packed format; fetch.py, verify.py
+and scenes.py back `deepres data get / verify / make`.
+
 Formats (data.name), each a record of the format registry (deepres.data.registry: `get_format`, `list_formats`),
 and the on-disk layouts they read, relative to data.root:
 - fashion_mnist, mnist: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (root "" = Debian's
@@ -15,28 +20,28 @@ and the on-disk layouts they read, relative to data.root:
 - list: train_split / val_split are list files of "relative/path label" (or "path", label = parent folder),
   paths relative to image_root; class_names optionally names the integer labels.
 - packed: root/train and root/val written by `deepres data pack` (a folder/list/imagenet set as a few large
-  shard files of pre-resized images plus an index; see deepres.data.packed_reader); read like a folder, faster.
+  shard files of pre-resized images plus an index; see deepres.data.packing.packed_reader); read like a folder,
+  faster.
 - synthetic: random images with a learnable per-class template, synthetic_size images of synthetic_image_size.
 - pairs, voc, cityscapes, ade20k: segmentation (images with uint8 class-index masks, 255 = ignore); their layouts
-  are listed in deepres.data.segmentation, the label tables in deepres.data.seg_labels.
+  are listed in deepres.data.readers.segmentation, the label tables in deepres.data.readers.seg_labels.
 """
-from . import transforms
 from deepres.core.config import DataConfig
-
-from .datasets import build_datasets, build_eval_dataset, resolve_root
-from .registry import DatasetFormat, format_shape, get_format, list_formats, register_format, stored_side
 from deepres.core.errors import ChecksumError, DownloadError
 
+from .augment import transforms
+from .augment.seg_transforms import SegEvalTransform, SegTrainTransform, seg_eval_preprocess
+from .corruptions.imagenet_c import imagenet_c_contents, imagenet_c_dataset
+from .datasets import build_datasets, build_eval_dataset, resolve_root
 from .fetch import find_local, get_dataset
-from .folders import (ImageFileDataset, TooManyBadImagesError, image_folder, image_list, imagenet_val,
-                      list_image_files, read_class_names, read_synset_map)
-from .formats import (FASHION_MNIST_CLASSES, MNIST_CLASSES, ArrayDataset, make_synthetic, read_cifar10,
-                      read_cifar100, read_fashion_mnist, read_idx, read_mnist)
-from .imagenet_c import imagenet_c_contents, imagenet_c_dataset
 from .images import IMAGE_EXTENSIONS, BadImageError, is_image_file, load_image
 from .loaders import DataInfo, Loader, build_eval_loader, build_loaders, eval_loader_of, eval_preprocess
-from .pack import PackOptions, pack_dataset
-from .packed_reader import PackedDataset, read_packed
-from .seg_transforms import SegEvalTransform, SegTrainTransform
-from .segmentation import SegmentationDataset
+from .packing.pack import PackOptions, pack_dataset
+from .packing.packed_reader import PackedDataset, read_packed
+from .readers.folders import (ImageFileDataset, TooManyBadImagesError, image_folder, image_list, imagenet_val,
+                              list_image_files, read_class_names, read_synset_map)
+from .readers.formats import (FASHION_MNIST_CLASSES, MNIST_CLASSES, ArrayDataset, make_synthetic, read_cifar10,
+                              read_cifar100, read_fashion_mnist, read_idx, read_mnist)
+from .readers.segmentation import SegmentationDataset
+from .registry import DatasetFormat, format_shape, get_format, list_formats, register_format, stored_side
 from .verify import VerifyReport, verify_images, write_manifest

@@ -8,18 +8,18 @@ from deepres.core.config import DataConfig, validate_data_config
 
 from .fetch import DATASETS
 from .imagenet_classes import imagenet_class_names, imagenet_synsets
-from .folders import (ImageFileDataset, UnknownClassesError, image_folder, image_list, imagenet_val, read_class_names,
-                      relabel)
-from .packed_reader import read_packed
-from .formats import (CIFAR10_CLASSES, CIFAR_SIDE, FASHION_MNIST_CLASSES, MNIST_CLASSES, MNIST_SIDE, ArrayDataset,
-                      make_synthetic, read_cifar10, read_cifar100, read_fashion_mnist, read_mnist)
+from .packing.packed_reader import read_packed
+from .readers.folders import (ImageFileDataset, UnknownClassesError, image_folder, image_list, imagenet_val,
+                              read_class_names, relabel)
+from .readers.formats import (CIFAR10_CLASSES, CIFAR_SIDE, FASHION_MNIST_CLASSES, MNIST_CLASSES, MNIST_SIDE,
+                              ArrayDataset, make_synthetic, read_cifar10, read_cifar100, read_fashion_mnist, read_mnist)
+from .readers.seg_labels import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
+from .readers.segmentation import (SegmentationDataset, ade20k_class_names, ade20k_dataset, cityscapes_dataset,
+                                   pairs_dataset, read_pair_classes, voc_dataset)
+from .readers.transfer import (FLOWERS102_CLASSES, aircraft_classes, aircraft_dataset, cub200_classes, cub200_dataset,
+                               flowers102_dataset, food101_classes, food101_dataset, pets_classes, pets_dataset,
+                               stanford_cars_classes, stanford_cars_dataset)
 from .registry import DatasetFormat, get_format, kept_class_indices, list_formats, register_format
-from .seg_labels import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
-from .segmentation import (SegmentationDataset, ade20k_class_names, ade20k_dataset, cityscapes_dataset,
-                           pairs_dataset, read_pair_classes, voc_dataset)
-from .transfer import (FLOWERS102_CLASSES, aircraft_classes, aircraft_dataset, cub200_classes, cub200_dataset,
-                       flowers102_dataset, food101_classes, food101_dataset, pets_classes, pets_dataset,
-                       stanford_cars_classes, stanford_cars_dataset)
 
 Dataset = ArrayDataset | ImageFileDataset  # SegmentationDataset is an ImageFileDataset
 
@@ -166,8 +166,8 @@ def _read_ade20k(cfg: DataConfig, split: str, root: Path, classes, training) -> 
     return _seg_classes(dataset, classes, f"ADE20K {_split_dir(cfg, split)}")
 
 
-# Transfer-learning readers (deepres.data.transfer): the class list is the dataset's own, the same for every split;
-# labels are moved onto a trained model's list when it differs (it must hold every class of the dataset).
+# Transfer-learning readers (deepres.data.readers.transfer): the class list is the dataset's own, the same for every
+# split; labels are moved onto a trained model's list when it differs (it must hold every class of the dataset).
 def _transfer(read_split):
     """The reader of a transfer-learning format from its (root, split word, **options) reader."""
     def read(cfg: DataConfig, split: str, root: Path, classes, training) -> ImageFileDataset:
@@ -211,7 +211,7 @@ for _fmt in (
     DatasetFormat("packed", _read_packed),
     DatasetFormat("synthetic", _read_synthetic, in_memory=True, stored_side=lambda cfg: cfg.synthetic_image_size,
                   needs_root=False),
-    # Segmentation: uint8 class-index masks, 255 = ignore (deepres.data.segmentation)
+    # Segmentation: uint8 class-index masks, 255 = ignore (deepres.data.readers.segmentation)
     DatasetFormat("pairs", _read_pairs, task="segmentation", eval_classes=_pairs_class_names),
     DatasetFormat("voc", _read_voc, task="segmentation", num_classes=len(VOC_CLASSES), in_chans=3,
                   class_names=VOC_CLASSES, eval_classes=_fixed(VOC_CLASSES)),
@@ -322,7 +322,7 @@ def build_eval_dataset(cfg: DataConfig, classes: list[str] | None = None, split:
     a subset of them. Without it the class list comes from the training split, as in training, except for a
     list dataset with data.class_names, imagenet without a train folder (the 1000 ImageNet-1k synsets, sorted,
     shipped with deepres), and the formats whose class list is their own (voc, cityscapes, ade20k, the transfer
-    sets of deepres.data.transfer). split="train": the training split read the same way (in order, cut to
+    sets of deepres.data.readers.transfer). split="train": the training split read the same way (in order, cut to
     limit_train), e.g. for a teacher's logits on every training image."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")

@@ -27,12 +27,12 @@ from deepres.core.config import DataConfig, validate_data_config
 from deepres.core.device import local_processes, thread_plan
 from deepres.core.preprocess import Preprocess, parse_eval_preset
 
-from . import transforms as T
-from .autoaugment import AutoAugment
+from .augment import transforms as T
+from .augment.autoaugment import AutoAugment
+from .augment.seg_transforms import SegEvalTransform, SegTrainTransform, seg_eval_preprocess
 from .datasets import Dataset, build_datasets, build_eval_dataset
-from .registry import DatasetFormat, get_format, list_formats, stored_side
 from .images import init_decode_worker
-from .seg_transforms import SegEvalTransform, SegTrainTransform
+from .registry import DatasetFormat, get_format, list_formats, stored_side
 
 # Seed streams, so the order, per-item and per-batch draws never share a generator state.
 _ORDER, _ITEM, _BATCH = 0, 1, 2
@@ -78,7 +78,8 @@ class ItemTransform:
 @dataclass(frozen=True)
 class PairTransform:
     """Per-item geometry of a segmentation pair: `transform(image, mask[, generator]) -> (image, mask)` moves both
-    together (deepres.data.seg_transforms); random ones get a per-item generator like the random resized crop."""
+    together (deepres.data.augment.seg_transforms); random ones get a per-item generator like the random resized
+    crop."""
 
     transform: Callable
     random_crop: bool = False  # draws random numbers: needs the per-item seed
@@ -434,12 +435,13 @@ def _on_device(cfg: DataConfig, fmt: DatasetFormat) -> bool:
 
 def _eval_loader(cfg: DataConfig, fmt: DatasetFormat, eval_set, in_chans: int, loader_args: dict) -> "Loader":
     """The evaluation loader applying eval_preprocess(cfg, in_chans): resize and centre crop per image, then
-    normalisation per batch. Segmentation: the image resized to data.test_size (the mask as stored), batches of
-    images of one size, else a list of single-image batches."""
-    if fmt.task == "segmentation":
-        batches = BatchTransform(in_chans=in_chans, normalize=cfg.normalize, mean=tuple(cfg.mean), std=tuple(cfg.std))
+    normalisation per batch. Segmentation: seg_eval_preprocess(cfg, in_chans), the image resized to data.test_size
+    (the mask as stored), batches of images of one size, else a list of single-image batches."""
+    if fmt.masks:  # the Predictor runs the same SegEvalTransform from the same Preprocess
+        pp = seg_eval_preprocess(cfg, in_chans)
+        batches = BatchTransform(in_chans=pp.in_chans, normalize=pp.normalize, mean=pp.mean, std=pp.std)
         return Loader(eval_set, batch_size=cfg.eval_batch_size, train=False, batch_transform=batches,
-                      item_transform=PairTransform(SegEvalTransform.from_config(cfg)), **loader_args)
+                      item_transform=PairTransform(SegEvalTransform.from_preprocess(pp)), **loader_args)
     in_memory = fmt.in_memory
     pp = eval_preprocess(cfg, in_chans)
     # In-memory images already of the crop size (no eval preset: as stored) need no per-image step.
@@ -496,7 +498,7 @@ def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, worl
         raise ValueError(f"data.pca_lighting needs RGB input, but in_chans={in_chans}")
 
     # File datasets need a fixed size per batch; in-memory sets keep their stored size unless asked.
-    segmentation = fmt.task == "segmentation"
+    segmentation = fmt.masks
     if segmentation:  # scale, crop and flip move the mask with the image; the batch step only jitters colour
         if cfg.auto_augment:
             raise ValueError(f"data.auto_augment moves the image without its mask; data.name={cfg.name} is a "

@@ -1,15 +1,17 @@
 """A tiny registry of dataset formats: one record per data.name, `register_format`, `get_format`, `list_formats`.
 
-A format is a row of data: how to read a split, whether the split lives in memory, what its targets are, and
-the facts it fixes for a model (classes, channels, stored image side). The built-in rows are registered in
-deepres.data.datasets; the names must match core.config's DatasetName (a test keeps the two equal).
+A format is a row of data: how to read a split, whether the split lives in memory, what its targets are, the
+facts it fixes for a model (classes, channels, stored image side) and the format options of the data section it
+reads. The built-in rows are registered in deepres.data.datasets. The registry hands its names and options to the
+config schema (core.config.DATASET_FORMATS) on import, so a config naming an unregistered format, or setting an
+option its format does not read, fails at load.
 """
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from deepres.core.config import DataConfig
+from deepres.core.config import DATASET_FORMATS, FORMAT_OPTIONS, DataConfig
 
 # What a target is. classification: one class index per image. segmentation: a class-index mask per image
 # (no format or loader reads masks yet).
@@ -24,6 +26,9 @@ Split = Literal["train", "val"]  # data.train_split / data.val_split
 # `classes` are the train split's (the val split must hold exactly them), not a model's (a subset is allowed).
 Reader = Callable[[DataConfig, Split, Path | None, list[str] | None, bool], Any]
 PerConfig = Callable[[DataConfig], Any]  # a fact that depends on other data.* keys (cifar100: coarse_labels)
+
+# The format options every segmentation reader reads (image and mask rescaled and cropped together)
+SEGMENTATION_OPTIONS = ("scale_range", "base_size", "base_side", "cat_max_ratio", "test_size")
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,17 @@ class DatasetFormat:
     fetch: str = ""  # `deepres data get` key; its package copy, if installed, is the default data.root
     packable: bool = False  # a file format `deepres data pack` reads
     needs_root: bool = True  # reads files under data.root (False: generated)
+    # The format options (core.config.FORMAT_OPTIONS: data.class_depth, data.scale_range, ...) the format reads; the
+    # config refuses any other set to a non-default value. None: not declared, every option passes
+    options: tuple[str, ...] | None = None
 
+    @property
+    def masks(self) -> bool:
+        """Whether each item is an (image, mask) pair moved together by the transforms: the dense formats."""
+        return self.task in DENSE_TASKS
+
+
+DENSE_TASKS = ("segmentation",)  # tasks whose targets are per-pixel masks
 
 _formats: dict[str, DatasetFormat] = {}
 
@@ -56,8 +71,16 @@ def register_format(fmt: DatasetFormat) -> DatasetFormat:
     if fmt.task not in get_args(Task):
         raise ValueError(f"dataset format {fmt.name!r}: task must be one of {', '.join(get_args(Task))}, "
                          f"got {fmt.task!r}")
+    unknown = [key for key in fmt.options or () if key not in FORMAT_OPTIONS]
+    if unknown:
+        raise ValueError(f"dataset format {fmt.name!r}: options must be data format options "
+                         f"({', '.join(FORMAT_OPTIONS)}), got {', '.join(map(repr, unknown))}")
     _formats[fmt.name] = fmt
     return fmt
+
+
+# The config's data.name takes the registered names, and its format options check against what each reads
+DATASET_FORMATS.provide(lambda: {name: fmt.options for name, fmt in _formats.items()})
 
 
 def get_format(name: str) -> DatasetFormat:

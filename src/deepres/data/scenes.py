@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from deepres.core.files import atomic_write_text
 
-from . import transforms as T
-from .formats import FASHION_MNIST_CLASSES, ArrayDataset, read_fashion_mnist
+from .augment import transforms as T
+from .readers.formats import FASHION_MNIST_CLASSES, ArrayDataset, read_fashion_mnist
 
 SCENE_CLASSES = ["background", *FASHION_MNIST_CLASSES]
 SPLIT_SEEDS = {"train": 0, "test": 1}  # one generator per split: the two never share draws

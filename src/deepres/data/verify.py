@@ -10,8 +10,8 @@ from tqdm import tqdm
 
 from deepres.core.files import atomic_write
 
-from .folders import list_image_files
 from .images import DEFAULT_MAX_PIXELS, BadImageError, load_image
+from .readers.folders import list_image_files
 
 
 @dataclass

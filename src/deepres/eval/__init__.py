@@ -1,8 +1,7 @@
-"""Evaluation of a trained checkpoint (`deepres eval`) and of any tool's segmentation predictions (`deepres score`):
-the metrics come from the task (deepres.tasks.evaluate, deepres.tasks.segmentation); this package adds the commands
-and the confusion-matrix files."""
+"""Evaluation beyond the task's own metrics: a classifier's robustness (mCE, mFR: robustness.py the measures and
+report, robustness_measure.py running a model on corrupted images) and any tool's segmentation predictions scored
+against a dataset's ground truth (score.py). The metrics of a checkpoint come from its task (deepres.tasks)."""
 from deepres.tasks.evaluate import evaluate
-
-from .confusion import write_confusion_matrix
+from deepres.tasks.reports import write_confusion_matrix
 
 __all__ = ["evaluate", "write_confusion_matrix"]

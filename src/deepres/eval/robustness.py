@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from deepres.core.files import atomic_write, atomic_write_many
 from deepres.core.plots import save_panels
 from deepres.data.corruptions import ALL_CORRUPTIONS, CORRUPTIONS, SEVERITIES
-from deepres.data.perturbations import EXTRA_PERTURBATIONS, PERTURBATIONS
+from deepres.data.corruptions.perturbations import EXTRA_PERTURBATIONS, PERTURBATIONS
 
 # --------------------------------------------------------------------------------------------- AlexNet
 # AlexNet (torchvision's alexnet-owt-4df8aa71, the checkpoint Hendrycks' test.py loads) top-1 error on

@@ -8,12 +8,13 @@ from deepres.models import load_pretrained, read_state_dict
 from deepres.tasks.build import load_model
 
 from .int8 import Int8Calibration
+from .plan import UNSET, precision_or_fast
 from .predictor import Predictor, stem_in_chans
 
 
 def init_model(model_or_recipe, checkpoint=None, device="cpu", *, preprocess: Preprocess | None = None,
-               class_names: list[str] | None = None, fast: bool | str = "auto", compile: bool = False,
-               calibration=None, backend: str = "auto") -> Predictor:
+               class_names: list[str] | None = None, precision: str = "auto", compile: bool = False,
+               calibration=None, backend: str = "auto", fast=UNSET) -> Predictor:
     """A Predictor on `device`: the model in eval mode with its preprocessing, class names and source.
 
     model_or_recipe: a deepres run directory or .safetensors checkpoint (config and classes inside), a weights
@@ -21,16 +22,17 @@ def init_model(model_or_recipe, checkpoint=None, device="cpu", *, preprocess: Pr
     `checkpoint` is given), a recipe name or YAML path, or an nn.Module (see deepres.tasks.build.load_model).
     checkpoint: any .pth/.safetensors state dict for that architecture (num_classes and in_chans are read from it).
     preprocess / class_names override what was derived.
-    fast: how the predictor runs it (Predictor.set_fast_path): "auto" (default; int8 where a deepres checkpoint
-    carries an int8 calibration agreeing with fp32 on >= 99.5% of its images and the CPU has VNNI/AMX, else bf16
-    where the CPU/GPU computes it natively, else fp32, BN folded and channels_last either way; the Predictor's
-    `fast_reason` says which and why), "fp32", "bf16", "int8" (CPU; needs
-    `calibration`: a few hundred images of any kind inference_model takes), or False (the model as is, fp32).
-    compile: add torch.compile (compiles once per batch size: worth it for large jobs). backend: what runs an
-    fp32 path on the CPU: "auto" (ONNX Runtime, exported once and cached, unless compiled), "torch", "onnxruntime".
-    The model itself keeps
-    its fp32 weights: extract_feat, export and training use it unchanged.
+    precision: how the predictor runs it (Predictor.set_fast_path, one of plan.PRECISIONS): "auto" (default; int8
+    where a deepres checkpoint carries an int8 calibration agreeing with fp32 on >= 99.5% of its images and the CPU
+    has VNNI/AMX, else bf16 where the CPU/GPU computes it natively, else fp32, BN folded and channels_last either
+    way; the Predictor's `plan.reason` says which and why), "fp32", "bf16", "int8" (CPU; needs `calibration`, a few
+    hundred images of any kind inference_model takes, unless the checkpoint stores one), or "eager" (the model as
+    it is, fp32). compile: add torch.compile (compiles once per batch size: worth it for large jobs). backend: what
+    runs an fp32 path on the CPU: "auto" (ONNX Runtime, exported once and cached, unless compiled), "torch",
+    "onnxruntime". fast: the deprecated name of precision (True: "auto", False: "eager").
+    The model itself keeps its fp32 weights: extract_feat, export and training use it unchanged.
     """
+    precision = precision_or_fast(precision, fast, "init_model")
     if isinstance(model_or_recipe, nn.Module):
         model = model_or_recipe
         if checkpoint is not None:
@@ -51,7 +53,8 @@ def init_model(model_or_recipe, checkpoint=None, device="cpu", *, preprocess: Pr
                 if loaded.int8_calibration is not None else None)
     return Predictor(model.to(device), preprocess or derived_pp,
                      class_names if class_names is not None else derived_names, source=source, config=config,
-                     fast=fast, compile=compile, calibration=calibration, int8_calibration=int8, backend=backend)
+                     precision=precision, compile=compile, calibration=calibration, int8_calibration=int8,
+                     backend=backend)
 
 
 def _predictor(model) -> Predictor:

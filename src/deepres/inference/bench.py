@@ -23,8 +23,8 @@ import torch.nn as nn
 
 from deepres.core.checkpoint import resolve_checkpoint
 from deepres.core.config import apply_overrides
-from deepres.core.device import (auto_dtype, available_cores, cpu_class_label, cpu_has_native_bf16, cpu_int8_flags,
-                                 cpu_isa, cpu_model_name, load_warning)
+from deepres.core.device import (available_cores, cpu_class_label, cpu_has_native_bf16, cpu_int8_flags, cpu_isa,
+                                 cpu_model_name, load_warning)
 from deepres.data import build_loaders
 from deepres.models import create_model
 
@@ -32,14 +32,15 @@ from deepres.tasks.build import load_model
 
 from .api import init_model
 from .export import export_onnx, onnxruntime_runner as session_runner
-from .fastpath import InferenceInfo, prepare_for_inference
+from .plan import Request, choose_path
+from .runner import InferenceInfo, build_runner, example_batch
 
-# fp32: deepres's fp32 path as prepare_for_inference runs it (backend "auto": ONNX Runtime on the CPU from a cached
+# fp32: deepres's fp32 path as precision="fp32" runs it (backend "auto": ONNX Runtime on the CPU from a cached
 # export); fp32_torch: the same in PyTorch (BN folded, channels_last, oneDNN)
 PATHS = ("eager_fp32", "fp32", "fp32_torch", "fp32_compile", "bf16", "bf16_compile", "int8", "onnxruntime_fp32",
          "onnxruntime_int8")
 # --checkpoint only: what init_model / predict run by default for that checkpoint (int8 from its stored calibration
-# where that clears the bar on this CPU, else bf16 / fp32: deepres.inference.int8)
+# where that clears the bar on this CPU, else bf16 / fp32: deepres.inference.plan.choose_path)
 CHECKPOINT_PATHS = ("default", *PATHS)
 ORT_STEPS = {"onnxruntime_fp32": "onnx export (dynamo), ORT CPU EP",
              "onnxruntime_int8": "onnx export (dynamo), ORT quantize_static QDQ u8s8 per-channel, ORT CPU EP"}
@@ -63,11 +64,15 @@ class BenchRow:
     max_abs_error: float | None  # largest |logit - eager fp32 logit| on those images
     prepare_s: float  # seconds to build the path (fold, quantize, export...), compile excluded
     compile_s: float = 0.0  # torch.compile seconds (first call for this batch size, inductor caches disabled)
-    default: bool = False  # the path prepare_for_inference(mode="auto") picks on this machine
+    default: bool = False  # the path precision="auto" picks for this model on this machine (choose_path)
     steps: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------ building paths
+# benchmark path -> the Request that builds it (the ONNX Runtime paths are built here, not by choose_path)
+REQUESTS = {"eager_fp32": Request("eager"), "fp32": Request("fp32"), "fp32_torch": Request("fp32", backend="torch"),
+            "fp32_compile": Request("fp32", compile=True), "bf16": Request("bf16"),
+            "bf16_compile": Request("bf16", compile=True), "int8": Request("int8")}
 
 
 def build_path(path: str, model: nn.Module, input_size: tuple[int, int, int], *,
@@ -83,15 +88,13 @@ def build_path(path: str, model: nn.Module, input_size: tuple[int, int, int], *,
         runner = onnxruntime_runner(model, input_size, workdir or Path(tempfile.mkdtemp()))
     elif path == "onnxruntime_int8":
         runner = onnxruntime_int8_runner(model, input_size, workdir or Path(tempfile.mkdtemp()), calibration)
+    elif path in REQUESTS:
+        calibration = calibration if path == "int8" else None
+        plan = choose_path(model, "cpu", calibration, REQUESTS[path])
+        runner, info = build_runner(model, plan, example_batch(input_size, batch_size), calibration=calibration,
+                                    verify=False)
     else:
-        mode = {"eager_fp32": "eager", "bf16_compile": "bf16", "fp32_compile": "fp32", "fp32_torch": "fp32"}.get(
-            path, path)
-        if path not in PATHS:
-            raise ValueError(f"unknown benchmark path {path!r}; choose from {', '.join(PATHS)}")
-        runner, info = prepare_for_inference(model, example_input_size=input_size, mode=mode,
-                                             compile=path.endswith("_compile"), calibration=calibration,
-                                             device="cpu", verify=False, example_batch_size=batch_size,
-                                             backend="torch" if path == "fp32_torch" else "auto")
+        raise ValueError(f"unknown benchmark path {path!r}; choose from {', '.join(PATHS)}")
     return runner, info, time.perf_counter() - start - (sum(runner.compile_seconds.values()) if info else 0.0)
 
 
@@ -190,7 +193,6 @@ def _benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, sec
         raise ValueError(f"unknown benchmark path(s) {', '.join(unknown)}; choose from {', '.join(PATHS)}")
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
-    default_path = auto_dtype(torch.device("cpu"))  # what mode="auto" picks here
     rows: list[BenchRow] = []
     by_model: dict[tuple[str, int], list[int]] = {}
     for name, size, batch in cases:
@@ -200,6 +202,7 @@ def _benchmark(cases=DEFAULT_CASES, paths=DEFAULT_PATHS, *, warmup: int = 2, sec
         for (name, size), batches in by_model.items():
             torch.manual_seed(seed)
             model = create_model(name).eval()
+            default_path = choose_path(model, "cpu").dtype  # what precision="auto" runs (no int8 calibration)
             input_size = (3, size, size)
             # Agreement images go through in chunks of the largest batch (a whole number of them), so a compiled
             # path sees no input shape beyond the timed ones.
@@ -305,7 +308,7 @@ def _default_runner(checkpoint: Path, batch_size: int) -> tuple[Callable[[torch.
     """The runner init_model(checkpoint) uses by default on the CPU, and why it picked it."""
     predictor = init_model(str(checkpoint), device="cpu")
     runner = predictor.fast_runner(batch_size)
-    return runner, predictor.fast_reason
+    return runner, predictor.plan.reason
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -2,13 +2,11 @@
 images and measures the top-1 agreement of the int8 model (rebuilt from those ranges alone, as a later load
 rebuilds it) with fp32 on evaluation images; `calibrate_checkpoint` does it for a deepres checkpoint on its own
 dataset and writes the result into the checkpoint's metadata (`deepres calibrate`, and `deepres train` with
-train.calibrate_int8). fast="auto" then runs int8 where the stored agreement clears the bar (deepres.inference.int8).
-Commands: `deepres calibrate RUN_OR_CHECKPOINT`, and `deepres train` (the training command with that last step,
-which the train layer cannot import).
+train.calibrate_int8 through `calibrate_after_training`). precision="auto" then runs int8 where the stored agreement
+clears the bar (deepres.inference.plan).
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -18,17 +16,18 @@ import torch
 import torch.nn as nn
 
 from deepres.core.checkpoint import resolve_checkpoint, set_weights_metadata
-from deepres.core.device import (cpu_int8_flags, cpu_model_name, limit_compute_threads,
-                                 nondeterministic_kernels_allowed)
+from deepres.core.config import Config
+from deepres.core.device import cpu_int8_flags, cpu_model_name, nondeterministic_kernels_allowed
 from deepres.data import build_loaders
 from deepres.models.base import eval_mode
+from deepres.tasks import task_of
 from deepres.tasks.build import load_model
-from deepres.train import cli as train_cli
 
-from .fastpath import activation_ranges, observe_int8, prepare_for_inference, run_calibration
-from .int8 import Int8Calibration, int8_choice
+from .int8 import Int8Calibration, activation_ranges, observe_int8, run_calibration
+from .plan import choose_path
 from .predictor import Predictor
 from .preprocess import expand_inputs, preprocess_image
+from .runner import build_runner
 
 
 def calibrate_int8(model: Predictor | nn.Module, calibration, eval_images, *, max_calibration_images: int = 256,
@@ -49,8 +48,8 @@ def calibrate_int8(model: Predictor | nn.Module, calibration, eval_images, *, ma
         observed = observe_int8(module, calib[0][:2])
         seen = run_calibration(observed, calib)
         ranges = activation_ranges(observed)
-        runner, _ = prepare_for_inference(module, example_input_size=tuple(calib[0].shape[1:]), mode="int8",
-                                          int8_ranges=ranges, device="cpu", verify=False)
+        plan = choose_path(module, "cpu", ranges, "int8")  # the ranges alone, as a load rebuilds it
+        runner, _ = build_runner(module, plan, calib[0][:2], verify=False)
         agree = total = 0
         with torch.inference_mode():
             for batch in _float_batches(eval_images, preprocess, max_eval_images, "evaluation"):
@@ -116,49 +115,21 @@ def calibrate_checkpoint(target: str | Path, *, data_root: str | None = None, im
     return path, calibration
 
 
-def calibrate_after_training(run, log: Callable[[str], None]) -> None:
-    """fit's after_training step for `deepres train`: with train.calibrate_int8, calibrate the finished run's
-    checkpoint on its own loaders (train.int8_calibration_images / int8_agreement_images)."""
-    t = run.cfg.train
+def calibrate_after_training(cfg: Config, run_dir: str | Path, *, loaders=None,
+                             log: Callable[[str], None] = print) -> None:
+    """train.calibrate_int8's step after a finished run (`deepres train`): calibrate the run's checkpoint on its own
+    data (train.int8_calibration_images / int8_agreement_images; loaders: (train, eval) batches to use instead of
+    building them from cfg). A failure is logged, never raised: the trained run is complete and saved."""
+    t = cfg.train
     if not t.calibrate_int8:
         return
-    if run.task.best_metric != "top1":
-        log(f"train.calibrate_int8: int8 calibration is for classifiers; skipped for data.name={run.cfg.data.name}")
+    if not task_of(cfg.data).labels_images:
+        log(f"train.calibrate_int8: int8 calibration measures top-1 agreement, which needs one label per image; "
+            f"skipped for data.name={cfg.data.name}")
         return
     try:
-        calibrate_checkpoint(run.run_dir, images=t.int8_calibration_images, eval_images=t.int8_agreement_images,
-                             loaders=(run.train_loader, run.eval_loader), log=log)
+        calibrate_checkpoint(run_dir, images=t.int8_calibration_images, eval_images=t.int8_agreement_images,
+                             loaders=loaders, log=log)
     except Exception as e:  # the trained run is complete and saved; only the optional int8 step failed
         log(f"train.calibrate_int8: int8 calibration failed ({type(e).__name__}: {e}); the run and its checkpoints "
-            f"are as they were, and predict runs bf16/fp32. Retry with `deepres calibrate {run.run_dir}`")
-
-
-# ---------------------------------------------------------------------------------------------- commands
-
-
-def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", metavar="RUN_OR_CHECKPOINT",
-                        help="a deepres run directory (its best, else last, checkpoint) or .safetensors checkpoint")
-    parser.add_argument("--data", metavar="ROOT", help="data.root: the dataset directory (default: the checkpoint's)")
-    parser.add_argument("--images", type=int, default=256,
-                        help="training images to observe the int8 activation ranges on (default %(default)s)")
-    parser.add_argument("--eval-images", type=int, default=1000,
-                        help="evaluation images to measure int8-vs-fp32 top-1 agreement on (default %(default)s)")
-
-
-def calibrate(args: argparse.Namespace) -> int:
-    limit_compute_threads()
-    path, calibration = calibrate_checkpoint(args.target, data_root=args.data, images=args.images,
-                                             eval_images=args.eval_images)
-    use, why = int8_choice(calibration, torch.device("cpu"))
-    print(f"predict / init_model with fast='auto' on this CPU: {'int8' if use else 'not int8'} ({why})")
-    return 0
-
-
-def train(args: argparse.Namespace) -> int:
-    """`deepres train`, with train.calibrate_int8's step after a finished run."""
-    return train_cli.run(args, after_training=calibrate_after_training)
-
-
-# The commands this module serves (deepres.cli): name -> (add its arguments, run it)
-COMMANDS = {"calibrate": (add_calibrate_arguments, calibrate), "train": (train_cli.add_arguments, train)}
+            f"are as they were, and predict runs bf16/fp32. Retry with `deepres calibrate {run_dir}`")

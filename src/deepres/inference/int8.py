@@ -1,21 +1,19 @@
-"""int8 by default when it is safe and faster: the stored calibration (`Int8Calibration`, a checkpoint's
-int8_calibration metadata) and the rule `int8_choice` that fast="auto" follows: int8 when the checkpoint carries a
-calibration whose measured top-1 agreement with fp32 is >= AGREEMENT_BAR, on an x86 CPU with AVX2 or more (int8 was
-measured faster than fp32 on every such class: ResNet-50 b16 on a 2-core AVX2-only AMD EPYC, int8 30.4 img/s against
-the fp32 default's 21.8, issue 25; 2-5x on AVX-512 VNNI and AMX), and, on a CPU without 8-bit dot products (VNNI,
-AMX-INT8), only with a calibration measured without them too: there fbgemm sums pairs of 8-bit products in int16,
-which can saturate, so an agreement measured with VNNI does not carry over. Otherwise today's default (bf16 where
-native, else fp32). Published weights carry no calibration.
+"""int8 on the CPU: the calibration stored with a model's weights (`Int8Calibration`, a checkpoint's
+int8_calibration metadata) and the mechanics of post-training static quantization (torch.ao FX graph mode, x86
+backend): observe the activations, calibrate, save and load the observed ranges, convert, and run one converted copy
+per input shape. When int8 runs by default is plan.choose_path's decision (AGREEMENT_BAR and the CPU rules there).
 """
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
 
 import torch
+import torch.fx
+import torch.nn as nn
 
-from deepres.core.device import cpu_class, cpu_int8_flags
-
-AGREEMENT_BAR = 99.5  # % top-1 agreement of int8 with fp32 on evaluation images that auto needs (issue 15's bar)
 CALIBRATION_FORMAT = 1  # bump when the stored layout changes
 
 
@@ -57,25 +55,112 @@ class Int8Calibration:
         return cls(**data)
 
 
-def int8_choice(calibration: Int8Calibration | None, device: torch.device, *, compile: bool = False) \
-        -> tuple[bool, str]:
-    """(run int8?, why): the fast="auto" rule for int8. The reason names the stored agreement and the CPU."""
-    if calibration is None:
-        return False, "no int8 calibration stored with these weights (`deepres calibrate` adds one)"
-    if device.type != "cpu":
-        return False, f"int8 runs on the CPU only, not {device.type}"
-    if compile:
-        return False, "compile=True was asked and int8 does not compile"
-    if calibration.agreement < AGREEMENT_BAR:
-        return False, (f"the stored int8 calibration agrees with fp32 on {calibration.agreement:.2f}% of "
-                       f"{calibration.eval_images} images, below the {AGREEMENT_BAR}% bar")
-    cls, flags = cpu_class(), cpu_int8_flags()
-    if cls == "baseline":
-        return False, "this CPU has no AVX2, where int8 was never measured faster than fp32"
-    if not flags and calibration.cpu_int8:
-        return False, (f"this CPU has no VNNI or AMX-INT8, so its int8 kernels round differently (int16 sums); the "
-                       f"stored agreement was measured with {', '.join(calibration.cpu_int8)}: `deepres calibrate` on "
-                       f"this machine measures it for these kernels")
-    has = f"this CPU has {', '.join(flags)}" if flags else f"this CPU (class {cls}) runs int8 faster than fp32"
-    return True, (f"auto: int8 because the stored calibration agrees with fp32 on {calibration.agreement:.2f}% of "
-                  f"{calibration.eval_images} images (bar {AGREEMENT_BAR}%) and {has}")
+class PerShapeInt8:
+    """A converted int8 model kept once per input shape. The x86 quantized convolutions build their oneDNN
+    primitive for the first input shape they see and rebuild it on every call of any other shape: measured on
+    ResNet-50 (one process, same machine), batch 1 ran at 68 img/s on a copy first called with batch 16 against
+    93 on a fresh copy, and batch 16 at 186 against 196 the other way round. So each new shape gets its own copy of
+    the never-called model (ResNet-50 int8: about 25 MB each), up to MAX_SHAPES; later shapes share the first."""
+
+    MAX_SHAPES = 8
+
+    def __init__(self, module: nn.Module):
+        self.pristine = module  # never called, so copies of it hold no shape
+        self.by_shape: dict[tuple[int, ...], nn.Module] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
+        module = self.by_shape.get(shape)
+        if module is None:
+            if len(self.by_shape) < self.MAX_SHAPES:
+                module = self.by_shape[shape] = copy.deepcopy(self.pristine)
+            else:
+                module = next(iter(self.by_shape.values()))
+        return module(x)
+
+
+def quantize_int8(model: nn.Module, calibration: Iterable[torch.Tensor] | None, example: torch.Tensor, *,
+                  ranges: dict[str, Sequence[float]] | None = None) -> nn.Module:
+    """Post-training static int8 quantization (torch.ao FX graph mode, x86 backend): conv-BN-ReLU fused, weights
+    per-channel symmetric, activations per-tensor from their min/max over the `calibration` batches, or from
+    `ranges` (activation_ranges of an earlier calibration of the same model: no images needed)."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    observed = observe_int8(model, example)
+    if ranges is not None:
+        load_activation_ranges(observed, ranges)
+    elif calibration is None:
+        raise ValueError("int8 needs calibration batches (a few hundred real, preprocessed images) or the ranges "
+                         "of a stored calibration")
+    else:
+        run_calibration(observed, calibration)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.13 deprecates FX quantization (see observe_int8)
+        return convert_fx(observed)
+
+
+def observe_int8(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """A CPU copy of `model` prepared for int8 (FX graph mode, x86 backend) with a min/max observer on every
+    activation to quantize; the observer names depend on the model's graph only, so ranges saved from one
+    observed copy load into another (activation_ranges / load_activation_ranges)."""
+    from torch.ao.quantization import QConfig, get_default_qconfig_mapping
+    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    # Full 8-bit activations on every CPU class. Without VNNI, fbgemm's AVX2 kernels sum pairs of u8 x s8 products
+    # in int16, which can saturate, and 7-bit activations (reduce_range) rule that out; measured, they cost more
+    # than the saturation they prevent: the Fashion-MNIST ResNet-20 demo on AVX2 (by ISA restriction) agrees with
+    # fp32 on 99.46% of 5000 test images in 8 bits, 99.02% in 7, and ResNet-50 b16 runs at 36.0 against 32.4 img/s.
+    # Whatever a model loses to saturation shows in the agreement its calibration measures on the same kernels
+    # (plan.choose_path takes a calibration measured without VNNI only on a CPU without VNNI). With VNNI the 8 bits
+    # are exact (ResNet-20: 98.7% vs 97.9% top-1 agreement with 7).
+    # MinMax rather than the default histogram observer: as accurate on ResNets here, and calibrates much faster.
+    qconfig = QConfig(activation=MinMaxObserver.with_args(reduce_range=False),
+                      weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric))
+    model = copy.deepcopy(model).cpu().eval()
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates FX quantization in favour of torchao's pt2e; it is still the one in torch itself.
+        warnings.simplefilter("ignore")
+        return prepare_fx(model, get_default_qconfig_mapping("x86").set_global(qconfig),
+                          example_inputs=(example.cpu(),))
+
+
+def run_calibration(observed: nn.Module, calibration: Iterable[torch.Tensor]) -> int:
+    """Feed the calibration batches through an observe_int8 model; returns the number of images seen."""
+    seen = 0
+    with torch.no_grad():  # observers update their buffers in place, which inference_mode forbids
+        for batch in calibration:
+            observed(batch.cpu().float())
+            seen += batch.shape[0]
+    if seen == 0:
+        raise ValueError("int8: the calibration batches were empty")
+    return seen
+
+
+def _activation_observers(observed: nn.Module) -> dict[str, nn.Module]:
+    return {name: module for name, module in observed.named_modules()
+            if hasattr(module, "min_val") and hasattr(module, "max_val") and name}
+
+
+def activation_ranges(observed: nn.Module) -> dict[str, list[float]]:
+    """{observer name: [min, max]} of a calibrated observe_int8 model: everything int8 needs from the images.
+    The raw min/max, not scales: the scales follow from them on any CPU."""
+    ranges = {name: [float(obs.min_val), float(obs.max_val)] for name, obs in _activation_observers(observed).items()}
+    empty = [name for name, (low, high) in ranges.items() if low > high]  # min/max start at +inf / -inf
+    if empty:
+        raise ValueError(f"int8: no calibration data reached {', '.join(empty[:3])}")
+    return ranges
+
+
+def load_activation_ranges(observed: nn.Module, ranges: dict[str, Sequence[float]]) -> None:
+    """Set the observers of an observe_int8 model from activation_ranges (of the same architecture)."""
+    observers = _activation_observers(observed)
+    if set(observers) != set(ranges):
+        missing, extra = sorted(set(observers) - set(ranges)), sorted(set(ranges) - set(observers))
+        raise ValueError(f"int8 activation ranges do not fit this model: {len(missing)} observers without a range "
+                         f"({', '.join(missing[:3])}), {len(extra)} ranges without an observer "
+                         f"({', '.join(extra[:3])})")
+    for name, (low, high) in ranges.items():
+        observers[name].min_val.fill_(float(low))  # scalar buffers of a per-tensor observer
+        observers[name].max_val.fill_(float(high))

@@ -9,6 +9,7 @@ in-place edit of the weights (an optimizer step, `param.data[...] = ...`) is not
 call `refresh()` after one.
 """
 import logging
+import warnings
 
 import torch
 import torch.nn as nn
@@ -17,13 +18,15 @@ from tqdm import tqdm
 from deepres.core.preprocess import Preprocess
 from deepres.data.images import BadImageError
 from deepres.models.base import eval_mode, module_device
-from deepres.tasks.segmentation import SegViews, segment
+from deepres.tasks import PredictOptions, task_of_model
+from deepres.tasks.segmentation import SegViews
 
 from .cam import cam_stages, grad_cam
-from .fastpath import BACKENDS, MODES, InferenceInfo, prepare_for_inference
-from .int8 import Int8Calibration, int8_choice
+from .int8 import Int8Calibration
+from .plan import UNSET, Plan, Request, choose_path, precision_or_fast
 from .preprocess import (expand_inputs, input_path, normalize_image, preprocess_image, preprocess_tensor,
                          resize_and_crop, to_image_tensor)
+from .runner import InferenceInfo, build_runner, example_batch
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +37,8 @@ class Predictor:
     """model + preprocess + class names + source, and the fast path it runs on (see `set_fast_path`)."""
 
     def __init__(self, model: nn.Module, preprocess: Preprocess, class_names: list[str], *, source: dict | None = None,
-                 config=None, fast: bool | str = "auto", compile: bool = False, calibration=None,
-                 int8_calibration: Int8Calibration | None = None, backend: str = "auto"):
+                 config=None, precision: str = "auto", compile: bool = False, calibration=None,
+                 int8_calibration: Int8Calibration | None = None, backend: str = "auto", fast=UNSET):
         in_chans = stem_in_chans(model)
         if in_chans and preprocess.in_chans != in_chans:
             raise ValueError(f"preprocess gives {preprocess.in_chans}-channel images but the model's stem takes "
@@ -48,76 +51,86 @@ class Predictor:
         self.class_names = list(class_names)
         self.source = dict(source or {})  # where the weights came from (kind, checkpoint, model, url, top1, ...)
         self.config = config  # the deepres training config, for weights deepres trained
-        self.int8_calibration = int8_calibration  # stored with the weights: lets fast="auto" pick int8 (int8.py)
-        self._runner, self._info, self._prepared_for = None, None, None
+        self.task = task_of_model(model)  # the task row: what a prediction is, as JSON, as text, as files
+        self.int8_calibration = int8_calibration  # stored with the weights: lets precision="auto" pick int8 (plan.py)
+        self._runner, self._info, self._plan, self._prepared_for = None, None, None, None
         self._loads = _LoadCounter()  # load_state_dict calls on the model: each makes the prepared copy stale
         model.register_load_state_dict_post_hook(self._loads)
-        self.set_fast_path(fast, compile=compile, calibration=calibration, backend=backend)
+        self.set_fast_path(precision_or_fast(precision, fast, "Predictor"), compile=compile, calibration=calibration,
+                           backend=backend)
 
     def __repr__(self) -> str:
         return (f"Predictor({type(self.model).__name__}, {len(self.class_names)} classes, {self.preprocess}, "
-                f"fast={self.fast_mode!r})")
+                f"precision={self.precision!r})")
 
     def __getstate__(self) -> dict:  # copies and pickles keep the setting, not the prepared copy
         return {**self.__dict__, "_runner": None, "_info": None, "_prepared_for": None}
 
     # ------------------------------------------------------------------------------------------ fast path
-    def set_fast_path(self, fast: bool | str = "auto", *, compile: bool = False, calibration=None,
-                      backend: str = "auto") -> None:
-        """fast: "auto" (int8 where the weights carry an int8 calibration that agrees with fp32 on >= 99.5% of its
-        images and the CPU has VNNI/AMX, see deepres.inference.int8; else bf16 where the CPU/GPU computes it
-        natively, else fp32; BN folded and channels_last either way; `fast_reason` says which and why), "fp32",
-        "bf16", "int8" (CPU; needs `calibration`: a few hundred images of any kind `predict` takes),
-        or False / "eager" (the model as it is, fp32). compile: add torch.compile (once per batch size).
-        backend: what runs an fp32 path on the CPU, "auto" (ONNX Runtime unless compiled), "torch" or
-        "onnxruntime" (deepres.inference.fastpath.fp32_backend)."""
-        mode = "auto" if fast is True else "eager" if fast is False or fast is None else fast
-        if mode not in MODES:
-            raise ValueError(f"fast must be one of {', '.join(MODES)} or True/False, got {fast!r}")
-        if mode == "int8" and calibration is None and self.int8_calibration is not None:
-            pass  # the activation ranges stored with the weights
-        elif mode == "int8":
-            if calibration is None:
-                raise ValueError("fast='int8' needs calibration images (a few hundred real images of the kind you "
-                                 "will classify: paths, a folder, PIL images, arrays or tensors): pass calibration=...")
+    def set_fast_path(self, precision: str = "auto", *, compile: bool = False, calibration=None,
+                      backend: str = "auto", fast=UNSET) -> None:
+        """precision: "auto" (int8 where the weights carry an int8 calibration that agrees with fp32 on >= 99.5% of
+        its images and the CPU has VNNI/AMX; else bf16 where the CPU/GPU computes it natively, else fp32; BN folded and
+        channels_last either way; `plan.reason` says which and why), "fp32", "bf16", "int8" (CPU; needs
+        `calibration`, a few hundred images of any kind `predict` takes, or a calibration stored with the weights),
+        or "eager" (the model as it is, fp32). compile: add torch.compile (once per batch size). backend: what runs
+        an fp32 path on the CPU, "auto" (ONNX Runtime unless compiled), "torch" or "onnxruntime". The choice is
+        deepres.inference.plan.choose_path's; a request it cannot meet raises ValueError here."""
+        precision = precision_or_fast(precision, fast, "set_fast_path")
+        if precision == "int8" and calibration is not None:
             calibration, _ = expand_inputs(calibration)
             if not calibration:
-                raise ValueError("fast='int8': the calibration images are empty")
+                raise ValueError("precision='int8': the calibration images are empty")
             if len(calibration) > MAX_CALIBRATION_IMAGES:  # evenly spaced, so a sorted class-folder tree mixes classes
                 step = len(calibration) / MAX_CALIBRATION_IMAGES
                 calibration = [calibration[int(i * step)] for i in range(MAX_CALIBRATION_IMAGES)]
-        elif calibration is not None:
-            raise ValueError(f"calibration images are used by fast='int8' only, not fast={fast!r}")
-        if compile and mode in ("eager", "int8"):
-            raise ValueError(f"compile=True needs a fast path to compile (fast='auto', 'fp32' or 'bf16'), not {fast!r}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        self.fast_mode, self.compile, self.calibration, self.backend = mode, compile, calibration, backend
+        plan = self._choose(precision, compile, calibration, backend)  # raises before anything is changed
+        self.precision, self.compile, self.calibration, self.backend = precision, compile, calibration, backend
         self.refresh()
+        self._plan, self._prepared_for = plan, self._weights_key()
+
+    def _choose(self, precision: str, compile: bool, calibration, backend: str) -> Plan:
+        stored = self.int8_calibration
+        request = Request(precision, backend=backend, compile=compile,
+                          stale_calibration=stored is not None and self._loads.count > 0)
+        return choose_path(self.model, self.device, stored if calibration is None else calibration, request)
+
+    @property
+    def plan(self) -> Plan:
+        """The fast path the next forward pass runs, and why (choose_path); chosen again when the weights change."""
+        key = self._weights_key()
+        if self._plan is None or self._prepared_for != key:
+            self.refresh()
+            self._plan = self._choose(self.precision, self.compile, self.calibration, self.backend)
+            self._prepared_for = key
+        return self._plan
+
+    @property
+    def runner_info(self) -> InferenceInfo | None:
+        """What the built fast path applied and its measured error (None before the first forward pass)."""
+        return self._info
 
     @property
     def fast_info(self) -> InferenceInfo | None:
-        """What the prepared fast path applied and its measured error (None before the first forward pass)."""
+        """Deprecated: runner_info."""
+        warnings.warn("Predictor.fast_info is deprecated: use .runner_info", DeprecationWarning, stacklevel=2)
         return self._info
 
     @property
     def fast_reason(self) -> str:
-        """Why the fast path is the one it is (fast="auto": the int8 rule's verdict, then the dtype it chose)."""
-        if self._info is not None:
-            return self._info.reason
-        if self.fast_mode != "auto":
-            return f"fast={self.fast_mode!r} was asked for"
-        use, why = self._auto_int8()
-        return why if use else f"not int8: {why} (bf16 or fp32 is chosen on first use)"
+        """Deprecated: plan.reason."""
+        warnings.warn("Predictor.fast_reason is deprecated: use .plan.reason", DeprecationWarning, stacklevel=2)
+        return self.plan.reason
 
-    def _auto_int8(self) -> tuple[bool, str]:
-        if self.int8_calibration is not None and self._loads.count:
-            return False, "the stored int8 calibration is of the weights before load_state_dict"
-        return int8_choice(self.int8_calibration, self.device, compile=self.compile)
+    @property
+    def fast_mode(self) -> str:
+        """Deprecated: precision."""
+        warnings.warn("Predictor.fast_mode is deprecated: use .precision", DeprecationWarning, stacklevel=2)
+        return self.precision
 
     def refresh(self) -> None:
-        """Forget the prepared fast path; the next forward pass prepares it from the model's current weights."""
-        self._runner, self._info, self._prepared_for = None, None, None
+        """Forget the fast path; the next forward pass chooses and builds it from the model's current weights."""
+        self._runner, self._info, self._plan, self._prepared_for = None, None, None, None
 
     def _weights_key(self) -> tuple:
         # .to() and a new dtype replace the tensors; load_state_dict is counted by the hook
@@ -125,42 +138,19 @@ class Predictor:
         return self._loads.count, tuple((id(t), t.device, t.dtype) for t in tensors)
 
     def fast_runner(self, batch_size: int = 2):
-        """The prepared model function (float NCHW batch -> logits) predict runs, preparing it if needed; None for
-        fast="eager"."""
-        if self.fast_mode == "eager":
+        """The built fast path (float NCHW batch -> logits) forward runs, building `plan` if needed; None for
+        precision="eager"."""
+        plan = self.plan
+        if plan.precision == "eager":
             return None
-        key = self._weights_key()
-        if self._runner is not None and self._prepared_for == key:
-            return self._runner
-        pp = self.preprocess
-        mode, calibration, ranges, why = self.fast_mode, None, None, ""
-        if mode == "auto":
-            use_int8, why = self._auto_int8()
-            if use_int8:
-                mode = "int8"
-        if mode == "int8" and self.calibration is None:
-            ranges = self.int8_calibration.ranges
-        elif mode == "int8":
-            calibration = [torch.stack([preprocess_image(item, pp) for item in chunk])
-                           for chunk in _batches(self.calibration, 32)]
-        options = dict(example_input_size=pp.input_size, mode=mode, compile=self.compile,
-                       calibration=calibration, int8_ranges=ranges, device=self.device,
-                       example_batch_size=batch_size if self.compile else 2, backend=self.backend)
-        try:
-            self._runner, self._info = prepare_for_inference(self.model, **options)
-        except ValueError as error:
-            if "cannot trace" not in str(error):
-                raise
-            log.warning("fast path without BatchNorm folding: %s", error)
-            self._runner, self._info = prepare_for_inference(self.model, fold_bn=False, **options)
-        self._prepared_for = key
-        if self.fast_mode != "auto":
-            self._info.reason = f"fast={self.fast_mode!r} was asked for"
-        elif mode == "int8":
-            self._info.mode, self._info.reason = "auto", why
-        else:
-            self._info.reason = f"{self._info.reason}; not int8: {why}"
-        log.info("fast path: %s (%s)", ", ".join(self._info.steps) or self._info.mode, self.fast_reason)
+        if self._runner is None:
+            images = None
+            if plan.int8_source == "images":
+                images = [torch.stack([preprocess_image(item, self.preprocess) for item in chunk])
+                          for chunk in _batches(self.calibration, 32)]
+            example = example_batch(self.preprocess.input_size, batch_size if plan.compile else 2)
+            self._runner, self._info = build_runner(self.model, plan, example, calibration=images)
+            log.info("fast path: %s (%s)", ", ".join(self._info.steps) or plan.dtype, plan.reason)
         return self._runner
 
     # ------------------------------------------------------------------------------------------ running
@@ -188,76 +178,65 @@ class Predictor:
 
     __call__ = forward
 
-    def iter_predictions(self, inputs, *, top_k: int = 5, batch_size: int = 32, skip_bad: bool = False,
-                         progress: bool | None = False):
-        """Yield one result dict per image, in input order (see `predict`); progress=None: bar on a terminal."""
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+    def run(self, images, options: PredictOptions = PredictOptions()) -> list[dict]:
+        """The model's results for a batch of images, one dict per image in order: what its task's predictor makes of
+        them (deepres.tasks: a classifier's top-k classes, a segmentation model's class map). images: decoded images
+        ((C, H, W) tensors, 0-255) or anything to_image_tensor takes. Every prediction goes through here: predict,
+        segment, `deepres predict` and `deepres serve` alike."""
+        return self._run_decoded([to_image_tensor(image) for image in images], options)
+
+    def _run_decoded(self, decoded: list[torch.Tensor], options: PredictOptions) -> list[dict]:
+        """`run` on to_image_tensor's images ((C, H, W), 0-255)."""
+        if not decoded:
+            return []
+        inputs = [preprocess_tensor(image, self.preprocess).to(self.device, non_blocking=True) for image in decoded]
+        with eval_mode(self.model), torch.inference_mode():
+            results = self.task.predict(self.forward, inputs, [tuple(image.shape[-2:]) for image in decoded],
+                                        model=self.model, class_names=self.class_names, options=options)
+        if options.images:
+            for result, image in zip(results, decoded):
+                result["image"] = image
+        return results
+
+    def iter_results(self, inputs, options: PredictOptions = PredictOptions(), *, batch_size: int = 32,
+                     skip_bad: bool = False, progress: bool | None = False):
+        """Yield `run`'s result for every image of `inputs` (files, folders, PIL images, arrays, tensors), in input
+        order, `batch_size` images per call, with "path" for files. A file that cannot be decoded raises
+        BadImageError naming it; with skip_bad=True its result is {"path", "failed": True, "error"}.
+        progress=None: a bar on a terminal."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         items, _ = expand_inputs(inputs)
-        names = self.class_names
         disable = None if progress is None else not progress  # tqdm: None = only on a terminal
-        with eval_mode(self.model), tqdm(total=len(items), unit="img", disable=disable) as bar:
+        with tqdm(total=len(items), unit="img", disable=disable) as bar:
             for chunk in _batches(items, batch_size):
-                results, tensors, slots = [None] * len(chunk), [], []
+                results, images, slots = [None] * len(chunk), [], []
                 for slot, item in enumerate(chunk):
                     try:
-                        tensors.append(preprocess_image(item, self.preprocess))
+                        images.append(to_image_tensor(item))
                         slots.append(slot)
                     except BadImageError as error:
                         if not skip_bad:
                             raise
                         results[slot] = {"path": input_path(item), "failed": True, "error": str(error)}
-                if tensors:
-                    probs = torch.softmax(self.forward(torch.stack(tensors)).float(), dim=1).cpu()
-                    scores, labels = probs.topk(min(top_k, probs.shape[1]), dim=1)
-                    if len(names) != probs.shape[1]:
-                        names = [str(i) for i in range(probs.shape[1])]
-                    for slot, score_row, label_row in zip(slots, scores.tolist(), labels.tolist()):
-                        results[slot] = _result(chunk[slot], score_row, label_row, names)
+                for slot, result in zip(slots, self._run_decoded(images, options)):
+                    path = input_path(chunk[slot])
+                    results[slot] = result if path is None else {**result, "path": path}
                 bar.update(len(chunk))
                 yield from results
 
-    @property
-    def is_segmentation(self) -> bool:
-        """Whether the model labels pixels (a deepres segmentation model) rather than images."""
-        return getattr(self.model, "task", "classification") == "segmentation"
+    def iter_predictions(self, inputs, *, top_k: int = 5, batch_size: int = 32, skip_bad: bool = False,
+                         progress: bool | None = False):
+        """Yield one result dict per image, in input order (see `predict`); progress=None: bar on a terminal."""
+        return self.iter_results(inputs, PredictOptions(top_k=top_k), batch_size=batch_size, skip_bad=skip_bad,
+                                 progress=progress)
 
     def iter_segmentations(self, inputs, *, views: SegViews = SegViews(), probabilities: bool = True,
                            images: bool = False, skip_bad: bool = False, progress: bool | None = False):
         """Yield one result dict per image, in input order (see `segment`); images=True adds "image", the decoded
         input (C, H, W) (for an overlay, without decoding it again)."""
-        items, _ = expand_inputs(inputs)
-        names = self.class_names
-        with eval_mode(self.model), tqdm(total=len(items), unit="img", disable=None if progress is None
-                                         else not progress) as bar:
-            for item in items:
-                try:
-                    image = to_image_tensor(item)
-                    x = preprocess_tensor(image, self.preprocess)
-                except BadImageError as error:
-                    if not skip_bad:
-                        raise
-                    yield {"path": input_path(item), "failed": True, "error": str(error)}
-                    bar.update(1)
-                    continue
-                runner = self.fast_runner(1) or self.model
-                with torch.inference_mode():
-                    probs = segment(runner, x[None].to(self.device), tuple(image.shape[-2:]), mode=views,
-                                    num_classes=len(names), output_stride=getattr(self.model, "output_stride", None))
-                probs = probs[0].cpu()
-                class_map = probs.argmax(dim=0).to(torch.uint8)
-                counts = torch.bincount(class_map.flatten().long(), minlength=len(names)).tolist()
-                result = {"class_map": class_map,
-                          "class_shares": {n: c / class_map.numel() for n, c in zip(names, counts) if c}}
-                if probabilities:
-                    result["probabilities"] = probs
-                if images:
-                    result["image"] = image
-                path = input_path(item)
-                if path is not None:
-                    result["path"] = path
-                bar.update(1)
-                yield result
+        options = PredictOptions(views=views, probabilities=probabilities, images=images)
+        return self.iter_results(inputs, options, batch_size=1, skip_bad=skip_bad, progress=progress)
 
     def segment(self, inputs, *, views: SegViews = SegViews(), probabilities: bool = True, skip_bad: bool = False,
                 progress: bool | None = False):
@@ -267,8 +246,8 @@ class Predictor:
         classes present), probabilities (float32 (C, H, W), unless probabilities=False) and "path" for files.
         `views`: the test-time views (sliding windows, scales, flip, shift-and-stitch) as `deepres eval` runs them.
         The image is resized by the model's Preprocess (no crop), the prediction back to the image's size."""
-        if not self.is_segmentation:
-            raise ValueError(f"{type(self.model).__name__} is a classifier: use predict()")
+        if self.task.labels_images:
+            raise ValueError(f"{type(self.model).__name__} is a {self.task.name} model: use predict()")
         items, single = expand_inputs(inputs)
         results = list(self.iter_segmentations(items, views=views, probabilities=probabilities, skip_bad=skip_bad,
                                                progress=progress))
@@ -276,15 +255,17 @@ class Predictor:
 
     def predict(self, inputs, *, top_k: int = 5, batch_size: int = 32, skip_bad: bool = False,
                 progress: bool | None = False):
-        """Classify one image (-> dict) or several (a list, a 4-D tensor or a folder -> list of dicts, in order).
+        """Run the model on one image (-> dict) or several (a list, a 4-D tensor or a folder -> list of dicts, in
+        order): a classifier's top-k classes, a segmentation model's class map (see `segment`).
 
-        Each dict: pred_label, pred_score (softmax probability), pred_class, top_k_labels, top_k_scores,
+        A classifier's dict: pred_label, pred_score (softmax probability), pred_class, top_k_labels, top_k_scores,
         top_k_classes, and "path" for files. Images: file paths, PIL images, numpy uint8 HxWx3 / HxW, tensors
-        (C, H, W) uint8 0-255 or float 0-1 (see deepres.inference.preprocess.to_image_tensor). On the fast path
-        (bf16 by default on CPUs with AVX-512 BF16) scores can differ from the fp32 model's in the third decimal;
-        fast=False gives the fp32 model's. A file that cannot be decoded raises BadImageError naming it; with
-        skip_bad=True its result is {"path", "failed": True, "error"} and the other images still come back."""
-        if self.is_segmentation:
+        (C, H, W) uint8 0-255 or float 0-1 (see deepres.inference.preprocess.to_image_tensor). On the precision
+        path (bf16 by default on CPUs with AVX-512 BF16) scores can differ from the fp32 model's in the third
+        decimal; precision="eager" gives the fp32 model's. A file that cannot be decoded raises BadImageError naming
+        it; with skip_bad=True its result is {"path", "failed": True, "error"} and the other images still come
+        back."""
+        if not self.task.labels_images:
             return self.segment(inputs, skip_bad=skip_bad, progress=progress)
         items, single = expand_inputs(inputs)
         results = list(self.iter_predictions(items, top_k=top_k, batch_size=batch_size, skip_bad=skip_bad,
@@ -317,8 +298,8 @@ class Predictor:
         Each dict: label, class, score (softmax probability of that class, fp32 model), stage, cam (float32 (H, W)
         in 0..1 at the model's input size) and image (uint8 (C, H, W): the resized and cropped image the model saw,
         for an overlay with deepres.inference.cam.overlay_cam), and "path" for files."""
-        if self.is_segmentation:
-            raise ValueError(f"{type(self.model).__name__} is a segmentation model: Grad-CAM explains classifiers")
+        if not self.task.labels_images:
+            raise ValueError(f"{type(self.model).__name__} is a {self.task.name} model: Grad-CAM explains classifiers")
         label = None if target is None else self.class_index(target)
         stage = self.cam_stages[-1] if stage is None else stage
         items, single = expand_inputs(inputs)
@@ -389,12 +370,3 @@ def _batches(items: list, batch_size: int):
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(items), batch_size):
         yield items[start:start + batch_size]
-
-
-def _result(item, scores: list[float], labels: list[int], names: list[str]) -> dict:
-    result = {"pred_label": labels[0], "pred_score": scores[0], "pred_class": names[labels[0]],
-              "top_k_labels": labels, "top_k_scores": scores, "top_k_classes": [names[i] for i in labels]}
-    path = input_path(item)
-    if path is not None:
-        result["path"] = path
-    return result

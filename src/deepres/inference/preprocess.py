@@ -2,18 +2,21 @@
 
 The steps and their order are those of deepres' evaluation loaders, so a trained model sees the same numbers
 as in `deepres eval`: decode to RGB (deepres.data.load_image) -> uint8 (C, H, W) -> shorter side to `resize`
-and centre crop to `crop_size` (antialiased bilinear, rounded back to uint8) -> 1 <-> 3 channels
-(deepres.data.transforms.adapt_channels: gray repeated, RGB to ITU-R 601 luma) -> float -> normalise.
+and centre crop to `crop_size` (antialiased bilinear, rounded back to uint8; without a crop the segmentation eval
+loader's own SegEvalTransform) -> 1 <-> 3 channels (deepres.data.augment.transforms.adapt_channels: gray repeated,
+RGB to ITU-R 601 luma as Pillow's "L") -> float -> normalise.
 """
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from deepres.data import SegEvalTransform
 from deepres.data import transforms as T
-from deepres.data.folders import list_image_files
+from deepres.data.readers.folders import list_image_files
 from deepres.data.images import IMAGE_EXTENSIONS, load_image, pil_to_tensor, to_rgb
 from deepres.core.preprocess import Preprocess
 
@@ -98,13 +101,19 @@ def _tensor_to_image(tensor: torch.Tensor) -> torch.Tensor:
 def resize_and_crop(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     """Shorter side to pp.resize, then the centre pp.crop_size square (same dtype as the input): the eval
     loaders' own function, with the preprocess's interpolation. Without a crop (crop_size 0, segmentation): the
-    pp.resize_side side to pp.resize, aspect ratio kept."""
+    segmentation eval loader's SegEvalTransform, the pp.resize_side side to pp.resize (aspect ratio kept) or, with
+    resize_side "none", the image as stored."""
     if pp.crop_size:
         return T.resize_center_crop(image, pp.resize, pp.crop_size, pp.interpolation)
-    height, width = image.shape[-2:]
-    scale = pp.resize / (min(height, width) if pp.resize_side == "shorter" else max(height, width))
-    size = (max(round(height * scale), 1), max(round(width * scale), 1))
-    return image if size == (height, width) else T.resize(image, size, pp.interpolation)
+    return SegEvalTransform.from_preprocess(pp)(image)[0]
+
+
+def at_test_size(pp: Preprocess, test_size: int, base_side: str = "longer") -> Preprocess:
+    """A segmentation Preprocess at another data.test_size (`deepres predict --test-size`): its resize side to
+    test_size pixels, or the images as stored for 0; `base_side` (data.base_side) where pp keeps them as stored."""
+    if test_size == 0:
+        return replace(pp, resize_side="none")
+    return replace(pp, resize=test_size, resize_side=base_side if pp.resize_side == "none" else pp.resize_side)
 
 
 def preprocess_image(item, pp: Preprocess) -> torch.Tensor:

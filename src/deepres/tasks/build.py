@@ -19,7 +19,7 @@ from deepres.core.config import Config, config_from_dict, load_config, resolve_r
 from deepres.core.preprocess import Preprocess
 from deepres.data import DataInfo, format_shape
 from deepres.data.imagenet_classes import imagenet_class_names
-from deepres.data.seg_labels import VOC_CLASSES
+from deepres.data.readers.seg_labels import VOC_CLASSES
 from deepres.models import create_model, default_input_size, list_models, load_pretrained, read_state_dict
 from deepres.models.bn import set_bn_momentum
 from deepres.models.pretrained import get_pretrained, is_pretrained_name, load_pretrained_weights

@@ -1,7 +1,11 @@
-"""Classification as a task of the training loop (`ClassificationTask`), and its parts: batch-level mixup /
-cutmix and the losses that take hard or soft targets."""
+"""Classification as a task (`ClassificationTask`): what the training loop, evaluation and inference ask of it, and
+its parts: batch-level mixup / cutmix and the losses that take hard or soft targets."""
+import csv
+import io
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -11,10 +15,13 @@ import torch.nn.functional as F
 
 from deepres.core.config import Config, DataConfig, EvalConfig, TrainConfig
 from deepres.core.device import model_device, resolve_amp
+from deepres.core.files import atomic_write_text
 from deepres.core.preprocess import Preprocess
 from deepres.data import eval_preprocess
 
 from .evaluate import evaluate
+from .inference import PredictOptions
+from .reports import write_confusion_matrix
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -118,7 +125,12 @@ class ClassificationTask:
     eval: EvalConfig  # test-time scales and flip
     teacher: nn.Module | None = None  # online knowledge distillation: a frozen model in eval mode
     teacher_logits: torch.Tensor | None = None  # offline: (training images, classes), on the training device
+    name: ClassVar[str] = "classification"
     best_metric: ClassVar[str] = "top1"
+    # one label per image: Grad-CAM, robustness (mCE), int8 agreement and distillation are about that label
+    labels_images: ClassVar[bool] = True
+    # the `deepres predict` options this task reads (beyond the shared ones); others are refused for it
+    predict_flags: ClassVar[tuple[str, ...]] = ("cam", "cam_stage")
 
     @classmethod
     def from_config(cls, cfg: Config) -> "ClassificationTask":
@@ -146,6 +158,11 @@ class ClassificationTask:
         with torch.no_grad(), torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             teacher_logits = self.teacher(images).float()
         return images, (targets, teacher_logits)
+
+    @property
+    def needs_indices(self) -> bool:
+        """Whether `mix` needs each batch's training-image indices (stored teacher logits are looked up by them)."""
+        return self.teacher_logits is not None
 
     def loss(self, logits: torch.Tensor, targets) -> torch.Tensor:
         t = self.train
@@ -175,6 +192,125 @@ class ClassificationTask:
     def eval_transform(cls, data: DataConfig, in_chans: int) -> Preprocess:
         return eval_preprocess(data, in_chans)  # the eval loader's resize, crop and normalisation
 
+    @classmethod
+    def final_lines(cls, result: dict) -> tuple[str, str]:
+        """`deepres train`'s closing lines for fit's result: the best checkpoint's metric, the final metrics."""
+        return (f"best top-1 {result['best_top1']:.2f}% at epoch {result['best_epoch']}",
+                f"final test accuracy: top-1 {result['top1']:.2f}% (error {100 - result['top1']:.2f}%), "
+                f"top-5 {result['top5']:.2f}%")
+
     def summary(self, metrics: dict[str, float]) -> str:
         skipped = f"  ({metrics['test_skipped']} bad images skipped)" if metrics.get("test_skipped") else ""
         return f"test top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%{skipped}"
+
+    # ------------------------------------------------------------------ evaluation of a checkpoint (deepres eval)
+    @classmethod
+    def eval_config(cls, cfg: Config, *, scales: list[int], view_overrides: list[str]) -> Config:
+        """The config a checkpoint is evaluated under: classification takes --test-scales and --flip as they are
+        (the segmentation test-time views do not apply to it)."""
+        return cfg
+
+    @classmethod
+    def evaluate_checkpoint(cls, model: nn.Module, loader, cfg: Config, *, scales: list[int], flip: bool,
+                            amp_dtype, class_names) -> dict:
+        return evaluate(model, loader, num_classes=model.num_classes, scales=scales, flip=flip, amp_dtype=amp_dtype,
+                        class_names=class_names, progress=None)  # progress=None: a bar only on a terminal
+
+    @classmethod
+    def eval_report(cls, result: dict, cfg: Config, *, scales: list[int], flip: bool, precision: str,
+                    seconds: float) -> tuple[list[str], dict]:
+        """(the lines `deepres eval` prints after the checkpoint's path, metrics.json's fields)."""
+        views = f"scales {scales}" if scales else "single scale"
+        lines = [f"{cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, "
+                 f"{result['skipped']} skipped, {views}{', flip' if flip else ''}, {precision})",
+                 f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  loss {result['loss']:.4f}  "
+                 f"({result['n']} images in {seconds:.1f} s, {result['n'] / seconds:.1f} images/s, decoding included)"]
+        metrics = {k: result[k] for k in ("top1", "top5", "top5_k", "loss", "n", "skipped")}
+        metrics.update(seconds=seconds, images_per_second=result["n"] / seconds, scales=scales, flip=flip)
+        return lines, metrics
+
+    @classmethod
+    def write_eval_files(cls, result: dict, out: Path | None, metrics: dict) -> list[str]:
+        """metrics.json, per_class.csv, confusion.csv/png in `out` (None: nothing); returns the lines that say so."""
+        if out is None:
+            return []
+        write_confusion_matrix(result["confusion"], result["class_names"], out)
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        return [f"wrote {out}/metrics.json, per_class.csv, confusion.csv, confusion.png"]
+
+    # ------------------------------------------------------------------ inference (Predictor, predict, serve)
+    @classmethod
+    def predict(cls, forward, inputs: list[torch.Tensor], sizes: list[tuple[int, int]], *, model: nn.Module,
+                class_names: list[str], options: PredictOptions) -> list[dict]:
+        """One result per preprocessed image (all of one size): pred_label, pred_score (softmax probability),
+        pred_class and the top_k_labels / top_k_scores / top_k_classes. forward: a float NCHW batch -> logits."""
+        probs = torch.softmax(forward(torch.stack(inputs)).float(), dim=1).cpu()
+        scores, labels = probs.topk(min(options.top_k, probs.shape[1]), dim=1)
+        names = class_names if len(class_names) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]
+        return [{"pred_label": row[0], "pred_score": score_row[0], "pred_class": names[row[0]],
+                 "top_k_labels": row, "top_k_scores": score_row, "top_k_classes": [names[i] for i in row]}
+                for score_row, row in zip(scores.tolist(), labels.tolist())]
+
+    @classmethod
+    def card(cls, class_names: list[str], config: Config | None) -> dict:
+        """What this task adds to the model card (serve's GET /v1/model)."""
+        return {}
+
+    @classmethod
+    def to_json(cls, result: dict, options: PredictOptions, card: dict) -> dict:
+        """A result as the JSON API gives it: the top options.top_k classes (the batch may have kept more)."""
+        k = options.top_k
+        return {**result, "top_k_labels": result["top_k_labels"][:k], "top_k_scores": result["top_k_scores"][:k],
+                "top_k_classes": result["top_k_classes"][:k]}
+
+    @classmethod
+    def line(cls, result: dict) -> str:
+        """The line `deepres predict` prints for a result: path, class, probability."""
+        return f"{result.get('path', '')}\t{result['pred_class']}\t{result['pred_score']:.4f}"
+
+    @classmethod
+    def prediction_writer(cls, out: Path | None, options: PredictOptions, *, force: bool, class_names, config,
+                          **flags) -> "PredictionCsv":
+        return PredictionCsv(out, options.top_k, force=force)
+
+
+class PredictionCsv:
+    """`deepres predict --out FILE.csv` for a classifier: path, prediction and every top-k class and score; a
+    failed image keeps its row, with its error. Written atomically at close."""
+
+    def __init__(self, out: Path | None, top_k: int, *, force: bool = False):
+        if out is not None and out.is_dir():
+            raise ValueError(f"--out {out} is a folder; a classifier's predictions go to a CSV file")
+        if out is not None and out.is_file() and not force:
+            raise ValueError(f"--out {out} already exists; choose another file or pass --force")
+        self.out, self.top_k, self.rows = out, top_k, []
+
+    def header(self) -> list[str]:
+        ranks = [f"top{rank}_{field}" for rank in range(1, self.top_k + 1) for field in ("label", "class", "score")]
+        return ["path", "pred_label", "pred_class", "pred_score", *ranks, "error"]
+
+    def row(self, result: dict) -> list:
+        if result.get("failed"):
+            return [result["path"], *[""] * (3 + 3 * self.top_k), result["error"]]
+        ranks = []
+        for rank in range(self.top_k):
+            if rank < len(result["top_k_labels"]):
+                ranks += [result["top_k_labels"][rank], result["top_k_classes"][rank],
+                          f"{result['top_k_scores'][rank]:.6f}"]
+            else:  # fewer classes than --top-k
+                ranks += ["", "", ""]
+        return [result.get("path", ""), result["pred_label"], result["pred_class"], f"{result['pred_score']:.6f}",
+                *ranks, ""]
+
+    def add(self, result: dict) -> None:
+        self.rows.append(self.row(result))
+
+    def close(self) -> str | None:
+        if self.out is None:
+            return None
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(self.header())
+        writer.writerows(self.rows)
+        atomic_write_text(self.out, buffer.getvalue())
+        return f"wrote {len(self.rows)} predictions to {self.out}"

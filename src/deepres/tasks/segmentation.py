@@ -11,22 +11,31 @@ its counts add up exactly over batches and over ranks (all_reduce), so N process
 `segment` the one test-time predictor (whole image or sliding windows, multi-scale, flip, shift-and-stitch) that
 evaluation and inference share.
 """
+import base64
+import io
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
-from deepres.core.config import Config, DataConfig, EvalConfig, TrainConfig
+from deepres.core.config import Config, DataConfig, EvalConfig, TrainConfig, apply_overrides
 from deepres.core.device import model_device, resolve_amp
 from deepres.core.distributed import all_reduce_sum, is_distributed
+from deepres.core.files import atomic_write
 from deepres.core.preprocess import Preprocess
+from deepres.data import seg_eval_preprocess
+from deepres.data.readers.seg_labels import CITYSCAPES_CLASSES, cityscapes_train_to_label, palette_for, write_mask_png
 from deepres.models.base import eval_mode, module_device
+
+from .reports import segmentation_report
 
 IGNORE_INDEX = 255  # target value of pixels that are not scored (void, borders, "other")
 
@@ -280,10 +289,9 @@ def evaluate_segmentation(model: nn.Module, loader: Iterable, *, num_classes: in
 
 
 def seg_preprocess(data: DataConfig, in_chans: int) -> Preprocess:
-    """The eval transform of a segmentation data config: the `base_side` side to data.test_size (data.image_size
-    when the test images are used as stored), no crop, the config's normalisation."""
-    return Preprocess(resize=data.test_size or data.image_size, crop_size=0, resize_side=data.base_side,
-                      mean=tuple(data.mean), std=tuple(data.std), in_chans=in_chans, normalize=data.normalize)
+    """The eval transform of a segmentation data config: the `base_side` side to data.test_size (0: the images as
+    stored), no crop, the config's normalisation; the eval loader's own (deepres.data.seg_eval_preprocess)."""
+    return seg_eval_preprocess(data, in_chans)
 
 
 @dataclass(frozen=True)
@@ -293,7 +301,12 @@ class SegmentationTask:
     num_classes: int
     train: TrainConfig
     mode: SegViews
+    name: ClassVar[str] = "segmentation"
     best_metric: ClassVar[str] = "miou"
+    labels_images: ClassVar[bool] = False  # it labels pixels: no Grad-CAM, mCE, int8 agreement or distillation
+    needs_indices: ClassVar[bool] = False
+    predict_flags: ClassVar[tuple[str, ...]] = ("label_ids", "no_overlay", "flip", "mode", "crop", "stride",
+                                                "scale_ratios", "test_steps", "test_size")
 
     @classmethod
     def from_config(cls, cfg: Config) -> "SegmentationTask":
@@ -328,5 +341,153 @@ class SegmentationTask:
     def eval_transform(cls, data: DataConfig, in_chans: int) -> Preprocess:
         return seg_preprocess(data, in_chans)
 
+    @classmethod
+    def final_lines(cls, result: dict) -> tuple[str, str]:
+        """`deepres train`'s closing lines for fit's result: the best checkpoint's metric, the final metrics."""
+        return (f"best mIoU {result['best_miou']:.2f}% at epoch {result['best_epoch']}",
+                f"final test mIoU {result['miou']:.2f}%, pixel accuracy {result['pixel_acc']:.2f}%, mean accuracy "
+                f"{result['mean_acc']:.2f}%")
+
     def summary(self, metrics: dict[str, float]) -> str:
         return f"test mIoU {metrics['miou']:.2f}%  pixel acc {metrics['pixel_acc']:.2f}%"
+
+    # ------------------------------------------------------------------ evaluation of a checkpoint (deepres eval)
+    @classmethod
+    def eval_config(cls, cfg: Config, *, scales: list[int], view_overrides: list[str]) -> Config:
+        """The config a checkpoint is evaluated under: the test-time view options as eval.* / data.test_size."""
+        if scales:
+            raise ValueError("--test-scales are square classification sizes; a segmentation model takes "
+                             "--scale-ratios")
+        return apply_overrides(cfg, view_overrides)
+
+    @classmethod
+    def evaluate_checkpoint(cls, model: nn.Module, loader, cfg: Config, *, scales: list[int], flip: bool,
+                            amp_dtype, class_names) -> dict:
+        return evaluate_segmentation(model, loader, num_classes=model.num_classes,
+                                     mode=SegViews.from_config(cfg.eval, cfg.data), amp_dtype=amp_dtype,
+                                     class_names=class_names, progress=None)
+
+    @classmethod
+    def eval_report(cls, result: dict, cfg: Config, *, scales: list[int], flip: bool, precision: str,
+                    seconds: float) -> tuple[list[str], dict]:
+        """(the lines `deepres eval` prints after the checkpoint's path, metrics.json's fields)."""
+        views = SegViews.from_config(cfg.eval, cfg.data)
+        size = f"test size {cfg.data.test_size} ({cfg.data.base_side} side)" if cfg.data.test_size else "as stored"
+        lines = [f"{cfg.model.name} on {cfg.data.name} {cfg.data.val_split} ({result['n']} images, {size}, "
+                 f"{views.mode}, scales {list(views.scale_ratios) or [1.0]}{', flip' if views.flip else ''}"
+                 f"{f', test_steps {views.test_steps}' if views.test_steps > 1 else ''}, {precision})",
+                 f"mIoU {result['miou']:.2f}%  pixel acc {result['pixel_acc']:.2f}%  mean acc "
+                 f"{result['mean_acc']:.2f}%  ({result['n']} images in {seconds:.1f} s, "
+                 f"{result['n'] / seconds:.1f} images/s, decoding included)"]
+        metrics = {k: result[k] for k in ("miou", "pixel_acc", "mean_acc", "test_loss", "n", "pixels")}
+        metrics.update(seconds=seconds, test_size=cfg.data.test_size, mode=views.mode, crop=views.crop,
+                       stride=views.stride, scale_ratios=list(views.scale_ratios), flip=views.flip,
+                       test_steps=views.test_steps)
+        return lines, metrics
+
+    @classmethod
+    def write_eval_files(cls, result: dict, out: Path | None, metrics: dict) -> list[str]:
+        """Each class's IoU as lines; with `out`, metrics.json, per_class.csv (IoU), confusion.csv/png there."""
+        return segmentation_report(result, out, metrics)
+
+    # ------------------------------------------------------------------ inference (Predictor, predict, serve)
+    @classmethod
+    def predict(cls, forward, inputs: list[torch.Tensor], sizes: list[tuple[int, int]], *, model: nn.Module,
+                class_names: list[str], options) -> list[dict]:
+        """One result per preprocessed image, at the image's own size (`sizes`): class_map (uint8 (H, W) class
+        indices), class_shares ({class name: share of the pixels} for the classes present) and, with
+        options.probabilities, probabilities (float32 (C, H, W)), under the test-time options.views."""
+        results = []
+        for x, size in zip(inputs, sizes):
+            probs = segment(forward, x[None], size, mode=options.views, num_classes=len(class_names),
+                            output_stride=getattr(model, "output_stride", None))[0].cpu()
+            class_map = probs.argmax(dim=0).to(torch.uint8)
+            counts = torch.bincount(class_map.flatten().long(), minlength=len(class_names)).tolist()
+            result = {"class_map": class_map,
+                      "class_shares": {n: c / class_map.numel() for n, c in zip(class_names, counts) if c}}
+            if options.probabilities:
+                result["probabilities"] = probs
+            results.append(result)
+        return results
+
+    @classmethod
+    def palette(cls, class_names: list[str], config: Config | None) -> np.ndarray:
+        """The class colours of the model's dataset (VOC's for a model without a deepres config)."""
+        return palette_for(config.data.name if config is not None else "voc", len(class_names))
+
+    @classmethod
+    def card(cls, class_names: list[str], config: Config | None) -> dict:
+        """What this task adds to the model card (serve's GET /v1/model): the palette of its class-map PNGs."""
+        return {"palette": cls.palette(class_names, config)[:len(class_names)].tolist()}
+
+    @classmethod
+    def to_json(cls, result: dict, options, card: dict) -> dict:
+        """A result as the JSON API gives it: the class map as a palette PNG (base64; pixel values are class
+        indices) and the share of the pixels each present class covers."""
+        class_map = result["class_map"].numpy()
+        picture = Image.fromarray(class_map, mode="P")
+        picture.putpalette(np.asarray(card["palette"], dtype=np.uint8).tobytes())
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        return {"height": int(class_map.shape[0]), "width": int(class_map.shape[1]),
+                "class_shares": result["class_shares"], "class_map_png": base64.b64encode(buffer.getvalue()).decode()}
+
+    @classmethod
+    def line(cls, result: dict) -> str:
+        """The line `deepres predict` prints for a result: path and the three classes covering most pixels."""
+        shares = sorted(result["class_shares"].items(), key=lambda kv: -kv[1])[:3]
+        return f"{result.get('path', '')}\t" + "  ".join(f"{name} {share:.1%}" for name, share in shares)
+
+    @classmethod
+    def prediction_writer(cls, out: Path | None, options, *, force: bool, class_names, config, label_ids=False,
+                          no_overlay=False, **flags) -> "PredictionPngs":
+        if label_ids and len(class_names) != len(CITYSCAPES_CLASSES):
+            raise ValueError(f"--label-ids writes Cityscapes labelIds: the model has {len(class_names)} classes, not "
+                             f"the 19 Cityscapes train classes")
+        palette = palette_for(config.data.name if config is not None else ("cityscapes" if label_ids else "voc"),
+                              len(class_names))
+        return PredictionPngs(out, palette, label_ids=label_ids, overlay=not no_overlay, force=force)
+
+
+class PredictionPngs:
+    """`deepres predict --out DIR` for a segmentation model: per image a palette PNG of the class map (or Cityscapes
+    labelIds) and an overlay JPEG, named after the image."""
+
+    def __init__(self, out: Path | None, palette, *, label_ids: bool = False, overlay: bool = True,
+                 force: bool = False):
+        if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+            raise ValueError(f"--out {out} exists and is not an empty folder; choose another or pass --force")
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        self.out, self.palette, self.label_ids, self.overlay = out, palette, label_ids, overlay
+        self.written: dict[str, str] = {}
+
+    def add(self, result: dict) -> None:
+        if self.out is None or result.get("failed"):
+            return
+        path = result.get("path", "")
+        stem = Path(path).stem
+        if stem in self.written:
+            raise ValueError(f"{path} and {self.written[stem]} would both be written as {stem}.png in --out "
+                             f"{self.out}; predict them into separate folders")
+        self.written[stem] = path
+        class_map = result["class_map"]
+        ids = cityscapes_train_to_label(class_map.numpy()) if self.label_ids else class_map
+        write_mask_png(self.out / f"{stem}.png", ids, self.palette)
+        if self.overlay:
+            write_overlay(self.out / f"{stem}_overlay.jpg", result["image"], class_map, self.palette)
+
+    def close(self) -> str | None:
+        if self.out is None:
+            return None
+        kind = "Cityscapes labelId" if self.label_ids else "palette"
+        return f"wrote {len(self.written)} {kind} PNGs{' and overlays' if self.overlay else ''} to {self.out}"
+
+
+def write_overlay(path: Path, image: torch.Tensor, class_map: torch.Tensor, palette, alpha: float = 0.5) -> None:
+    """The image with its class map's colours blended in (`alpha` of the colour), as a JPEG."""
+    image = image.float().expand(3, -1, -1) if image.shape[0] == 1 else image.float()
+    colours = torch.as_tensor(palette, dtype=torch.float32)[class_map.long()].permute(2, 0, 1)
+    blended = (image * (1 - alpha) + colours * alpha).round().clamp(0, 255).to(torch.uint8)
+    picture = Image.fromarray(blended.permute(1, 2, 0).numpy())
+    atomic_write(path, lambda f: picture.save(f, format="JPEG", quality=90))

@@ -2,11 +2,10 @@
 training-image index (as the Assemble-ResNet paper trains from stored teacher logits), then looked up per batch
 by train.kd_logits instead of running the teacher in the loop (train.kd_teacher).
 
-`deepres teacher-logits TEACHER RECIPE --out FILE [--set KEY=VALUE ...]` writes FILE (safetensors: `logits`,
+`deepres teacher-logits TEACHER RECIPE --out FILE [--set KEY=VALUE ...]` (deepres.commands) writes FILE (safetensors: `logits`,
 float16, one row per image of the recipe's training split in its stored order; metadata: teacher, data, classes).
 The teacher sees each training image once, through the recipe's evaluation transform (no augmentation); a mixed
 batch gets the teacher's distributions mixed with the same lam as its labels."""
-import argparse
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from deepres.core.config import Config, load_config
+from deepres.core.config import Config
 from deepres.core.files import atomic_write
 from deepres.data import build_eval_loader
 from deepres.tasks.build import load_model
@@ -79,23 +78,3 @@ def read_teacher_logits(path: str | Path, *, num_images: int, classes: list[str]
         raise ValueError(f"train.kd_logits={path} has {len(logits)} rows but the run trains on {num_images} "
                          f"images; compute it on the same training split")
     return logits[:num_images]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("teacher", help="the teacher: a run directory, deepres checkpoint or published arch.tag")
-    parser.add_argument("recipe", help="the student's recipe (its data section names the training images)")
-    parser.add_argument("--out", required=True, metavar="FILE", help="where to write the logits (.safetensors)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key of the recipe, e.g. --set data.root=DIR (repeatable)")
-    parser.add_argument("--device", default="cpu", help="torch device for the teacher (default cpu)")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.recipe, args.overrides)
-    if Path(args.out).exists():  # before the work, not after
-        raise FileExistsError(f"{args.out} exists; remove it or choose another --out")
-    logits, classes = compute_teacher_logits(args.teacher, cfg, device=args.device)
-    write_teacher_logits(args.out, logits, classes, teacher=args.teacher, cfg=cfg)
-    print(f"wrote {args.out}: {len(logits)} training images x {len(classes)} classes "
-          f"(train with --set train.kd_logits={args.out})")
-    return 0

@@ -57,7 +57,7 @@ def train_one_epoch(run: Run) -> dict:
     iters_per_epoch, total_iters, peak_lr = run.iters_per_epoch, run.total_iters, run.peak_lr
     ddp = find_ddp(model)
     # stored per-image targets (train.kd_logits) are looked up by the batch's training-image indices
-    needs_indices = getattr(task, "teacher_logits", None) is not None and hasattr(run.train_loader, "batch_indices")
+    needs_indices = task.needs_indices and hasattr(run.train_loader, "batch_indices")
     first = state.batches_done  # > 0: resuming inside this epoch
     rng = np.random.default_rng([t.seed, state.epoch])  # mixing depends only on seed + epoch, like the data order
     if first and state.mix_rng is not None:
@@ -233,8 +233,7 @@ def _count_nonfinite(state: TrainState, ok: bool, loss: float, patience: int) ->
 
 
 def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = None, device=None, loaders=None,
-        log: Callable[[str], None] | None = None,
-        after_training: Callable[[Run, Callable[[str], None]], None] | None = None) -> dict:
+        log: Callable[[str], None] | None = None) -> dict:
     """Train `cfg` in cfg.run.out_dir/cfg.run.name; returns the final test metrics and where the run lives.
 
     resume: continue exactly from checkpoints/last (the config may differ only in RESUME_MAY_DIFFER keys); with
@@ -244,9 +243,7 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
     Under torchrun every process calls fit (see deepres.core.distributed); `loaders` must then hold this
     rank's shards, and every rank returns the same metrics. log: where its lines go (None: stdout, flushed
     line by line, so a SLURM log shows them as they come). SIGINT/SIGTERM stop it at the next optimizer step,
-    after saving checkpoints/last there, with TrainingInterrupted. after_training(run, log): called on rank 0 once
-    the run has finished and saved its checkpoints (`deepres train` passes the int8 calibration of
-    train.calibrate_int8, deepres.inference.calibrate, which this layer cannot import).
+    after saving checkpoints/last there, with TrainingInterrupted.
     """
     device = torch.device(device) if device is not None else default_device()
     if cfg.train.amp == "fp16" and device.type != "cuda":
@@ -283,16 +280,6 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
                 except TrainingInterrupted as e:
                     log(str(e))
                     raise
-                error = None
-                if dist.is_main and state.step >= run.total_iters and after_training is not None:
-                    try:
-                        after_training(run, log)
-                    except Exception as e:
-                        error = e
-                # A barrier too: no rank leaves (and tears down its gloo pairs) while rank 0 still works; a rank
-                # that exited during rank 0's int8 calibration aborted in gloo's teardown ("terminate called
-                # without an active exception"), about 1 torchrun run in 6
-                raise_if_any_failed(error)
             return {**state.metrics, "epoch": state.epoch, "step": state.step, f"best_{task.best_metric}": state.best,
                     "best_epoch": state.best_epoch, "run_dir": str(run.run_dir),
                     "finished": state.step >= run.total_iters}

@@ -143,7 +143,7 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
     if amp.emulated:
         log(f"warning: train.amp={amp.reason}")
     task = task_of(cfg.data).from_config(cfg)  # it resolves train.amp on the model's device the same way
-    if (t.kd_teacher or t.kd_logits) and not hasattr(task, "teacher"):
+    if (t.kd_teacher or t.kd_logits) and not task.labels_images:
         raise ValueError(f"train.kd_teacher / kd_logits: knowledge distillation is for classification, not "
                          f"data.name={cfg.data.name}")
     if t.kd_teacher:  # online distillation: the teacher, frozen, on the training device

@@ -1,0 +1,236 @@
+"""Segmentation datasets: image files paired with class-index masks, read in each dataset's own layout.
+
+Every reader returns a SegmentationDataset: a sorted list of (image path, mask path) plus the class names and the
+lookup table that turns stored mask values into class indices. Item i is (uint8 image (3, H, W), uint8 mask
+(H, W)), the mask holding class indices 0..num_classes-1 and 255 = ignore, at the image's stored size.
+
+Layouts, relative to the root each reader takes:
+- pairs (`deepres data make fashion-mnist-scenes`): classes.txt, {split}/images/<stem>.png|jpg and
+  {split}/masks/<stem>.png with the same stems; masks hold the class indices (L or P PNGs).
+- voc (VOCdevkit/VOC2012): JPEGImages/<id>.jpg, SegmentationClass/<id>.png (palette indices, 255 borders),
+  ImageSets/Segmentation/<split>.txt. train_aug: VOC train | SBD train | SBD val, minus VOC val (10,582 ids),
+  the SBD masks read from benchmark_RELEASE/dataset/cls/<id>.mat (GTcls.Segmentation) where VOC has no PNG.
+- cityscapes: leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png with gtFine/<split>/<city>/<stem>_gtFine_labelIds
+  .png (train_extra: gtCoarse/train_extra/.../<stem>_gtCoarse_labelIds.png); label ids mapped to the 19 train ids.
+- ade20k (ADEChallengeData2016): images/{training,validation}/<stem>.jpg, annotations/.../<stem>.png (0..150,
+  reduced here, once, to 0..149 with 0 -> 255); class names from objectInfo150.txt when present.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..images import BadImageError, is_image_file, load_image, pil_to_tensor
+from .folders import ImageFileDataset
+from .seg_labels import (ADE20K_CLASSES, ADE_REDUCE_ZERO, CITYSCAPES_CLASSES, CITYSCAPES_LABEL_TO_TRAIN,
+                         IGNORE_INDEX, VOC_CLASSES, read_ade_class_names, read_mask_png)
+
+try:  # scipy reads SBD's MATLAB files; it is a deepres dependency, optional only so that `import deepres.data`
+    from scipy.io import loadmat  # works in an environment installed before it was added
+    from scipy.io.matlab import MatReadError
+except ImportError:
+    loadmat, MatReadError = None, ValueError
+
+
+class SegmentationDataset(ImageFileDataset):
+    """Image and mask files decoded on access; item i is (uint8 image (3, H, W), uint8 mask (H, W)).
+
+    samples: (image path, mask path) pairs; a mask path ending in .mat is an SBD GTcls file, any other a PNG.
+    mask_table: stored mask value -> class index (uint8, 256 entries), None when stored values are the indices.
+    Bad images (and undecodable masks) follow on_bad_image like an ImageFileDataset's; a mask value that is no
+    class index, or a mask whose size differs from its image's, is a ValueError naming the file."""
+
+    def __init__(self, samples: list[tuple[str, str]], classes, *, mask_table: np.ndarray | None = None,
+                 **options):
+        super().__init__(samples, classes, **options)
+        self.mask_table = mask_table
+
+    @property
+    def image_paths(self) -> list[str]:
+        return [image for image, _ in self.samples]
+
+    @property
+    def mask_paths(self) -> list[str]:
+        return [mask for _, mask in self.samples]
+
+    @property
+    def targets(self) -> list[str]:
+        return self.mask_paths  # a mask per image, not a class label
+
+    def subset(self, n: int) -> "SegmentationDataset":
+        """The first n samples (all if n <= 0)."""
+        samples = self.samples[:n] if n > 0 else self.samples
+        return SegmentationDataset(samples, self.classes, mask_table=self.mask_table, **self._options())
+
+    def read_mask(self, index: int) -> np.ndarray:
+        """Mask `index` as class indices (H, W) uint8, checked against num_classes."""
+        path = self.samples[index][1]
+        mask = read_sbd_mask(path) if path.endswith(".mat") else read_mask_png(path, max_pixels=self.max_pixels)
+        if self.mask_table is not None:
+            mask = self.mask_table[mask]
+        values = np.unique(mask)
+        wrong = values[(values >= self.num_classes) & (values != IGNORE_INDEX)]
+        if wrong.size:
+            raise ValueError(f"{path}: mask value {int(wrong[0])} is neither a class index (0..{self.num_classes - 1}"
+                             f") nor {IGNORE_INDEX} (ignore)")
+        return mask
+
+    def _decode(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_path, mask_path = self.samples[index]
+        image = pil_to_tensor(load_image(image_path, exif_rotate=self.exif_rotate, max_pixels=self.max_pixels))
+        mask = self.read_mask(index)
+        if tuple(image.shape[-2:]) != mask.shape:
+            raise ValueError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+                             f"{image.shape[-1]}x{image.shape[-2]}")
+        return image, torch.from_numpy(mask)
+
+
+def read_sbd_mask(path) -> np.ndarray:
+    """GTcls.Segmentation of an SBD cls/<id>.mat file: uint8 (H, W) VOC class indices."""
+    if loadmat is None:
+        raise ImportError(f"reading {path} needs scipy (a deepres dependency): pip install scipy")
+    try:
+        # squeeze_me: 1x1 MATLAB structs and cells become scalars; struct_as_record=False: fields as attributes
+        gtcls = loadmat(path, squeeze_me=True, struct_as_record=False, variable_names=["GTcls"]).get("GTcls")
+    except (OSError, ValueError, TypeError, MatReadError) as e:
+        raise BadImageError(path, f"not a readable MATLAB file ({e})") from None
+    segmentation = getattr(gtcls, "Segmentation", None)
+    if segmentation is None or np.ndim(segmentation) != 2:
+        raise ValueError(f"{path}: expected a struct GTcls with a 2-D field Segmentation (SBD cls/*.mat)")
+    return np.asarray(segmentation).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _stems(folder: Path, keep) -> dict[str, Path]:
+    """stem -> file for the visible files of `folder` that `keep(name)`; a stem twice is an error."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or not keep(path.name):
+            continue
+        if path.stem in found:
+            raise ValueError(f"{folder}: two files for {path.stem!r} ({found[path.stem].name}, {path.name})")
+        found[path.stem] = path
+    return found
+
+
+def _matched(images: dict[str, Path], masks: dict[str, Path], image_dir: Path, mask_dir: Path) -> list[tuple]:
+    """(image, mask) path pairs by stem, sorted; stems on one side only are an error naming both folders."""
+    lone_images, lone_masks = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
+    if lone_images or lone_masks:
+        raise ValueError(f"{image_dir} and {mask_dir} do not pair up: {len(lone_images)} images without a mask "
+                         f"(e.g. {lone_images[:3]}), {len(lone_masks)} masks without an image (e.g. {lone_masks[:3]})")
+    if not images:
+        raise FileNotFoundError(f"no image files in {image_dir}")
+    return [(str(images[stem]), str(masks[stem])) for stem in sorted(images)]
+
+
+def _is_png(name: str) -> bool:
+    return name.lower().endswith(".png")
+
+
+def _read_ids(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"split list not found: {path}")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------- readers
+def read_pair_classes(path) -> list[str]:
+    """A pairs folder's class names: one per line, the whole line ("Ankle boot"), line i naming mask value i."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class-name file {path} not found (pairs: set data.class_names)")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise ValueError(f"{path}: no class names")
+    return names
+
+
+def pairs_dataset(split_dir, classes: list[str], **options) -> SegmentationDataset:
+    """split_dir/images/<stem>.{png,jpg,..} with split_dir/masks/<stem>.png holding indices into `classes`."""
+    split_dir = Path(split_dir)
+    image_dir, mask_dir = split_dir / "images", split_dir / "masks"
+    samples = _matched(_stems(image_dir, is_image_file), _stems(mask_dir, _is_png), image_dir, mask_dir)
+    return SegmentationDataset(samples, classes, **options)
+
+
+def voc_root(root) -> Path:
+    """The VOC2012 folder: root itself, root/VOC2012 or root/VOCdevkit/VOC2012 (the one holding JPEGImages)."""
+    root = Path(root)
+    for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+        if (candidate / "JPEGImages").is_dir():
+            return candidate
+    raise FileNotFoundError(f"no VOC2012 folder (with JPEGImages/) at {root}, {root / 'VOC2012'} or "
+                            f"{root / 'VOCdevkit' / 'VOC2012'}")
+
+
+def voc_train_aug_ids(voc: Path, sbd: Path) -> tuple[list[str], set[str]]:
+    """(sorted train_aug ids, those with a VOC PNG): VOC train | SBD train | SBD val, minus VOC val."""
+    voc_lists = voc / "ImageSets" / "Segmentation"
+    voc_train, voc_val = set(_read_ids(voc_lists / "train.txt")), set(_read_ids(voc_lists / "val.txt"))
+    sbd_ids = set(_read_ids(sbd / "dataset" / "train.txt")) | set(_read_ids(sbd / "dataset" / "val.txt"))
+    return sorted((voc_train | sbd_ids) - voc_val), voc_train
+
+
+def voc_dataset(root, split: str, *, sbd_root=None, **options) -> SegmentationDataset:
+    """PASCAL VOC 2012 segmentation; split names a list in ImageSets/Segmentation, or "train_aug" (with
+    sbd_root, SBD's benchmark_RELEASE folder). Nothing is written into either folder."""
+    voc = voc_root(root)
+    if split == "train_aug":
+        if sbd_root is None:
+            raise ValueError("voc train_split=train_aug needs data.sbd_root (SBD's benchmark_RELEASE folder)")
+        sbd = Path(sbd_root)
+        if not (sbd / "dataset" / "cls").is_dir():
+            raise FileNotFoundError(f"data.sbd_root {sbd} holds no dataset/cls/ (expected benchmark_RELEASE)")
+        ids, with_png = voc_train_aug_ids(voc, sbd)
+        masks = [voc / "SegmentationClass" / f"{i}.png" if i in with_png else sbd / "dataset" / "cls" / f"{i}.mat"
+                 for i in ids]
+    else:
+        ids = _read_ids(voc / "ImageSets" / "Segmentation" / f"{split}.txt")
+        masks = [voc / "SegmentationClass" / f"{i}.png" for i in ids]
+    if not ids:
+        raise ValueError(f"VOC split {split!r} lists no images")
+    samples = [(str(voc / "JPEGImages" / f"{i}.jpg"), str(mask)) for i, mask in zip(ids, masks)]
+    return SegmentationDataset(samples, list(VOC_CLASSES), **options)
+
+
+def cityscapes_dataset(root, split: str, **options) -> SegmentationDataset:
+    """Cityscapes fine annotations of `split` (train, val, test), or the coarse ones of train_extra; label ids
+    are mapped to the 19 train ids."""
+    root = Path(root)
+    annotation = "gtCoarse" if split == "train_extra" else "gtFine"
+    image_dir = root / "leftImg8bit" / split
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"Cityscapes image folder not found: {image_dir}")
+    samples = []
+    for city in sorted(d for d in image_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        for image in sorted(city.glob("*_leftImg8bit.png")):
+            stem = image.name[:-len("_leftImg8bit.png")]
+            mask = root / annotation / split / city.name / f"{stem}_{annotation}_labelIds.png"
+            if not mask.is_file():
+                raise FileNotFoundError(f"{image} has no annotation {mask}")
+            samples.append((str(image), str(mask)))
+    if not samples:
+        raise FileNotFoundError(f"no *_leftImg8bit.png files in the city folders of {image_dir}")
+    return SegmentationDataset(samples, list(CITYSCAPES_CLASSES), mask_table=CITYSCAPES_LABEL_TO_TRAIN, **options)
+
+
+ADE_SPLITS = {"train": "training", "val": "validation"}  # deepres' split words -> ADEChallengeData2016's folders
+
+
+def ade20k_class_names(root) -> list[str]:
+    """The 150 names of root/objectInfo150.txt when present, else the built-in list (same order)."""
+    info = Path(root) / "objectInfo150.txt"
+    return read_ade_class_names(info) if info.is_file() else list(ADE20K_CLASSES)
+
+
+def ade20k_dataset(root, split: str, **options) -> SegmentationDataset:
+    """ADE20K SceneParsing: split "training"/"validation" (or "train"/"val"); annotation value 0 ("other") is
+    ignored and 1..150 become classes 0..149 (applied here, once)."""
+    root = Path(root)
+    folder = ADE_SPLITS.get(split, split)
+    image_dir, mask_dir = root / "images" / folder, root / "annotations" / folder
+    samples = _matched(_stems(image_dir, is_image_file), _stems(mask_dir, _is_png), image_dir, mask_dir)
+    return SegmentationDataset(samples, ade20k_class_names(root), mask_table=ADE_REDUCE_ZERO, **options)
