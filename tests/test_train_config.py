@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deepres.core.config import (RESUME_MAY_DIFFER, Config, apply_overrides, config_diff, config_from_dict,
-                                  config_to_dict, config_to_yaml, list_recipes, load_config)
+import deepres.data  # noqa: F401  (fills in the formats and the options each reads)
+from deepres.core.config import (FORMAT_OPTIONS, RESUME_MAY_DIFFER, Config, apply_overrides, config_diff,
+                                  config_from_dict, config_to_dict, config_to_yaml, list_recipes, load_config)
 
 
 def write(path: Path, text: str) -> Path:
@@ -132,6 +133,8 @@ def test_data_section_is_checked_at_load_time(recipe, override, message):
     data = config_to_dict(Config())
     key, value = override.removeprefix("data.").split("=")
     data["data"][key] = yaml.safe_load(value)
+    if key in FORMAT_OPTIONS:  # a stored config's option its format does not read goes back to its default
+        data["data"]["name"] = "pairs"
     with pytest.raises(ValueError, match=message):
         config_from_dict(data)
 
@@ -218,3 +221,30 @@ def test_yaml_error_in_a_set_value_names_the_option(recipe):
     # a PyYAML traceback without the key before (issue 11)
     with pytest.raises(ValueError, match=r"--set schedule.milestones=\[1, 2: the value of schedule.milestones is not "):
         load_config(recipe, ["schedule.milestones=[1, 2"])
+
+
+def test_a_recipe_setting_an_option_its_format_does_not_read_is_refused(recipe, tmp_path):
+    bad = write(tmp_path / "bad.yaml", f"base: {recipe}\ndata: {{class_depth: 2}}\n")
+    with pytest.raises(ValueError, match=r"data.class_depth=2: data.name=cifar10 does not read it \(read by folder, "
+                                         r"imagenet\)"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="data.coarse_labels=True: data.name=cifar10 does not read it"):
+        load_config(recipe, ["data.coarse_labels=true"])
+    assert load_config(recipe, ["data.name=cifar100", "data.coarse_labels=true"]).data.coarse_labels
+
+
+def test_every_shipped_recipe_sets_only_options_its_format_reads():
+    for name in list_recipes():
+        load_config(name)  # raises naming the recipe, the key and the format otherwise
+
+
+def test_a_stored_config_keeps_loading_and_a_format_switch_drops_the_old_formats_options():
+    stored = config_to_dict(Config())
+    stored["data"].update(name="cifar10", class_depth=2)  # written before the formats listed their options
+    assert config_from_dict(stored, where="old checkpoint").data.class_depth == 0  # cifar10 never read it
+    imagenet = apply_overrides(Config(), ["data.name=imagenet", "data.val_ground_truth=gt.txt", "data.class_depth=1"])
+    # `deepres eval --dataset folder` on it: class_depth travels (folder reads it), val_ground_truth does not
+    folder = apply_overrides(imagenet, ["data.name=folder"])
+    assert folder.data.class_depth == 1 and folder.data.val_ground_truth == ""
+    with pytest.raises(ValueError, match="data.val_ground_truth='gt.txt': data.name=folder does not read it"):
+        apply_overrides(imagenet, ["data.name=folder", "data.val_ground_truth=gt.txt"])

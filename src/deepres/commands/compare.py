@@ -5,7 +5,7 @@ from pathlib import Path
 
 from deepres.core.runs import METRICS_FILE
 from deepres.studies.compare import group_by_config, group_by_parent
-from deepres.studies.report import COLUMNS, print_table, read_run, write_report
+from deepres.studies.report import COLUMNS, read_run, text_table, write_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
                              best_epoch=args.best_epoch, band=args.band,
                              intro=[f"{len(runs)} runs in {len(groups)} variants, grouped by "
                                     f"{'parent folder' if args.group_by_parent else 'config differences'}."])
-    print_table(summaries, args.metric, columns, args.best_epoch)
+    print(text_table(summaries, args.metric, columns, args.best_epoch))
     print(f"\nreport: {args.out}/ (results.md, results.csv, runs.csv, curves.png, report.html); errors after the "
           f"last epoch, mean ± sample std (ddof=1) over runs")
     return 0

@@ -11,7 +11,7 @@ import yaml
 from deepres.core.errors import TrainingInterrupted
 from deepres.core.runs import METRICS_FILE
 
-from deepres.studies.report import RunResult, print_table, read_run, write_report
+from deepres.studies.report import RunResult, read_run, text_table, write_report
 from deepres.studies.runner import run_state, run_study
 from deepres.studies.spec import (DATA_PRESETS, PlannedRun, StudyConfig, common_overrides, default_study_dir, load_study,
                    plan_study, resolved_study_dict, with_selection)
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                              intro=study_intro(study, args.overrides), metric=report.metric,
                              columns=report.columns, best_epoch=report.best_epoch, band=report.band)
     print()
-    print_table(summaries, report.metric, report.columns, report.best_epoch)
+    print(text_table(summaries, report.metric, report.columns, report.best_epoch))
     print(f"\nreport: {study_dir / REPORT_DIR}/ (results.md, results.csv, runs.csv, curves.png, report.html); "
           f"errors after the last epoch, mean ± sample std (ddof=1) over seeds")
     return 0

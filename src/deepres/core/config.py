@@ -452,8 +452,14 @@ def parse_auto_augment(spec: str, convention: str = "torchvision") -> tuple[str,
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> Config:
-    """A copy of `cfg` with `a.b=c` overrides applied, type-checked and validated (as for a recipe)."""
-    return config_from_dict(SCHEMA.apply_overrides(config_to_dict(cfg), overrides), where="--set")
+    """A copy of `cfg` with `a.b=c` overrides applied, type-checked and validated (as for a recipe). An override of
+    data.name takes the old format's options along only where the new format reads them (the others go back to
+    their defaults), unless an override sets them too: those are checked as a recipe's are."""
+    raw = SCHEMA.apply_overrides(config_to_dict(cfg), overrides)
+    keys = {item.split("=", 1)[0].strip() for item in overrides}
+    if "data.name" in keys:
+        raw = _without_unread_options(raw, keep=keys)
+    return _checked(raw, "--set")
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -462,10 +468,30 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 def config_from_dict(d: dict, where: str = "config dict") -> Config:
-    """Inverse of `config_to_dict`, with the same key and type checks as a recipe."""
-    cfg = SCHEMA.instantiate(SCHEMA.check(d, where))
+    """Inverse of `config_to_dict` (a stored config: a checkpoint's, a run's config.yaml), with the same key and type
+    checks as a recipe. A format option its format does not read goes back to its default rather than failing: a
+    config stored before the formats listed their options may hold one, and the format never read it."""
+    return _checked(_without_unread_options(d), where)
+
+
+def _checked(raw: dict, where: str) -> Config:
+    cfg = SCHEMA.instantiate(SCHEMA.check(raw, where))
     validate_config(cfg, where)
     return cfg
+
+
+def _without_unread_options(raw: dict, keep: set[str] = frozenset()) -> dict:
+    """`raw` with each format option that raw's data.name does not read at its default (but the dotted keys in
+    `keep`); as it is when the format has not declared its options."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return raw
+    reads = (DATASET_FORMATS.known() or {}).get(data.get("name", DataConfig.name))
+    if reads is None:
+        return raw
+    defaults = plain(DataConfig())
+    unread = {key for key in FORMAT_OPTIONS if key not in reads and f"data.{key}" not in keep}
+    return {**raw, "data": {key: defaults[key] if key in unread else value for key, value in data.items()}}
 
 
 def config_to_yaml(cfg: Config) -> str:

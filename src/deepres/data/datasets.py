@@ -19,7 +19,8 @@ from .readers.segmentation import (SegmentationDataset, ade20k_class_names, ade2
 from .readers.transfer import (FLOWERS102_CLASSES, aircraft_classes, aircraft_dataset, cub200_classes, cub200_dataset,
                                flowers102_dataset, food101_classes, food101_dataset, pets_classes, pets_dataset,
                                stanford_cars_classes, stanford_cars_dataset)
-from .registry import DatasetFormat, get_format, kept_class_indices, list_formats, register_format
+from .registry import (SEGMENTATION_OPTIONS, DatasetFormat, get_format, kept_class_indices, list_formats,
+                       register_format)
 
 Dataset = ArrayDataset | ImageFileDataset  # SegmentationDataset is an ImageFileDataset
 
@@ -195,43 +196,49 @@ def _fixed(names):
 # ------------------------------------------------------------------------------------ the built-in formats
 for _fmt in (
     DatasetFormat("fashion_mnist", _split_files(read_fashion_mnist), in_memory=True, num_classes=10, in_chans=1,
-                  class_names=FASHION_MNIST_CLASSES, stored_side=MNIST_SIDE, fetch="fashion-mnist"),
+                  class_names=FASHION_MNIST_CLASSES, stored_side=MNIST_SIDE, fetch="fashion-mnist", options=()),
     DatasetFormat("mnist", _split_files(read_mnist), in_memory=True, num_classes=10, in_chans=1,
-                  class_names=MNIST_CLASSES, stored_side=MNIST_SIDE, fetch="mnist"),
+                  class_names=MNIST_CLASSES, stored_side=MNIST_SIDE, fetch="mnist", options=()),
     DatasetFormat("cifar10", _split_files(read_cifar10), in_memory=True, num_classes=10, in_chans=3,
-                  class_names=CIFAR10_CLASSES, stored_side=CIFAR_SIDE),
+                  class_names=CIFAR10_CLASSES, stored_side=CIFAR_SIDE, options=()),
     DatasetFormat("cifar100", _read_cifar100, in_memory=True, num_classes=lambda cfg: 20 if cfg.coarse_labels else 100,
-                  in_chans=3, stored_side=CIFAR_SIDE),  # class names are in the files' meta
-    DatasetFormat("folder", _read_folder, packable=True),
+                  in_chans=3, stored_side=CIFAR_SIDE, options=("coarse_labels",)),  # class names: in the files' meta
+    DatasetFormat("folder", _read_folder, packable=True, options=("class_depth",)),
     # num_classes, in_chans, class_names: ImageNet-1k, for a model built without data (inference)
     DatasetFormat("imagenet", _read_imagenet, num_classes=1000, in_chans=3,
                   class_names=lambda cfg: imagenet_class_names(), eval_classes=_imagenet_eval_classes,
-                  packable=True),
-    DatasetFormat("list", _read_list, eval_classes=_list_class_names, packable=True),
-    DatasetFormat("packed", _read_packed),
+                  packable=True, options=("class_depth", "val_ground_truth", "synset_map")),
+    DatasetFormat("list", _read_list, eval_classes=_list_class_names, packable=True,
+                  options=("image_root", "list_suffix", "class_names")),
+    DatasetFormat("packed", _read_packed, options=()),
     DatasetFormat("synthetic", _read_synthetic, in_memory=True, stored_side=lambda cfg: cfg.synthetic_image_size,
-                  needs_root=False),
+                  needs_root=False, options=("synthetic_size", "synthetic_image_size")),
     # Segmentation: uint8 class-index masks, 255 = ignore (deepres.data.readers.segmentation)
-    DatasetFormat("pairs", _read_pairs, task="segmentation", eval_classes=_pairs_class_names),
+    DatasetFormat("pairs", _read_pairs, task="segmentation", eval_classes=_pairs_class_names,
+                  options=(*SEGMENTATION_OPTIONS, "class_names")),
     DatasetFormat("voc", _read_voc, task="segmentation", num_classes=len(VOC_CLASSES), in_chans=3,
-                  class_names=VOC_CLASSES, eval_classes=_fixed(VOC_CLASSES)),
+                  class_names=VOC_CLASSES, eval_classes=_fixed(VOC_CLASSES),
+                  options=(*SEGMENTATION_OPTIONS, "sbd_root")),
     DatasetFormat("cityscapes", _read_cityscapes, task="segmentation", num_classes=len(CITYSCAPES_CLASSES),
-                  in_chans=3, class_names=CITYSCAPES_CLASSES, eval_classes=_fixed(CITYSCAPES_CLASSES)),
+                  in_chans=3, class_names=CITYSCAPES_CLASSES, eval_classes=_fixed(CITYSCAPES_CLASSES),
+                  options=SEGMENTATION_OPTIONS),
     DatasetFormat("ade20k", _read_ade20k, task="segmentation", num_classes=len(ADE20K_CLASSES), in_chans=3,
-                  class_names=ADE20K_CLASSES, eval_classes=lambda cfg, root: ade20k_class_names(root)),
+                  class_names=ADE20K_CLASSES, eval_classes=lambda cfg, root: ade20k_class_names(root),
+                  options=SEGMENTATION_OPTIONS),
     # Transfer-learning classification sets in their official layouts; class names are in the files (flowers102:
     # numbers only, names fixed here). num_classes: the published sets', for a model built without data.
     DatasetFormat("food101", _transfer(food101_dataset), num_classes=101, in_chans=3,
-                  eval_classes=_from_files(food101_classes)),
+                  eval_classes=_from_files(food101_classes), options=()),
     DatasetFormat("cub200", _transfer(cub200_dataset), num_classes=200, in_chans=3,
-                  eval_classes=_from_files(cub200_classes)),
+                  eval_classes=_from_files(cub200_classes), options=()),
     DatasetFormat("stanford_cars", _transfer(stanford_cars_dataset), num_classes=196, in_chans=3,
-                  eval_classes=_from_files(stanford_cars_classes)),
+                  eval_classes=_from_files(stanford_cars_classes), options=()),
     DatasetFormat("flowers102", _transfer(flowers102_dataset), num_classes=len(FLOWERS102_CLASSES), in_chans=3,
-                  class_names=FLOWERS102_CLASSES, eval_classes=_fixed(FLOWERS102_CLASSES)),
-    DatasetFormat("pets", _transfer(pets_dataset), num_classes=37, in_chans=3, eval_classes=_from_files(pets_classes)),
+                  class_names=FLOWERS102_CLASSES, eval_classes=_fixed(FLOWERS102_CLASSES), options=()),
+    DatasetFormat("pets", _transfer(pets_dataset), num_classes=37, in_chans=3, eval_classes=_from_files(pets_classes),
+                  options=()),
     DatasetFormat("aircraft", _transfer(aircraft_dataset), num_classes=100, in_chans=3,
-                  eval_classes=_from_files(aircraft_classes)),
+                  eval_classes=_from_files(aircraft_classes), options=()),
 ):
     register_format(_fmt)
 

@@ -448,11 +448,8 @@ def write_report(out_dir: str | os.PathLike, groups: dict[str, list[RunResult]],
     return summaries
 
 
-def print_table(summaries: list[VariantSummary], metric: str, columns: list[str], best_epoch: bool = False,
-                out=print) -> None:
-    """The results table as aligned text (the terminal's version of results.md)."""
+def text_table(summaries: list[VariantSummary], metric: str, columns: list[str], best_epoch: bool = False) -> str:
+    """The results table as aligned text (the terminal's version of results.md), for the commands to print."""
     headers, rows = table_rows(summaries, metric, columns, best_epoch)
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    out("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
-    for row in rows:
-        out("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in [headers, *rows])
