@@ -112,13 +112,16 @@ def test_no_import_cycles():
             visit(module)
 
 
+def with_module(name: str, source: str, tmp_path, monkeypatch) -> None:
+    """MODULES plus a module `name` (deepres.<package>.<x>) holding `source`, for a test of a rule."""
+    path = tmp_path / f"{name.rpartition('.')[2]}.py"
+    path.write_text(source)
+    monkeypatch.setattr(sys.modules[__name__], "MODULES", {**MODULES, name: path})
+
+
 def test_the_layer_test_catches_an_upward_import(tmp_path, monkeypatch):
     # a core module importing the training loop must be reported
-    fake = dict(MODULES)
-    bad = tmp_path / "bad.py"
-    bad.write_text("from deepres.train.loop import fit\n")
-    fake["deepres.core.bad"] = bad
-    monkeypatch.setattr(sys.modules[__name__], "MODULES", fake)
+    with_module("deepres.core.bad", "from deepres.train.loop import fit\n", tmp_path, monkeypatch)
     with pytest.raises(AssertionError, match="deepres.core.bad \\(core, layer 0\\) imports deepres.train.loop"):
         test_imports_go_down_the_layers_only()
 
@@ -147,11 +150,8 @@ def test_no_code_outside_tasks_asks_which_task_it_is():
 
 
 def test_the_task_rule_catches_a_branch(tmp_path, monkeypatch):
-    fake = dict(MODULES)
-    bad = tmp_path / "bad.py"
-    bad.write_text("def f(p):\n    return 1 if p.is_segmentation else 2\n")
-    fake["deepres.inference.bad"] = bad
-    monkeypatch.setattr(sys.modules[__name__], "MODULES", fake)
+    with_module("deepres.inference.bad", "def f(p):\n    return 1 if p.is_segmentation else 2\n", tmp_path,
+                monkeypatch)
     with pytest.raises(AssertionError, match="bad.py:2"):
         test_no_code_outside_tasks_asks_which_task_it_is()
 
