@@ -1,5 +1,7 @@
 """Assemble-ResNet's training pieces in the classification task: per-sample mixup and knowledge distillation
 (online: a frozen teacher run on every mixed batch), against hand computations and through a tiny fit."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -131,3 +133,69 @@ def test_teacher_logits_command_writes_a_file_a_student_trains_from(tmp_path):
     assert fit(student, device="cpu", log=lambda _: None)["finished"]
     with pytest.raises(ValueError, match="kd_logits"):
         load_config(str(recipe), [f"train.kd_logits={out}", f"train.kd_teacher={tmp_path / 'teacher'}"])
+
+
+def _logits_file(path, logits, names=None, **meta):
+    """A file laid out as `deepres teacher-logits` writes it (class names `names`, else class_0..class_9); `meta`
+    replaces (None: drops) metadata entries."""
+    from safetensors.torch import save_file
+    from deepres.train.distill import FORMAT
+    names = [f"class_{i}" for i in range(10)] if names is None else names
+    metadata = {"format": FORMAT, "teacher": "t", "num_images": str(len(logits)), "classes": json.dumps(names)}
+    metadata.update(meta)
+    save_file({"logits": logits.contiguous()}, str(path), metadata={k: v for k, v in metadata.items() if v is not None})
+    return path
+
+
+def _nan_at(row, col, value=float("nan")):
+    logits = torch.randn(48, 10)
+    logits[row, col] = value
+    return logits
+
+
+BAD_KD_FILES = {  # name: (how to make it under tmp_path, what the one-line error says)
+    "one_dimensional": (lambda p: _logits_file(p, torch.randn(480)), "2-D"),
+    "three_dimensional": (lambda p: _logits_file(p, torch.randn(48, 10, 1)), "2-D"),
+    "twenty_columns": (lambda p: _logits_file(p, torch.randn(48, 20)), "20 columns"),
+    "too_few_rows": (lambda p: _logits_file(p, torch.randn(47, 10)), "47 rows"),
+    "nan": (lambda p: _logits_file(p, _nan_at(5, 3)), "row 5"),
+    "inf": (lambda p: _logits_file(p, _nan_at(40, 0, float("inf")).half()), "row 40"),
+    "integer": (lambda p: _logits_file(p, torch.zeros(48, 10, dtype=torch.int64)), "floating"),
+    "no_classes": (lambda p: _logits_file(p, torch.randn(48, 10), **{"classes": None}), "'classes'"),
+    "classes_not_json": (lambda p: _logits_file(p, torch.randn(48, 10), **{"classes": "[class_0"}), "'classes'"),
+    "classes_not_a_list": (lambda p: _logits_file(p, torch.randn(48, 10), **{"classes": '{"a": 1}'}), "'classes'"),
+    "wrong_classes": (lambda p: _logits_file(p, torch.randn(48, 10), names=[f"c{i}" for i in range(10)]),
+                      "classes"),
+    "num_images_disagrees": (lambda p: _logits_file(p, torch.randn(48, 10), num_images="50"), "num_images"),
+    "not_deepres": (lambda p: _logits_file(p, torch.randn(48, 10), format="something"), "teacher-logits file"),
+    "garbage": (lambda p: (p.write_bytes(b"\x07" * 64), p)[1], "safetensors"),
+    "empty": (lambda p: (p.write_bytes(b""), p)[1], "safetensors"),
+    "directory": (lambda p: p.mkdir() or p, "not a file"),
+    "missing": (lambda p: p, "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_KD_FILES))
+def test_a_bad_kd_logits_file_is_one_line_exit_2_before_the_run_directory_exists(tmp_path, capsys, case):
+    from deepres.cli import main
+    make, says = BAD_KD_FILES[case]
+    bad = make(tmp_path / "logits.safetensors")
+    recipe = _write_recipe(tmp_path)
+    out = tmp_path / "runs"
+    assert main(["train", str(recipe), "--out", str(out), "--set", f"train.kd_logits={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"deepres train: error: train.kd_logits={bad}: ") and says in err, err
+    assert not (out / "tiny").exists()  # nothing made for a run that cannot start
+
+
+def test_teacher_logits_beyond_float16_are_refused_not_stored_as_inf(tmp_path):
+    from deepres.core.config import load_config
+    from deepres.train.distill import write_teacher_logits
+    cfg = load_config(str(_write_recipe(tmp_path)))
+    logits = torch.randn(48, 10)
+    logits[7, 2] = 1e6  # float16 holds at most 65504
+    with pytest.raises(ValueError, match="image 7.*float16"):
+        write_teacher_logits(tmp_path / "out.safetensors", logits, [f"class_{i}" for i in range(10)], teacher="t",
+                             cfg=cfg)
+    assert not (tmp_path / "out.safetensors").exists()

@@ -1,6 +1,10 @@
 """RunRecorder and read_metrics: files written, parsed back, refusal to overwrite, resume, truncation."""
 import json
 import math
+import os
+import socket
+import subprocess
+import sys
 
 import matplotlib.image
 import numpy as np
@@ -181,3 +185,38 @@ def test_config_yaml_is_never_left_torn_by_a_full_disk(tmp_path, monkeypatch):
         pass
     assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == CONFIG
     assert not (tmp_path / "config.resume1.yaml").exists()
+
+
+# ------------------------------------------------------------------------------ one process per run directory
+
+HOLD_LOCK = ("import sys, time\nfrom deepres.core.runs import lock_run_dir\nlock = lock_run_dir(sys.argv[1])\n"
+             "print('locked', flush=True)\ntime.sleep(120)\n")
+
+
+def hold_lock(run_dir):
+    """Another process holding `run_dir`'s lock (until killed), as a training process holds it."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_run_directory_lock_names_its_holder_and_a_killed_holder_frees_it(tmp_path):
+    from deepres.core.runs import lock_run_dir
+    holder = hold_lock(tmp_path)
+    try:
+        with pytest.raises(FileExistsError) as refused:
+            lock_run_dir(tmp_path)
+        message = str(refused.value)
+        assert "\n" not in message and str(tmp_path) in message, message
+        assert f"pid {holder.pid} on {socket.gethostname()}" in message, message
+    finally:
+        holder.kill()  # kill -9: no chance to release; the OS frees the lock with the process
+        holder.wait()
+    with lock_run_dir(tmp_path) as lock:
+        assert lock.held
+        with pytest.raises(FileExistsError, match=f"pid {os.getpid()} "):  # one process, a second claim
+            lock_run_dir(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # a released lock leaves nothing behind
+    lock.release()  # twice: nothing happens
+    with lock_run_dir(tmp_path):  # released: free for the next run
+        pass

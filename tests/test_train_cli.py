@@ -31,7 +31,7 @@ def test_end_to_end_train_stop_resume_and_refuse_overwrite(tmp_path, capsys):
     args = ["train", str(recipe(tmp_path)), "--out", str(tmp_path / "runs"), "--set", "train.seed=1"]
     assert main([*args, "--max-epochs", "1"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert "stopped after epoch 1 (continue with --resume)" in out[-2]
+    assert f"stopped after epoch 1 (continue with `deepres train --resume {tmp_path / 'runs' / 'tiny'}`)" in out[-2]
     assert out[-1].startswith("final test accuracy: top-1 ")
     assert main([*args, "--resume"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]

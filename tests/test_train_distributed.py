@@ -25,6 +25,7 @@ from deepres.core.errors import TrainingInterrupted
 from deepres.core.config import (Config, DataConfig, ModelConfig, OptimConfig, RunConfig, ScheduleConfig,
                                   TrainConfig, load_config, validate_config)
 from deepres.core.distributed import DistInfo, torchrun_env
+from deepres.core.runs import lock_run_dir
 from deepres.tasks.classification import ClassificationTask
 from deepres.train.loop import fit, train_one_epoch
 from deepres.train.run import Run
@@ -76,8 +77,11 @@ def task_fit(rank, world_size, cfg, stop_after_epochs=None):
 
 def task_fit_rank_error(rank, world_size, cfg):
     """Rank 1 alone gets a data root that does not exist."""
-    if rank == 1:
-        cfg = replace(cfg, data=replace(cfg.data, name="folder", root="/nonexistent/deepres-test"))
+    if rank == 1:  # the synthetic format's options back at their defaults: the folder format reads none of them
+        defaults = DataConfig()
+        cfg = replace(cfg, data=replace(cfg.data, name="folder", root="/nonexistent/deepres-test",
+                                        synthetic_size=defaults.synthetic_size,
+                                        synthetic_image_size=defaults.synthetic_image_size))
     return fit(cfg, device="cpu", log=quiet)
 
 
@@ -289,6 +293,18 @@ def test_a_setup_error_on_one_rank_is_raised_on_every_rank(pool, tmp_path):
     sync_bn = pool.run(task_fit, small_config(tmp_path, "syncbn", batch_size=8, sync_bn=True))
     for ok, err in sync_bn:
         assert not ok and err[0] == "ValueError" and "train.sync_bn needs CUDA" in err[1]
+
+
+def test_a_run_in_use_stops_every_rank_and_a_multi_rank_run_does_not_lock_itself_out(pool, tmp_path):
+    cfg = small_config(tmp_path, "held", batch_size=8)
+    assert not values(pool.run(task_fit, cfg, 1))[0]["finished"]  # two ranks of one job: rank 0 alone locks
+    with lock_run_dir(tmp_path / "held"):  # another job training this run
+        results = pool.run(task_fit_resume, cfg)
+    for ok, error in results:
+        assert not ok and error[0] == "FileExistsError" and f"in use by pid {os.getpid()}" in error[1], error
+    assert results[1][1][1].endswith("(on rank 0)")
+    assert [r["finished"] for r in values(pool.run(task_fit_resume, cfg))] == [True, True]
+    assert not (tmp_path / "held" / ".lock").exists()
 
 
 def test_lr_scaling_follows_the_global_batch(tmp_path):

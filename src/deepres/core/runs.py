@@ -6,8 +6,13 @@ metrics.jsonl lines are {"kind": "step", "step": int, "time": unix_s, ...} or
 pass, so x = epoch is "epochs completed"). Conventional keys: train_loss, test_error (%), top1, top5 (%),
 lr, epoch_time_s, images_per_s, and in epoch records `step` (global step at the end of the epoch), which
 places step records on the epoch axis of curves.png.
+
+One process at a time trains in a run directory: `lock_run_dir` takes an exclusive flock on its .lock file
+(under torchrun, rank 0's), which the OS releases when the process ends however it ends (kill -9, a SLURM
+requeue), so a later --resume is never locked out by a dead process.
 """
 import datetime
+import errno
 import json
 import math
 import os
@@ -26,8 +31,14 @@ from .device import cpu_class_label, cpu_model_name
 from .files import atomic_write_text
 from .plots import plot_curves
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked (RunLock.warning says so)
+    fcntl = None
+
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".lock"  # in the run directory while a process trains there: "pid N on HOST since TIME"
 
 
 class RunRecorder:
@@ -126,6 +137,84 @@ class RunRecorder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class RunLock:
+    """An exclusive claim on a run directory (lock_run_dir); `release()` or leaving the `with` block ends it, and
+    so does the end of the process. `warning` is set (and `held` false) where the filesystem has no file locks."""
+
+    def __init__(self, path: Path, file=None, warning: str = ""):
+        self.path, self._file, self.warning = path, file, warning
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def release(self) -> None:
+        """Remove the lock file, then unlock it (so no process can lock a file that is about to go); safe twice."""
+        if self._file is None:
+            return
+        try:
+            if _same_file(self.path, self._file.fileno()):
+                self.path.unlink()
+        except OSError:
+            pass  # the directory was moved or removed meanwhile: nothing to clean up
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)  # also for any DataLoader worker forked with the fd
+        self._file.close()
+        self._file = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_run_dir(run_dir: str | os.PathLike) -> RunLock:
+    """Claim `run_dir` (which must exist) for this process: flock, non-blocking, on run_dir/.lock.
+
+    Raises FileExistsError naming the holder's pid and host when another process (or another claim in this
+    one) holds it. On a filesystem without flock (some Lustre or NFS mounts) it returns an unheld RunLock with a
+    `warning` rather than refusing to train."""
+    run_dir = Path(run_dir)
+    path = run_dir / LOCK_FILE
+    if fcntl is None:
+        return RunLock(path, warning=f"{run_dir} is not locked against a second process (no fcntl here)")
+    while True:
+        try:
+            file = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+", encoding="utf-8", errors="replace")
+        except PermissionError as e:
+            raise ValueError(f"run directory {run_dir}: cannot create its lock file {LOCK_FILE} ({e.strerror}); a "
+                             f"run trains only where it may write") from None
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = " ".join(file.read(200).split())  # "pid N on HOST since TIME" (empty: it is being written)
+            file.close()
+            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):  # ENOLCK, EOPNOTSUPP...
+                return RunLock(path, warning=f"{run_dir} is not locked against a second process: this filesystem "
+                                             f"does not lock files ({e.strerror or e})")
+            raise FileExistsError(f"run directory {run_dir} is in use by {holder or 'another process'}: one "
+                                  f"process at a time trains a run; wait for that one to end (or stop it), or "
+                                  f"choose another run.name") from None
+        # A holder that just released removed the file this one opened: lock the file at the path, not that one
+        if _same_file(path, file.fileno()):
+            break
+        file.close()
+    since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    file.seek(0)
+    file.truncate()
+    file.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}\n")
+    file.flush()
+    return RunLock(path, file)
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        here, there = path.stat(), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _plain(value):

@@ -7,6 +7,7 @@ float16, one row per image of the recipe's training split in its stored order; m
 The teacher sees each training image once, through the recipe's evaluation transform (no augmentation); a mixed
 batch gets the teacher's distributions mixed with the same lam as its labels."""
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -47,34 +48,100 @@ def compute_teacher_logits(teacher: str, cfg: Config, *, device: str = "cpu") ->
 
 def write_teacher_logits(path: str | Path, logits: torch.Tensor, classes: list[str], *, teacher: str,
                          cfg: Config) -> None:
-    """Store logits (float16) with what they belong to; refuses to replace an existing file."""
+    """Store logits (float16) with what they belong to; refuses to replace an existing file, and logits that are
+    not finite or beyond float16's range (a student would train on inf)."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} exists; remove it or choose another --out")
+    stored = logits.to(torch.float16).contiguous()
+    bad = _first_nonfinite(stored)
+    if bad is not None:
+        row, value = bad[0], logits[bad].item()
+        why = (f"{value:g} is beyond float16's range (±{torch.finfo(torch.float16).max:g}), in which they are stored"
+               if math.isfinite(value) else f"{value}")
+        raise ValueError(f"teacher {teacher} gives a logit on training image {row} that cannot be stored: {why}; "
+                         f"check the teacher on the recipe's data")
     meta = {"format": FORMAT, "teacher": teacher, "data_name": cfg.data.name, "data_root": cfg.data.root,
             "train_split": cfg.data.train_split, "num_images": str(len(logits)), "classes": json.dumps(classes)}
-    blob = save({"logits": logits.to(torch.float16).contiguous()}, metadata=meta)
+    blob = save({"logits": stored}, metadata=meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(blob))
 
 
 def read_teacher_logits(path: str | Path, *, num_images: int, classes: list[str]) -> torch.Tensor:
     """The stored logits (float32) for a run training on `num_images` images (the file's first rows:
-    data.limit_train keeps the first images) of `classes`; ValueError naming the file when they do not fit."""
+    data.limit_train keeps the first images) of `classes`. Checked whole before a run starts: a file that is not
+    one `deepres teacher-logits` wrote, a tensor that is not (images >= num_images, len(classes)), a non-finite
+    value or malformed metadata is a ValueError in one line, `train.kd_logits=PATH: ...`."""
     path = Path(path)
+    where = f"train.kd_logits={path}"
+    if not path.exists():
+        raise FileNotFoundError(f"{where}: does not exist (`deepres teacher-logits` writes it)")
     if not path.is_file():
-        raise FileNotFoundError(f"train.kd_logits={path} does not exist (`deepres teacher-logits` writes it)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT or "logits" not in f.keys():
-            raise ValueError(f"train.kd_logits={path} is not a teacher-logits file (written by `deepres "
-                             f"teacher-logits`)")
-        logits = f.get_tensor("logits").float()
-    stored = json.loads(meta["classes"])
+        raise ValueError(f"{where}: not a file (`deepres teacher-logits --out FILE` writes one)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT or "logits" not in f.keys():
+                raise ValueError(f"{where}: not a teacher-logits file (no {FORMAT} 'logits'; `deepres "
+                                 f"teacher-logits` writes one)")
+            logits = f.get_tensor("logits")
+    except OSError as e:
+        raise ValueError(f"{where}: cannot be read ({e.strerror or e})") from None
+    except ValueError:
+        raise
+    except Exception as e:  # safetensors' own error types, for a file that is not one
+        raise ValueError(f"{where}: not a readable safetensors file ({_one_line(e)})") from None
+    stored = _stored_classes(meta, where)
+    if logits.ndim != 2:
+        raise ValueError(f"{where}: logits of shape {tuple(logits.shape)}; expected 2-D (images, classes)")
+    rows, columns = logits.shape
+    if not logits.is_floating_point():
+        raise ValueError(f"{where}: logits are {str(logits.dtype).removeprefix('torch.')}; expected floating point")
+    if columns != len(stored):
+        raise ValueError(f"{where}: logits have {columns} columns but its metadata names {len(stored)} classes; "
+                         f"the file is damaged: compute it again")
+    if meta.get("num_images") not in (None, str(rows)):
+        raise ValueError(f"{where}: metadata num_images={meta['num_images']!r} but the file holds {rows} rows; "
+                         f"the file is damaged: compute it again")
     if stored != list(classes):
-        raise ValueError(f"train.kd_logits={path} holds logits over {len(stored)} classes ({stored[:3]}...) but "
-                         f"this run trains on {len(classes)} ({list(classes)[:3]}...)")
-    if len(logits) < num_images:
-        raise ValueError(f"train.kd_logits={path} has {len(logits)} rows but the run trains on {num_images} "
-                         f"images; compute it on the same training split")
-    return logits[:num_images]
+        raise ValueError(f"{where}: logits over {len(stored)} classes ({stored[:3]}...) but this run trains on "
+                         f"{len(classes)} ({list(classes)[:3]}...)")
+    if rows < num_images:
+        raise ValueError(f"{where}: {rows} rows but the run trains on {num_images} images; compute it on the same "
+                         f"training split")
+    bad = _first_nonfinite(logits)
+    if bad is not None:
+        count = int((~torch.isfinite(logits)).sum())
+        raise ValueError(f"{where}: row {bad[0]} (training image {bad[0]}) holds {logits[bad].item()}, and {count} "
+                         f"of {logits.numel()} values are NaN or inf; compute it again with a teacher whose logits "
+                         f"are finite")
+    return logits[:num_images].float()
+
+
+def _stored_classes(meta: dict, where: str) -> list[str]:
+    """The class names in the file's metadata (a JSON list of strings, one per column)."""
+    text = meta.get("classes")
+    if text is None:
+        raise ValueError(f"{where}: metadata has no 'classes' (the class names of its columns); compute it again "
+                         f"with `deepres teacher-logits`")
+    try:
+        classes = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: metadata 'classes' is not JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        raise ValueError(f"{where}: metadata 'classes' must be a JSON list of class names, got {text[:60]!r}")
+    return classes
+
+
+def _first_nonfinite(logits: torch.Tensor) -> tuple[int, int] | None:
+    """(row, column) of the first NaN or inf, None when all are finite."""
+    bad = ~torch.isfinite(logits)
+    if not bad.any():
+        return None
+    row, column = bad.nonzero()[0].tolist()
+    return row, column
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

@@ -2,7 +2,8 @@
 
 One optimizer step = `train.grad_accum_steps` micro-batches; `state.step` counts optimizer steps (skipped
 non-finite ones included) and drives the lr schedule. A run directory holds config.yaml, metrics.jsonl,
-TensorBoard events, env.json, curves.png (deepres.core.runs.RunRecorder) and checkpoints/{last,best}.*.
+TensorBoard events, env.json, curves.png (deepres.core.runs.RunRecorder) and checkpoints/{last,best}.*, and .lock
+while a process trains there (one at a time: a second one is refused, naming the first).
 Everything task-specific (batch mixing, loss, metrics, which metric is "best") comes from the run's task
 (deepres.tasks).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import shlex
 import signal
 import time
 from contextlib import nullcontext
@@ -170,10 +172,16 @@ class _ProgressLines:
 
 
 def _interrupted_line(run: Run, signum: int, n_batches: int) -> str:
-    s, recipe = run.state, run.cfg.run.recipe or "RECIPE"
+    s = run.state
+    launcher = " (under torchrun, with the same launcher options)" if run.dist.enabled else ""
     return (f"stopped by {signal.Signals(signum).name} at step {s.step} (epoch {s.epoch + 1}, {s.batches_done} of "
-            f"{n_batches} batches): saved {run.run_dir / 'checkpoints'}/last; continue exactly from there with the "
-            f"same command and --resume (deepres train {recipe} --resume)")
+            f"{n_batches} batches): saved {run.run_dir / 'checkpoints'}/last; continue exactly from there with "
+            f"`{resume_command(run.run_dir)}`{launcher}")
+
+
+def resume_command(run_dir) -> str:
+    """The command that continues the run in `run_dir` with the config it stored, overrides included."""
+    return f"deepres train --resume {shlex.quote(str(run_dir))}"
 
 
 def _loss_on_all_ranks(loss: torch.Tensor, world_size: int, stop: bool = False) -> tuple[float, bool, bool]:
@@ -256,10 +264,12 @@ def fit(cfg: Config, *, resume: bool = False, stop_after_epochs: int | None = No
         with process_group(device) as (dist, device):
             log = (log or _print_line) if dist.is_main else _silent
             run = setup_run(cfg, resume=resume, device=device, loaders=loaders, dist=dist, log=log)
-            if device.type == "cpu":  # compute threads + DataLoader workers within the cores (core.device)
-                limit_compute_threads(workers=getattr(run.train_loader, "workers", 0), processes=local_processes())
             state, task = run.state, run.task
-            with run.recorder or nullcontext():  # rank 0's; closed however the loop ends
+            # rank 0's lock on the run directory and its recorder: released and closed however the loop ends
+            with run.lock or nullcontext(), run.recorder or nullcontext():
+                if device.type == "cpu":  # compute threads + DataLoader workers within the cores (core.device)
+                    limit_compute_threads(workers=getattr(run.train_loader, "workers", 0),
+                                          processes=local_processes())
                 if run.recorder is not None:
                     run.recorder.write_env(train_precision={"requested": cfg.train.amp, "resolved": run.amp.amp,
                                                             "reason": run.amp.reason})

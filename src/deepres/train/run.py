@@ -14,13 +14,14 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 import yaml
+from safetensors import safe_open
 
 from deepres.core.checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, repair_checkpoints,
                                      restore_rng_state, save_checkpoint)
 from deepres.core.config import RESUME_MAY_DIFFER, Config, config_diff, config_from_dict, config_to_dict
 from deepres.core.device import AmpChoice, keep_freed_memory, resolve_amp, seed_everything, set_deterministic
 from deepres.core.distributed import DistInfo, raise_if_any_failed, same_on_all_ranks
-from deepres.core.runs import CONFIG_FILE, RunRecorder
+from deepres.core.runs import CONFIG_FILE, METRICS_FILE, RunLock, RunRecorder, lock_run_dir
 from deepres.data import DataInfo, build_loaders
 from deepres.models.base import freeze_stages
 from deepres.tasks import Task, task_of
@@ -66,6 +67,7 @@ class Run:
     eval_loader: Iterable | None = None
     data: DataInfo | None = None
     recorder: RunRecorder | None = None  # rank 0 only
+    lock: RunLock | None = None  # rank 0's claim on the run directory (setup_run takes it, fit releases it)
     progress: bool = False  # tqdm bar per epoch
     resumed: bool = False  # setup_run restored checkpoints/last into it
     stop: StopRequest = field(default_factory=StopRequest)  # set by SIGINT/SIGTERM (fit) to stop at the next step
@@ -105,22 +107,44 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
     """The run fit trains: data, the config resolved against it, model, optimizer, EMA, task, recorder (rank 0);
     with `resume`, checkpoints/last restored into them (repaired first when a killed save left it torn), RNG
     states last (a run stopped before its first checkpoint has none: it starts from step 0, with the config its
-    config.yaml holds). Every rank calls it; `log` gets what was repaired."""
-    ckpt_dir = Path(cfg.run.out_dir) / cfg.run.name / "checkpoints"
-    if resume:  # rank 0 completes pairs and removes temp files that killed saves left; the others wait for it
-        error = None
-        try:
-            for line in repair_checkpoints(ckpt_dir) if dist.is_main else ():
-                log(line)
-        except Exception as e:
-            error = e
-        raise_if_any_failed(error)
+    config.yaml holds). Every rank calls it; `log` gets what was repaired.
+
+    Rank 0 claims the run directory (core.runs.lock_run_dir) for the Run it returns (Run.lock; fit releases it):
+    at once when the directory exists, before anything reads or repairs it; else when it creates the directory,
+    after everything a bad config or input can fail (so a refused run leaves nothing behind). A run there that
+    stopped before its first checkpoint or metrics record (a bad input on its first batch) is replaced, new or
+    resumed, with a line saying so: it has nothing to keep, and its config may be the one that failed."""
+    held: list[RunLock] = []
+    try:
+        run = _setup_run(cfg, resume, device, loaders, dist, log, held)
+    except BaseException:
+        for lock in held:
+            lock.release()
+        raise
+    run.lock = held[0] if held else None
+    return run
+
+
+def _setup_run(cfg: Config, resume: bool, device: torch.device, loaders, dist: DistInfo, log: Callable[[str], None],
+               held: list[RunLock]) -> Run:
+    run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    ckpt_dir = run_dir / "checkpoints"
+    error = None
+    try:
+        if dist.is_main and run_dir.is_dir():
+            _claim(run_dir, held, log)
+        # rank 0 completes pairs and removes temp files that killed saves left; the others wait for it
+        for line in repair_checkpoints(ckpt_dir) if resume and dist.is_main else ():
+            log(line)
+    except Exception as e:
+        error = e
+    raise_if_any_failed(error)
     found = resume and any(p.exists() for p in checkpoint_paths(ckpt_dir, "last"))
     same_on_all_ranks(int(found), f"whether {ckpt_dir} holds a checkpoint 'last' (1) or not (0)",
                       "every process reads it: with several nodes, run.out_dir must be on a filesystem they all share")
-    saved, error = None, None
+    saved, replace_unstarted, error = None, False, None
     try:
-        saved, cfg, loaders = _prepare(cfg, resume, found, device, loaders, dist)
+        saved, cfg, loaders, replace_unstarted = _prepare(cfg, resume, found, device, loaders, dist)
     except Exception as e:  # may happen on one rank only: every rank must learn of it, or the others wait forever
         error = e
     raise_if_any_failed(error)
@@ -146,12 +170,17 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
     if (t.kd_teacher or t.kd_logits) and not task.labels_images:
         raise ValueError(f"train.kd_teacher / kd_logits: knowledge distillation is for classification, not "
                          f"data.name={cfg.data.name}")
-    if t.kd_teacher:  # online distillation: the teacher, frozen, on the training device
-        teacher = load_model(t.kd_teacher).model.to(device).eval().requires_grad_(False)
-        task = replace(task, teacher=teacher)
-    if t.kd_logits:  # offline distillation: the stored logits of this run's training images
-        stored = read_teacher_logits(t.kd_logits, num_images=data.train_size, classes=data.classes)
-        task = replace(task, teacher_logits=stored.to(device))
+    error = None
+    try:  # each rank reads the teacher (a file one node cannot see fails there): every rank must learn of it
+        if t.kd_teacher:  # online distillation: the teacher, frozen, on the training device
+            teacher = load_model(t.kd_teacher).model.to(device).eval().requires_grad_(False)
+            task = replace(task, teacher=teacher)
+        if t.kd_logits:  # offline distillation: the stored logits of this run's training images, checked whole
+            stored = read_teacher_logits(t.kd_logits, num_images=data.train_size, classes=data.classes)
+            task = replace(task, teacher_logits=stored.to(device))
+    except Exception as e:
+        error = e
+    raise_if_any_failed(error)
     run = Run(cfg=cfg, device=device, model=model, optimizer=create_optimizer(model, cfg.optim),
               task=task, train_loader=train_loader, eval_loader=eval_loader, data=data,
               scaler=torch.amp.GradScaler("cuda") if amp.amp == "fp16" else None, amp=amp,
@@ -170,11 +199,66 @@ def setup_run(cfg: Config, *, resume: bool = False, device: torch.device, loader
             swapped = use_inductor_batch_norm(model)
             log(f"train.inductor_bn: {swapped} BatchNorm2d layers use the inductor-friendly training form")
         run.train_model = torch.compile(run.train_model)
-    if dist.is_main:
-        run.recorder = RunRecorder(run.run_dir, config_to_dict(cfg), resume=resume)
+    error = None
+    try:
+        if dist.is_main:
+            if not held:  # no directory when setup began: created and claimed only now
+                run_dir.mkdir(parents=True, exist_ok=True)
+                _claim(run_dir, held, log)
+                if _run_files(run_dir):
+                    raise FileExistsError(f"run directory {run_dir} was filled by another process while this run "
+                                          f"was being set up; use --resume to continue that run, or choose another "
+                                          f"run.name (--set run.name=NAME)")
+            elif replace_unstarted:
+                removed = _remove_run_files(run_dir)
+                log(f"run directory {run_dir}: replacing the run there, which stopped before its first checkpoint "
+                    f"or metrics record: removed {', '.join(removed)}")
+            run.recorder = RunRecorder(run.run_dir, config_to_dict(cfg), resume=resume)
+    except Exception as e:
+        error = e
+    raise_if_any_failed(error)
     if saved is not None:  # last: everything above may have drawn random numbers
         _restore_rng(saved.rng, device, dist.enabled)
     return run
+
+
+def _claim(run_dir: Path, held: list[RunLock], log: Callable[[str], None]) -> None:
+    lock = lock_run_dir(run_dir)
+    held.append(lock)
+    if lock.warning:
+        log(f"warning: {lock.warning}")
+
+
+# The files a run writes in its directory (core.runs.RunRecorder, save_run); what an unstarted run's replacement
+# removes. Anything else there (a user's notes) is left alone.
+RUN_FILES = ("config.yaml", "config.resume*.yaml", METRICS_FILE, "env.json", "curves.png", "events.out.tfevents.*",
+             "checkpoints")
+
+
+def _run_files(run_dir: Path) -> list[Path]:
+    return sorted({path for pattern in RUN_FILES for path in run_dir.glob(pattern)})
+
+
+def _run_started(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` got anywhere: any file under checkpoints/, or a complete metrics record."""
+    ckpt_dir = run_dir / "checkpoints"
+    if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+        return True
+    metrics = run_dir / METRICS_FILE
+    # an unterminated last line is a write the kill cut short, not a record
+    return metrics.is_file() and bool(metrics.read_bytes().rpartition(b"\n")[0].strip())
+
+
+def _remove_run_files(run_dir: Path) -> list[str]:
+    """Remove an unstarted run's own files (its checkpoints/ folder is empty); returns their names."""
+    removed = []
+    for path in _run_files(run_dir):
+        if path.is_dir():
+            path.rmdir()  # empty, or the run had started: never a tree
+        else:
+            path.unlink()
+        removed.append(path.name)
+    return removed
 
 
 def _cpu_compiler_missing() -> str:
@@ -192,13 +276,18 @@ def _cpu_compiler_missing() -> str:
 
 
 def _prepare(cfg: Config, resume: bool, found: bool, device: torch.device, loaders, dist: DistInfo):
-    """Everything before the model: checkpoint, seeds, data, the resolved config; may fail on one rank only."""
+    """Everything before the model: checkpoint, seeds, data, the resolved config, and whether the run directory
+    holds a run that stopped before recording anything (replaced when this one starts); may fail on one rank only."""
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
-    saved = None
+    saved, replace_unstarted = None, False
     if found:
         saved = load_run(run_dir / "checkpoints", task_of(cfg.data).best_metric, dist)  # every rank reads it
-    elif dist.is_main and not resume:  # rank 0 alone creates the run directory
-        _check_fresh_run_dir(run_dir)
+    elif _run_files(run_dir):
+        replace_unstarted = not _run_started(run_dir)
+        if not replace_unstarted and not resume:
+            taken = [name for name in ("checkpoints", CONFIG_FILE, METRICS_FILE) if (run_dir / name).exists()]
+            raise FileExistsError(f"run directory {run_dir} already holds a run ({', '.join(taken)}); use --resume "
+                                  f"to continue it, or choose another run.name (--set run.name=NAME)")
     seed_everything(cfg.train.seed)
     set_deterministic(cfg.train.deterministic, device)
     if cfg.train.sync_bn and dist.enabled and device.type != "cuda":
@@ -215,20 +304,13 @@ def _prepare(cfg: Config, resume: bool, found: bool, device: torch.device, loade
             raise ValueError(f"cannot resume from {where}: it was trained by {saved.world_size} process(es), "
                              f"this run has {dist.world_size}; the data shards and the global batch depend "
                              f"on it, so resume with the same number of processes")
-    elif resume:  # nothing saved yet: what was started must still be what is started now
+    elif resume and not replace_unstarted:  # steps recorded, none saved: what was started must still start
         stored = run_dir / CONFIG_FILE
         text = stored.read_text() if stored.is_file() else ""
         if text.strip():
             cfg = keep_stored_amp(yaml.safe_load(text), cfg)
             check_resume_config(yaml.safe_load(text), cfg, stored)
-    return saved, cfg, loaders
-
-
-def _check_fresh_run_dir(run_dir: Path) -> None:
-    taken = [name for name in ("checkpoints", "config.yaml", "metrics.jsonl") if (run_dir / name).exists()]
-    if taken:
-        raise FileExistsError(f"run directory {run_dir} already holds a run ({', '.join(taken)}); use --resume "
-                              f"to continue it, or choose another run.name (--set run.name=NAME)")
+    return saved, cfg, loaders, replace_unstarted
 
 
 def keep_stored_amp(saved_config: dict, cfg: Config) -> Config:
@@ -331,3 +413,32 @@ def _restore_rng(rng: dict, device: torch.device, distributed: bool) -> None:
     restore_rng_state(rng)
     if device.type == "cuda" and "cuda_device" in rng:
         torch.cuda.set_rng_state(rng["cuda_device"], device)
+
+
+# ------------------------------------------------------------------------------------------- run directory
+
+
+def stored_run_config(run_dir: str | Path) -> Config:
+    """The config the run in `run_dir` continues with (`deepres train --resume RUN_DIR`): the one its checkpoint
+    'last' was saved with (resume-safe changes made by earlier resumes included), else its config.yaml; run.out_dir
+    and run.name name `run_dir` itself, wherever it has been moved since."""
+    run_dir = Path(run_dir)
+    weights = checkpoint_paths(run_dir / "checkpoints", "last")[0]
+    stored, where = None, weights
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            stored = json.loads((f.metadata() or {})["config"])
+    except Exception:  # none yet, or torn by a kill: config.yaml says the same, and the resume repairs or reports it
+        stored = None
+    if not isinstance(stored, dict):
+        where = run_dir / CONFIG_FILE
+        if not where.is_file():
+            raise FileNotFoundError(f"{run_dir} holds no run to resume (no {CONFIG_FILE})")
+        try:
+            stored = yaml.safe_load(where.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{where}: not valid YAML ({' '.join(str(e).split())})") from None
+        if not isinstance(stored, dict):
+            raise ValueError(f"{where}: expected the run's config (a mapping), got {type(stored).__name__}")
+    cfg = config_from_dict(stored, where=f"config stored in {where}")
+    return replace(cfg, run=replace(cfg.run, out_dir=str(run_dir.parent), name=run_dir.name))
