@@ -11,10 +11,11 @@ import yaml
 from train_fakes import TINY_MODEL, TinyNet
 
 from deepres.cli import main
+from deepres.core.runs import lock_run_dir
 from deepres.data import DataConfig, build_loaders
 from deepres.studies import load_study, plan_study, run_state, run_study
 from deepres.studies.report import input_side
-from deepres.studies.runner import DIVERGED_FILE
+from deepres.studies.runner import DIVERGED_FILE, _set_aside
 from deepres.train.loop import fit
 
 SHIPPED = ["block_variants", "solvers", "bn_momentum", "depth"]
@@ -334,3 +335,16 @@ def test_assemble_tricks_study_plans_cumulative_variants_that_build(tmp_path):
     assert last.model.kwargs == {"sk": True, "dropblock": True, "aa": "conv"}
     for run in plan[::2]:
         create_model(run.config.model.name, num_classes=10, in_chans=1, **run.config.model.kwargs)
+
+
+def test_a_run_another_process_trains_is_not_set_aside(tmp_path):
+    """A second study process on the same folder must not move a run directory the first one is training in."""
+    run_dir = tmp_path / "v" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("{}\n")
+    with lock_run_dir(run_dir):
+        with pytest.raises(FileExistsError, match="is in use by pid"):
+            _set_aside(run_dir)
+    assert run_dir.is_dir() and (run_dir / "config.yaml").is_file()
+    moved = _set_aside(run_dir)
+    assert moved.name == "seed0.incomplete1" and (moved / "config.yaml").is_file() and not run_dir.exists()

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import yaml
 
-from deepres.core.runs import CONFIG_FILE, METRICS_FILE, read_metrics
+from deepres.core.runs import CONFIG_FILE, METRICS_FILE, lock_run_dir, read_metrics
 from deepres.core.checkpoint import checkpoint_paths
 from deepres.core.errors import NonFiniteLossError
 from deepres.core.files import atomic_write_text
@@ -193,10 +193,13 @@ def _train(cfg: Config, resume: bool, log) -> str:
 
 
 def _set_aside(run_dir: Path) -> Path:
-    n = 1
-    while (target := run_dir.with_name(f"{run_dir.name}.incomplete{n}")).exists():
-        n += 1
-    run_dir.rename(target)
+    """Move a run that stopped before its first checkpoint to RUN_DIR.incompleteN; FileExistsError naming the holder
+    while another process trains in it (a second study process on the same folder)."""
+    with lock_run_dir(run_dir):
+        n = 1
+        while (target := run_dir.with_name(f"{run_dir.name}.incomplete{n}")).exists():
+            n += 1
+        run_dir.rename(target)
     return target
 
 
