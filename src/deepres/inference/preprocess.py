@@ -5,7 +5,13 @@ as in `deepres eval`: decode to RGB (deepres.data.load_image) -> uint8 (C, H, W)
 and centre crop to `crop_size` (antialiased bilinear, rounded back to uint8; without a crop the segmentation eval
 loader's own SegEvalTransform) -> 1 <-> 3 channels (deepres.data.augment.transforms.adapt_channels: gray repeated,
 RGB to ITU-R 601 luma as Pillow's "L") -> float -> normalise.
+
+An upload (`deepres serve`) is decoded straight to the size the resize step would give (decode_for_model), so a
+40-megapixel image never exists in memory as more than its pixels as stored; the resize step then has nothing left
+to do, and the model sees what it sees from the full decode to within a grey level (a JPEG scaled by its decoder:
+a few).
 """
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -14,11 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deepres.core.preprocess import Preprocess
 from deepres.data import SegEvalTransform
 from deepres.data import transforms as T
+from deepres.data.augment.seg_transforms import base_factor, scaled_size
+from deepres.data.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_image_bytes, load_image, pil_to_tensor,
+                                 to_rgb)
 from deepres.data.readers.folders import list_image_files
-from deepres.data.images import IMAGE_EXTENSIONS, load_image, pil_to_tensor, to_rgb
-from deepres.core.preprocess import Preprocess
 
 
 # ------------------------------------------------------------------------------------------ input kinds
@@ -106,6 +114,38 @@ def resize_and_crop(image: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     if pp.crop_size:
         return T.resize_center_crop(image, pp.resize, pp.crop_size, pp.interpolation)
     return SegEvalTransform.from_preprocess(pp)(image)[0]
+
+
+def resized_size(height: int, width: int, pp: Preprocess) -> tuple[int, int]:
+    """(height, width) resize_and_crop resizes an image of that size to, before any crop: the shorter side to
+    pp.resize with a crop, else SegEvalTransform's size (the image's own for resize_side "none")."""
+    if pp.crop_size:
+        return T.shorter_side_size(height, width, pp.resize)
+    if pp.resize_side == "none":
+        return height, width
+    factor = base_factor(height, width, pp.resize, pp.resize_side)
+    return (height, width) if math.isclose(factor, 1.0) else scaled_size(height, width, factor)
+
+
+def model_input_size(height: int, width: int, pp: Preprocess) -> tuple[int, int]:
+    """(height, width) of the model input made from an image of that size: the crop, else resized_size."""
+    return (pp.crop_size, pp.crop_size) if pp.crop_size else resized_size(height, width, pp)
+
+
+def decode_for_model(data: bytes, name: str, pp: Preprocess, *, max_pixels: int = DEFAULT_MAX_PIXELS, hold=None,
+                     check=None) -> torch.Tensor:
+    """An encoded image (an upload) -> uint8 (3, H, W), brought to resized_size as it is decoded where that is
+    smaller than the image (deepres.data.images.decode_image_bytes: a JPEG by its decoder's DCT scaling, then
+    Pillow's antialiased resize with pp.interpolation), else as stored; resize_and_crop then only crops.
+    check(height, width): called with the stored size before any pixel is decoded (a budget may refuse there);
+    hold: decode_image_bytes's. BadImageError names `name`."""
+    def resize_to(height: int, width: int) -> tuple[int, int]:
+        if check is not None:
+            check(height, width)
+        return resized_size(height, width, pp)
+
+    return pil_to_tensor(decode_image_bytes(data, name, max_pixels=max_pixels, resize_to=resize_to,
+                                            interpolation=pp.interpolation, hold=hold))
 
 
 def at_test_size(pp: Preprocess, test_size: int, base_side: str = "longer") -> Preprocess:

@@ -394,17 +394,17 @@ class SegmentationTask:
     @classmethod
     def predict(cls, forward, inputs: list[torch.Tensor], sizes: list[tuple[int, int]], *, model: nn.Module,
                 class_names: list[str], options) -> list[dict]:
-        """One result per preprocessed image, at the image's own size (`sizes`): class_map (uint8 (H, W) class
-        indices), class_shares ({class name: share of the pixels} for the classes present) and, with
-        options.probabilities, probabilities (float32 (C, H, W)), under the test-time options.views."""
+        """One result per preprocessed image, at the image's own size (`sizes`; with options.class_map "model", the
+        size the model saw): class_map (uint8 (H, W) class indices), class_shares ({class name: share of the pixels}
+        for the classes present) and, with options.probabilities, probabilities (float32 (C, H, W)), under the
+        test-time options.views."""
         results = []
         for x, size in zip(inputs, sizes):
-            probs = segment(forward, x[None], size, mode=options.views, num_classes=len(class_names),
+            out_size = size if options.class_map == "image" else None
+            probs = segment(forward, x[None], out_size, mode=options.views, num_classes=len(class_names),
                             output_stride=getattr(model, "output_stride", None))[0].cpu()
             class_map = probs.argmax(dim=0).to(torch.uint8)
-            counts = torch.bincount(class_map.flatten().long(), minlength=len(class_names)).tolist()
-            result = {"class_map": class_map,
-                      "class_shares": {n: c / class_map.numel() for n, c in zip(class_names, counts) if c}}
+            result = {"class_map": class_map, "class_shares": class_shares(class_map.numpy(), class_names)}
             if options.probabilities:
                 result["probabilities"] = probs
             results.append(result)
@@ -423,14 +423,27 @@ class SegmentationTask:
     @classmethod
     def to_json(cls, result: dict, options, card: dict) -> dict:
         """A result as the JSON API gives it: the class map as a palette PNG (base64; pixel values are class
-        indices) and the share of the pixels each present class covers."""
+        indices), its height and width, the image's size ([height, width]) and the share of the pixels each present
+        class covers. With
+        options.class_map "image" the map is at result["image_size"] (the image as uploaded; else the map's own
+        size), enlarged nearest-neighbour from the size it was computed at; options.max_map_pixels caps its
+        width x height (scaled down, aspect kept)."""
         class_map = result["class_map"].numpy()
+        image_height, image_width = result.get("image_size") or class_map.shape
+        height, width = (image_height, image_width) if options.class_map == "image" else class_map.shape
+        if options.max_map_pixels and height * width > options.max_map_pixels:
+            scale = math.sqrt(options.max_map_pixels / (height * width))
+            height, width = max(1, int(height * scale)), max(1, int(width * scale))
         picture = Image.fromarray(class_map, mode="P")
+        shares = result["class_shares"]
+        if (height, width) != class_map.shape:
+            picture = picture.resize((width, height), Image.Resampling.NEAREST)
+            shares = class_shares(np.asarray(picture), card["classes"])  # of the map as returned
         picture.putpalette(np.asarray(card["palette"], dtype=np.uint8).tobytes())
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")
-        return {"height": int(class_map.shape[0]), "width": int(class_map.shape[1]),
-                "class_shares": result["class_shares"], "class_map_png": base64.b64encode(buffer.getvalue()).decode()}
+        return {"height": int(height), "width": int(width), "image_size": [int(image_height), int(image_width)],
+                "class_shares": shares, "class_map_png": base64.b64encode(buffer.getvalue()).decode()}
 
     @classmethod
     def line(cls, result: dict) -> str:
@@ -447,6 +460,12 @@ class SegmentationTask:
         palette = palette_for(config.data.name if config is not None else ("cityscapes" if label_ids else "voc"),
                               len(class_names))
         return PredictionPngs(out, palette, label_ids=label_ids, overlay=not no_overlay, force=force)
+
+
+def class_shares(class_map: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """{class name: share of the map's pixels} for the classes present in a class map (uint8 class indices)."""
+    counts = np.bincount(class_map.ravel(), minlength=len(class_names)).tolist()
+    return {name: count / class_map.size for name, count in zip(class_names, counts) if count}
 
 
 class PredictionPngs:

@@ -1,8 +1,9 @@
 """Dynamic batching: each worker owns one Predictor (a model copy) and one asyncio queue of decoded images; its
 batcher task takes the first image waiting, then whatever arrives within max_wait_ms, up to max_batch images, and
-runs them as one `Predictor.run` in a thread (asyncio.to_thread), so the event loop never waits for the model. A
-request's images are queued one by one on the least busy worker and may share batches with other requests' images;
-in eval mode an image's output does not depend on its batch mates."""
+runs them as one `Predictor.run` in a thread (asyncio.to_thread), so the event loop never waits for the model (one
+call per kind of request among them: a segmentation class map at the image's size or at the model's). A request's
+images are queued one by one on the least busy worker and may share batches with other requests' images; in eval
+mode an image's output does not depend on its batch mates."""
 import asyncio
 from dataclasses import replace
 
@@ -62,18 +63,23 @@ class Worker:
                 except TimeoutError:
                     break
             batch = [entry for entry in batch if not entry[2].done()]  # a client gone: skip its images
-            if not batch:
-                continue
-            # one call for the batch: the most classes any of its requests keeps (each answer keeps its own top_k)
-            options = replace(batch[0][1], top_k=max(entry[1].top_k for entry in batch))
-            try:
-                outputs = await asyncio.to_thread(self.predictor.run, [image for image, _, _ in batch], options)
-            except Exception as error:  # the model failed: every waiting request gets the error
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            self.metrics.record_batch(len(batch))
-            for (_, _, future), output in zip(batch, outputs):
+            # one call per kind of request in the batch (a segmentation class map at the image's size or the
+            # model's), for the most classes any of its requests keeps (each answer keeps its own top_k)
+            groups: dict[PredictOptions, list] = {}
+            for entry in batch:
+                groups.setdefault(replace(entry[1], top_k=1), []).append(entry)
+            for kind, entries in groups.items():
+                await self._run(entries, replace(kind, top_k=max(entry[1].top_k for entry in entries)))
+
+    async def _run(self, batch: list, options: PredictOptions) -> None:
+        try:
+            outputs = await asyncio.to_thread(self.predictor.run, [image for image, _, _ in batch], options)
+        except Exception as error:  # the model failed: every waiting request gets the error
+            for _, _, future in batch:
                 if not future.done():
-                    future.set_result(output)
+                    future.set_exception(error)
+            return
+        self.metrics.record_batch(len(batch))
+        for (_, _, future), output in zip(batch, outputs):
+            if not future.done():
+                future.set_result(output)

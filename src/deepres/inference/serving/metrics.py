@@ -1,6 +1,6 @@
 """The server's Prometheus metrics (prometheus_client, one registry per app): requests by route and status, errors
-by kind, images, batch sizes and request latency."""
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+by kind, images, batch sizes, request latency, and the memory held for requests in flight."""
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # images per batch
@@ -23,6 +23,12 @@ class Metrics:
                                      buckets=BATCH_BUCKETS, registry=self.registry)
         self.latency = Histogram("deepres_request_latency_seconds", "Time from request to response, by route.",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.inflight = Gauge("deepres_inflight_bytes", "Bytes held for requests in flight (--max-inflight-mb).",
+                              registry=self.registry)
+
+    def watch_inflight(self, read) -> None:
+        """The in-flight gauge reads `read()` (bytes) at each scrape."""
+        self.inflight.set_function(read)
 
     def record_request(self, path: str, status: int, seconds: float) -> None:
         route = path if path in ROUTES else "docs" if path.startswith(("/docs", "/openapi", "/static")) else "other"
