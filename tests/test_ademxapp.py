@@ -1,5 +1,7 @@
 """ademxapp MXNet checkpoints -> deepres: the name mapping (models/ademxapp.py) and `deepres convert ademxapp`, on
 `.params` files written in MXNet's format (test_mxnet_params' writer) with the names of a real fcn_resnet38_a1."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,18 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert not (tmp_path / "o.safetensors").exists()
     assert cli_main(["convert", "ademxapp", str(tmp_path / "none.params"), "--out", str(tmp_path / "o")]) == 2
     assert "none.params" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("version, classifier, shape", [
+    ("v3", np.array(4.0, np.float32), r"\(\)"),  # a scalar: MXNet 2's numpy shapes allow one
+    ("v2", None, r"\(0,\)"),  # a "none" array, no data
+    ("v2", np.zeros(4, np.float32), r"\(4,\)"),
+])
+def test_a_classifier_that_is_no_matrix_is_named_not_an_index_error(tmp_path, capsys, version, classifier, shape):
+    params = tmp_path / "cls.params"
+    params.write_bytes(mxnet_list_bytes([classifier], ["arg:linear4_weight"], version=version))
+    assert cli_main(["convert", "ademxapp", str(params), "--model", "resnet38_a1", "--out",
+                     str(tmp_path / "o.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{params}: 'arg:linear4_weight' has shape " in err
+    assert re.search(shape + r", not \(classes, features\) or \(classes, channels, kh, kw\)", err)

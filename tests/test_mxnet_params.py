@@ -146,3 +146,11 @@ def test_malformed_file_raises_one_line_error_naming_file(tmp_path, case):
     with pytest.raises(ValueError, match=message) as error:
         read_mxnet_params(path)
     assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
+def test_a_duplicate_name_is_reported_with_both_array_positions(tmp_path):
+    path = tmp_path / "dup.params"
+    names = [f"arg:w{i}" for i in range(6)] + ["arg:w2"]
+    path.write_bytes(mxnet_list_bytes([np.ones(1, np.float32)] * len(names), names))
+    with pytest.raises(ValueError, match=r"dup.params: the name 'arg:w2' is stored twice \(arrays 2 and 6\)"):
+        read_mxnet_params(path)

@@ -29,7 +29,7 @@ def test_errors_are_the_models_on_corrupt_images_seeded_by_index(run_dir):
     assert main(["robustness", str(run_dir), "--corruptions", "gaussian_noise,contrast", "--severities", "1-5"]) == 0
     report = json.loads((run_dir / "robustness" / "robustness.json").read_text())
     assert set(report["errors"]) == {"gaussian_noise", "contrast"}
-    assert report["clean_error"] < 0.2 < report["errors"]["contrast"]["5"]  # it learned; contrast 5 hurts
+    assert report["clean_error"] < 20 < report["errors"]["contrast"]["5"]  # percent: it learned; contrast 5 hurts
     # by hand: the 24 test images, corrupted in one batch with their indices, through the eval transform
     loaded = load_model(run_dir)
     images = build_eval_dataset(DATA).images
@@ -39,7 +39,7 @@ def test_errors_are_the_models_on_corrupt_images_seeded_by_index(run_dir):
         x = corrupt(images, name, 3, seed=0, indices=torch.arange(24)).float() / 255
         with torch.no_grad():
             error = (loaded.model.eval()((x - mean) / std).argmax(1) != labels).float().mean().item()
-        assert report["errors"][name]["3"] == pytest.approx(error)
+        assert report["errors"][name]["3"] == pytest.approx(100 * error, abs=1e-3)  # percent, 3 decimals
     for name in ("robustness.md", "robustness.csv", "robustness_severity.png", "examples.png"):
         assert (run_dir / "robustness" / name).stat().st_size > 0
     assert "none" in (run_dir / "robustness" / "robustness.md").read_text()  # no baseline, said so
@@ -47,13 +47,50 @@ def test_errors_are_the_models_on_corrupt_images_seeded_by_index(run_dir):
 
 
 def test_a_run_as_baseline_gives_ce_one_against_itself(run_dir, tmp_path):
-    out = tmp_path / "again"
-    assert main(["robustness", str(run_dir), "--corruptions", "gaussian_noise,contrast", "--baseline",
-                 str(run_dir), "--out", str(out)]) == 0
+    base, out = tmp_path / "base", tmp_path / "again"
+    args = ["robustness", str(run_dir), "--corruptions", "gaussian_noise,contrast"]
+    assert main([*args, "--out", str(base)]) == 0
+    assert main([*args, "--baseline", str(base), "--out", str(out)]) == 0
     report = json.loads((out / "robustness.json").read_text())
-    assert str(run_dir) in (out / "robustness.md").read_text()  # the baseline is named
+    assert str(base) in (out / "robustness.md").read_text()  # the baseline is named
     summary = report["summary"]
-    assert summary["mce_evaluated"] == pytest.approx(1.0) and summary["mce_15"] is None  # only 2 of the 15
+    assert summary["mce_evaluated"] == 100.0 and summary["mce_15"] is None  # only 2 of the 15, in percent
+    assert summary["relative_mce_evaluated"] == 100.0
+
+
+def test_without_a_baseline_the_summary_gives_the_corruption_error(run_dir, tmp_path, capsys):
+    out = tmp_path / "plain"
+    assert main(["robustness", str(run_dir), "--corruptions", "contrast,gaussian_noise", "--severities", "1,5",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "robustness.json").read_text())
+    summary, errors = report["summary"], report["errors"]
+    assert summary["corruptions_evaluated"] == ["gaussian_noise", "contrast"] and summary["mce_evaluated"] is None
+    cells = [e for by_severity in errors.values() for e in by_severity.values()]
+    assert summary["corruption_error"] == pytest.approx(sum(cells) / 4, abs=1e-3)  # percent, as the errors
+    assert f"corruption_error: {summary['corruption_error']:.1f}%" in capsys.readouterr().out
+
+
+def test_a_baseline_run_on_other_images_or_severities_is_refused(run_dir, tmp_path, capsys):
+    base = tmp_path / "base"
+    assert main(["robustness", str(run_dir), "--corruptions", "contrast", "--set", "data.limit_val=12",
+                 "--out", str(base)]) == 0
+    capsys.readouterr()
+    for extra, now in ((["--set", "data.limit_val=12", "--severities", "1,2"], "12 images at severities 1,2"),
+                       ([], "24 images at severities 1-5")):
+        out = tmp_path / "x"
+        assert main(["robustness", str(run_dir), "--corruptions", "contrast", "--baseline", str(base), *extra,
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"measured on 12 images at severities 1-5, this run on {now}" in err
+        assert not (out / "robustness.json").exists()
+
+
+def test_alexnet_is_refused_as_the_baseline_of_a_model_that_is_not_an_imagenet_classifier(run_dir, tmp_path,
+                                                                                          capsys):
+    assert main(["robustness", str(run_dir), "--corruptions", "contrast", "--baseline", "alexnet",
+                 "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--baseline alexnet" in err and "ImageNet-1k" in err and "10 classes" in err
 
 
 def test_perturbation_flip_probabilities(run_dir, tmp_path):
@@ -63,7 +100,7 @@ def test_perturbation_flip_probabilities(run_dir, tmp_path):
                  "--out", str(out)]) == 0
     report = json.loads((out / "robustness.json").read_text())
     assert set(report["flip_probabilities"]) == {"translate", "gaussian_noise"}
-    assert all(0.0 <= fp <= 1.0 for fp in report["flip_probabilities"].values())
+    assert all(0.0 <= fp <= 100.0 for fp in report["flip_probabilities"].values())  # percent
 
 
 @pytest.mark.parametrize("option, value, message", [

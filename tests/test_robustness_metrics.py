@@ -120,7 +120,7 @@ def _toy_report():
                         flip_probabilities={"translate": 0.2}, top5_distances={"translate": 2.0})
     return RobustnessReport(model="resnet20", clean_error=0.05, errors=errors, baseline=baseline,
                             flip_probabilities={"translate": 0.1}, top5_distances={"translate": 1.5},
-                            dataset="corrupt() on a toy test set")
+                            dataset="corrupt() on a toy test set", images=24, perturbation_images=24)
 
 
 def test_report_files_hold_the_numbers(tmp_path):
@@ -129,22 +129,78 @@ def test_report_files_hold_the_numbers(tmp_path):
     with open(paths["robustness.csv"], newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 5 + 5 + 2
-    by_key = {(r["corruption"], int(r["severity"])): float(r["error"]) for r in rows}
-    assert by_key[("fog", 4)] == 0.4 and by_key[("contrast", 2)] == 0.35
+    by_key = {(r["corruption"], int(r["severity"])): float(r["error_percent"]) for r in rows}
+    assert by_key[("fog", 4)] == 40.0 and by_key[("contrast", 2)] == 35.0
     data = json.loads(paths["robustness.json"].read_text())
-    assert data["corruption_errors"] == pytest.approx({"fog": 0.6, "snow": 0.5})
+    assert data["corruption_errors"] == {"fog": 60.0, "snow": 50.0}
     summary = data["summary"]
-    assert summary["mce_evaluated"] == pytest.approx(0.55) and summary["mce_15"] is None
-    assert summary["relative_mce_evaluated"] == pytest.approx((1.25 / 1.5 + 0.75) / 2)
-    assert data["flip_rates"] == pytest.approx({"translate": 0.5})  # 0.1 / 0.2
-    assert data["top5_distance_ratios"] == pytest.approx({"translate": 0.75})  # 1.5 / 2.0
+    assert summary["mce_evaluated"] == 55.0 and summary["mce_15"] is None
+    assert summary["relative_mce_evaluated"] == round(100 * (1.25 / 1.5 + 0.75) / 2, 3)
+    assert data["flip_rates"] == {"translate": 50.0}  # 0.1 / 0.2
+    assert data["top5_distance_ratios"] == {"translate": 75.0}  # 1.5 / 2.0
     markdown = paths["robustness.md"].read_text()
     assert "Baseline: **toy baseline**" in markdown
-    assert "| fog | 10.0 | 20.0 | 30.0 | 40.0 | 50.0 | 30.0 | 60.0 | 83.3 |" in markdown
+    assert "| fog | 10.00 | 20.00 | 30.00 | 40.00 | 50.00 | 30.00 | 60.0 | 83.3 |" in markdown
     assert "not comparable" in markdown
     with Image.open(paths["robustness_severity.png"]) as png:
         assert png.format == "PNG" and png.size[0] > 100
     assert read_report(tmp_path / "out") == report  # the JSON round-trips
+
+
+def test_every_file_is_in_percent_rounded(tmp_path):
+    """One unit in the .md, .csv and .json: percent (T5D in rank positions), rounded to 3 decimals in the files that
+    programs read (exact for counts out of 50,000 images), as the .md shows them to people."""
+    third = 1 / 3
+    report = RobustnessReport(model="m", clean_error=0.1, errors={"fog": {s: third for s in range(1, 6)}},
+                              baseline=Baseline("b", {"fog": 0.7}, clean_error=0.3), images=3)
+    paths = write_report(report, tmp_path)
+    data = json.loads(paths["robustness.json"].read_text())
+    assert data["units"].startswith("percent")
+    assert data["clean_error"] == 10.0 and data["errors"]["fog"]["3"] == 33.333
+    assert data["corruption_errors"]["fog"] == round(100 * third / 0.7, 3)  # 47.619
+    assert data["baseline"]["errors"]["fog"] == 70.0 and data["baseline"]["clean_error"] == 30.0
+    assert data["summary"]["corruption_error"] == 33.333 and data["summary"]["mce_evaluated"] == 47.619
+    assert "33.333" in paths["robustness.csv"].read_text().splitlines()[1]
+    markdown = paths["robustness.md"].read_text()
+    assert "| fog | 33.33 | 33.33 | 33.33 | 33.33 | 33.33 | 33.33 | 47.6 |" in markdown
+    assert "- clean error: 10.00" in markdown and "- corruption error" in markdown
+    assert read_report(tmp_path).errors["fog"][3] == pytest.approx(third, abs=5e-6)  # back to fractions
+
+
+def test_without_a_baseline_the_summary_still_gives_the_corruption_error(tmp_path):
+    errors = {"contrast": {1: 0.2, 2: 0.4}, "fog": {s: 0.1 * s for s in range(1, 6)}}
+    report = RobustnessReport(model="m", clean_error=0.05, errors=errors, baseline=Baseline("none", {}))
+    summary = report.summary()
+    assert summary["corruption_error"] == pytest.approx((0.2 + 0.4 + 1.5) / 7)  # the mean over every cell run
+    assert summary["corruptions_evaluated"] == ["fog", "contrast"]  # what ran, in Hendrycks' order
+    assert summary["corruptions_with_ce"] == [] and summary["mce_evaluated"] is None
+    assert summary["corruption_error_15"] is None  # 2 of the 15, one with 2 severities
+    markdown = write_report(report, tmp_path)["robustness.md"].read_text()
+    assert "- corruption error (mean top-1 error over the 7 corruption × severity cells run): 30.00" in markdown
+    assert "mCE: – (no CE: the baseline has none of these corruptions)" in markdown
+    full = {c: {s: 0.5 for s in range(1, 6)} for c in CORRUPTIONS}
+    assert RobustnessReport(model="m", clean_error=None, errors=full).summary()["corruption_error_15"] == 0.5
+
+
+def test_a_run_baseline_must_have_measured_the_same_images_and_severities(tmp_path):
+    from deepres.eval.robustness import check_comparable
+    write_report(RobustnessReport(model="resnet20", clean_error=0.05, errors=ERRORS, baseline=Baseline("b", {}),
+                                  images=1000), tmp_path / "a")
+    baseline = baseline_from_report(tmp_path / "a")
+    assert (baseline.images, baseline.severities) == (1000, (1, 2, 3, 4, 5))
+    check_comparable(baseline, images=1000, severities=[5, 4, 3, 2, 1])  # same images and severities: fine
+    with pytest.raises(ValueError, match=r"resnet20 .* was measured on 1000 images at severities 1-5, this run on "
+                                         r"24 images at severities 1-5"):
+        check_comparable(baseline, images=24, severities=range(1, 6))
+    with pytest.raises(ValueError, match=r"1000 images at severities 1-5, this run on 1000 images at severities 1,3"):
+        check_comparable(baseline, images=1000, severities=[1, 3])
+    check_comparable(ALEXNET, images=24, severities=[1])  # published numbers: ImageNet-C's images, not checked
+
+
+def test_an_old_report_is_refused_as_a_baseline_by_name(tmp_path):
+    (tmp_path / "robustness.json").write_text(json.dumps({"version": 1, "model": "m", "errors": {}}))
+    with pytest.raises(ValueError, match=r"robustness.json: .*version 1.*rerun `deepres robustness`"):
+        baseline_from_report(tmp_path)
 
 
 def test_report_against_alexnet_names_it_and_gives_mce(tmp_path):
@@ -156,6 +212,7 @@ def test_report_against_alexnet_names_it_and_gives_mce(tmp_path):
     markdown = write_report(report, tmp_path)["robustness.md"].read_text()
     assert "Baseline: **AlexNet (Hendrycks & Dietterich 2019)**" in markdown
     assert "- mCE (15 corruptions): 100.0" in markdown
+    assert json.loads((tmp_path / "robustness.json").read_text())["summary"]["mce_15"] == 100.0
 
 
 def test_baseline_from_a_previous_report(tmp_path):
@@ -164,8 +221,9 @@ def test_baseline_from_a_previous_report(tmp_path):
     assert "resnet20" in baseline.name and "run_a" in baseline.name
     # Against run A itself halved: fog 0.75 / 1.5 = 0.5, snow 0.5 / 1.0 = 0.5
     halved = {c: {s: e / 2 for s, e in ERRORS[c].items()} for c in ERRORS}
-    report = RobustnessReport(model="resnet56", clean_error=0.04, errors=halved, baseline=baseline)
+    report = RobustnessReport(model="resnet56", clean_error=0.04, errors=halved, baseline=baseline, images=24)
     assert report.corruption_errors() == pytest.approx({"fog": 0.5, "snow": 0.5})
+    assert (baseline.images, baseline.severities, baseline.perturbation_images) == (24, (1, 2, 3, 4, 5), 24)
     assert f"Baseline: **{baseline.name}**" in write_report(report, tmp_path / "run_b")["robustness.md"].read_text()
     with pytest.raises(FileNotFoundError, match="robustness.json"):
         baseline_from_report(tmp_path / "nowhere")

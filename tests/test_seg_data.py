@@ -138,6 +138,91 @@ def test_voc_train_aug_reads_sbd_mat_where_voc_has_no_png(tmp_path):
         build_datasets(dataclasses.replace(cfg, sbd_root=""))
 
 
+def _train_aug(tmp_path, sbd_ids=("e_sbd",), **options):
+    """A VOC train_aug set whose last images' masks come from SBD .mat files only (ids `sbd_ids`)."""
+    sbd_masks = write_sbd(tmp_path, train=list(sbd_ids), val=[])
+    write_voc(tmp_path, {"train": ["a_voc"], "val": ["c_voc_val"]})
+    for i in sbd_ids:
+        write_image(tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{i}.jpg", size=(14, 11))
+    cfg = DataConfig(name="voc", root=str(tmp_path / "VOCdevkit"), train_split="train_aug",
+                     sbd_root=str(tmp_path / "benchmark_RELEASE"), **options)
+    return build_datasets(cfg)[0], sbd_masks
+
+
+@pytest.mark.parametrize("value, dtype", [(256, np.int16), (-1, np.int16), (1.5, np.float64), (np.nan, np.float64)])
+def test_an_sbd_mask_value_no_uint8_holds_is_refused_not_wrapped(tmp_path, value, dtype):
+    """astype(uint8) made 256 background (0) and -1 ignore (255); such a file is refused naming file and field."""
+    savemat = pytest.importorskip("scipy.io").savemat
+    train, _ = _train_aug(tmp_path)
+    mask = np.zeros((11, 14), dtype)
+    mask[4, 5] = value
+    path = tmp_path / "benchmark_RELEASE" / "dataset" / "cls" / "e_sbd.mat"
+    savemat(str(path), {"GTcls": {"Segmentation": mask, "Boundaries": np.zeros(1)}})
+    with pytest.raises(ValueError, match=rf"e_sbd.mat: GTcls.Segmentation holds {value}, not a mask value 0..255"):
+        train[1]
+
+
+def _sbd_v73(path):
+    text = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  6 10:00:00 2025 HDF5 schema 1.00 ."
+    path.write_bytes((text.ljust(116, b" ") + b"\0" * 8 + b"\x00\x02IM").ljust(512, b"\0") + b"\x89HDF\r\n\x1a\n")
+
+
+def _sbd_corrupted(path):
+    savemat = pytest.importorskip("scipy.io").savemat
+    savemat(str(path), {"GTcls": {"Segmentation": np.ones((11, 14), np.uint8)}}, do_compression=True)
+    data = bytearray(path.read_bytes())
+    for position in (140, 150, 160):  # three bytes of the compressed stream
+        data[position] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p: p.write_bytes(p.read_bytes()[:100]), "not a readable MATLAB file"),  # scipy: IndexError
+    (_sbd_v73, r"a MATLAB v7.3 \(HDF5\) file"),
+    (_sbd_corrupted, "corrupt compressed variable|not a readable MATLAB file"),
+])
+def test_a_damaged_sbd_mat_file_is_a_bad_image_naming_it(tmp_path, damage, reason):
+    train, _ = _train_aug(tmp_path, sbd_ids=("e_sbd", "f_sbd"))
+    path = tmp_path / "benchmark_RELEASE" / "dataset" / "cls" / "e_sbd.mat"
+    damage(path)
+    with pytest.raises(BadImageError, match=rf"e_sbd.mat: ({reason})") as error:
+        train[1]
+    assert isinstance(error.value, ValueError) and "\n" not in str(error.value)
+    skipping, sbd_masks = _train_aug(tmp_path / "again", sbd_ids=("e_sbd", "f_sbd"), on_bad_image="skip")
+    damage(tmp_path / "again" / "benchmark_RELEASE" / "dataset" / "cls" / "e_sbd.mat")
+    assert np.array_equal(skipping[1][1].numpy(), sbd_masks["f_sbd"])  # the next good pair stands in
+
+
+@pytest.mark.parametrize("where, bad_id", [("voc", "../../../../etc/passwd"), ("voc", "/etc/passwd"),
+                                           ("sbd", "../outside"), ("sbd", "..")])
+def test_an_id_in_a_split_list_is_a_file_name_not_a_path(tmp_path, where, bad_id):
+    write_sbd(tmp_path, train=["e_sbd"], val=[])
+    write_voc(tmp_path, {"train": ["a_voc"], "val": ["c_voc_val"]})
+    write_image(tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages" / "e_sbd.jpg", size=(14, 11))
+    lists = {"voc": tmp_path / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "train.txt",
+             "sbd": tmp_path / "benchmark_RELEASE" / "dataset" / "train.txt"}
+    lists[where].write_text(lists[where].read_text() + f"{bad_id}\n")
+    cfg = DataConfig(name="voc", root=str(tmp_path / "VOCdevkit"), train_split="train_aug",
+                     sbd_root=str(tmp_path / "benchmark_RELEASE"))
+    with pytest.raises(ValueError, match=rf"{lists[where].name}:2: image id '{bad_id}' is not a file name"):
+        build_datasets(cfg)
+    if where == "voc":  # the plain VOC splits read the same lists
+        with pytest.raises(ValueError, match=r"train.txt:2: image id"):
+            build_datasets(dataclasses.replace(cfg, train_split="train", sbd_root=""))
+
+
+def test_a_cityscapes_value_that_is_no_label_id_is_refused(tmp_path):
+    """labelIds PNGs hold the label ids 0..33; 40 was silently read as ignore (255)."""
+    stem = "aachen_000000_000019"
+    write_image(tmp_path / "leftImg8bit" / "val" / "aachen" / f"{stem}_leftImg8bit.png", size=(3, 1))
+    write_gray_png(tmp_path / "gtFine" / "val" / "aachen" / f"{stem}_gtFine_labelIds.png",
+                   np.array([[7, 40, 26]], np.uint8))
+    val = build_eval_dataset(DataConfig(name="cityscapes", root=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"_gtFine_labelIds.png: mask value 40 is not one this dataset's masks "
+                                         r"hold \(0..33\)"):
+        val[0]
+
+
 def test_cityscapes_maps_label_ids_to_train_ids(tmp_path):
     label_ids = np.array([[7, 7, 26, 26], [0, 33, 24, 9], [11, 23, 1, 7]], np.uint8)
     for split, annotation in (("train", "gtFine"), ("val", "gtFine"), ("train_extra", "gtCoarse")):
@@ -176,10 +261,15 @@ def test_ade20k_reduces_zero_exactly_once_and_reads_object_info(tmp_path):
     rows[13] = "13\t0.0160\t5075\t526\tperson;individual;someone;somebody;mortal;soul"  # the ';' copies
     (tmp_path / "objectInfo150.txt").write_text("\n".join(rows) + "\n")
     assert build_eval_dataset(DataConfig(name="ade20k", root=str(tmp_path))).classes[12] == "person"
+    rows[13] = "\u00b9\u00b3\t0.0160\t5075\t526\tperson"  # superscript digits: isdigit() but not int()
+    (tmp_path / "objectInfo150.txt").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"objectInfo150.txt:14: expected Idx, Ratio, Train, Val, Name"):
+        build_eval_dataset(DataConfig(name="ade20k", root=str(tmp_path)))
     bad = np.array([[151, 0]], np.uint8)
     write_gray_png(tmp_path / "annotations" / "validation" / "ADE_val_00000001.png", bad)
     write_image(tmp_path / "images" / "validation" / "ADE_val_00000001.jpg", size=(2, 1))
-    with pytest.raises(ValueError, match=r"ADE_val_00000001.png: mask value 150 is neither a class index"):
+    with pytest.raises(ValueError, match=r"ADE_val_00000001.png: mask value 151 \(class index 150\) is neither a "
+                                         r"class index \(0..149\) nor 255"):
         val[0]
 
 

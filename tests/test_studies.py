@@ -14,7 +14,7 @@ from deepres.cli import main
 from deepres.core.runs import lock_run_dir
 from deepres.data import DataConfig, build_loaders
 from deepres.studies import load_study, plan_study, run_state, run_study
-from deepres.studies.report import input_side
+from deepres.studies.report import input_side, read_robustness
 from deepres.studies.runner import DIVERGED_FILE, _set_aside
 from deepres.train.loop import fit
 
@@ -171,11 +171,16 @@ def test_compare_adds_robustness_columns_from_the_runs_reports(tiny_study, tmp_p
         copy = tmp_path / "narrow" / f"seed{i}"
         shutil.copytree(run, copy)
         copies.append(copy)
-    # a robustness.json as `deepres robustness` writes it: errors per corruption and severity, mCE in the summary
-    for copy, (noise, mce) in zip(copies, ((0.30, 0.9), (0.50, 1.1))):
+    # a robustness.json as `deepres robustness` writes it (version 2: in percent): errors per corruption and
+    # severity, mCE in the summary; a version-1 report (fractions) reads the same
+    for copy, (noise, mce) in zip(copies, ((30.0, 90.0), (50.0, 110.0))):
         (copy / "robustness").mkdir()
         (copy / "robustness" / "robustness.json").write_text(json.dumps(
-            {"errors": {"gaussian_noise": {"1": noise, "2": noise + 0.2}}, "summary": {"mce_evaluated": mce}}))
+            {"version": 2, "errors": {"gaussian_noise": {"1": noise, "2": noise + 20}},
+             "summary": {"mce_evaluated": mce}}))
+    old = tmp_path / "v1.json"
+    old.write_text(json.dumps({"errors": {"gaussian_noise": {"1": 0.3, "2": 0.5}}, "summary": {"mce_evaluated": 0.9}}))
+    assert read_robustness(old) == pytest.approx({"corruption_error": 40.0, "mce": 90.0})
     assert main(["compare", *map(str, copies), "--group-by-parent", "--out", str(tmp_path / "r")]) == 0
     row = read_csv(tmp_path / "r" / "results.csv")["narrow"]
     assert float(row["corruption_error_mean"]) == pytest.approx(50.0)  # runs: 40 and 60 %

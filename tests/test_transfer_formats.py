@@ -4,6 +4,9 @@ build_eval_dataset: sizes, labels, class names, split membership, and the errors
 classes the class list lacks."""
 import dataclasses
 import shutil
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import pytest
 from scipy.io import savemat
 
 from data_helpers import write_image
+from deepres.cli import main as cli_main
 from deepres.core.config import load_config
 from deepres.data import DataConfig, build_datasets, build_eval_dataset, build_loaders, format_shape, get_format
 from deepres.data.readers.transfer import FLOWERS102_CLASSES
@@ -330,3 +334,168 @@ def test_fine_tuning_recipes_start_from_published_resnet50_weights_with_a_new_he
     assert model_shape(cfg) == (classes, 3)  # the format fixes the head; the 1000-way fc is left out when loading
     assert cfg.schedule.name == "cosine" and cfg.schedule.warmup_iters > 0 and cfg.train.epochs == 100
     assert cfg.expect.accuracy > 0 and "Published" in cfg.expect.note
+
+
+# ------------------------------------------------------------------------------- damaged and hostile files
+def _flowers_labels(root: Path, labels: np.ndarray) -> None:
+    savemat(root / "imagelabels.mat", {"labels": labels})
+
+
+@pytest.mark.parametrize("value, shown", [(np.inf, "inf, not a whole number"), (-np.inf, "-inf, not a whole number"),
+                                          (np.nan, "nan, not a whole number"), (2.5, "2.5, not a whole number"),
+                                          (1e300, "1e[+]300, too large")])
+def test_a_label_that_is_no_whole_number_names_file_and_field(tmp_path, value, shown):
+    write_flowers102(tmp_path)
+    _flowers_labels(tmp_path, np.array([[77, 77, value, 102, 1, 102, 50, 50]], dtype=np.float64))
+    with pytest.raises(ValueError, match=rf"imagelabels.mat: labels\[3\] is {shown}"):
+        build_datasets(DataConfig(name="flowers102", root=str(tmp_path)))
+
+
+def test_a_cars_class_of_inf_names_file_and_field(tmp_path):
+    write_stanford_cars(tmp_path)
+    savemat(tmp_path / "cars_test_annos_withlabels.mat",
+            {"annotations": _struct([_car("00001.jpg", 2), {**_car("00002.jpg", 1), "class": np.inf}])})
+    with pytest.raises(ValueError, match=r"cars_test_annos_withlabels.mat: annotations.class\[2\] is inf"):
+        build_eval_dataset(DataConfig(name="stanford_cars", root=str(tmp_path)))
+
+
+def _hdf5_mat_v73() -> bytes:
+    """What MATLAB's save -v7.3 writes first: a 512-byte MATLAB preamble (text, version 0x0200, 'IM'), then an
+    HDF5 superblock. h5py is not installed here, so the HDF5 part is its 8-byte signature alone."""
+    text = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  6 10:00:00 2025 HDF5 schema 1.00 ."
+    preamble = text.ljust(116, b" ") + b"\0" * 8 + b"\x00\x02" + b"IM"
+    return preamble.ljust(512, b"\0") + b"\x89HDF\r\n\x1a\n" + b"\0" * 88
+
+
+def _truncated(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 2 // 3])
+
+
+@pytest.mark.parametrize("name, file, damage, message", [
+    ("flowers102", "imagelabels.mat", _truncated, "imagelabels.mat: "),
+    ("flowers102", "setid.mat", lambda p: p.write_bytes(_hdf5_mat_v73()), r"setid.mat: a MATLAB v7.3 \(HDF5\) file"),
+    ("stanford_cars", "cars_test_annos_withlabels.mat", _truncated, "cars_test_annos_withlabels.mat: "),
+    ("stanford_cars", "devkit/cars_meta.mat", lambda p: p.write_bytes(_hdf5_mat_v73()),
+     r"cars_meta.mat: a MATLAB v7.3"),
+    ("stanford_cars", "devkit/cars_meta.mat", lambda p: p.write_bytes(b"MATLAB 5.0 MAT-file"), "cars_meta.mat: "),
+])
+def test_a_damaged_mat_file_is_one_value_error_naming_it(tmp_path, name, file, damage, message):
+    WRITERS[name](tmp_path)
+    damage(tmp_path / file)
+    with pytest.raises(ValueError, match=message):
+        build_eval_dataset(DataConfig(name=name, root=str(tmp_path)))
+
+
+def test_every_three_byte_corruption_of_a_compressed_mat_file_is_a_value_error(tmp_path):
+    """scipy's reader raised zlib.error, TypeError, OSError, IndexError, ... on these (seeded: the same 300 files
+    every run)."""
+    write_stanford_cars(tmp_path)
+    path = tmp_path / "cars_test_annos_withlabels.mat"
+    savemat(path, {"annotations": _struct([_car("00001.jpg", 2), _car("00002.jpg", 3)])}, do_compression=True)
+    good = path.read_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for _ in range(300):
+        data = bytearray(good)
+        for position in rng.choice(np.arange(128, len(good)), size=3, replace=False):  # the variables, not the header
+            data[position] = (data[position] + int(rng.integers(1, 256))) % 256
+        path.write_bytes(bytes(data))
+        try:
+            build_eval_dataset(DataConfig(name="stanford_cars", root=str(tmp_path)))
+            outcomes.add("read")
+        except ValueError as e:
+            assert str(e).startswith(str(path)) and "\n" not in str(e)
+            outcomes.add("refused")
+    assert "refused" in outcomes
+
+
+def test_a_corrupted_type_byte_does_not_crash_the_process(tmp_path):
+    """One byte changed in an uncompressed v5 file (the type of a small data element) made scipy's compiled reader
+    end the process with a segmentation fault; run in a child so a crash fails this test, not the session."""
+    path = tmp_path / "labels.mat"
+    savemat(path, {"annotations": _struct([_car("00001.jpg", 2), _car("00002.jpg", 3)])})
+    data = bytearray(path.read_bytes())
+    small = data.index(struct.pack("<HH", 2, 1), 128)  # the first small uint8 element: bbox_x1 of annotation 1
+    data[small + 1] = 0xAD  # its type becomes 0xAD02
+    path.write_bytes(bytes(data))
+    script = ("import sys\nfrom deepres.data.readers.matfiles import load_mat\n"
+              "try:\n    load_mat(sys.argv[1], squeeze_me=True)\nexcept ValueError as e:\n    print(e)\n")
+    child = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-500:]
+    assert child.stdout.startswith(f"{path}: corrupt MATLAB v5 data")
+
+
+@pytest.mark.parametrize("fname", ["/etc/shadow", "../../outside.jpg", "sub/../../outside.jpg"])
+def test_a_cars_fname_outside_the_image_folder_is_refused(tmp_path, fname):
+    write_stanford_cars(tmp_path)
+    savemat(tmp_path / "cars_test_annos_withlabels.mat",
+            {"annotations": _struct([_car("00001.jpg", 2), _car(fname, 3)])})
+    with pytest.raises(ValueError, match=r"cars_test_annos_withlabels.mat: annotations.fname\[2\]: image path .* is "
+                                         r"not a relative path inside .*cars_test"):
+        build_eval_dataset(DataConfig(name="stanford_cars", root=str(tmp_path)))
+
+
+@pytest.mark.parametrize("name, corrupt, message", [
+    ("food101", lambda r: _append(r / "meta/test.txt", "apple_pie/../../../../etc/passwd"), r"meta/test.txt:3: "),
+    ("cub200", lambda r: (_append(r / "images.txt", "6 /etc/passwd"), _append(r / "train_test_split.txt", "6 0"),
+                          _append(r / "image_class_labels.txt", "6 1")), r"images.txt:6: "),
+    ("pets", lambda r: (_append(r / "annotations/trainval.txt", "../../Sphynx_1 4 1 4"),
+                        _append(r / "annotations/test.txt", "../../Sphynx_2 4 1 4")), r"trainval.txt:7: "),
+    ("aircraft", lambda r: _append(r / "data/images_variant_test.txt", "../../../secret A300B4"),
+     r"images_variant_test.txt:4: "),
+])
+def test_an_image_path_from_a_list_file_stays_inside_the_root(tmp_path, name, corrupt, message):
+    WRITERS[name](tmp_path)
+    corrupt(tmp_path)
+    with pytest.raises(ValueError, match=message + r"image path .* is not a relative path inside"):
+        build_datasets(DataConfig(name=name, root=str(tmp_path), val_split="test"))
+
+
+def test_a_list_file_that_is_not_text_names_the_file(tmp_path):
+    write_aircraft(tmp_path)
+    (tmp_path / "data" / "variants.txt").write_bytes(b"707-320\n\xff\xfe\x00A300B4\n")
+    with pytest.raises(ValueError, match=r"variants.txt: not a UTF-8 text file"):
+        build_datasets(DataConfig(name="aircraft", root=str(tmp_path)))
+
+
+def test_the_cli_reports_a_damaged_mat_file_in_one_line_with_exit_2(tmp_path, capsys):
+    write_stanford_cars(tmp_path / "cars")
+    bad = tmp_path / "cars" / "cars_test_annos_withlabels.mat"
+    _truncated(bad)
+    assert cli_main(["data", "make-corrupted", str(tmp_path / "cars"), str(tmp_path / "out"), "--dataset",
+                     "stanford_cars", "--corruptions", "fog", "--severities", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err
+
+
+def test_a_class_id_of_unicode_digits_int_cannot_read_names_file_and_line(tmp_path):
+    write_pets(tmp_path)
+    _append(tmp_path / "annotations" / "test.txt", "Bengal_11 \u00b3 1 2")  # '³'.isdigit() is True, int('³') fails
+    with pytest.raises(ValueError, match=r"test.txt:4: expected 'Breed_name_<n> <class id>"):
+        build_datasets(DataConfig(name="pets", root=str(tmp_path), val_split="test"))
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_the_pre_check_accepts_every_kind_of_variable_savemat_writes(tmp_path, compressed):
+    """load_mat walks a file before scipy reads it: it must pass what MATLAB files hold (numbers of every width,
+    complex, logical, text, empty arrays, cells, nested structs, sparse matrices) and read them as scipy does."""
+    import scipy.sparse
+    from scipy.io import loadmat
+
+    from deepres.data.readers.matfiles import load_mat
+    cells = np.empty((1, 2), dtype=object)
+    cells[0, 0], cells[0, 1] = scipy.sparse.csc_matrix(np.eye(3, dtype=bool)), "text"
+    variables = {f"n_{dtype}": np.arange(6, dtype=dtype).reshape(2, 3)
+                 for dtype in ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32",
+                               "float64")}
+    variables.update(z=np.array([1 + 2j, 3j]), b=np.array([[True, False]]), s="AM General Hummer SUV 2000",
+                     e=np.zeros((0, 3)), c=cells, sp=scipy.sparse.csc_matrix(np.diag([1.0, 2.0])),
+                     GTcls={"Segmentation": np.ones((11, 14), np.uint8), "Boundaries": cells,
+                            "Inner": {"deeper": np.array([7])}}, annotations=_struct([_car("00001.jpg", 2)]))
+    path = tmp_path / "all.mat"
+    savemat(path, variables, do_compression=compressed)
+    ours, theirs = load_mat(path), loadmat(path)
+    assert set(ours) == set(theirs)
+    for name in variables:
+        assert repr(ours[name]) == repr(theirs[name]), name

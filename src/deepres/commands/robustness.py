@@ -9,9 +9,10 @@ from deepres.core.config import Config, apply_overrides
 from deepres.core.device import default_device
 from deepres.data import build_eval_loader
 from deepres.data.corruptions import parse_corruptions, parse_severities
-from deepres.data.imagenet_classes import imagenet_synsets
+from deepres.data.imagenet_classes import imagenet_class_names, imagenet_synsets
 from deepres.data.corruptions.perturbations import parse_perturbations
-from deepres.eval.robustness import REPORT_FILES, RobustnessReport, write_example_grid, write_report
+from deepres.eval.robustness import (REPORT_FILES, RobustnessReport, check_comparable, write_example_grid,
+                                     write_report)
 from deepres.eval.robustness_measure import (corruption_errors, examples, imagenet_c_report, perturbation_results,
                                              resolve_baseline, top1_error)
 from deepres.tasks import task_of
@@ -38,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sequences are made from the first N images (default 1000)")
     parser.add_argument("--frames", type=int, help="frames per sequence (default: each perturbation's published)")
     parser.add_argument("--baseline", default="auto", metavar="alexnet|none|RUN",
-                        help="what CE and flip rates divide by: AlexNet's published numbers, nothing, or a run "
+                        help="what CE and flip rates divide by: AlexNet's published numbers (ImageNet-1k "
+                             "classifiers only), nothing, or a run measured on as many images at the same severities "
                              "(its robustness.json); auto = AlexNet for ImageNet-1k models, else none")
     parser.add_argument("--seed", type=int, default=0, help="corruption seed: (image, corruption, severity, seed) "
                                                             "always gives the same image")
@@ -63,6 +65,13 @@ def _config_of(loaded, args) -> Config:
         ("name", args.dataset), ("root", args.data), ("val_split", args.split),
         ("eval_batch_size", args.batch_size)) if value is not None]
     return apply_overrides(cfg, overrides)
+
+
+def _is_imagenet_1k(classes: list[str], cfg: Config) -> bool:
+    """An ImageNet-1k classifier: 1000 classes, trained on data.name imagenet or labelled with its synsets or names
+    (published weights, a packed or list copy of ImageNet), not merely any 1000-way model."""
+    return len(classes) == 1000 and (cfg.data.name == "imagenet" or list(classes) in (imagenet_synsets(),
+                                                                                     imagenet_class_names()))
 
 
 def _out_dir(args) -> Path:
@@ -98,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
     device = default_device()
     model = model.to(device).eval()
     amp_dtype = amp_of(args, device).dtype
-    baseline = resolve_baseline(args.baseline, imagenet=len(classes) == 1000)
     name = str(loaded.source.get("checkpoint") or args.checkpoint)
+    baseline = resolve_baseline(args.baseline, imagenet=_is_imagenet_1k(classes, cfg),
+                                model=f"{name} ({len(classes)} classes, data.name {cfg.data.name})")
     print(f"{name}: {cfg.model.name}; baseline {baseline.name}")
 
     if args.imagenet_c:
@@ -108,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
                                     amp_dtype, baseline, name)
     else:
         loader, info = build_eval_loader(cfg.data, device, classes=data_classes, seed=cfg.train.seed)
+        sequences = min(args.perturbation_images, info.eval_size) if perturbations else None
+        check_comparable(baseline, info.eval_size, severities, sequences)  # before minutes of evaluation
         dataset = (f"{cfg.data.name} {cfg.data.val_split} ({info.eval_size} images), corrupted on the fly: "
                    f"deepres.data.corruptions, scale {args.scale}, seed {args.seed}")
         print(f"clean: {dataset}")
@@ -118,13 +130,14 @@ def run(args: argparse.Namespace) -> int:
         fps, t5ds = perturbation_results(model, loader, perturbations, images=args.perturbation_images,
                                          seed=args.seed, scale=args.scale, frames=args.frames, amp_dtype=amp_dtype)
         report = RobustnessReport(model=name, clean_error=clean, errors=errors, baseline=baseline,
-                                  flip_probabilities=fps, top5_distances=t5ds, dataset=dataset)
+                                  flip_probabilities=fps, top5_distances=t5ds, dataset=dataset,
+                                  images=info.eval_size, perturbation_images=sequences)
         grid, image = examples(loader, corruptions, severities, seed=args.seed, scale=args.scale)
         out.mkdir(parents=True, exist_ok=True)
         write_example_grid(grid, out / "examples.png", clean=image)
     write_report(report, out)
     summary = report.summary()
-    for key in ("mce_15", "mce_19", "relative_mce_15", "mce_evaluated", "mfr"):
+    for key in ("corruption_error", "mce_15", "mce_19", "relative_mce_15", "mce_evaluated", "mfr"):
         if summary[key] is not None:
             print(f"{key}: {100 * summary[key]:.1f}%")
     print(f"wrote {out}/{', '.join(REPORT_FILES)}{'' if args.imagenet_c else ', examples.png'}")

@@ -3,8 +3,9 @@ Robustness to Common Corruptions and Perturbations", ICLR 2019): ImageNet-C's co
 mCE), ImageNet-P's flip probability and top-5 distance (mFR, mT5D), the published AlexNet numbers they are
 normalised by, and the report files (robustness.md / .csv / .json / _severity.png, an example grid).
 
-Errors are top-1 error fractions in 0..1; CE, flip rates and their means are ratios (the paper prints them x100:
-ResNet-50 has mCE 76.7%, mFR 58.0%). With E_s,c the error at severity s of corruption c and b the baseline:
+Errors are top-1 error fractions in 0..1 here; CE, flip rates and their means are ratios (the paper prints them
+x100: ResNet-50 has mCE 76.7%, mFR 58.0%); the report files hold all of them in percent (write_report). With E_s,c
+the error at severity s of corruption c and b the baseline:
   CE_c          = sum_s E_s,c / sum_s E^b_s,c                                      (s = 1..5)
   relative CE_c = sum_s (E_s,c - E_clean) / sum_s (E^b_s,c - E^b_clean)
   mCE           = the mean CE_c over the corruptions named (the benchmark's 15 unless said otherwise)
@@ -80,13 +81,18 @@ SeverityErrors = Mapping[int, float] | float  # per severity, or the mean over s
 
 @dataclass(frozen=True)
 class Baseline:
-    """What CE and flip rates are divided by: a name saying whose numbers they are, and the numbers."""
+    """What CE and flip rates are divided by: a name saying whose numbers they are, and the numbers. A run's report
+    also says what they were measured on (images, severities, perturbation_images), and CE is only defined against
+    errors measured the same way (check_comparable); published numbers leave them None."""
 
     name: str
     errors: dict[str, SeverityErrors]  # corruption -> per-severity errors or their mean over 1..5
     clean_error: float | None = None
     flip_probabilities: dict[str, float] = field(default_factory=dict)
     top5_distances: dict[str, float] = field(default_factory=dict)
+    images: int | None = None  # images per (corruption, severity)
+    severities: tuple[int, ...] | None = None  # the severities measured
+    perturbation_images: int | None = None  # sequences per perturbation
 
 
 ALEXNET = Baseline(
@@ -228,6 +234,33 @@ def mean_flip_rate(flip_probabilities: Mapping[str, float], baseline: Mapping[st
 
 
 # ------------------------------------------------------------------------------------------------ the report
+def _severity_list(severities) -> str:
+    """1-5 for 1, 2, 3, 4, 5; 1,3 otherwise."""
+    values = sorted(set(severities))
+    if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}-{values[-1]}"
+    return ",".join(map(str, values)) or "none"
+
+
+def check_comparable(baseline: Baseline, images: int, severities, perturbation_images: int | None = None) -> None:
+    """ValueError, naming both, unless errors measured on `images` images per (corruption, severity) at
+    `severities` (and flip probabilities over `perturbation_images` sequences) can be divided by a run baseline's:
+    CE is a ratio of errors on the same images, so a baseline run on 1,000 images against a model run on 10,000
+    (or at other severities) gives a number that means nothing. Published numbers (images None) are not checked."""
+    if baseline.images is None:
+        return
+    ours, theirs = _severity_list(severities), _severity_list(baseline.severities or ())
+    if baseline.images != images or ours != theirs:
+        raise ValueError(f"the baseline {baseline.name} was measured on {baseline.images} images at severities "
+                         f"{theirs}, this run on {images} images at severities {ours}; CE divides errors on the "
+                         f"same images, so measure both alike (--set data.limit_val=N, --severities)")
+    if (perturbation_images is not None and baseline.flip_probabilities
+            and baseline.perturbation_images != perturbation_images):
+        raise ValueError(f"the baseline {baseline.name} made its perturbation sequences from "
+                         f"{baseline.perturbation_images} images, this run from {perturbation_images}; flip rates "
+                         f"divide values on the same sequences (--perturbation-images)")
+
+
 def _defined(ratios: dict) -> dict[str, float]:
     """The ratios that are defined: a baseline whose errors sum to zero, or do not rise under a corruption,
     leaves that corruption's (relative) CE out instead of failing the whole report."""
@@ -240,8 +273,11 @@ def _defined(ratios: dict) -> dict[str, float]:
     return out
 
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: every number in percent, image counts recorded (1: fractions, no counts)
 REPORT_FILES = ("robustness.md", "robustness.csv", "robustness.json", "robustness_severity.png")
+PERCENT_DECIMALS = 3  # .json and .csv: an error counted out of up to 50,000 images (steps of 0.002%) stays exact
+UNITS = ("percent: clean_error, errors, flip_probabilities, corruption_errors, relative_corruption_errors, "
+         "flip_rates, top5_distance_ratios, summary and the baseline's; top5_distances in rank positions")
 
 
 @dataclass
@@ -256,6 +292,13 @@ class RobustnessReport:
     flip_probabilities: dict[str, float] = field(default_factory=dict)  # perturbation -> FP
     top5_distances: dict[str, float] = field(default_factory=dict)  # perturbation -> T5D
     dataset: str = ""  # what the errors were measured on (ImageNet-C at PATH, corrupt() on a test set, ...)
+    images: int | None = None  # images per (corruption, severity)
+    perturbation_images: int | None = None  # sequences per perturbation
+
+    @property
+    def severities(self) -> tuple[int, ...]:
+        """Every severity measured, of any corruption."""
+        return tuple(sorted({s for by_severity in self.errors.values() for s in by_severity}))
 
     def _complete(self, corruption: str) -> bool:
         return (all(s in self.errors.get(corruption, {}) for s in SEVERITIES)
@@ -282,26 +325,44 @@ class RobustnessReport:
         return {p: flip_rate(d, self.baseline.top5_distances[p]) for p, d in self.top5_distances.items()
                 if p in self.baseline.top5_distances}
 
+    def mean_error(self, corruptions: Sequence[str] | None = None) -> float | None:
+        """The corruption error: the mean top-1 error over every (corruption, severity) cell run, or over the cells
+        of `corruptions` (None unless each has all five severities). Needs no baseline."""
+        if corruptions is None:
+            cells = [e for by_severity in self.errors.values() for e in by_severity.values()]
+        elif all(s in self.errors.get(c, {}) for c in corruptions for s in SEVERITIES):
+            cells = [self.errors[c][s] for c in corruptions for s in SEVERITIES]
+        else:
+            return None
+        return _mean(cells) if cells else None
+
     def summary(self) -> dict:
-        """The headline numbers. mce_15 / mce_19 / mfr / mt5d are None unless every corruption (perturbation) of
-        that set is present; mce_evaluated is the mean over whatever was evaluated, which is comparable with
-        published mCEs only when it covers the 15."""
+        """The headline numbers. corruption_error is the mean error over every cell run (_15 / _19: over those 15
+        or 19 corruptions x 5 severities, when all ran); mce_15 / mce_19 / mfr / mt5d are None unless every
+        corruption (perturbation) of that set has a CE (FR) against the baseline; mce_evaluated is the mean over
+        corruptions_with_ce, comparable with published mCEs only when those are the 15. corruptions_evaluated lists
+        every corruption that ran."""
         ce, rel = self.corruption_errors(), self.relative_corruption_errors()
         fr, t5 = self.flip_rates(), self.top5_distance_ratios()
 
         def mean_over(values: dict, names: Sequence[str]) -> float | None:
             return _mean([values[n] for n in names]) if names and all(n in values for n in names) else None
 
-        evaluated = [c for c in ALL_CORRUPTIONS if c in ce] + [c for c in ce if c not in ALL_CORRUPTIONS]
+        evaluated = _ordered([c for c in self.errors if self.errors[c]])
+        with_ce = [c for c in evaluated if c in ce]
         return {
             "clean_error": self.clean_error,
+            "corruption_error": self.mean_error(),
+            "corruption_error_15": self.mean_error(CORRUPTIONS),
+            "corruption_error_19": self.mean_error(ALL_CORRUPTIONS),
             "mce_15": mean_over(ce, CORRUPTIONS),
             "mce_19": mean_over(ce, ALL_CORRUPTIONS),
             "relative_mce_15": mean_over(rel, CORRUPTIONS),
             "relative_mce_19": mean_over(rel, ALL_CORRUPTIONS),
-            "mce_evaluated": mean_over(ce, evaluated),
-            "relative_mce_evaluated": mean_over(rel, evaluated),
+            "mce_evaluated": mean_over(ce, with_ce),
+            "relative_mce_evaluated": mean_over(rel, with_ce),
             "corruptions_evaluated": evaluated,
+            "corruptions_with_ce": with_ce,
             "mfr": mean_over(fr, PERTURBATIONS),
             "mt5d": mean_over(t5, PERTURBATIONS),
         }
@@ -313,33 +374,61 @@ def _ordered(names) -> list[str]:
     return list(dict.fromkeys(known + [n for n in names if n not in known]))
 
 
+def as_stored(fraction: float) -> float:
+    """A measured fraction rounded as the report files store it (percent to PERCENT_DECIMALS), so a number computed
+    from it now (CE, mCE) is the one computed later from the file: a run is then its own baseline at exactly 100."""
+    return round(float(fraction), PERCENT_DECIMALS + 2)
+
+
+def _percent(value: float | None) -> float | None:
+    """A fraction (or ratio) as the report files hold it: percent, rounded to PERCENT_DECIMALS."""
+    return None if value is None else round(100 * float(value), PERCENT_DECIMALS)
+
+
+def _percents(values: Mapping) -> dict:
+    return {key: _percent(value) for key, value in values.items()}
+
+
+def _rounded(values: Mapping[str, float]) -> dict:  # top-5 distances: rank positions, not percent
+    return {key: round(float(value), PERCENT_DECIMALS) for key, value in values.items()}
+
+
 def _baseline_errors_json(errors: Mapping[str, SeverityErrors]) -> dict:
-    return {c: ({str(s): v for s, v in e.items()} if isinstance(e, Mapping) else e) for c, e in errors.items()}
+    return {c: ({str(s): _percent(v) for s, v in e.items()} if isinstance(e, Mapping) else _percent(e))
+            for c, e in errors.items()}
 
 
 def _report_json(report: RobustnessReport) -> dict:
     base = report.baseline
+    summary = {key: value if isinstance(value, list) else _percent(value) for key, value in report.summary().items()}
     return {
         "version": REPORT_VERSION,
+        "units": UNITS,
         "model": report.model,
         "dataset": report.dataset,
-        "clean_error": report.clean_error,
-        "errors": {c: {str(s): e for s, e in sorted(sev.items())} for c, sev in report.errors.items()},
-        "flip_probabilities": report.flip_probabilities,
-        "top5_distances": report.top5_distances,
-        "baseline": {"name": base.name, "clean_error": base.clean_error,
+        "images": report.images,
+        "perturbation_images": report.perturbation_images,
+        "clean_error": _percent(report.clean_error),
+        "errors": {c: {str(s): _percent(e) for s, e in sorted(sev.items())} for c, sev in report.errors.items()},
+        "flip_probabilities": _percents(report.flip_probabilities),
+        "top5_distances": _rounded(report.top5_distances),
+        "baseline": {"name": base.name, "clean_error": _percent(base.clean_error),
                      "errors": _baseline_errors_json(base.errors),
-                     "flip_probabilities": base.flip_probabilities, "top5_distances": base.top5_distances},
+                     "flip_probabilities": _percents(base.flip_probabilities),
+                     "top5_distances": _rounded(base.top5_distances), "images": base.images,
+                     "severities": None if base.severities is None else list(base.severities),
+                     "perturbation_images": base.perturbation_images},
         # Derived, for readers of the file; read_report recomputes them from the fields above.
-        "corruption_errors": report.corruption_errors(),
-        "relative_corruption_errors": report.relative_corruption_errors(),
-        "flip_rates": report.flip_rates(),
-        "top5_distance_ratios": report.top5_distance_ratios(),
-        "summary": report.summary(),
+        "corruption_errors": _percents(report.corruption_errors()),
+        "relative_corruption_errors": _percents(report.relative_corruption_errors()),
+        "flip_rates": _percents(report.flip_rates()),
+        "top5_distance_ratios": _percents(report.top5_distance_ratios()),
+        "summary": summary,
     }
 
 
 def _pct(value: float | None, digits: int = 1) -> str:
+    """A fraction as the .md shows it: percent, errors to 2 decimals, ratios (CE, FR) to 1 as the paper prints."""
     return "–" if value is None else f"{100 * value:.{digits}f}"
 
 
@@ -347,19 +436,27 @@ def _report_markdown(report: RobustnessReport) -> str:
     summary, ce, rel = report.summary(), report.corruption_errors(), report.relative_corruption_errors()
     lines = [f"# Robustness: {report.model}", ""]
     if report.dataset:
-        lines += [f"Measured on: {report.dataset}", ""]
-    lines += [f"Baseline: **{report.baseline.name}**. CE and flip rates are divided by its numbers; "
-              "errors, CE, FP and their ratios are percentages, T5D is in rank positions.", ""]
-    lines += [f"- clean error: {_pct(report.clean_error, 2)}"]
+        counted = f" ({report.images} images per corruption and severity)" if report.images else ""
+        lines += [f"Measured on: {report.dataset}{counted}", ""]
+    lines += [f"Baseline: **{report.baseline.name}**. CE and flip rates are divided by its numbers; every number "
+              "here is a percentage (errors, CE, FP and their ratios), except T5D, in rank positions.", ""]
+    cells = sum(len(by_severity) for by_severity in report.errors.values())
+    lines += [f"- clean error: {_pct(report.clean_error, 2)}",
+              f"- corruption error (mean top-1 error over the {cells} corruption × severity cells run): "
+              f"{_pct(summary['corruption_error'], 2)}"]
+    if summary["corruption_error_19"] is not None:
+        lines += [f"- corruption error over the standard 15 × 5: {_pct(summary['corruption_error_15'], 2)}"]
+    count = len(summary["corruptions_with_ce"])
     if summary["mce_15"] is not None:
         lines += [f"- mCE (15 corruptions): {_pct(summary['mce_15'])}",
                   f"- relative mCE (15): {_pct(summary['relative_mce_15'])}"]
-    else:
-        count = len(summary["corruptions_evaluated"])
+    elif count:
         lines += [f"- mCE (15 corruptions): – (only {count} of them evaluated against this baseline)",
                   f"- mCE over the {count} evaluated (not comparable with published mCEs): "
                   f"{_pct(summary['mce_evaluated'])}",
                   f"- relative mCE over the {count} evaluated: {_pct(summary['relative_mce_evaluated'])}"]
+    else:
+        lines += ["- mCE: – (no CE: the baseline has none of these corruptions)"]
     if summary["mce_19"] is not None:
         lines += [f"- mCE (19: the 15 + 4 extra): {_pct(summary['mce_19'])}",
                   f"- relative mCE (19): {_pct(summary['relative_mce_19'])}"]
@@ -372,7 +469,7 @@ def _report_markdown(report: RobustnessReport) -> str:
     for c in _ordered(list(report.errors)):
         sev = report.errors[c]
         mean = sum(sev.values()) / len(sev) if sev else None
-        cells = [_pct(sev.get(s)) for s in SEVERITIES] + [_pct(mean), _pct(ce.get(c)), _pct(rel.get(c))]
+        cells = [_pct(sev.get(s), 2) for s in SEVERITIES] + [_pct(mean, 2), _pct(ce.get(c)), _pct(rel.get(c))]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     if report.flip_probabilities or report.top5_distances:
         fr, t5 = report.flip_rates(), report.top5_distance_ratios()
@@ -391,10 +488,10 @@ def _report_markdown(report: RobustnessReport) -> str:
 def _report_csv(report: RobustnessReport) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["corruption", "severity", "error"])
+    writer.writerow(["corruption", "severity", "error_percent"])
     for c in _ordered(list(report.errors)):
         for s, e in sorted(report.errors[c].items()):
-            writer.writerow([c, s, repr(float(e))])
+            writer.writerow([c, s, _percent(e)])
     return out.getvalue()
 
 
@@ -421,9 +518,11 @@ def _plot_severity(report: RobustnessReport, f) -> None:
 
 
 def write_report(report: RobustnessReport, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write robustness.md (tables + the summary naming the baseline), robustness.csv (corruption, severity, error;
-    the clean error is in the .md and .json), robustness.json (everything; `read_report` reads it back) and
-    robustness_severity.png into `out_dir`, all or none (written beside, then renamed). Returns their paths."""
+    """Write robustness.md (tables + the summary naming the baseline), robustness.csv (corruption, severity,
+    error_percent; the clean error is in the .md and .json), robustness.json (everything; `read_report` reads it
+    back) and robustness_severity.png into `out_dir`, all or none (written beside, then renamed). Returns their
+    paths. Every number in them is in percent (T5D in rank positions): rounded to PERCENT_DECIMALS in the .json and
+    .csv, to 2 decimals (errors, FP) or 1 (CE, mCE, FR) in the .md."""
     out_dir = Path(out_dir)
     paths = {name: out_dir / name for name in REPORT_FILES}
     text = {"robustness.md": _report_markdown(report), "robustness.csv": _report_csv(report),
@@ -434,15 +533,26 @@ def write_report(report: RobustnessReport, out_dir: str | os.PathLike) -> dict[s
     return paths
 
 
+def _from_percent(value, where: str) -> float:
+    try:
+        return float(value) / 100
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected a percentage, got {value!r}") from None
+
+
 def _severity_map(values: Mapping, where: str) -> dict[int, float]:
     try:
-        return {int(s): float(e) for s, e in values.items()}
+        return {int(s): _from_percent(e, where) for s, e in values.items()}
     except (TypeError, ValueError, AttributeError):
-        raise ValueError(f"{where}: expected {{severity: error}}, got {values!r}") from None
+        raise ValueError(f"{where}: expected {{severity: error (%)}}, got {values!r}") from None
+
+
+def _optional_percent(value, where: str) -> float | None:
+    return None if value is None else _from_percent(value, where)
 
 
 def read_report(path: str | os.PathLike) -> RobustnessReport:
-    """The report a robustness.json holds (a file, or a folder holding one)."""
+    """The report a robustness.json holds (a file, or a folder holding one), its numbers back in fractions."""
     path = Path(path)
     if path.is_dir():
         path = path / "robustness.json"
@@ -451,36 +561,53 @@ def read_report(path: str | os.PathLike) -> RobustnessReport:
                                 "holding one)")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or data.get("version") != REPORT_VERSION:
-        raise ValueError(f"{path}: not a deepres robustness report of version {REPORT_VERSION}")
+    if not isinstance(data, dict) or not isinstance(data.get("version"), int):
+        raise ValueError(f"{path}: not a deepres robustness report")
+    if data["version"] != REPORT_VERSION:
+        raise ValueError(f"{path}: a robustness report of version {data['version']} (fractions, no image counts); "
+                         f"this deepres reads version {REPORT_VERSION}: rerun `deepres robustness` on that run")
     try:
         base = data["baseline"]
         baseline = Baseline(
             name=base["name"],
-            errors={c: (_severity_map(e, f"{path}: baseline errors of {c}") if isinstance(e, dict) else float(e))
-                    for c, e in base["errors"].items()},
-            clean_error=base["clean_error"], flip_probabilities=dict(base["flip_probabilities"]),
-            top5_distances=dict(base["top5_distances"]))
+            errors={c: (_severity_map(e, f"{path}: baseline errors of {c}") if isinstance(e, dict)
+                        else _from_percent(e, f"{path}: baseline errors of {c}")) for c, e in base["errors"].items()},
+            clean_error=_optional_percent(base["clean_error"], f"{path}: baseline clean_error"),
+            flip_probabilities={p: _from_percent(v, f"{path}: baseline flip_probabilities")
+                                for p, v in base["flip_probabilities"].items()},
+            top5_distances={p: float(v) for p, v in base["top5_distances"].items()},
+            images=base.get("images"), severities=None if base.get("severities") is None else tuple(base["severities"]),
+            perturbation_images=base.get("perturbation_images"))
         return RobustnessReport(
-            model=data["model"], clean_error=data["clean_error"],
+            model=data["model"], clean_error=_optional_percent(data["clean_error"], f"{path}: clean_error"),
             errors={c: _severity_map(e, f"{path}: errors of {c}") for c, e in data["errors"].items()},
-            baseline=baseline, flip_probabilities=dict(data["flip_probabilities"]),
-            top5_distances=dict(data["top5_distances"]), dataset=data.get("dataset", ""))
+            baseline=baseline,
+            flip_probabilities={p: _from_percent(v, f"{path}: flip_probabilities")
+                                for p, v in data["flip_probabilities"].items()},
+            top5_distances={p: float(v) for p, v in data["top5_distances"].items()}, dataset=data.get("dataset", ""),
+            images=data.get("images"), perturbation_images=data.get("perturbation_images"))
     except KeyError as e:
         raise ValueError(f"{path}: missing key {e.args[0]!r}") from None
+    except (AttributeError, TypeError) as e:
+        raise ValueError(f"{path}: not a deepres robustness report ({e})") from None
 
 
 def baseline_from_report(path: str | os.PathLike) -> Baseline:
     """A previous run's robustness result (its robustness.json, or the folder holding it) as the baseline, named
-    after that model and the file, so a report says which run it was compared with."""
+    after that model and the file, so a report says which run it was compared with; it carries what it was
+    measured on, for check_comparable."""
     report = read_report(path)
     source = Path(path)
     source = source / "robustness.json" if source.is_dir() else source
+    if report.images is None:
+        raise ValueError(f"{source}: the report does not say how many images its errors were measured on, so no "
+                         f"CE can be computed against it; rerun `deepres robustness` on that run")
     return Baseline(name=f"{report.model} ({source})", errors={c: dict(e) for c, e in report.errors.items()},
                     clean_error=report.clean_error, flip_probabilities=dict(report.flip_probabilities),
-                    top5_distances=dict(report.top5_distances))
+                    top5_distances=dict(report.top5_distances), images=report.images,
+                    severities=report.severities, perturbation_images=report.perturbation_images)
 
 
 # ------------------------------------------------------------------------------------------- example grid

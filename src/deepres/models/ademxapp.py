@@ -62,7 +62,11 @@ def ademxapp_num_classes(arrays: dict[str, np.ndarray], source: str) -> int:
     found = [name for name in arrays if _CLASSIFIER.match(name)]
     if len(found) != 1:
         raise ValueError(f"{source}: expected one classifier 'arg:linear<classes>_weight', found {found or 'none'}")
-    return int(arrays[found[0]].shape[0])
+    shape = tuple(np.shape(arrays[found[0]]))  # a .params array may be a scalar (MXNet 2) or a "none" array (0,)
+    if len(shape) not in (2, 4) or shape[0] < 1:  # fc (classes, 4096) or the FCN's conv (classes, 512, 3, 3)
+        raise ValueError(f"{source}: {found[0]!r} has shape {shape}, not (classes, features) or "
+                         f"(classes, channels, kh, kw)")
+    return shape[0]
 
 
 def convert_ademxapp(arrays: dict[str, np.ndarray], model_name: str, source: str = "params") -> dict[str, torch.Tensor]:

@@ -125,7 +125,8 @@ def read_mxnet_params(path: str | Path) -> dict[str, np.ndarray]:
     if cursor.remaining():
         raise cursor.error(f"{cursor.remaining()} unexpected bytes after the names at offset {cursor.offset}")
     names = names or [str(index) for index in range(num_arrays)]
-    if len(set(names)) != len(names):
-        duplicate = next(name for name in names if names.count(name) > 1)
-        raise cursor.error(f"the name {duplicate!r} is stored twice")
+    first_index: dict[str, int] = {}
+    for index, name in enumerate(names):  # one pass: a file may hold 100,000 names
+        if first_index.setdefault(name, index) != index:
+            raise cursor.error(f"the name {name!r} is stored twice (arrays {first_index[name]} and {index})")
     return dict(zip(names, arrays))

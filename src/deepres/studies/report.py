@@ -130,11 +130,12 @@ def read_robustness(path: Path) -> dict:
     if not path.is_file():
         return {}
     report = json.loads(path.read_text())
+    scale = 1.0 if report.get("version", 1) >= 2 else 100.0  # version 2 reports are in percent, version 1 fractions
     errors = [e for by_severity in report.get("errors", {}).values() for e in by_severity.values()]
-    out = {"corruption_error": 100.0 * float(np.mean(errors))} if errors else {}
+    out = {"corruption_error": scale * float(np.mean(errors))} if errors else {}
     mce = (report.get("summary") or {}).get("mce_evaluated")
     if mce is not None:
-        out["mce"] = 100.0 * mce
+        out["mce"] = scale * mce
     return out
 
 

@@ -21,6 +21,7 @@ from deepres.core.files import atomic_write
 from ..images import DEFAULT_MAX_PIXELS, open_image
 
 IGNORE_INDEX = 255  # mask value of pixels that are neither scored nor trained on
+NOT_STORED = -1  # a reader's mask-table entry for a value the dataset's masks never hold: such a mask is refused
 
 # ------------------------------------------------------------------------------------------------------ VOC
 VOC_CLASSES = (
@@ -76,6 +77,10 @@ def _cityscapes_tables() -> tuple[np.ndarray, np.ndarray]:
 
 
 CITYSCAPES_LABEL_TO_TRAIN, CITYSCAPES_TRAIN_TO_LABEL = _cityscapes_tables()  # uint8 lookup tables of 256
+# The reader's table (int16): a labelIds PNG holds the label ids 0..33 only, so any other value marks a damaged or
+# wrong file and is refused, where cityscapes_label_to_train (for predictions) maps it to ignore.
+CITYSCAPES_MASK_TABLE = np.where(np.arange(256) <= max(i for i, _, _ in CITYSCAPES_LABELS),
+                                 CITYSCAPES_LABEL_TO_TRAIN.astype(np.int16), np.int16(NOT_STORED))
 
 
 def _lookup(table: np.ndarray, mask):
@@ -142,12 +147,15 @@ def read_ade_class_names(path) -> list[str]:
     csv copy object150_info.csv, comma-separated, reads too): the first synonym of each Name, in Idx order
     ("person, individual, someone" or "person;individual;someone" -> "person")."""
     path = Path(path)
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
     separator = "\t" if lines and "\t" in lines[0] else ","
     names: dict[int, str] = {}
     for line_no, line in enumerate(lines[1:], 2):
         fields = line.split(separator, 4)
-        if len(fields) < 5 or not fields[0].strip().isdigit():
+        if len(fields) < 5 or not fields[0].strip().isdecimal():
             raise ValueError(f"{path}:{line_no}: expected Idx, Ratio, Train, Val, Name, got {line!r}")
         names[int(fields[0])] = re.split(r"[;,]", fields[4])[0].strip()
     if not names or sorted(names) != list(range(1, len(names) + 1)):

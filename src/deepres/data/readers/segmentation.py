@@ -22,23 +22,19 @@ import torch
 
 from ..images import BadImageError, is_image_file, load_image, pil_to_tensor
 from .folders import ImageFileDataset
-from .seg_labels import (ADE20K_CLASSES, ADE_REDUCE_ZERO, CITYSCAPES_CLASSES, CITYSCAPES_LABEL_TO_TRAIN,
-                         IGNORE_INDEX, VOC_CLASSES, read_ade_class_names, read_mask_png)
-
-try:  # scipy reads SBD's MATLAB files; it is a deepres dependency, optional only so that `import deepres.data`
-    from scipy.io import loadmat  # works in an environment installed before it was added
-    from scipy.io.matlab import MatReadError
-except ImportError:
-    loadmat, MatReadError = None, ValueError
+from .matfiles import MatFileError, load_mat
+from .seg_labels import (ADE20K_CLASSES, ADE_REDUCE_ZERO, CITYSCAPES_CLASSES, CITYSCAPES_MASK_TABLE, IGNORE_INDEX,
+                         NOT_STORED, VOC_CLASSES, read_ade_class_names, read_mask_png)
 
 
 class SegmentationDataset(ImageFileDataset):
     """Image and mask files decoded on access; item i is (uint8 image (3, H, W), uint8 mask (H, W)).
 
     samples: (image path, mask path) pairs; a mask path ending in .mat is an SBD GTcls file, any other a PNG.
-    mask_table: stored mask value -> class index (uint8, 256 entries), None when stored values are the indices.
-    Bad images (and undecodable masks) follow on_bad_image like an ImageFileDataset's; a mask value that is no
-    class index, or a mask whose size differs from its image's, is a ValueError naming the file."""
+    mask_table: stored mask value -> class index (256 entries; NOT_STORED for a value the dataset's masks never
+    hold), None when stored values are the indices. Bad images (and undecodable masks) follow on_bad_image like an
+    ImageFileDataset's; a mask value that is no class index (or NOT_STORED), or a mask whose size differs from its
+    image's, is a ValueError naming the file and the value as stored."""
 
     def __init__(self, samples: list[tuple[str, str]], classes, *, mask_table: np.ndarray | None = None,
                  **options):
@@ -66,14 +62,20 @@ class SegmentationDataset(ImageFileDataset):
         """Mask `index` as class indices (H, W) uint8, checked against num_classes."""
         path = self.samples[index][1]
         mask = read_sbd_mask(path) if path.endswith(".mat") else read_mask_png(path, max_pixels=self.max_pixels)
-        if self.mask_table is not None:
-            mask = self.mask_table[mask]
-        values = np.unique(mask)
-        wrong = values[(values >= self.num_classes) & (values != IGNORE_INDEX)]
-        if wrong.size:
-            raise ValueError(f"{path}: mask value {int(wrong[0])} is neither a class index (0..{self.num_classes - 1}"
+        stored = np.unique(mask)
+        table = self.mask_table
+        classes = stored if table is None else table[stored]
+        if table is not None and (classes == NOT_STORED).any():
+            held = np.flatnonzero(table != NOT_STORED)
+            raise ValueError(f"{path}: mask value {int(stored[classes == NOT_STORED][0])} is not one this dataset's "
+                             f"masks hold ({held[0]}..{held[-1]})")
+        wrong = (classes >= self.num_classes) & (classes != IGNORE_INDEX)
+        if wrong.any():
+            value, index = int(stored[wrong][0]), int(classes[wrong][0])
+            mapped = "" if table is None else f" (class index {index})"
+            raise ValueError(f"{path}: mask value {value}{mapped} is neither a class index (0..{self.num_classes - 1}"
                              f") nor {IGNORE_INDEX} (ignore)")
-        return mask
+        return mask if table is None else table[mask].astype(np.uint8, copy=False)
 
     def _decode(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.samples[index]
@@ -86,18 +88,26 @@ class SegmentationDataset(ImageFileDataset):
 
 
 def read_sbd_mask(path) -> np.ndarray:
-    """GTcls.Segmentation of an SBD cls/<id>.mat file: uint8 (H, W) VOC class indices."""
-    if loadmat is None:
-        raise ImportError(f"reading {path} needs scipy (a deepres dependency): pip install scipy")
+    """GTcls.Segmentation of an SBD cls/<id>.mat file: uint8 (H, W) VOC class indices. A file that does not read is
+    a BadImageError (on_bad_image applies); a value no uint8 holds (256, -1, 1.5: astype would wrap 256 to
+    background and -1 to ignore) a ValueError naming the file and the field."""
     try:
         # squeeze_me: 1x1 MATLAB structs and cells become scalars; struct_as_record=False: fields as attributes
-        gtcls = loadmat(path, squeeze_me=True, struct_as_record=False, variable_names=["GTcls"]).get("GTcls")
-    except (OSError, ValueError, TypeError, MatReadError) as e:
-        raise BadImageError(path, f"not a readable MATLAB file ({e})") from None
+        gtcls = load_mat(path, squeeze_me=True, struct_as_record=False, variable_names=["GTcls"]).get("GTcls")
+    except MatFileError as e:
+        raise BadImageError(path, e.reason) from None
     segmentation = getattr(gtcls, "Segmentation", None)
     if segmentation is None or np.ndim(segmentation) != 2:
         raise ValueError(f"{path}: expected a struct GTcls with a 2-D field Segmentation (SBD cls/*.mat)")
-    return np.asarray(segmentation).astype(np.uint8)
+    segmentation = np.asarray(segmentation)
+    if segmentation.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: GTcls.Segmentation holds {segmentation.dtype} values, not class indices")
+    if segmentation.dtype != np.uint8 and segmentation.size:
+        bad = ~np.isin(segmentation, np.arange(256))  # fractions, NaN and values outside 0..255
+        if bad.any():
+            raise ValueError(f"{path}: GTcls.Segmentation holds {segmentation[bad][0].item()}, not a mask value "
+                             f"0..255 (VOC classes 0..{len(VOC_CLASSES) - 1}, {IGNORE_INDEX} ignore)")
+    return segmentation.astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -130,10 +140,28 @@ def _is_png(name: str) -> bool:
     return name.lower().endswith(".png")
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
+
+
 def _read_ids(path: Path) -> list[str]:
+    """The ids of a VOC / SBD split list, one per line; an id names files (JPEGImages/<id>.jpg), so one that is
+    a path ('/', '..') is refused: it would send the reader outside the dataset."""
     if not path.is_file():
         raise FileNotFoundError(f"split list not found: {path}")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = []
+    for line_no, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        image_id = line.split()[0]
+        if "/" in image_id or "\\" in image_id or "\0" in image_id or image_id in (".", ".."):
+            raise ValueError(f"{path}:{line_no}: image id {image_id!r} is not a file name (ids name "
+                             f"JPEGImages/<id>.jpg; no '/' or '..')")
+        ids.append(image_id)
+    return ids
 
 
 # ----------------------------------------------------------------------------------------------- readers
@@ -142,7 +170,7 @@ def read_pair_classes(path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"class-name file {path} not found (pairs: set data.class_names)")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in _read_text(path).splitlines() if line.strip()]
     if not names:
         raise ValueError(f"{path}: no class names")
     return names
@@ -214,7 +242,7 @@ def cityscapes_dataset(root, split: str, **options) -> SegmentationDataset:
             samples.append((str(image), str(mask)))
     if not samples:
         raise FileNotFoundError(f"no *_leftImg8bit.png files in the city folders of {image_dir}")
-    return SegmentationDataset(samples, list(CITYSCAPES_CLASSES), mask_table=CITYSCAPES_LABEL_TO_TRAIN, **options)
+    return SegmentationDataset(samples, list(CITYSCAPES_CLASSES), mask_table=CITYSCAPES_MASK_TABLE, **options)
 
 
 ADE_SPLITS = {"train": "training", "val": "validation"}  # deepres' split words -> ADEChallengeData2016's folders

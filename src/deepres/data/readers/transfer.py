@@ -25,19 +25,17 @@ splits (the *_SPLITS tables), so the config defaults train/val read:
 Samples keep the order of the split's list (flowers102: ascending image number). Image files are not opened until
 an item is read (a missing one is a bad image then, as in every file format); a missing list or annotation file is
 a FileNotFoundError naming the path and the dataset's layout, a line naming a class the class list lacks a
-ValueError naming the file and line.
+ValueError naming the file and line. So is an image path that leaves its image folder (absolute, or with '..'), a
+label that is no whole number in range (inf, NaN, 2.5), and a .mat file scipy cannot read (matfiles.load_mat:
+truncated, corrupted, v7.3).
 """
-from pathlib import Path
+import math
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from .folders import ImageFileDataset
-
-try:  # scipy reads the Stanford Cars and Flowers .mat files (as it reads SBD's in segmentation.py)
-    from scipy.io import loadmat
-    from scipy.io.matlab import MatReadError
-except ImportError:
-    loadmat, MatReadError = None, ValueError
+from .matfiles import load_mat
 
 # The 102 flower names by label (label 1 = "pink primrose"): the list published with jimgoo/caffe-oxford102 and
 # copied widely; the two copies compared for this agree name for name, once that list's trailing spaces
@@ -98,7 +96,14 @@ def _split(word: str, splits: dict, dataset: str):
 
 def _lines(path: Path, layout: str) -> list[tuple[int, str]]:
     """(line number, stripped line) of a text file's non-blank lines that are not '#' comments."""
-    lines = [(n, line.strip()) for n, line in enumerate(_need(path, layout).read_text().splitlines(), 1)]
+    _need(path, layout)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
+    except OSError as e:  # a folder in the file's place, unreadable permissions
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e}); {layout}") from None
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)]
     lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
     if not lines:
         raise ValueError(f"{path}: no entries")
@@ -136,14 +141,19 @@ def _label(value: str, path: Path, line_no, num_classes: int, what: str = "label
     return number - 1
 
 
+def _inside(folder: Path, name: str, where: str) -> str:
+    """folder/name for an image path read from an annotation file, which must stay below `folder`: an absolute
+    path or a '..' would let a list file make the reader open any file on the machine. Lexical, so a symbolic
+    link the user placed under the root is still followed."""
+    relative = PurePosixPath(name)
+    if not name or "\0" in name or relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(f"{where}: image path {name!r} is not a relative path inside {folder} (absolute, "
+                         f"'..' or empty)")
+    return str(folder / relative)
+
+
 def _load_mat(path: Path, layout: str) -> dict:
-    if loadmat is None:
-        raise ImportError(f"reading {path} needs scipy (pip install scipy)")
-    _need(path, layout)
-    try:
-        return loadmat(path, squeeze_me=True)
-    except (MatReadError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable MATLAB file ({e})") from None
+    return load_mat(_need(path, layout), squeeze_me=True)  # MatFileError (a ValueError) names a damaged file
 
 
 def _mat_variable(mat: dict, key: str, path: Path) -> np.ndarray:
@@ -153,11 +163,11 @@ def _mat_variable(mat: dict, key: str, path: Path) -> np.ndarray:
     return np.atleast_1d(mat[key]).ravel()  # 1xN and squeezed arrays alike, one entry included
 
 
-def _mat_scalar(value):
+def _mat_scalar(value, where: str):
     """One MATLAB value as a Python number or str, whether loadmat squeezed it or left it a 1x1 array."""
     array = np.asarray(value).ravel()
     if array.size != 1:
-        raise ValueError(f"expected one value, got {array.size}")
+        raise ValueError(f"{where}: expected one value, got {array.size}")
     item = array[0]
     if isinstance(item, str):  # np.str_ too
         return str(item)
@@ -165,15 +175,18 @@ def _mat_scalar(value):
 
 
 def _mat_numbers(values: np.ndarray, path: Path, key: str) -> list[int]:
+    """Whole numbers, one per entry; ValueError naming the file and `key[i]` for text, a fraction, inf, NaN or a
+    float too large to hold an exact integer (MATLAB stores labels as doubles)."""
     numbers = []
     for i, value in enumerate(values, 1):
-        try:
-            number = _mat_scalar(value)
-            if isinstance(number, str) or number != int(number):
-                raise ValueError
-        except (ValueError, TypeError):
-            raise ValueError(f"{path}: {key}[{i}] is {value!r}, not a whole number") from None
-        numbers.append(int(number))
+        number = _mat_scalar(value, f"{path}: {key}[{i}]")
+        if isinstance(number, float) and math.isfinite(number) and number.is_integer():
+            if abs(number) > 2 ** 53:
+                raise ValueError(f"{path}: {key}[{i}] is {number!r}, too large to be a label or an index")
+            number = int(number)
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise ValueError(f"{path}: {key}[{i}] is {number!r}, not a whole number")
+        numbers.append(number)
     return numbers
 
 
@@ -196,7 +209,7 @@ def food101_dataset(root, split: str, **options) -> ImageFileDataset:
         name = line.split("/", 1)[0]
         if "/" not in line or name not in index:
             raise ValueError(f"{path}:{line_no}: {line!r} does not start with a class of {root / 'meta/classes.txt'}")
-        samples.append((str(images / f"{line}.jpg"), index[name]))
+        samples.append((_inside(images, f"{line}.jpg", f"{path}:{line_no}"), index[name]))
     return ImageFileDataset(samples, classes, **options)
 
 
@@ -242,7 +255,8 @@ def cub200_dataset(root, split: str, **options) -> ImageFileDataset:
             raise ValueError(f"{split_path}:{flag_line}: expected 1 (train) or 0 (test), got {flag!r}")
         if flag == wanted:
             label_line, label = labels[image_id]
-            samples.append((str(image_dir / relpath), _label(label, labels_path, label_line, len(classes))))
+            samples.append((_inside(image_dir, relpath, f"{images_path}:{line_no}"),
+                            _label(label, labels_path, label_line, len(classes))))
     return ImageFileDataset(samples, classes, **options)
 
 
@@ -251,7 +265,7 @@ def stanford_cars_classes(root) -> list[str]:
     """Class names from devkit/cars_meta.mat `class_names` ("AM General Hummer SUV 2000", ...), by label 1..196."""
     path = Path(root) / "devkit" / "cars_meta.mat"
     names = _mat_variable(_load_mat(path, STANFORD_CARS_LAYOUT), "class_names", path)
-    return _unique_names(path, [str(_mat_scalar(name)) for name in names])
+    return _unique_names(path, [str(_mat_scalar(name, f"{path}: class_names[{i}]")) for i, name in enumerate(names, 1)])
 
 
 def _cars_test_annotations(root: Path) -> Path:
@@ -278,11 +292,13 @@ def stanford_cars_dataset(root, split: str, **options) -> ImageFileDataset:
     samples = []
     for i, (number, fname) in enumerate(zip(_mat_numbers(annotations["class"], path, "annotations.class"),
                                             annotations["fname"]), 1):
-        name = str(_mat_scalar(fname))
+        name = _mat_scalar(fname, f"{path}: annotations.fname[{i}]")
+        if not isinstance(name, str):
+            raise ValueError(f"{path}: annotations.fname[{i}] is {name!r}, not a file name")
         if not 1 <= number <= len(classes):
             raise ValueError(f"{path}: annotation {i} ({name}) has class {number}, not a class number "
                              f"1..{len(classes)} of devkit/cars_meta.mat")
-        samples.append((str(image_dir / name), number - 1))
+        samples.append((_inside(image_dir, name, f"{path}: annotations.fname[{i}]"), number - 1))
     return ImageFileDataset(samples, classes, **options)
 
 
@@ -317,7 +333,7 @@ def _pet_rows(path: Path) -> list[tuple[int, str, str, int]]:
     for line_no, line in _lines(path, PETS_LAYOUT):
         fields = line.split()
         breed, _, number = fields[0].rpartition("_")
-        if len(fields) < 2 or not breed or not number.isdigit() or not fields[1].isdigit():
+        if len(fields) < 2 or not breed or not number.isdecimal() or not fields[1].isdecimal():
             raise ValueError(f"{path}:{line_no}: expected 'Breed_name_<n> <class id> <species> <breed id>', "
                              f"got {line!r}")
         rows.append((line_no, fields[0], breed, int(fields[1])))
@@ -350,7 +366,7 @@ def pets_dataset(root, split: str, **options) -> ImageFileDataset:
             known = f"is {classes[class_id - 1]!r}" if 1 <= class_id <= len(classes) else "is not listed"
             raise ValueError(f"{path}:{line_no}: {name} has class id {class_id}, which in "
                              f"{root / 'annotations/trainval.txt'} {known}")
-        samples.append((str(image_dir / f"{name}.jpg"), class_id - 1))
+        samples.append((_inside(image_dir, f"{name}.jpg", f"{path}:{line_no}"), class_id - 1))
     return ImageFileDataset(samples, classes, **options)
 
 
@@ -372,5 +388,5 @@ def aircraft_dataset(root, split: str, **options) -> ImageFileDataset:
     for line_no, (image_id, variant) in _fields(path, AIRCRAFT_LAYOUT, 2):
         if variant not in index:
             raise ValueError(f"{path}:{line_no}: variant {variant!r} is not in {root / 'data/variants.txt'}")
-        samples.append((str(image_dir / f"{image_id}.jpg"), index[variant]))
+        samples.append((_inside(image_dir, f"{image_id}.jpg", f"{path}:{line_no}"), index[variant]))
     return ImageFileDataset(samples, classes, **options)
