@@ -356,3 +356,39 @@ def test_eval_dataset_reads_only_the_test_file_of_in_memory_formats(tmp_path):
     assert len(val) == 4 and val.classes == CIFAR10_NAMES
     with pytest.raises(ValueError, match="10 classes but the model was trained with 3"):
         build_eval_dataset(cfg, classes=CIFAR10_NAMES[:3])
+
+
+def _rewrite_batch(path, **changes):
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    batch.update({key.encode(): value for key, value in changes.items()})
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"data": [[300] * 3072] * 4}, r"data_batch_1: data values span 300..300, expected 0..255"),
+    ({"data": [[-1] * 3072] * 4}, r"data_batch_1: data values span -1..-1, expected 0..255"),
+    ({"data": [[0.5] * 3072] * 4}, r"data_batch_1: data holds float64 values"),
+    ({"labels": [0, 1, 2, 10]}, r"data_batch_1: labels values span 0..10, expected 0..9"),
+    ({"labels": [0, 1, [2], 3]}, r"data_batch_1: labels is not an array of numbers"),
+])
+def test_a_cifar_batch_with_values_out_of_range_names_the_file_and_key(tmp_path, changes, message):
+    write_cifar10(tmp_path)
+    _rewrite_batch(tmp_path / "cifar-10-batches-py" / "data_batch_1", **changes)
+    with pytest.raises(ValueError, match=message):
+        read_cifar10(tmp_path, "train")
+
+
+def test_a_list_file_cannot_name_images_outside_its_root_and_names_bad_text(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    for line in ("/etc/passwd 0", "../outside.jpg 0", "sub/../../x.jpg 1"):
+        (tmp_path / "list.txt").write_text(f"a.jpg 0\n{line}\n")
+        with pytest.raises(ValueError, match=r"list.txt:2: image path .* is not a relative path inside"):
+            image_list(tmp_path / "list.txt")
+    (tmp_path / "list.txt").write_bytes(b"a.jpg 0\n\xff\xfe.jpg 1\n")
+    with pytest.raises(ValueError, match=r"list.txt: not a UTF-8 text file"):
+        image_list(tmp_path / "list.txt")
+    (tmp_path / "classes.txt").write_text("/a/abbey 0\n/b/barn \u00b3\n")  # a digit to isdigit(), not to int()
+    with pytest.raises(ValueError, match=r"classes.txt:2: expected 'name index'"):
+        read_class_names(tmp_path / "classes.txt")

@@ -9,7 +9,7 @@ import logging
 import multiprocessing as mp
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
@@ -261,18 +261,39 @@ def image_folder(root, *, class_depth: int = 0, **options) -> ImageFileDataset:
 
 
 # -------------------------------------------------------------------------------------------- list files
+def read_text_file(path: Path) -> str:
+    """A list or annotation file's text; ValueError naming the file when it is no UTF-8 text or cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: a folder where a text file was expected") from None
+
+
+def inside_folder(folder: Path, name: str, where: str) -> str:
+    """folder/name for an image path read from a list or annotation file, which must stay below `folder`: an
+    absolute path or a '..' would let a list file make the reader open any file on the machine. Lexical, so a
+    symbolic link the user placed under the root is still followed."""
+    relative = PurePosixPath(name)
+    if not name or "\0" in name or relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(f"{where}: image path {name!r} is not a relative path inside {folder} (absolute, "
+                         f"'..' or empty)")
+    return str(Path(folder) / relative)
+
+
 def read_class_names(path) -> list[str]:
     """Class names from a text file: "name" per line (index = line order) or "name index" per line
     (Mini-Places2 categories.txt: "/a/abbey 0"; a leading "/" is dropped)."""
     path = Path(path)
-    lines = [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    lines = [(n, line.split()) for n, line in enumerate(read_text_file(path).splitlines(), 1) if line.strip()]
     if not lines:
         raise ValueError(f"{path}: no class names")
     if all(len(fields) == 1 for _, fields in lines):
         return [fields[0].lstrip("/") for _, fields in lines]
     names: dict[int, str] = {}
     for line_no, fields in lines:
-        if len(fields) != 2 or not fields[1].isdigit():
+        if len(fields) != 2 or not re.fullmatch(r"[0-9]+", fields[1]):
             raise ValueError(f"{path}:{line_no}: expected 'name index', got {' '.join(fields)!r}")
         index = int(fields[1])
         if index in names:
@@ -296,10 +317,11 @@ def image_list(list_file, image_root=None, *, classes: list[str] | None = None, 
     image_root = Path(image_root) if image_root else list_file.parent
     entries: list[tuple[str, str | int]] = []
     has_labels = None
-    for line_no, line in enumerate(list_file.read_text().splitlines(), 1):
+    for line_no, line in enumerate(read_text_file(list_file).splitlines(), 1):
         if not line.strip():
             continue
         fields = line.strip().rsplit(None, 1)
+        inside_folder(image_root, fields[0] + suffix, f"{list_file}:{line_no}")
         labelled = len(fields) == 2
         if has_labels is None:
             has_labels = labelled
@@ -338,7 +360,7 @@ def image_list(list_file, image_root=None, *, classes: list[str] | None = None, 
 
 
 def _line_of(list_file: Path, label: int) -> int:
-    for line_no, line in enumerate(list_file.read_text().splitlines(), 1):
+    for line_no, line in enumerate(read_text_file(list_file).splitlines(), 1):
         fields = line.strip().rsplit(None, 1)
         if len(fields) == 2 and fields[1] == str(label):
             return line_no
@@ -355,7 +377,7 @@ def read_synset_map(path) -> list[str]:
     This is NOT Kaggle's LOC_synset_mapping.txt, which is sorted by synset; the id order is the devkit's
     (meta.mat: ILSVRC2012_ID 1 = n02119789, 2 = n02100735, ...)."""
     path = Path(path)
-    synsets = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    synsets = [line.split()[0] for line in read_text_file(path).splitlines() if line.strip()]
     if not synsets:
         raise ValueError(f"{path}: empty synset map")
     for line_no, synset in enumerate(synsets, 1):
@@ -371,10 +393,10 @@ def _val_synsets_from_ground_truth(path: Path, synset_map) -> dict[int, str]:
                          "(a text file of synsets in ILSVRC2012 id order, one per line)")
     synsets = read_synset_map(synset_map)
     by_number = {}
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+    for line_no, line in enumerate(read_text_file(path).splitlines(), 1):
         if not line.strip():
             continue
-        if not line.strip().isdigit() or not 1 <= int(line) <= len(synsets):
+        if not re.fullmatch(r"[0-9]+", line.strip()) or not 1 <= int(line) <= len(synsets):
             raise ValueError(f"{path}:{line_no}: expected an ILSVRC2012 id in 1..{len(synsets)}, got {line.strip()!r}")
         by_number[line_no] = synsets[int(line) - 1]
     return by_number

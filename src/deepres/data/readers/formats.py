@@ -134,12 +134,25 @@ def _cifar_dir(root, folder: str) -> Path:
     return root / folder if (root / folder).is_dir() else root
 
 
-def _cifar_arrays(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _integers(batch: dict, key: str, path: Path, low: int, high: int, dtype) -> np.ndarray:
+    """batch[key] as an integer array of `dtype`, every value in low..high; ValueError naming the file and key."""
+    try:
+        values = np.asarray(_key(batch, key, path))
+    except (ValueError, TypeError, OverflowError) as e:  # ragged or mixed lists
+        raise ValueError(f"{path}: {key} is not an array of numbers ({e})") from None
+    if values.size and values.dtype.kind not in "iub":
+        raise ValueError(f"{path}: {key} holds {values.dtype} values; a CIFAR batch holds integers")
+    if values.size and not (low <= values.min() and values.max() <= high):
+        raise ValueError(f"{path}: {key} values span {values.min()}..{values.max()}, expected {low}..{high}")
+    return values.astype(dtype)
+
+
+def _cifar_arrays(paths: list[Path], label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []
     for path in paths:
         batch = _unpickle(path)
-        data = np.asarray(_key(batch, "data", path), dtype=np.uint8)
-        batch_labels = np.asarray(_key(batch, label_key, path), dtype=np.int64)
+        data = _integers(batch, "data", path, 0, 255, np.uint8)
+        batch_labels = _integers(batch, label_key, path, 0, num_classes - 1, np.int64)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != data.shape[0]:
             raise ValueError(f"{path}: expected data (N, 3072) and N labels, got data {data.shape}, "
                              f"{len(batch_labels)} labels")
@@ -153,9 +166,9 @@ def read_cifar10(root, split: str = "train") -> ArrayDataset:
     directory = _cifar_dir(root, "cifar-10-batches-py")
     test = _test_split(split, directory)
     names = ["test_batch"] if test else [f"data_batch_{i}" for i in range(1, 6)]
-    images, labels = _cifar_arrays([directory / n for n in names], "labels")
     meta_path = directory / "batches.meta"
     classes = _names(_key(_unpickle(meta_path), "label_names", meta_path))
+    images, labels = _cifar_arrays([directory / n for n in names], "labels", len(classes))
     return ArrayDataset(images, labels, classes)
 
 
@@ -164,9 +177,9 @@ def read_cifar100(root, split: str = "train", *, coarse: bool = False) -> ArrayD
     directory = _cifar_dir(root, "cifar-100-python")
     test = _test_split(split, directory)
     kind = "coarse" if coarse else "fine"
-    images, labels = _cifar_arrays([directory / ("test" if test else "train")], f"{kind}_labels")
     meta_path = directory / "meta"
     classes = _names(_key(_unpickle(meta_path), f"{kind}_label_names", meta_path))
+    images, labels = _cifar_arrays([directory / ("test" if test else "train")], f"{kind}_labels", len(classes))
     return ArrayDataset(images, labels, classes)
 
 

@@ -30,11 +30,11 @@ label that is no whole number in range (inf, NaN, 2.5), and a .mat file scipy ca
 truncated, corrupted, v7.3).
 """
 import math
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
-from .folders import ImageFileDataset
+from .folders import ImageFileDataset, inside_folder
 from .matfiles import load_mat
 
 # The 102 flower names by label (label 1 = "pink primrose"): the list published with jimgoo/caffe-oxford102 and
@@ -141,17 +141,6 @@ def _label(value: str, path: Path, line_no, num_classes: int, what: str = "label
     return number - 1
 
 
-def _inside(folder: Path, name: str, where: str) -> str:
-    """folder/name for an image path read from an annotation file, which must stay below `folder`: an absolute
-    path or a '..' would let a list file make the reader open any file on the machine. Lexical, so a symbolic
-    link the user placed under the root is still followed."""
-    relative = PurePosixPath(name)
-    if not name or "\0" in name or relative.is_absolute() or ".." in relative.parts:
-        raise ValueError(f"{where}: image path {name!r} is not a relative path inside {folder} (absolute, "
-                         f"'..' or empty)")
-    return str(folder / relative)
-
-
 def _load_mat(path: Path, layout: str) -> dict:
     return load_mat(_need(path, layout), squeeze_me=True)  # MatFileError (a ValueError) names a damaged file
 
@@ -209,7 +198,7 @@ def food101_dataset(root, split: str, **options) -> ImageFileDataset:
         name = line.split("/", 1)[0]
         if "/" not in line or name not in index:
             raise ValueError(f"{path}:{line_no}: {line!r} does not start with a class of {root / 'meta/classes.txt'}")
-        samples.append((_inside(images, f"{line}.jpg", f"{path}:{line_no}"), index[name]))
+        samples.append((inside_folder(images, f"{line}.jpg", f"{path}:{line_no}"), index[name]))
     return ImageFileDataset(samples, classes, **options)
 
 
@@ -255,7 +244,7 @@ def cub200_dataset(root, split: str, **options) -> ImageFileDataset:
             raise ValueError(f"{split_path}:{flag_line}: expected 1 (train) or 0 (test), got {flag!r}")
         if flag == wanted:
             label_line, label = labels[image_id]
-            samples.append((_inside(image_dir, relpath, f"{images_path}:{line_no}"),
+            samples.append((inside_folder(image_dir, relpath, f"{images_path}:{line_no}"),
                             _label(label, labels_path, label_line, len(classes))))
     return ImageFileDataset(samples, classes, **options)
 
@@ -298,7 +287,7 @@ def stanford_cars_dataset(root, split: str, **options) -> ImageFileDataset:
         if not 1 <= number <= len(classes):
             raise ValueError(f"{path}: annotation {i} ({name}) has class {number}, not a class number "
                              f"1..{len(classes)} of devkit/cars_meta.mat")
-        samples.append((_inside(image_dir, name, f"{path}: annotations.fname[{i}]"), number - 1))
+        samples.append((inside_folder(image_dir, name, f"{path}: annotations.fname[{i}]"), number - 1))
     return ImageFileDataset(samples, classes, **options)
 
 
@@ -366,7 +355,7 @@ def pets_dataset(root, split: str, **options) -> ImageFileDataset:
             known = f"is {classes[class_id - 1]!r}" if 1 <= class_id <= len(classes) else "is not listed"
             raise ValueError(f"{path}:{line_no}: {name} has class id {class_id}, which in "
                              f"{root / 'annotations/trainval.txt'} {known}")
-        samples.append((_inside(image_dir, f"{name}.jpg", f"{path}:{line_no}"), class_id - 1))
+        samples.append((inside_folder(image_dir, f"{name}.jpg", f"{path}:{line_no}"), class_id - 1))
     return ImageFileDataset(samples, classes, **options)
 
 
@@ -388,5 +377,5 @@ def aircraft_dataset(root, split: str, **options) -> ImageFileDataset:
     for line_no, (image_id, variant) in _fields(path, AIRCRAFT_LAYOUT, 2):
         if variant not in index:
             raise ValueError(f"{path}:{line_no}: variant {variant!r} is not in {root / 'data/variants.txt'}")
-        samples.append((_inside(image_dir, f"{image_id}.jpg", f"{path}:{line_no}"), index[variant]))
+        samples.append((inside_folder(image_dir, f"{image_id}.jpg", f"{path}:{line_no}"), index[variant]))
     return ImageFileDataset(samples, classes, **options)
