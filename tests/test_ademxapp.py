@@ -1,14 +1,25 @@
 """ademxapp MXNet checkpoints -> deepres: the name mapping (models/ademxapp.py) and `deepres convert ademxapp`, on
 `.params` files written in MXNet's format (test_mxnet_params' writer) with the names of a real fcn_resnet38_a1."""
+import json
+import os
 import re
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from deepres.cli import main as cli_main
+from deepres.core.config import load_config
+from deepres.core.preprocess import parse_eval_preset
+from deepres.data.loaders import eval_preprocess
+from deepres.inference.preprocess import resize_and_crop
 from deepres.models import create_model, load_pretrained
 from deepres.models.ademxapp import convert_ademxapp, mxnet_name, mxnet_names
+from deepres.tasks.build import build_model
 from test_mxnet_params import mxnet_list_bytes
 
 
@@ -124,3 +135,68 @@ def test_a_classifier_that_is_no_matrix_is_named_not_an_index_error(tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{params}: 'arg:linear4_weight' has shape " in err
     assert re.search(shape + r", not \(classes, features\) or \(classes, channels, kh, kw\)", err)
+
+
+# Names, order and shapes of real ademxapp checkpoints, derived from ademxapp's own symbol code (util/symbol/
+# resnet_v2.py rna_model_a, rna_model_a1, fcrna_model_a1) by tests/data/ademxapp/derive_param_names.py.
+ADEMXAPP_PARAMS = json.loads((Path(__file__).parent / "data" / "ademxapp" / "param_names.json").read_text())
+
+
+@pytest.mark.parametrize("builder", sorted(ADEMXAPP_PARAMS["models"]))
+def test_every_name_of_ademxapps_own_symbols_converts_and_loads_strict(builder):
+    spec = ADEMXAPP_PARAMS["models"][builder]
+    params = [(name, tuple(shape)) for name, shape in spec["params"]]
+    # Each array holds its own index, so a name mapped to the wrong key shows even where shapes agree.
+    arrays = {name: np.full(shape, i, np.float32) for i, (name, shape) in enumerate(params)}
+    state = convert_ademxapp(arrays, spec["deepres_model"], builder)
+    with torch.device("meta"):
+        model = create_model(spec["deepres_model"], num_classes=spec["num_classes"])
+    assert set(mxnet_names(model).values()) == set(arrays)  # every name the real files hold is mapped, no other
+    assert not model.load_state_dict(state, strict=True, assign=True).missing_keys
+    index = {name: i for i, (name, _) in enumerate(params)}
+    for key, name in mxnet_names(model).items():
+        assert state[key].shape == arrays[name].shape and state[key].flatten()[0] == index[name], key
+    # save_checkpoint wrote a Python 2 dict: a real file may hold the names in any order.
+    shuffled = convert_ademxapp(dict(reversed(arrays.items())), spec["deepres_model"], builder)
+    assert all(torch.equal(shuffled[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("recipe, model_name, lr, epochs, top1_err, top5_err", [
+    ("imagenet/resnet38_a", "resnet38_a", 0.1, 90, "19.20", "4.73"),
+    ("imagenet/resnet38_a1_from_a", "resnet38_a1", 0.01, 9, "19.54", "4.75"),
+])
+def test_ilsvrc_recipes_follow_ademxapps_readme(recipe, model_name, lr, epochs, top1_err, top5_err):
+    """ademxapp README: batch 256, crop 224, linear lr, tested at shorter side 320, centre 320, no flip; Model A with
+    --pool-top-infer-style caffe; the published errors in expect."""
+    cfg = load_config(recipe)
+    assert (cfg.model.name, cfg.optim.lr, cfg.train.epochs) == (model_name, lr, epochs)
+    assert (cfg.data.batch_size, cfg.data.image_size, cfg.schedule.name) == (256, 224, "linear")
+    assert cfg.expect.metric == "top1" and cfg.expect.accuracy == pytest.approx(100 - float(top1_err))
+    assert f"{top1_err}% top-1 / {top5_err}% top-5 error" in cfg.expect.note
+    assert parse_eval_preset(cfg.data.eval_preset, cfg.data.image_size) == (320, 320)
+    cfg = replace(cfg, model=replace(cfg.model, num_classes=1000, in_chans=3))
+    with torch.device("meta"):
+        model = build_model(cfg, torch.device("meta"))
+        sizes = [f.shape[-1] for f in model.forward_stages(torch.empty(1, 3, 225, 225))]
+    # Model A's unpadded ceil-mode pools give the report's sizes on an odd side (padded pools: 113, 57, 29, 15, 8).
+    assert sizes == ([112, 56, 28, 14, 7, 7] if model_name == "resnet38_a" else [113, 57, 29, 15, 8, 8])
+
+
+def test_ilsvrc_eval_preset_resizes_the_shorter_side_to_320_and_keeps_its_centre():
+    """ademxapp's test (iclass/ilsvrc.py _val_impl: ts.Scale(320) then ts.CenterCrop(320)): the whole shorter side
+    stays in view, unlike a 320 resize of a centre crop."""
+    pp = eval_preprocess(load_config("imagenet/resnet38_a").data, 3)
+    rows = torch.linspace(0, 255, 480).round().to(torch.uint8)
+    image = rows.view(1, 480, 1).expand(3, 480, 640).contiguous()  # brightness = row
+    out = resize_and_crop(image, pp).float()
+    assert out.shape == (3, 320, 320)
+    assert out[:, 0].mean() < 2 and out[:, -1].mean() > 253
+
+
+@pytest.mark.skipif(not os.environ.get("ADEMXAPP_REPO"),
+                    reason="re-deriving the fixture needs an ademxapp checkout or git dir in ADEMXAPP_REPO")
+def test_the_name_fixture_is_what_ademxapps_code_gives():
+    script = Path(__file__).parent / "data" / "ademxapp" / "derive_param_names.py"
+    derived = subprocess.run([sys.executable, str(script), os.environ["ADEMXAPP_REPO"]], check=True,
+                             capture_output=True, text=True).stdout
+    assert json.loads(derived)["models"] == ADEMXAPP_PARAMS["models"]

@@ -273,3 +273,94 @@ def test_models_help_names_gmacs_not_flops(capsys):
         cli_main(["models", "--help"])
     help_text = capsys.readouterr().out
     assert "GMACs" in help_text and "FLOP" not in help_text.upper().replace("--NO-FLOPS", "")
+
+
+@pytest.mark.parametrize("unit_name, in_chs", [("b6", 1024), ("b7", 2048)])
+def test_resnet38_dropout_only_before_the_last_conv_of_a_unit(unit_name, in_chs):
+    """ademxapp's res_block (util/symbol/resnet_v2.py) gives the dropout rate only to its last conv stage
+    (`this_dropout_rate = dropout_rate if i == len(filters)-1 else 0.`): the input of every other conv of a B6/B7
+    unit is the same in training and evaluation, the last conv's is not."""
+    unit = getattr(create_model("resnet38_a1", block_dropout=(0.3, 0.5), num_classes=4), unit_name)
+    seen: dict[str, list[torch.Tensor]] = {}
+    for name, conv in unit.named_children():
+        if isinstance(conv, torch.nn.Conv2d):
+            conv.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, []).append(args[0]))
+    x = torch.randn(2, in_chs, 4, 4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        unit.eval()(x)
+        unit.train()
+        for m in unit.modules():  # batch statistics aside, dropout is the only difference between the modes
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.eval()
+        unit(x)
+    dropped = {name for name, (evaluated, trained) in seen.items() if not torch.equal(evaluated, trained)}
+    assert dropped == {"conv_branch2b2"}
+
+
+@pytest.mark.parametrize("name, num_classes, millions", [
+    # mmcls ResNet page, CIFAR-10 and CIFAR-100 tables (ResNet_CIFAR: 3x3 stride-1 stem, no max-pool)
+    ("cifar_resnet18", 10, 11.17), ("cifar_resnet34", 10, 21.28), ("cifar_resnet50", 10, 23.52),
+    ("cifar_resnet101", 10, 42.51), ("cifar_resnet152", 10, 58.16), ("cifar_resnet50", 100, 23.71),
+])
+def test_cifar_stem_resnet_parameter_counts_match_mmcls(name, num_classes, millions):
+    assert round(model_complexity(name, num_classes=num_classes, flops=False)["params"] / 1e6, 2) == millions
+
+
+def test_gmacs_count_conv_and_linear_multiply_accumulates_only():
+    """The `deepres models` convention: one MAC per weight use of a conv or linear layer; BN, ReLU, pooling and the
+    residual additions are free (mmcv's counter, behind mmcls's FLOPs column, adds them)."""
+    model = create_model("cifar_resnet18").eval()
+    macs = []
+
+    def count(module, args, out):
+        if isinstance(module, torch.nn.Conv2d):
+            macs.append(out.numel() * module.weight[0].numel())
+        elif isinstance(module, torch.nn.Linear):
+            macs.append(out.numel() * module.in_features)
+
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            m.register_forward_hook(count)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert model_complexity("cifar_resnet18")["gmacs"] == pytest.approx(sum(macs) / 1e9, rel=1e-12)
+
+
+@pytest.mark.parametrize("name, mmcls_gflops", [
+    ("resnet18", 1.82), ("resnet34", 3.68), ("resnet50", 4.12), ("resnet101", 7.85), ("resnet152", 11.58),
+    ("cifar_resnet18", 0.56), ("cifar_resnet34", 1.16), ("cifar_resnet50", 1.31), ("cifar_resnet101", 2.52),
+    ("cifar_resnet152", 3.74),
+])
+def test_mmcls_flops_are_our_gmacs_plus_under_one_percent(name, mmcls_gflops):
+    # mmcls's tables (2 decimals) count BN, ReLU and pooling on top of conv + linear: 0.05-0.9% above ours
+    gmacs = model_complexity(name)["gmacs"]
+    assert gmacs - 0.005 <= mmcls_gflops <= gmacs * 1.01
+
+
+@pytest.mark.parametrize("side, padded, caffe", [
+    (224, [112, 56, 28, 14, 7, 7], [112, 56, 28, 14, 7, 7]),
+    (225, [113, 57, 29, 15, 8, 8], [112, 56, 28, 14, 7, 7]),  # rounding up without padding: the report's sizes
+])
+def test_resnet38_a_caffe_pool_style_is_unpadded_ceil_mode(side, padded, caffe):
+    """Model A as ademxapp evaluates its released weights (--pool-top-infer-style caffe): the same parameters, max-pools
+    without padding that round up."""
+    torch.manual_seed(0)
+    models = {style: create_model("resnet38_a", pool_style=style, num_classes=3).eval()
+              for style in ("padded", "caffe")}
+    models["caffe"].load_state_dict(models["padded"].state_dict())
+    x = torch.randn(1, 3, side, side)
+    with torch.no_grad():
+        stages = {style: model.forward_stages(x) for style, model in models.items()}
+    assert [f.shape[-1] for f in stages["padded"]] == padded
+    assert [f.shape[-1] for f in stages["caffe"]] == caffe
+    if padded == caffe:  # even sides: the same sizes, but windows one pixel apart
+        assert not torch.allclose(stages["padded"][0], stages["caffe"][0])
+    caffe = models["caffe"]
+    with torch.no_grad():
+        b2 = caffe.b2_2(caffe.b2_1(caffe.b2(F.max_pool2d(caffe.conv1a(x), 3, 2, 0, ceil_mode=True))))
+    assert torch.allclose(b2, stages["caffe"][0], atol=1e-5)
+    with pytest.raises(ValueError, match="pool_style 'caffe' is for Model A"):
+        create_model("resnet38_a1", pool_style="caffe")
+    with pytest.raises(ValueError, match="pool_style must be one of padded, caffe"):
+        create_model("resnet38_a", pool_style="same")

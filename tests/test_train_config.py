@@ -248,3 +248,23 @@ def test_a_stored_config_keeps_loading_and_a_format_switch_drops_the_old_formats
     assert folder.data.class_depth == 1 and folder.data.val_ground_truth == ""
     with pytest.raises(ValueError, match="data.val_ground_truth='gt.txt': data.name=folder does not read it"):
         apply_overrides(imagenet, ["data.name=folder", "data.val_ground_truth=gt.txt"])
+
+
+def test_eval_preset_names_say_their_crop_and_the_old_names_still_load(tmp_path):
+    # Issue 28: "224_256" was a centre 224 of 256 here but means "evaluate at 256" in Assemble-ResNet's
+    # `imagenet_224_256`; each name now says its crop first, and stored configs with the old names mean the same.
+    from deepres.core.preprocess import EVAL_PRESET_ALIASES, EVAL_PRESETS, parse_eval_preset
+    for name, (resize, crop) in EVAL_PRESETS.items():
+        assert name == f"crop{crop}_resize{resize}" and parse_eval_preset(name, 224) == (resize, crop)
+    assert {old: parse_eval_preset(old, 224) for old in EVAL_PRESET_ALIASES} == {
+        "224_256": (256, 224), "224_256a": (257, 256), "256_292": (292, 256)}
+    stored = config_to_dict(Config())
+    stored["data"].update(name="imagenet", image_size=224, eval_preset="224_256a")  # a run from before the rename
+    old = config_from_dict(stored, where="old run")
+    assert old.data.eval_preset == "224_256a" and config_to_dict(old) == stored  # kept as written
+    base = write(tmp_path / "old.yaml", 'data: {name: imagenet, eval_preset: "224_256"}\n'
+                                        'expect: {accuracy: 76.1, note: n}\n')
+    assert parse_eval_preset(load_config(base).data.eval_preset, 224) == \
+        parse_eval_preset(load_config(base, ["data.eval_preset=crop224_resize256"]).data.eval_preset, 224)
+    with pytest.raises(ValueError, match="expected none, crop224_resize256, crop256_resize257, crop256_resize292"):
+        load_config(base, ["data.eval_preset=256_224"])

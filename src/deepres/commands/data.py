@@ -67,10 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="split to pack (repeatable; default both): train = data.train_split, val = data.val_split")
     pack.add_argument("--size", type=int, default=160,
                       help="shorter side, pixels: larger images are resized down to it, smaller kept (0 = keep all). "
-                           "Choose at least the largest size training or evaluation resizes to (256 for 224_256)")
+                           "Choose at least the largest size training or evaluation resizes to (256 for crop224_resize256)")
     pack.add_argument("--val-size", type=int, default=None,
                       help="the val split's shorter side when it should differ from --size (e.g. train at 160, "
-                           "evaluate with the 224_256 preset: --val-size 256)")
+                           "evaluate with the crop224_resize256 preset: --val-size 256)")
     pack.add_argument("--format", choices=ENCODINGS, default="jpeg",
                       help="jpeg: re-encoded at --quality; raw: uint8 pixels, exact (small images)")
     pack.add_argument("--quality", type=int, default=90, help="JPEG quality 1-95 (default 90)")

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", help=f"data.name: {', '.join(list_formats())} (default: the checkpoint's)")
     parser.add_argument("--data", metavar="ROOT", help="data.root: the dataset directory")
     parser.add_argument("--split", help="data.val_split: the split to evaluate (e.g. test, val)")
-    parser.add_argument("--eval-preset", help="data.eval_preset: none, 224_256, 224_256a, 256_292, crop_pct:0.875")
+    parser.add_argument("--eval-preset", help="data.eval_preset: none, crop224_resize256, crop256_resize257, crop256_resize292, "
+                        "crop320_resize320, crop_pct:0.875")
     parser.add_argument("--test-scales", default="", metavar="S1,S2,...",
                         help="average softmax over these square test sizes, pixels (e.g. 224,256,320)")
     parser.add_argument("--flip", action="store_true", help="also average over horizontally flipped images")

@@ -90,9 +90,10 @@ class DataConfig:
     # magnitude mapping, fill, policy table and op set: "torchvision" (transforms/autoaugment.py, M a bin of 31) or
     # "tf" (tensorflow/tpu efficientnet autoaugment.py, M a level 0..10)
     auto_augment_convention: Literal["torchvision", "tf"] = "torchvision"
-    # Evaluation transform: "none" (use images as stored), "224_256" (shorter side 256, center 224),
-    # "224_256a" (Assemble-ResNet: shorter side 257, center 256), "256_292" (Assemble-ResNet's Big-Little models:
-    # shorter side 292, center 256), or "crop_pct:0.875" (resize image_size/crop_pct)
+    # Evaluation transform: "none" (use images as stored), "cropC_resizeR" (shorter side R, centre C):
+    # crop224_resize256, crop256_resize257 (Assemble-ResNet's imagenet_224_256a), crop256_resize292 (their Big-Little
+    # models), crop320_resize320 (ademxapp's ILSVRC test), or "crop_pct:0.875" (resize image_size/crop_pct); the old
+    # names 224_256, 224_256a and 256_292 still load
     eval_preset: str = "none"
     # Normalisation: "meanstd" ((x/255 - mean)/std) or "mean" (x - mean*255, neon-style plain mean subtraction)
     normalize: Literal["meanstd", "mean"] = "meanstd"

@@ -53,18 +53,29 @@ class Preprocess:
         return (self.crop_size or self.resize) / self.resize
 
 
+# data.eval_preset name -> (shorter side to resize to, centre crop side), pixels. Each name says its crop first:
+# Assemble-ResNet's own "imagenet_224_256" means train at 224, evaluate at 256, so a bare "224_256" read either way.
+EVAL_PRESETS = {
+    "crop224_resize256": (256, 224),  # the torchvision / mmcls ImageNet test: shorter side 256, centre 224
+    "crop256_resize257": (257, 256),  # Assemble-ResNet's "imagenet_224_256a" (their ResNet-152)
+    "crop256_resize292": (292, 256),  # Assemble-ResNet's "imagenet_224_256" (Big-Little models; crop_pct 0.875)
+    "crop320_resize320": (320, 320),  # ademxapp's ILSVRC test (iclass/ilsvrc.py: Scale(320), CenterCrop(320))
+}
+# Names stored configs and runs used before the presets said their crop; they load and mean the same.
+EVAL_PRESET_ALIASES = {
+    "224_256": "crop224_resize256",
+    "224_256a": "crop256_resize257",
+    "256_292": "crop256_resize292",
+}
+
+
 def parse_eval_preset(preset: str, image_size: int) -> tuple[int, int] | None:
     """data.eval_preset -> (shorter side to resize to, centre crop side) in pixels; None for "none"."""
     if preset == "none":
         return None
-    if preset == "224_256":
-        return 256, 224
-    if preset == "224_256a":
-        # Assemble-ResNet evaluation: shorter side 257, centre 256.
-        return 257, 256
-    if preset == "256_292":
-        # Assemble-ResNet's Big-Little models: shorter side 292, centre 256 (crop_pct 0.875 at 256).
-        return 292, 256
+    preset = EVAL_PRESET_ALIASES.get(preset, preset)
+    if preset in EVAL_PRESETS:
+        return EVAL_PRESETS[preset]
     if preset.startswith("crop_pct:"):
         try:
             crop_pct = float(preset.split(":", 1)[1])
@@ -73,4 +84,4 @@ def parse_eval_preset(preset: str, image_size: int) -> tuple[int, int] | None:
         if not 0.0 < crop_pct <= 1.0:
             raise ValueError(f"data.eval_preset {preset!r}: crop_pct must be a number in (0, 1], e.g. crop_pct:0.875")
         return int(math.floor(image_size / crop_pct)), image_size
-    raise ValueError(f"unknown data.eval_preset {preset!r}; expected none, 224_256, 224_256a, 256_292 or crop_pct:X")
+    raise ValueError(f"unknown data.eval_preset {preset!r}; expected none, {', '.join(EVAL_PRESETS)} or crop_pct:X")

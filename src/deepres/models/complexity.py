@@ -1,5 +1,6 @@
 """Parameter and FLOP counts. FLOPs are counted by torch.utils.flop_counter on the meta device (no compute) and
-reported as multiply-accumulates (GMACs), the convention of torchvision and mmcls tables (resnet50 = 4.1).
+reported as multiply-accumulates (GMACs), torchvision's convention: convolutions and linear layers only (resnet50 =
+4.09; mmcls's counter adds BN, ReLU and pooling, about 0.6% more).
 
 Counting is slow for deep models even on the meta device (its kernels are Python: preact_resnet1001 takes ~1.4 s to
 build and ~1.5 s to count, the whole zoo ~13 s; one run each on the 2-core CPU dev box), so the `deepres models`

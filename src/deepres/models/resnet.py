@@ -317,6 +317,16 @@ for _depth in _CIFAR_DEPTHS:
                      block="basic", layers=(_n, _n, _n), num_classes=10, widths=(16, 32, 64), stem="cifar",
                      shortcut="A")
 
+# The ImageNet ResNets with a CIFAR stem (mmcls/mmpretrain's ResNet_CIFAR): one 3x3/1 conv of 64 channels, no
+# max-pool, then the four ImageNet stages (64-512 planes, projection shortcuts, stride on the 3x3): 32 px in, 4x4
+# before the pool. Same keys as resnet18..152 apart from conv1's 3x3 kernel. Named with a prefix so that
+# `resnet50*` still means the ImageNet ResNet-50 and its C/D variants.
+for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+    _block, _layers, _ = _IMAGENET[_name]
+    register_variant(f"cifar_{_name}", ResNet, input_size=(3, 32, 32),
+                     doc=f"cifar_{_name}: {_block} blocks {_layers}, 3x3 stride-1 stem without max-pool (mmcls)",
+                     block=_block, layers=_layers, num_classes=10, stem="cifar")
+
 # Assemble-ResNet (Lee et al. 2020) and the timm models built from its parts (models/assemble.py). They are listed
 # here, not in assemble.py, because this file imports assemble.py's modules for the `sk` / `aa` options.
 # assemble_resnet50 follows the Keras model of clovaai/assembled-cnn that printed "Trainable params: 41,848,489"

@@ -7,6 +7,13 @@ B1 is a 3x3 conv (64). B2-B5 are pre-activation units of two 3x3 convs, widths 1
 before the stage, Model A1 with a stride-2 first conv. For segmentation, output_stride 16 or 8 dilates B6 (and B5)
 instead. A final BN-ReLU (`bn7`) precedes pooling.
 
+Model A's released weights were trained before a change in MXNet's pooling (ademxapp README); MXNet's Pooling then
+rounded its output size up, as Caffe does, before floor rounding ("valid") became its named default in 2016. To
+reproduce their published error ademxapp evaluates them with `--pool-top-infer-style caffe` (util/symbol/symbol.py
+`pool`: pad 0 instead of 1). `pool_style="caffe"` is that max-pool: 3x3/2, no padding, ceil mode, the one rule that
+gives the report's sizes (224 -> 112, 56, 28, 14, 7) without padding. On even sides it keeps the padded pool's sizes
+but its windows sit one pixel further on (they start at 0, 2, 4, ... instead of -1, 1, 3, ...); odd sides lose one.
+
 Key names (conv1a, b2, b2_1, ..., bn_branch2a, conv_branch2a, conv_branch1, bn7) follow the public PyTorch port of
 the ademxapp weights, so converted ResNet-38 checkpoints load unchanged.
 """
@@ -43,8 +50,8 @@ class Unit(nn.Module):
 
 
 class BottleneckUnit(nn.Module):
-    """Pre-activation bottleneck: 1x1 (out/4), 3x3 (out/2), 1x1 (out), with optional dropout before the last two
-    convs (0.3 in B6 and 0.5 in B7 in the segmentation models; element-wise, as ademxapp's mx.sym.Dropout)."""
+    """Pre-activation bottleneck: 1x1 (out/4), 3x3 (out/2), 1x1 (out), with optional dropout before the last conv
+    only (0.3 in B6 and 0.5 in B7 in the segmentation models; element-wise, as ademxapp's mx.sym.Dropout)."""
 
     def __init__(self, in_chs, out_chs, stride=1, dilation=1, dropout=0.0):
         super().__init__()
@@ -61,8 +68,9 @@ class BottleneckUnit(nn.Module):
         preact = F.relu(self.bn_branch2a(x))
         shortcut = self.conv_branch1(preact)
         out = F.relu(self.bn_branch2b1(self.conv_branch2a(preact)))
-        out = F.dropout(out, self.dropout, self.training) if self.dropout > 0 else out
         out = F.relu(self.bn_branch2b2(self.conv_branch2b1(out)))
+        # ademxapp's res_block drops only before a unit's last conv (`this_dropout_rate = dropout_rate if
+        # i == len(filters)-1 else 0.`, util/symbol/resnet_v2.py)
         out = F.dropout(out, self.dropout, self.training) if self.dropout > 0 else out
         return self.conv_branch2b2(out) + shortcut
 
@@ -73,6 +81,9 @@ class BottleneckUnit(nn.Module):
 # Stages B2-B5: (attribute prefix, units, mid width, out width). B6, B7: (name, out width).
 _BASIC_STAGES = (("b2", 3, 128, 128), ("b3", 3, 256, 256), ("b4", 6, 512, 512), ("b5", 3, 512, 1024))
 _BOTTLENECK_STAGES = (("b6", 2048), ("b7", 4096))
+# Model A's 3x3/2 max-pool, pool_style -> (padding, ceil_mode): "padded" as ademxapp builds it by default (pad 1,
+# MXNet's floor rounding), "caffe" as its released Model A was trained (pad 0, rounding up)
+_POOLS = {"padded": (1, False), "caffe": (0, True)}
 
 
 class ResNet38(ResidualNetwork):
@@ -81,10 +92,16 @@ class ResNet38(ResidualNetwork):
     first_conv = "conv1a.weight"
 
     def __init__(self, num_classes=1000, in_chans=3, *, downsample="conv", output_stride=None,
-                 block_dropout=(0.0, 0.0), drop_rate=0.0, zero_init_last=False):
+                 block_dropout=(0.0, 0.0), drop_rate=0.0, zero_init_last=False, pool_style="padded"):
         super().__init__(num_classes, drop_rate)
         if downsample not in ("maxpool", "conv"):
             raise ValueError(f"downsample must be 'maxpool' (Model A) or 'conv' (Model A1), got {downsample!r}")
+        if pool_style not in _POOLS:
+            raise ValueError(f"pool_style must be one of {', '.join(_POOLS)}, got {pool_style!r}")
+        if pool_style != "padded" and downsample != "maxpool":
+            raise ValueError(f"pool_style {pool_style!r} is for Model A's max-pools; downsample={downsample!r} has "
+                             "none")
+        self.pool_padding, self.pool_ceil_mode = _POOLS[pool_style]
         self.conv1a = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
         # B2..B6 halve the resolution, B7 keeps it; stages past output_stride dilate instead.
         plan = stage_strides_and_dilations((2, 2, 2, 2, 2, 1), 1, output_stride)
@@ -128,7 +145,7 @@ class ResNet38(ResidualNetwork):
         features = []
         for names, pool in zip(self.stage_units, self.stage_pools):
             if pool:
-                x = F.max_pool2d(x, 3, 2, 1)
+                x = F.max_pool2d(x, 3, 2, self.pool_padding, ceil_mode=self.pool_ceil_mode)
             for name in names:
                 x = getattr(self, name)(x)
             features.append(x)

@@ -209,7 +209,7 @@ def pack_dataset(cfg: DataConfig, out, *, splits: Sequence[str] = SPLITS, option
     """Pack the file dataset `cfg` describes (folder, imagenet, list; data.root = the source) into `out`.
 
     val_size: the val split's shorter side (pixels) when it should differ from options.size, e.g. 256 for
-    a 224_256 evaluation of a model trained on 160-pixel crops.
+    a crop224_resize256 evaluation of a model trained on 160-pixel crops.
 
     Everything is written into a hidden temporary folder beside `out`, fsynced, then renamed to `out`; an
     existing `out` is replaced only with force=True, only if it is itself a pack, and only at that rename."""
