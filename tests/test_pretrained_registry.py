@@ -3,6 +3,7 @@
 import hashlib
 import http.server
 import threading
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -162,7 +163,9 @@ def test_shipped_records_are_consistent():
     assert {"resnet18.tv_in1k", "resnet50.tv_in1k", "resnet50.tv2_in1k", "resnet101.tv_in1k", "resnet152.tv_in1k",
             "wide_resnet50_2.tv_in1k", "resnext50_32x4d.tv_in1k", "resnet50.a1_in1k",
             "resnet50d.ra2_in1k"} <= set(names)
-    assert list_pretrained("resnet50.*") == ["resnet50.a1_in1k", "resnet50.tv2_in1k", "resnet50.tv_in1k"]
+    assert list_pretrained("resnet50.*") == ["resnet50.a1_in1k", "resnet50.mmcls_in1k", "resnet50.mmcls_rsb_a1_in1k",
+                                             "resnet50.mmcls_rsb_a2_in1k", "resnet50.mmcls_rsb_a3_in1k",
+                                             "resnet50.tv2_in1k", "resnet50.tv_in1k"]
     for name in names:
         record = get_pretrained(name)
         assert record.arch in list_models(), name
@@ -175,11 +178,67 @@ def test_shipped_records_are_consistent():
             assert record.top1 is None and record.preprocess.crop_size == 0, name
             continue
         assert 60 < record.top1 < record.top5 < 100 and record.miou is None, name
+        if record.categories.startswith("cifar-"):  # mmcls's CIFAR models see the stored 32x32 image
+            assert record.num_classes == int(record.categories.split("-")[1]), name
+            assert (record.preprocess.resize, record.preprocess.crop_size) == (32, 32), name
+            continue
         assert record.num_classes == 1000 and record.categories == "imagenet-1k", name
         assert 0.85 <= record.crop_pct <= 1.0, name
     tv2 = get_pretrained("resnet50.tv2_in1k")
     assert (tv2.preprocess.resize, tv2.preprocess.crop_size, tv2.top1) == (232, 224, 80.858)
     assert get_pretrained("resnet50.a1_in1k").preprocess.interpolation == "bicubic"
+
+
+def test_mmcls_records_follow_mmpretrain_model_index():
+    # mmpretrain's ResNet page: ResNet-18..152, ResNetV1c/V1d-50/101/152 (deepres's ResNet-C/D) and the rsb recipes
+    expected = {f"resnet{d}{v}.mmcls_in1k" for d in (50, 101, 152) for v in ("", "c", "d")} | \
+        {"resnet18.mmcls_in1k", "resnet34.mmcls_in1k"} | {f"resnet50.mmcls_rsb_{r}_in1k" for r in ("a1", "a2", "a3")}
+    cifar = {f"cifar_resnet{d}.mmcls_cifar10" for d in (18, 34, 50, 101, 152)} | {"cifar_resnet50.mmcls_cifar100"}
+    assert set(list_pretrained("*.mmcls*")) == expected | cifar
+    r50 = get_pretrained("resnet50.mmcls_in1k")  # configs/resnet/metafile.yml, resnet50_8xb32_in1k
+    assert r50.url == ("https://download.openmmlab.com/mmclassification/v0/resnet/"
+                       "resnet50_8xb32_in1k_20210831-ea4938fc.pth")
+    assert (r50.sha256_prefix, r50.top1, r50.top5) == ("ea4938fc", 76.55, 93.06)
+    assert (get_pretrained("resnet50d.mmcls_in1k").top1, get_pretrained("resnet152c.mmcls_in1k").top5) == (77.54, 94.41)
+    # configs/_base_/datasets/imagenet_bs32.py: ResizeEdge 256 (short), CenterCrop 224, bilinear; mean/std in 0-255
+    mean_255, std_255 = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+    for name in expected - {f"resnet50.mmcls_rsb_{r}_in1k" for r in ("a1", "a2", "a3")}:
+        preprocess = get_pretrained(name).preprocess
+        assert (preprocess.resize, preprocess.crop_size, preprocess.interpolation) == (256, 224, "bilinear"), name
+        assert np.allclose(np.array(preprocess.mean) * 255, mean_255) and np.allclose(np.array(preprocess.std) * 255,
+                                                                                      std_255), name
+    rsb = get_pretrained("resnet50.mmcls_rsb_a1_in1k").preprocess  # imagenet_bs256_rsb_a12.py: 236 -> 224, bicubic
+    assert (rsb.resize, rsb.crop_size, rsb.interpolation) == (236, 224, "bicubic")
+    c100 = get_pretrained("cifar_resnet50.mmcls_cifar100")  # resnet50_8xb16_cifar100, cifar100_bs16.py
+    assert (c100.sha256_prefix, c100.top1, c100.top5, c100.num_classes) == ("67b58a1b", 79.90, 95.19, 100)
+    assert np.allclose(np.array(c100.preprocess.mean) * 255, (129.304, 124.070, 112.434))
+    assert get_pretrained("cifar_resnet18.mmcls_cifar10").top1 == 94.82
+    # torchvision's / timm's weights stay the default of their architectures
+    assert registry.default_pretrained("resnet50").name == "resnet50.tv_in1k"
+    assert registry.default_pretrained("resnet50d").name == "resnet50d.ra2_in1k"
+
+
+def test_mmcls_record_loads_an_mmpretrain_checkpoint_by_name(server, tmp_path, monkeypatch):
+    # a file with the exact keys of mmpretrain's ResNetV1d-50 (tests/data/mmpretrain/), served under the real
+    # record's name: download, hash check, key mapping and a strict load into resnet50d
+    rows = [line.split() for line in (Path(__file__).parent / "data" / "mmpretrain" / "resnetv1d50_state_dict.txt")
+            .read_text().splitlines() if line and not line.startswith("#")]
+    torch.manual_seed(0)
+    state = {key: torch.tensor(5) if shape == "scalar" else torch.rand(*map(int, shape.split("x"))) + 0.5
+             for key, shape in rows}
+    file = server.root / "resnetv1d50_b32x8_imagenet_20210531-db14775a.pth"
+    torch.save({"meta": {"mmcls_version": "0.13.0", "CLASSES": ("tench", "goldfish")}, "state_dict": state}, file)
+    record = replace(get_pretrained("resnet50d.mmcls_in1k"), url=server.url(file.name),
+                     sha256=hashlib.sha256(file.read_bytes()).hexdigest())
+    monkeypatch.setitem(registry._registry, record.name, record)
+    monkeypatch.setenv("DEEPRES_CACHE", str(tmp_path / "cache"))
+    model = init_model("resnet50d.mmcls_in1k")
+    loaded = model.model.state_dict()
+    assert torch.equal(loaded["layer1.0.downsample.1.weight"], state["backbone.layer1.0.downsample.0.weight"])
+    assert torch.equal(loaded["conv1.0.weight"], state["backbone.stem.0.conv.weight"])
+    assert torch.equal(loaded["fc.bias"], state["head.fc.bias"])
+    assert (model.preprocess.resize, model.preprocess.crop_size) == (256, 224)
+    assert model.source["top1"] == 77.54
 
 
 def test_record_validation_and_unknown_names():

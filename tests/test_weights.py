@@ -1,4 +1,7 @@
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,6 +75,82 @@ def test_mmcls_checkpoint_layout(tmp_path, name, deep_stem):
     load_pretrained(fresh, tmp_path / "mmcls.pth")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(logits(fresh, x), logits(source, x))
+
+
+def mmpretrain_checkpoint(key_list: str) -> dict:
+    """An mmpretrain checkpoint with the exact keys and shapes of tests/data/mmpretrain/<key_list>_state_dict.txt
+    (written from mmpretrain's module code, not from deepres), random values."""
+    path = Path(__file__).parent / "data" / "mmpretrain" / f"{key_list}_state_dict.txt"
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, shape = line.split()
+            if shape == "scalar":  # BatchNorm's num_batches_tracked
+                state[key] = torch.tensor(1000)
+            else:  # positive values, so running_var is a valid variance
+                state[key] = torch.rand(*map(int, shape.split("x")), generator=generator) + 0.5
+    return {"meta": {"mmcls_version": "0.25.0"}, "state_dict": state}
+
+
+# Where a few checkpoint tensors must land: the stem, stage 1's stride-1 shortcut, a strided shortcut, the head.
+_MMPRETRAIN_PLACES = {
+    "resnet50": {"backbone.conv1.weight": "conv1.weight", "backbone.bn1.running_var": "bn1.running_var",
+                 "backbone.layer1.0.downsample.0.weight": "layer1.0.downsample.0.weight",
+                 "backbone.layer1.0.downsample.1.running_mean": "layer1.0.downsample.1.running_mean",
+                 "backbone.layer3.0.downsample.0.weight": "layer3.0.downsample.0.weight"},
+    "resnetv1c50": {"backbone.stem.0.conv.weight": "conv1.0.weight", "backbone.stem.1.bn.bias": "conv1.4.bias",
+                    "backbone.stem.2.conv.weight": "conv1.6.weight", "backbone.stem.2.bn.weight": "bn1.weight",
+                    "backbone.layer1.0.downsample.0.weight": "layer1.0.downsample.0.weight",
+                    "backbone.layer3.0.downsample.1.weight": "layer3.0.downsample.1.weight"},
+    # ResNetV1d: no pool in layer1's stride-1 shortcut (conv .0, BN .1), a pool at .0 in layers 2-4
+    "resnetv1d50": {"backbone.stem.0.bn.running_mean": "conv1.1.running_mean",
+                    "backbone.layer1.0.downsample.0.weight": "layer1.0.downsample.1.weight",
+                    "backbone.layer1.0.downsample.1.running_var": "layer1.0.downsample.2.running_var",
+                    "backbone.layer2.0.downsample.1.weight": "layer2.0.downsample.1.weight",
+                    "backbone.layer4.0.downsample.2.bias": "layer4.0.downsample.2.bias"},
+    "resnet50_cifar": {"backbone.conv1.weight": "conv1.weight", "backbone.bn1.bias": "bn1.bias",
+                       "backbone.layer1.0.downsample.0.weight": "layer1.0.downsample.0.weight"},
+}
+
+
+@pytest.mark.parametrize("arch, key_list", [("resnet50", "resnet50"), ("resnet50c", "resnetv1c50"),
+                                            ("resnet50d", "resnetv1d50"), ("cifar_resnet50", "resnet50_cifar")])
+def test_mmpretrain_checkpoint_keys_load_strict(tmp_path, arch, key_list):
+    checkpoint = mmpretrain_checkpoint(key_list)
+    state = checkpoint["state_dict"]
+    torch.save(checkpoint, tmp_path / "mmpretrain.pth")
+    model = create_model(arch, num_classes=state["head.fc.bias"].shape[0])
+    assert len(state) == len(model.state_dict())
+    report = load_pretrained(model, tmp_path / "mmpretrain.pth")  # strict: any unplaced key is an error
+    assert report == {"dropped": [], "missing": [], "unexpected": []}
+    loaded = model.state_dict()
+    places = {**_MMPRETRAIN_PLACES[key_list], "head.fc.weight": "fc.weight", "head.fc.bias": "fc.bias",
+              "backbone.layer4.2.conv3.weight": "layer4.2.conv3.weight",
+              "backbone.layer2.3.bn2.bias": "layer2.3.bn2.bias"}
+    for source, target in places.items():
+        assert torch.equal(loaded[target], state[source]), f"{source} -> {target}"
+    # every checkpoint tensor landed somewhere: the model's values are the checkpoint's, as a multiset of sums
+    assert sorted(float(v.double().sum()) for v in loaded.values()) == \
+        sorted(float(v.double().sum()) for v in state.values())
+
+
+def test_mmpretrain_key_lists_are_what_their_script_writes(tmp_path):
+    # the stored lists are the script's output, so a reviewer can check the rules in one place
+    source = Path(__file__).parent / "data" / "mmpretrain"
+    script = tmp_path / "make_key_lists.py"
+    script.write_text((source / "make_key_lists.py").read_text())
+    subprocess.run([sys.executable, str(script)], check=True)
+    for written in sorted(tmp_path.glob("*_state_dict.txt")):
+        assert written.read_text() == (source / written.name).read_text(), written.name
+    assert len(list(tmp_path.glob("*_state_dict.txt"))) == len(list(source.glob("*_state_dict.txt"))) == 4
+
+
+def test_mmpretrain_v1d_checkpoint_does_not_fit_resnet_c(tmp_path):
+    # V1c and V1d differ only in the avg-pool shortcut: the keys of layers 2-4 say which one a checkpoint is
+    torch.save(mmpretrain_checkpoint("resnetv1d50"), tmp_path / "v1d.pth")
+    with pytest.raises(ValueError, match=r"v1d.pth does not fit[\s\S]*layer2\.0\.downsample\.2\.weight"):
+        load_pretrained(create_model("resnet50c"), tmp_path / "v1d.pth")
 
 
 def test_other_num_classes_drops_classifier(tmp_path, trained_resnet20, caplog):

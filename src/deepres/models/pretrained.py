@@ -1,5 +1,5 @@
-"""Known published checkpoints for deepres architectures (ImageNet-1k classifiers, torchvision's COCO/VOC segmentation
-models), and a verified download cache.
+"""Known published checkpoints for deepres architectures (ImageNet-1k and CIFAR classifiers, torchvision's COCO/VOC
+segmentation models), and a verified download cache.
 
 Each checkpoint is a typed record named `arch.tag` (timm's naming: `resnet50.tv_in1k` is torchvision's first
 ResNet-50 weights, `tv2` its 2021 recipe, `a1` the "ResNet strikes back" A1 recipe). Facts and their sources:
@@ -7,8 +7,11 @@ ResNet-50 weights, `tv2` its 2021 recipe, `a1` the "ResNet strikes back" A1 reci
   (the same numbers as the table of torchvision's model docs), evaluated at the transform given here.
 - timm weights: URL and eval transform from timm's pretrained cfgs (timm/models/resnet.py), accuracy from the
   table in timm's model cards (results-imagenet.csv), at timm's test size (test_input_size, test_crop_pct).
-- Hashes: torch.hub file names end in the first 8 hex digits of the file's sha256 (`resnet50-0676ba61.pth`);
-  that prefix is checked. A full sha256 is stored only where it is known for certain (none yet).
+- mmcls/mmpretrain weights: URL and top-1/top-5 from mmpretrain's configs/resnet/metafile.yml (the tables of its
+  ResNet README), eval transform from the test_pipeline and data_preprocessor of each model's config.
+- Hashes: torch.hub file names end in the first 8 hex digits of the file's sha256 (`resnet50-0676ba61.pth`;
+  OpenMMLab's tools/model_converters/publish_model.py names its files the same way); that prefix is checked. A full
+  sha256 is stored only where it is known for certain (none yet).
 
 Downloads go to the cache directory ($DEEPRES_CACHE/checkpoints, default ~/.cache/deepres/checkpoints) through a
 temporary file that is renamed only after its hash matches; a cached file is re-checked on every use.
@@ -18,7 +21,7 @@ import http.client
 import logging
 import os
 import urllib.error
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatch
 from pathlib import Path
 from urllib.parse import urlparse
@@ -52,8 +55,8 @@ class PretrainedWeights:
     sha256: str = ""  # full hex digest of the file, when known for certain
     sha256_prefix: str = ""  # leading hex digits of the sha256 (torch.hub file-name convention), when no full one
     recipe: str = ""  # how the weights were trained (link)
-    # label set: "imagenet-1k" (class i is ImageNet-1k class i, sorted synsets) or "voc-21" (background, then the
-    # 20 Pascal VOC categories in VOC's order)
+    # label set: "imagenet-1k" (class i is ImageNet-1k class i, sorted synsets), "voc-21" (background, then the
+    # 20 Pascal VOC categories in VOC's order), "cifar-10" / "cifar-100" (the datasets' label indices)
     categories: str = "imagenet-1k"
     num_classes: int = 1000
     # The eval transform the accuracy above was measured with (torchvision's Weights.transforms, timm's
@@ -261,6 +264,93 @@ for _record in (
         top1=81.37, top5=95.74, accuracy_source=_TIMM_TABLE, sha256_prefix="464e36ba",
         recipe="https://github.com/huggingface/pytorch-image-models",
         preprocess=Preprocess(resize=303, crop_size=288, interpolation="bicubic")),
+):
+    register_pretrained(_record)
+
+
+# mmcls/mmpretrain (OpenMMLab) ImageNet-1k ResNets, the models of mmpretrain's ResNet page. Their checkpoints hold
+# an ImageClassifier's `backbone.` / `head.fc.` keys (and ResNetV1c/V1d's `backbone.stem.*`), which load_pretrained
+# maps (weights.py; tested on the key lists in tests/data/mmpretrain/). ResNetV1c is deepres's ResNet-C (deep
+# stem), ResNetV1d its ResNet-D (deep stem + avg-pool shortcut). Evaluation (configs/_base_/datasets/):
+# imagenet_bs32.py (ResNet-18..152): shorter side 256 -> centre 224, bilinear with OpenCV, which does not antialias
+# (deepres's bilinear does; the effect on top-1 is not measured here); imagenet_bs32_pil_resize.py
+# (V1c, V1d): the same with Pillow's bilinear; imagenet_bs256_rsb_a12.py / _a3.py (rsb): shorter side 236 -> 224,
+# Pillow bicubic. All normalise with mean (123.675, 116.28, 103.53), std (58.395, 57.12, 57.375) on 0-255 RGB,
+# which is the ImageNet mean/std of Preprocess on the 0-1 scale (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225).
+_MMCLS_TABLE = "mmpretrain configs/resnet/metafile.yml (mmpretrain ResNet README table)"
+_MMCLS_BASE = "https://download.openmmlab.com/mmclassification/v0/resnet/"
+_MMCLS_CONFIGS = "https://github.com/open-mmlab/mmpretrain/blob/main/configs/resnet/"
+
+
+def _mmcls(name: str, file: str, top1: float, top5: float, config: str,
+           preprocess: Preprocess = Preprocess()) -> PretrainedWeights:
+    """An mmcls/mmpretrain record; the hash prefix is the file name's suffix, the recipe its config."""
+    return PretrainedWeights(
+        name=name, url=_MMCLS_BASE + file, license="Apache-2.0 (mmpretrain)", top1=top1, top5=top5,
+        accuracy_source=_MMCLS_TABLE, sha256_prefix=file.rsplit("-", 1)[1].split(".")[0],
+        recipe=_MMCLS_CONFIGS + config + ".py", preprocess=preprocess)
+
+
+_RSB_EVAL = Preprocess(resize=236, crop_size=224, interpolation="bicubic")
+for _record in (
+    _mmcls("resnet18.mmcls_in1k", "resnet18_8xb32_in1k_20210831-fbbb1da6.pth", 69.90, 89.43, "resnet18_8xb32_in1k"),
+    _mmcls("resnet34.mmcls_in1k", "resnet34_8xb32_in1k_20210831-f257d4e6.pth", 73.62, 91.59, "resnet34_8xb32_in1k"),
+    _mmcls("resnet50.mmcls_in1k", "resnet50_8xb32_in1k_20210831-ea4938fc.pth", 76.55, 93.06, "resnet50_8xb32_in1k"),
+    _mmcls("resnet101.mmcls_in1k", "resnet101_8xb32_in1k_20210831-539c63f8.pth", 77.97, 94.06,
+           "resnet101_8xb32_in1k"),
+    _mmcls("resnet152.mmcls_in1k", "resnet152_8xb32_in1k_20210901-4d7582fa.pth", 78.48, 94.13,
+           "resnet152_8xb32_in1k"),
+    _mmcls("resnet50c.mmcls_in1k", "resnetv1c50_8xb32_in1k_20220214-3343eccd.pth", 77.01, 93.58,
+           "resnetv1c50_8xb32_in1k"),
+    _mmcls("resnet101c.mmcls_in1k", "resnetv1c101_8xb32_in1k_20220214-434fe45f.pth", 78.30, 94.27,
+           "resnetv1c101_8xb32_in1k"),
+    _mmcls("resnet152c.mmcls_in1k", "resnetv1c152_8xb32_in1k_20220214-c013291f.pth", 78.76, 94.41,
+           "resnetv1c152_8xb32_in1k"),
+    _mmcls("resnet50d.mmcls_in1k", "resnetv1d50_b32x8_imagenet_20210531-db14775a.pth", 77.54, 93.57,
+           "resnetv1d50_8xb32_in1k"),
+    _mmcls("resnet101d.mmcls_in1k", "resnetv1d101_b32x8_imagenet_20210531-6e13bcd3.pth", 78.93, 94.48,
+           "resnetv1d101_8xb32_in1k"),
+    _mmcls("resnet152d.mmcls_in1k", "resnetv1d152_b32x8_imagenet_20210531-278cf22a.pth", 79.41, 94.70,
+           "resnetv1d152_8xb32_in1k"),
+    # "ResNet strikes back" (arXiv:2110.00476) recipes reproduced in mmcls: LAMB, BCE loss, A1 600 / A2 300 / A3 100
+    # epochs, trained and evaluated at 224 px (mmcls's A3 config trains at 224, not the paper's 160).
+    _mmcls("resnet50.mmcls_rsb_a1_in1k", "resnet50_8xb256-rsb-a1-600e_in1k_20211228-20e21305.pth", 80.12, 94.78,
+           "resnet50_8xb256-rsb-a1-600e_in1k", _RSB_EVAL),
+    _mmcls("resnet50.mmcls_rsb_a2_in1k", "resnet50_8xb256-rsb-a2-300e_in1k_20211228-0fd8be6e.pth", 79.55, 94.37,
+           "resnet50_8xb256-rsb-a2-300e_in1k", _RSB_EVAL),
+    _mmcls("resnet50.mmcls_rsb_a3_in1k", "resnet50_8xb256-rsb-a3-100e_in1k_20211228-3493673c.pth", 78.30, 93.80,
+           "resnet50_8xb256-rsb-a3-100e_in1k", _RSB_EVAL),
+):
+    register_pretrained(_record)
+
+
+# mmcls's CIFAR ResNets (ResNet_CIFAR: the ImageNet stages behind a 3x3 stride-1 stem, deepres's cifar_resnet*),
+# 200 epochs. Top-1 from metafile.yml; top-5 from the tables of mmpretrain's ResNet README (metafile.yml gives no
+# CIFAR-10 top-5). Evaluated on the 32x32 images as stored (cifar10_bs16.py / cifar100_bs16.py: no resize, no crop),
+# normalised with each set's mean/std, given there on 0-255 RGB.
+def _mmcls_cifar(name: str, file: str, top1: float, top5: float, config: str, classes: int,
+                 mean_255: tuple[float, ...], std_255: tuple[float, ...]) -> PretrainedWeights:
+    preprocess = Preprocess(resize=32, crop_size=32, mean=tuple(v / 255 for v in mean_255),
+                            std=tuple(v / 255 for v in std_255))
+    return replace(_mmcls(name, file, top1, top5, config, preprocess), categories=f"cifar-{classes}",
+                   num_classes=classes)
+
+
+_CIFAR10_MEAN_STD = (125.307, 122.961, 113.8575), (51.5865, 50.847, 51.255)  # cifar10_bs16.py, 0-255
+_CIFAR100_MEAN_STD = (129.304, 124.070, 112.434), (68.170, 65.392, 70.418)  # cifar100_bs16.py, 0-255
+for _record in (
+    _mmcls_cifar("cifar_resnet18.mmcls_cifar10", "resnet18_b16x8_cifar10_20210528-bd6371c8.pth", 94.82, 99.87,
+                 "resnet18_8xb16_cifar10", 10, *_CIFAR10_MEAN_STD),
+    _mmcls_cifar("cifar_resnet34.mmcls_cifar10", "resnet34_b16x8_cifar10_20210528-a8aa36a6.pth", 95.34, 99.87,
+                 "resnet34_8xb16_cifar10", 10, *_CIFAR10_MEAN_STD),
+    _mmcls_cifar("cifar_resnet50.mmcls_cifar10", "resnet50_b16x8_cifar10_20210528-f54bfad9.pth", 95.55, 99.91,
+                 "resnet50_8xb16_cifar10", 10, *_CIFAR10_MEAN_STD),
+    _mmcls_cifar("cifar_resnet101.mmcls_cifar10", "resnet101_b16x8_cifar10_20210528-2d29e936.pth", 95.58, 99.87,
+                 "resnet101_8xb16_cifar10", 10, *_CIFAR10_MEAN_STD),
+    _mmcls_cifar("cifar_resnet152.mmcls_cifar10", "resnet152_b16x8_cifar10_20210528-3e8e9178.pth", 95.76, 99.89,
+                 "resnet152_8xb16_cifar10", 10, *_CIFAR10_MEAN_STD),
+    _mmcls_cifar("cifar_resnet50.mmcls_cifar100", "resnet50_b16x8_cifar100_20210528-67b58a1b.pth", 79.90, 95.19,
+                 "resnet50_8xb16_cifar100", 100, *_CIFAR100_MEAN_STD),
 ):
     register_pretrained(_record)
 

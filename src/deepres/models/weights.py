@@ -25,6 +25,8 @@ _RENAMES = (
     (re.compile(r"^stem\.2\.conv\."), "conv1.6."),
     (re.compile(r"^stem\.2\.bn\."), "bn1."),
 )
+# A projection shortcut's modules: `<block>.downsample.<index>.<param>`.
+_SHORTCUT_KEY = re.compile(r"^(?P<shortcut>.*\.downsample\.)(?P<index>\d+)\.(?P<param>.+)$")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -70,7 +72,8 @@ def unwrap_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor
 
 def remap_keys(state_dict: dict[str, torch.Tensor], model_keys=()) -> dict[str, torch.Tensor]:
     """Strip wrapper prefixes and rename mmcls keys to deepres/torchvision names. A prefix that the model's own
-    keys (`model_keys`) start with is kept: a segmentation model's `backbone.` is part of its layout."""
+    keys (`model_keys`) start with is kept: a segmentation model's `backbone.` is part of its layout; the model's
+    keys also place mmpretrain ResNetV1d's stride-1 shortcut (see _align_shortcut_indices)."""
     prefixes = [p for p in _STRIP_PREFIXES if not any(k.startswith(p) for k in model_keys)]
     out = {}
     for key, value in state_dict.items():
@@ -84,6 +87,36 @@ def remap_keys(state_dict: dict[str, torch.Tensor], model_keys=()) -> dict[str, 
             key = pattern.sub(replacement, key)
         if key in out:
             raise ValueError(f"two checkpoint keys map to {key!r} after prefix remapping")
+        out[key] = value
+    return _align_shortcut_indices(out, model_keys)
+
+
+def _shortcut_indices(keys) -> dict[str, set[int]]:
+    found: dict[str, set[int]] = {}
+    for key in keys:
+        match = _SHORTCUT_KEY.match(key)
+        if match:
+            found.setdefault(match["shortcut"], set()).add(int(match["index"]))
+    return found
+
+
+def _align_shortcut_indices(state_dict: dict[str, torch.Tensor], model_keys) -> dict[str, torch.Tensor]:
+    """Shift a shortcut stored as downsample.0 (conv) / .1 (BN) to .1 / .2 where the model's has those.
+
+    mmpretrain's ResNetV1d puts its AvgPool2d in a shortcut only when the stride is 2, so layer1's stride-1
+    shortcut is conv .0, BN .1 while layers 2-4 are pool .0, conv .1, BN .2 (mmpretrain/models/backbones/resnet.py,
+    ResLayer). deepres's D shortcut, like timm's, keeps an Identity at index 0 in every block, .1 and .2 throughout.
+    """
+    wanted = _shortcut_indices(model_keys)
+    shift = {prefix for prefix, indices in _shortcut_indices(state_dict).items()
+             if indices == {0, 1} and wanted.get(prefix) == {1, 2}}
+    if not shift:
+        return state_dict
+    out = {}
+    for key, value in state_dict.items():
+        match = _SHORTCUT_KEY.match(key)
+        if match and match["shortcut"] in shift:
+            key = f"{match['shortcut']}{int(match['index']) + 1}.{match['param']}"
         out[key] = value
     return out
 
