@@ -1,10 +1,7 @@
 """ademxapp MXNet checkpoints -> deepres: the name mapping (models/ademxapp.py) and `deepres convert ademxapp`, on
 `.params` files written in MXNet's format (test_mxnet_params' writer) with the names of a real fcn_resnet38_a1."""
 import json
-import os
 import re
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -191,12 +188,3 @@ def test_ilsvrc_eval_preset_resizes_the_shorter_side_to_320_and_keeps_its_centre
     out = resize_and_crop(image, pp).float()
     assert out.shape == (3, 320, 320)
     assert out[:, 0].mean() < 2 and out[:, -1].mean() > 253
-
-
-@pytest.mark.skipif(not os.environ.get("ADEMXAPP_REPO"),
-                    reason="re-deriving the fixture needs an ademxapp checkout or git dir in ADEMXAPP_REPO")
-def test_the_name_fixture_is_what_ademxapps_code_gives():
-    script = Path(__file__).parent / "data" / "ademxapp" / "derive_param_names.py"
-    derived = subprocess.run([sys.executable, str(script), os.environ["ADEMXAPP_REPO"]], check=True,
-                             capture_output=True, text=True).stdout
-    assert json.loads(derived)["models"] == ADEMXAPP_PARAMS["models"]
