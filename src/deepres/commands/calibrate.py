@@ -2,12 +2,10 @@
 (deepres.inference.calibrate); predict then runs int8 by default where it is safe."""
 import argparse
 
-import torch
 
 from deepres.core.device import limit_compute_threads
 from deepres.inference.calibrate import calibrate_checkpoint
-from deepres.inference.plan import choose_path
-from deepres.tasks.build import load_model
+from deepres.inference.plan import auto_dtype_for
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +22,6 @@ def run(args: argparse.Namespace) -> int:
     limit_compute_threads()
     path, calibration = calibrate_checkpoint(args.target, data_root=args.data, images=args.images,
                                              eval_images=args.eval_images)
-    plan = choose_path(load_model(path).model, torch.device("cpu"), calibration, "auto")
-    print(f"predict / init_model with precision='auto' on this CPU: {plan.dtype} ({plan.reason})")
+    dtype, why = auto_dtype_for(calibration, "cpu")
+    print(f"predict / init_model with precision='auto' on this CPU: {dtype} ({why})")
     return 0

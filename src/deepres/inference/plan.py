@@ -93,6 +93,13 @@ def choose_path(model: nn.Module, device: torch.device | str | None = None, cali
                 torch_fallback=backend == "onnxruntime" and request.backend == "auto", int8_ranges=ranges)
 
 
+def auto_dtype_for(calibration: Int8Calibration | None, device: torch.device | str) -> tuple[str, str]:
+    """(dtype, why) precision="auto" computes in on `device` with this stored calibration: choose_path's rule for
+    the precision alone, which needs no model (`deepres calibrate` says what predict will run)."""
+    dtype, reason, not_int8 = _compute_dtype(Request(), torch.device(device), calibration)
+    return dtype, f"{reason}; not int8: {not_int8}" if not_int8 else reason
+
+
 def _check(request: Request, device: torch.device, stored, images: bool) -> None:
     """ValueError for a request that cannot be met, naming what is missing."""
     precision = request.precision

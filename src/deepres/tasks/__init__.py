@@ -10,7 +10,7 @@ from deepres.core.config import DataConfig
 from deepres.data import get_format
 
 from .classification import ClassificationTask
-from .inference import PredictionWriter, PredictOptions
+from .inference import PredictOptions
 from .segmentation import SegmentationTask
 
 

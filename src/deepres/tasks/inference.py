@@ -1,10 +1,7 @@
-"""What every task's inference side shares: the options one prediction call takes (`PredictOptions`) and the
-writer interface the `deepres predict` command fills (`PredictionWriter`). The task rows themselves
-(classification.py, segmentation.py) say what a prediction is, how it reads as JSON and as a line of text, and
-which files it is written to."""
+"""What every task's inference side shares: the options one prediction call takes (`PredictOptions`). The task rows
+themselves (classification.py, segmentation.py) say what a prediction is, how it reads as JSON and as a line of
+text, and which files it is written to (a writer with `add(result)` and `close() -> line or None`)."""
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
 
 from .segmentation import SegViews
 
@@ -31,14 +28,3 @@ class PredictOptions:
             raise ValueError(f"class_map must be image or model, got {self.class_map!r}")
         if self.max_map_pixels < 0:
             raise ValueError(f"max_map_pixels must be >= 0 (0: no cap), got {self.max_map_pixels}")
-
-
-class PredictionWriter(Protocol):
-    """Where `deepres predict` puts a task's results: `add` one result (in input order), `close` -> the line that
-    says what was written (None: nothing)."""
-
-    out: Path | None
-
-    def add(self, result: dict) -> None: ...
-
-    def close(self) -> str | None: ...

@@ -269,6 +269,8 @@ def read_text_file(path: Path) -> str:
         raise ValueError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
     except IsADirectoryError:
         raise ValueError(f"{path}: a folder where a text file was expected") from None
+    except OSError as e:  # unreadable permissions, an I/O error
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
 def inside_folder(folder: Path, name: str, where: str) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .folders import ImageFileDataset, inside_folder
+from .folders import ImageFileDataset, inside_folder, read_text_file
 from .matfiles import load_mat
 
 # The 102 flower names by label (label 1 = "pink primrose"): the list published with jimgoo/caffe-oxford102 and
@@ -96,14 +96,7 @@ def _split(word: str, splits: dict, dataset: str):
 
 def _lines(path: Path, layout: str) -> list[tuple[int, str]]:
     """(line number, stripped line) of a text file's non-blank lines that are not '#' comments."""
-    _need(path, layout)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
-    except OSError as e:  # a folder in the file's place, unreadable permissions
-        raise ValueError(f"{path}: cannot be read ({e.strerror or e}); {layout}") from None
-    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)]
+    lines = [(n, line.strip()) for n, line in enumerate(read_text_file(_need(path, layout)).splitlines(), 1)]
     lines = [(n, line) for n, line in lines if line and not line.startswith("#")]
     if not lines:
         raise ValueError(f"{path}: no entries")
