@@ -219,6 +219,17 @@ def test_resnet38_block_dropout_only_in_training():
     assert not torch.allclose(a, model(x))
 
 
+def test_resnet38_width_scales_every_stage():
+    """width scales each stage's channels (rounded to multiples of 4); the layout and the depth stay Model A1's."""
+    full, thin = create_model("resnet38_a1", num_classes=10), create_model("resnet38_a1", num_classes=10, width=0.25)
+    assert full.stage_channels == (128, 256, 512, 1024, 2048, 4096)
+    assert thin.stage_channels == (32, 64, 128, 256, 512, 1024) and thin.conv1a.out_channels == 16
+    assert [k.split(".")[0] for k in thin.state_dict()] == [k.split(".")[0] for k in full.state_dict()]
+    assert thin(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="width must be in"):
+        create_model("resnet38_a1", width=0)
+
+
 def test_unknown_model_and_option_errors():
     with pytest.raises(KeyError, match="unknown model 'resnet51'"):
         create_model("resnet51")

@@ -353,3 +353,19 @@ def test_a_run_another_process_trains_is_not_set_aside(tmp_path):
     assert run_dir.is_dir() and (run_dir / "config.yaml").is_file()
     moved = _set_aside(run_dir)
     assert moved.name == "seed0.incomplete1" and (moved / "config.yaml").is_file() and not run_dir.exists()
+
+
+def test_wider_deeper_study_pairs_networks_of_matched_parameter_counts(tmp_path):
+    """studies/wider_deeper.yaml: each ResNet-38-shaped variant is within 5% of the parameters of the CIFAR ResNet
+    it is listed after, on Fashion-MNIST (1 channel, 10 classes)."""
+    from deepres.models import create_model
+    from deepres.studies import with_selection
+
+    study = with_selection(load_study("wider_deeper"), data="fashion_mnist", budget="cpu", seeds=[0])
+    plan = plan_study(study, tmp_path)
+    counts = [sum(p.numel() for p in create_model(run.config.model.name, num_classes=10, in_chans=1,
+                                                   **run.config.model.kwargs).parameters()) for run in plan]
+    assert [run.config.model.name for run in plan] == ["resnet20", "resnet38_a1", "resnet56", "resnet38_a1",
+                                                       "resnet110", "resnet38_a1"]
+    for deep, wide in zip(counts[::2], counts[1::2]):
+        assert abs(wide / deep - 1) < 0.05, counts

@@ -92,8 +92,14 @@ class ResNet38(ResidualNetwork):
     first_conv = "conv1a.weight"
 
     def __init__(self, num_classes=1000, in_chans=3, *, downsample="conv", output_stride=None,
-                 block_dropout=(0.0, 0.0), drop_rate=0.0, zero_init_last=False, pool_style="padded"):
+                 block_dropout=(0.0, 0.0), drop_rate=0.0, zero_init_last=False, pool_style="padded", width=1.0):
         super().__init__(num_classes, drop_rate)
+        if not 0 < width <= 4:
+            raise ValueError(f"width must be in (0, 4], got {width!r}")
+
+        def chs(c: int) -> int:  # width scales every stage's channels (the Wider-or-Deeper study at CIFAR scale)
+            return max(4, 4 * round(c * width / 4)) if width != 1.0 else c
+
         if downsample not in ("maxpool", "conv"):
             raise ValueError(f"downsample must be 'maxpool' (Model A) or 'conv' (Model A1), got {downsample!r}")
         if pool_style not in _POOLS:
@@ -102,13 +108,15 @@ class ResNet38(ResidualNetwork):
             raise ValueError(f"pool_style {pool_style!r} is for Model A's max-pools; downsample={downsample!r} has "
                              "none")
         self.pool_padding, self.pool_ceil_mode = _POOLS[pool_style]
-        self.conv1a = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
+        self.conv1a = nn.Conv2d(in_chans, chs(64), 3, 1, 1, bias=False)
         # B2..B6 halve the resolution, B7 keeps it; stages past output_stride dilate instead.
         plan = stage_strides_and_dilations((2, 2, 2, 2, 2, 1), 1, output_stride)
         self.stage_units: list[list[str]] = []
         self.stage_pools: list[bool] = []
-        in_chs = 64
-        for (prefix, n, mid, out), (stride, dilation, first_dilation) in zip(_BASIC_STAGES, plan):
+        in_chs = chs(64)
+        basic = [(prefix, n, chs(mid), chs(out)) for prefix, n, mid, out in _BASIC_STAGES]
+        bottleneck = [(name, chs(out)) for name, out in _BOTTLENECK_STAGES]
+        for (prefix, n, mid, out), (stride, dilation, first_dilation) in zip(basic, plan):
             names = [prefix] + [f"{prefix}_{i}" for i in range(1, n)]
             unit_stride = stride if downsample == "conv" else 1
             setattr(self, names[0], Unit(in_chs, mid, out, unit_stride, dilation, first_dilation))
@@ -117,7 +125,7 @@ class ResNet38(ResidualNetwork):
             self.stage_units.append(names)
             self.stage_pools.append(downsample == "maxpool" and stride > 1)
             in_chs = out
-        for (name, out), (stride, dilation, _), p in zip(_BOTTLENECK_STAGES, plan[4:], block_dropout):
+        for (name, out), (stride, dilation, _), p in zip(bottleneck, plan[4:], block_dropout):
             # Single-unit stages: the 3x3 takes the stage's own dilation (4 in B6 at output stride 8, as ademxapp).
             unit_stride = stride if downsample == "conv" else 1
             setattr(self, name, BottleneckUnit(in_chs, out, unit_stride, dilation, p))
@@ -125,7 +133,7 @@ class ResNet38(ResidualNetwork):
             self.stage_pools.append(downsample == "maxpool" and stride > 1)
             in_chs = out
         self.stage_names = tuple(names[0] for names in self.stage_units)
-        self.stage_channels = tuple(out for *_, out in _BASIC_STAGES) + tuple(out for _, out in _BOTTLENECK_STAGES)
+        self.stage_channels = tuple(out for *_, out in basic) + tuple(out for _, out in bottleneck)
         self.output_stride = math.prod(stride for stride, _, _ in plan)
         self.bn7 = nn.BatchNorm2d(in_chs)
         self._make_classifier(in_chs)
