@@ -360,10 +360,35 @@ def test_train_transform_keeps_image_and_mask_aligned(scale_range):
         assert (out_image[0][inside & (out_mask == 255)] == 7).all()
         assert set(out_mask.unique().tolist()) <= {0, 1, 2, 3, 4, 5, 255}
         rows, cols = int(inside.any(1).sum()), int(inside.any(0).sum())
-        assert inside[:rows, :cols].all() and inside.sum() == rows * cols  # padded at the bottom and right only
+        top, left = int(inside.any(1).float().argmax()), int(inside.any(0).float().argmax())
+        assert inside[top:top + rows, left:left + cols].all() and inside.sum() == rows * cols  # one rectangle
         padded_seen += int(pad.any())
     if scale_range[1] <= 1:
         assert padded_seen > 0  # images smaller than the crop were padded
+
+
+def test_train_transform_pads_a_small_image_on_every_side_at_a_seeded_offset():
+    # a 10x13 image in a 24x24 crop: 14 rows and 11 columns of padding, split at a random offset (mmseg puts it all
+    # at the bottom and right, which taught a model to predict a class along those edges)
+    image, mask = painted(10, 13, 4)
+    transform = SegTrainTransform(crop_size=24, hflip=False)
+    tops, lefts = [], []
+    for seed in range(200):
+        out_image, out_mask = transform(image, mask, torch.Generator().manual_seed(seed))
+        assert out_image.shape == (3, 24, 24) and out_mask.shape == (24, 24)
+        inside = out_image[1] != 0
+        top, left = int(inside.any(1).float().argmax()), int(inside.any(0).float().argmax())
+        assert torch.equal(out_image[:, top:top + 10, left:left + 13], image)  # the image, unscaled, in one piece
+        assert torch.equal(out_mask[top:top + 10, left:left + 13], mask)
+        assert int(inside.sum()) == 10 * 13 and (out_image[:, ~inside] == 0).all()
+        assert (out_mask[~inside] == 255).all()  # the padding is ignored, on whichever side it falls
+        tops.append(top)
+        lefts.append(left)
+    assert min(tops) == 0 and max(tops) == 14 and min(lefts) == 0 and max(lefts) == 11  # band on each side at times
+    assert 20 < sum(0 < t < 14 for t in tops) and 20 < sum(0 < t < 11 for t in lefts)  # and on both sides at once
+    first = transform(image, mask, torch.Generator().manual_seed(7))
+    again = transform(image, mask, torch.Generator().manual_seed(7))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
 def test_bilinear_train_transform_agrees_with_the_mask_inside_regions():

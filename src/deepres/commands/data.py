@@ -15,7 +15,7 @@ from deepres.data.images import DEFAULT_MAX_PIXELS
 from deepres.data.packing.pack import PackOptions, pack_dataset, parse_byte_size
 from deepres.data.packing.packed_reader import ENCODINGS, SPLITS
 from deepres.data.registry import list_formats
-from deepres.data.scenes import SCENE_CLASSES, make_fashion_mnist_scenes
+from deepres.data.scenes import RECORD_FILE, SCENE_CLASSES, SCENES_VERSION, SCENES_VERSIONS, make_fashion_mnist_scenes
 from deepres.data.verify import verify_images, write_manifest
 
 
@@ -116,7 +116,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "and their masks (0 background, 1 + garment class: 11 classes); train "
                                           "scenes from the training split, test scenes from the test split, fixed "
                                           "seeds. Written as OUT/{train,test}/{images,masks}/NNNNNN.png + "
-                                          "OUT/classes.txt.")
+                                          f"OUT/classes.txt + OUT/{RECORD_FILE} (the generator version). The default "
+                                          "50000/10000 scenes take a few minutes.")
     make.add_argument("dataset", choices=["fashion-mnist-scenes"], help="what to make")
     make.add_argument("out", type=Path, help="output folder (must be empty or not exist)")
     make.add_argument("--source", type=Path, default=None,
@@ -124,6 +125,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     make.add_argument("--train", type=int, default=50_000, help="training scenes (default 50000)")
     make.add_argument("--test", type=int, default=10_000, help="test scenes (default 10000)")
     make.add_argument("--size", type=int, default=64, help="canvas side, pixels (default 64)")
+    make.add_argument("--scenes-version", type=int, choices=SCENES_VERSIONS, default=SCENES_VERSION,
+                      help=f"generator version (default {SCENES_VERSION}): 2 = each item's mask is its filled "
+                           "silhouette; 1 = its non-zero pixels (sandals and dark regions have holes), the scenes "
+                           "of the first published results, reproduced bit for bit")
     make.add_argument("--force", action="store_true", help="rewrite a scenes folder made before")
     make.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -194,9 +199,9 @@ def _make(args) -> int:
     if args.size < 28:
         raise ValueError(f"--size must be >= 28 pixels (one Fashion-MNIST item), got {args.size}")
     out = make_fashion_mnist_scenes(source, args.out, train=args.train, test=args.test, size=args.size,
-                                    force=args.force, progress=not args.quiet)
+                                    version=args.scenes_version, force=args.force, progress=not args.quiet)
     print(f"wrote {args.train} train and {args.test} test scenes ({args.size}x{args.size}, "
-          f"{len(SCENE_CLASSES)} classes) to {out}")
+          f"{len(SCENE_CLASSES)} classes, scenes version {args.scenes_version}) to {out}")
     return 0
 
 

@@ -3,7 +3,8 @@
 Geometry moves image and mask together: images are resized antialiased bilinear (or bicubic), masks always by
 nearest neighbour (pixel centres, as PIL's NEAREST), so no mask value is ever interpolated. The training pipeline
 is mmsegmentation's: RandomResize (ratio range over a base size) -> RandomCrop (cat_max_ratio) -> RandomFlip ->
-Pad (image 0, mask 255) to the crop; photometric jitter stays in the batch transform (image only). All
+Pad (image 0, mask 255) to the crop, but at a random offset, so the ignored band falls on every side and a
+model learns no bottom/right edge; photometric jitter stays in the batch transform (image only). All
 randomness comes from the generator passed in, so a seed gives the same crops on any machine.
 """
 import math
@@ -129,9 +130,12 @@ class SegTrainTransform:
         if self.hflip and torch.rand(1, generator=generator, device=generator.device).item() < 0.5:
             image, mask = image.flip(-1), mask.flip(-1)
         pad_h, pad_w = self.crop_size - mask.shape[0], self.crop_size - mask.shape[1]
-        if pad_h or pad_w:  # bottom and right, as mmseg's Pad
-            image = F.pad(image, (0, pad_w, 0, pad_h), value=0)
-            mask = F.pad(mask, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
+        if pad_h or pad_w:
+            # mmseg pads bottom/right only (0.x Pad: mmcv.impad(shape=); 1.x stack_batch: (0, w, 0, h)); here all sides
+            top, left = _randint(generator, pad_h), _randint(generator, pad_w)
+            padding = (left, pad_w - left, top, pad_h - top)  # F.pad order: left, right, top, bottom
+            image = F.pad(image, padding, value=0)
+            mask = F.pad(mask, padding, value=IGNORE_INDEX)
         return image.contiguous(), mask.contiguous()
 
 
