@@ -203,6 +203,31 @@ def test_pairs_class_index_predictions(tmp_path, capsys):
     assert f"mIoU {100 * (1 + 1 / 2 + 2 / 3) / 3:.2f}%" in capsys.readouterr().out
 
 
+def test_a_missing_default_split_names_the_splits_that_exist(tmp_path, capsys):
+    """fashion-mnist-scenes has train/ and test/, no val/: the error says which --split to pass."""
+    root = tmp_path / "scenes"
+    root.mkdir()
+    (root / "classes.txt").write_text("background\nshirt\n")
+    for split in ("train", "test"):
+        write_image(root / split / "images" / "scene_0.png", size=(3, 2))
+        write_gray_png(root / split / "masks" / "scene_0.png", np.zeros((2, 3), np.uint8))
+    write_gray_png(tmp_path / "preds" / "scene_0.png", np.zeros((2, 3), np.uint8))
+    assert score(tmp_path / "preds", "--dataset", "pairs", "--data", root) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"{root / 'val' / 'images'}" in err
+    assert "the default split (val) is not there; the splits there are test, train: pass --split test" in err
+    assert score(tmp_path / "preds", "--dataset", "pairs", "--data", root, "--split", "tset") == 2
+    assert "--split tset is not there; the splits there are test, train: pass --split test" in capsys.readouterr().err
+    assert score(tmp_path / "preds", "--dataset", "pairs", "--data", root, "--split", "test") == 0
+    # Cityscapes: leftImg8bit/<split>; VOC: ImageSets/Segmentation/<split>.txt
+    write_image(tmp_path / "cs" / "leftImg8bit" / "train" / "aachen" / "aachen_000000_000019_leftImg8bit.png")
+    assert score(tmp_path / "preds", "--dataset", "cityscapes", "--data", tmp_path / "cs") == 2
+    assert "the splits there are train: pass --split train" in capsys.readouterr().err
+    write_voc(tmp_path / "voc", {"train": VOC_IDS}, size=(4, 3), masks=VOC_GT)
+    assert score(tmp_path / "preds", "--dataset", "voc", "--data", tmp_path / "voc") == 2
+    assert "val.txt: the default split (val) is not there; the splits there are train" in capsys.readouterr().err
+
+
 # -------------------------------------------------------------------------------- the ground truth itself
 @pytest.mark.parametrize("dataset", ["voc", "cityscapes", "ade20k", "pairs"])
 def test_ground_truth_as_predictions_scores_100(dataset, voc, cityscapes, tmp_path, capsys):

@@ -15,6 +15,10 @@ What a prediction PNG holds (palette or grayscale; palette PNGs are read as thei
   class; with --pred-ids train, 0..149.
 A predicted value that names no class (ADE20K's 0, a Cityscapes label id that is not evaluated, 255) is a miss for
 its ground-truth pixel and nobody's false positive, as in the official evaluators; it is never clamped to a class.
+
+Cityscapes with gtFine *_instanceIds.png beside the labelIds: also class iIoU and category IoU/iIoU
+(deepres.tasks.cityscapes_metrics), where a label-id prediction counts for its category even when its class is not
+evaluated (a caravan is a vehicle), as cityscapesScripts counts it.
 """
 import bisect
 import os
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 
 from deepres.data.readers.seg_labels import cityscapes_label_to_train
+from deepres.tasks.cityscapes_metrics import label_id_categories
 
 PRED_IDS = ("dataset", "train")
 
@@ -37,6 +42,27 @@ def prediction_to_classes(prediction: np.ndarray, dataset: str, pred_ids: str) -
     if pred_ids == "dataset" and dataset == "ade20k":
         classes = classes - 1  # 1..150 -> 0..149; 0 ("other") -> -1: no class
     return classes
+
+
+def prediction_categories(prediction: np.ndarray, dataset: str, pred_ids: str) -> torch.Tensor | None:
+    """The Cityscapes category of each predicted label id (for category iIoU); None where the category follows from
+    the class index (train ids, other datasets)."""
+    return label_id_categories(prediction) if pred_ids == "dataset" and dataset == "cityscapes" else None
+
+
+def other_splits(missing: str | os.PathLike, root: Path) -> list[str]:
+    """The splits beside a split's missing folder or list file under `root` (root/val/images missing, root/train
+    and root/test there: ["test", "train"]): the names of the visible folders (files with the same suffix, by stem)
+    in the folder holding the first missing part of the path; [] when that folder is not inside root."""
+    first = Path(missing)
+    while not first.parent.exists() and first.parent != first:
+        first = first.parent
+    holder, root = first.parent.resolve(), root.resolve()
+    if holder != root and root not in holder.parents:
+        return []
+    if first.suffix:
+        return sorted(p.stem for p in holder.iterdir() if p.suffix == first.suffix and not p.name.startswith("."))
+    return sorted(p.name for p in holder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 class PredictionFinder:

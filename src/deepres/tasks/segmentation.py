@@ -35,6 +35,8 @@ from deepres.data import seg_eval_preprocess
 from deepres.data.readers.seg_labels import CITYSCAPES_CLASSES, cityscapes_train_to_label, palette_for, write_mask_png
 from deepres.models.base import eval_mode, module_device
 
+from .cityscapes_metrics import (CityscapesInstanceScores, instance_line, instance_loader, instance_metrics,
+                                 with_instance_lines)
 from .reports import segmentation_report
 
 IGNORE_INDEX = 255  # target value of pixels that are not scored (void, borders, "other")
@@ -249,12 +251,15 @@ def _batches(images, masks):
 def evaluate_segmentation(model: nn.Module, loader: Iterable, *, num_classes: int, mode: SegViews = SegViews(),
                           amp_dtype: torch.dtype | None = None, class_names: Sequence[str] | None = None,
                           distributed: bool | None = None, progress: bool | None = False,
-                          max_batches: int = 0) -> dict:
+                          max_batches: int = 0, instances: bool = False) -> dict:
     """Score `model` on (images, masks) batches with one confusion matrix over the whole loader (and all ranks):
     ConfusionMatrix.scores() (miou, pixel_acc, mean_acc in %, per-class IoU/accuracy) plus test_loss (mean NLL of
-    the averaged probabilities over scored pixels), n (images) and confusion (the matrix, CPU int64)."""
+    the averaged probabilities over scored pixels), n (images) and confusion (the matrix, CPU int64). With
+    `instances` (Cityscapes masks carrying their instanceIds, (N, 2, H, W)): also CityscapesInstanceScores.scores()
+    (iiou, category_iou, category_iiou, ...), all at the masks' size."""
     device = module_device(model)
     matrix = ConfusionMatrix(num_classes, device=device)
+    instance_scores = CityscapesInstanceScores(device) if instances else None
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     images_seen = torch.zeros((), dtype=torch.int64, device=device)
     with eval_mode(model), torch.inference_mode():
@@ -266,9 +271,17 @@ def evaluate_segmentation(model: nn.Module, loader: Iterable, *, num_classes: in
                 break
             for x, target in _batches(images, masks):
                 target = target.to(device).long()
+                # (N, 2, H, W): class indices and instanceIds (SegmentationDataset.with_instances)
+                target, instance_ids = (target[:, 0], target[:, 1]) if target.dim() == 4 else (target, None)
                 probs = segment(model, x.to(device), tuple(target.shape[-2:]), mode=mode, num_classes=num_classes,
                                 amp_dtype=amp_dtype)
-                matrix.update(probs.argmax(dim=1), target)
+                prediction = probs.argmax(dim=1)
+                matrix.update(prediction, target)
+                if instance_scores is not None:
+                    if instance_ids is None:
+                        raise ValueError("evaluate: instance scores need masks with their instanceIds "
+                                         "(SegmentationDataset.with_instances)")
+                    instance_scores.update(prediction, target, instance_ids)
                 log_probs = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
                 scored = torch.where(target == IGNORE_INDEX, target, target.clamp(0, num_classes - 1))
                 loss_sum += F.nll_loss(log_probs, scored, ignore_index=IGNORE_INDEX, reduction="sum").double()
@@ -277,11 +290,15 @@ def evaluate_segmentation(model: nn.Module, loader: Iterable, *, num_classes: in
         matrix.all_reduce()
         all_reduce_sum(loss_sum)
         all_reduce_sum(images_seen)
+        if instance_scores is not None:
+            instance_scores.all_reduce()
     if int(images_seen) == 0:
         raise ValueError("evaluate: the loader yielded no images")
     result = matrix.scores(class_names)
     result.update(test_loss=float(loss_sum) / max(result["pixels"], 1), n=int(images_seen),
                   confusion=matrix.counts.cpu())
+    if instance_scores is not None:
+        result.update(instance_scores.scores(matrix.counts, matrix.unassigned))
     return result
 
 
@@ -363,9 +380,15 @@ class SegmentationTask:
     @classmethod
     def evaluate_checkpoint(cls, model: nn.Module, loader, cfg: Config, *, scales: list[int], flip: bool,
                             amp_dtype, class_names) -> dict:
-        return evaluate_segmentation(model, loader, num_classes=model.num_classes,
-                                     mode=SegViews.from_config(cfg.eval, cfg.data), amp_dtype=amp_dtype,
-                                     class_names=class_names, progress=None)
+        """evaluate_segmentation's result at the masks' stored size; on Cityscapes with every gtFine instanceIds
+        file present also iIoU and category IoU/iIoU (with an instanceIds file missing: instances_missing, its path)."""
+        with_instances, missing = instance_loader(loader)
+        result = evaluate_segmentation(model, with_instances or loader, num_classes=model.num_classes,
+                                       mode=SegViews.from_config(cfg.eval, cfg.data), amp_dtype=amp_dtype,
+                                       class_names=class_names, progress=None, instances=with_instances is not None)
+        if missing:
+            result["instances_missing"] = missing
+        return result
 
     @classmethod
     def eval_report(cls, result: dict, cfg: Config, *, scales: list[int], flip: bool, precision: str,
@@ -380,6 +403,11 @@ class SegmentationTask:
                  f"{result['mean_acc']:.2f}%  ({result['n']} images in {seconds:.1f} s, "
                  f"{result['n'] / seconds:.1f} images/s, decoding included)"]
         metrics = {k: result[k] for k in ("miou", "pixel_acc", "mean_acc", "test_loss", "n", "pixels")}
+        if "iiou" in result:
+            lines.append(instance_line(result))
+            metrics.update(instance_metrics(result, result["class_names"]))
+        elif "instances_missing" in result:
+            lines.append(f"no iIoU or category scores: {result['instances_missing']} is missing")
         metrics.update(seconds=seconds, test_size=cfg.data.test_size, mode=views.mode, crop=views.crop,
                        stride=views.stride, scale_ratios=list(views.scale_ratios), flip=views.flip,
                        test_steps=views.test_steps)
@@ -387,8 +415,10 @@ class SegmentationTask:
 
     @classmethod
     def write_eval_files(cls, result: dict, out: Path | None, metrics: dict) -> list[str]:
-        """Each class's IoU as lines; with `out`, metrics.json, per_class.csv (IoU), confusion.csv/png there."""
-        return segmentation_report(result, out, metrics)
+        """Each class's IoU (and Cityscapes' iIoU, and each category's) as lines; with `out`, metrics.json,
+        per_class.csv (IoU), confusion.csv/png there."""
+        lines = segmentation_report(result, out, metrics)
+        return with_instance_lines(lines, result) if "iiou" in result else lines
 
     # ------------------------------------------------------------------ inference (Predictor, predict, serve)
     @classmethod
@@ -470,7 +500,8 @@ def class_shares(class_map: np.ndarray, class_names: list[str]) -> dict[str, flo
 
 class PredictionPngs:
     """`deepres predict --out DIR` for a segmentation model: per image a palette PNG of the class map (or Cityscapes
-    labelIds) and an overlay JPEG, named after the image."""
+    labelIds) at the image's exact size, for programs, and an overlay JPEG for people (write_overlay: over the image
+    at its own resolution, enlarged if small), named after the image."""
 
     def __init__(self, out: Path | None, palette, *, label_ids: bool = False, overlay: bool = True,
                  force: bool = False):
@@ -504,9 +535,32 @@ class PredictionPngs:
 
 
 def write_overlay(path: Path, image: torch.Tensor, class_map: torch.Tensor, palette, alpha: float = 0.5) -> None:
-    """The image with its class map's colours blended in (`alpha` of the colour), as a JPEG."""
+    """overlay_pixels as a JPEG a person can look at: enlarged for viewing (a 28-px image becomes 280 px); a large
+    photo keeps its own resolution, since the class map is drawn at the image's size."""
+    picture = Image.fromarray(enlarge_for_viewing(overlay_pixels(image, class_map, palette, alpha)))
+    atomic_write(path, lambda f: picture.save(f, format="JPEG", quality=90))
+
+
+def overlay_pixels(image: torch.Tensor, class_map: torch.Tensor, palette, alpha: float = 0.5) -> np.ndarray:
+    """The image (C, H, W) 0-255 with its class map's (H, W) colours blended in (`alpha` of the colour): uint8
+    HxWx3 at the image's size."""
+    if class_map.shape != image.shape[-2:]:
+        raise ValueError(f"an overlay needs the class map at the image's size, got {tuple(class_map.shape)} for an "
+                         f"image of {tuple(image.shape[-2:])}")
     image = image.float().expand(3, -1, -1) if image.shape[0] == 1 else image.float()
     colours = torch.as_tensor(palette, dtype=torch.float32)[class_map.long()].permute(2, 0, 1)
     blended = (image * (1 - alpha) + colours * alpha).round().clamp(0, 255).to(torch.uint8)
-    picture = Image.fromarray(blended.permute(1, 2, 0).numpy())
-    atomic_write(path, lambda f: picture.save(f, format="JPEG", quality=90))
+    return blended.permute(1, 2, 0).numpy()
+
+
+VIEW_MIN_SIDE = 256  # px: the shorter side a picture for people (overlays, Grad-CAM) is enlarged to at least
+VIEW_MAX_SIDE = 4096  # px: the enlargement stops before the longer side passes this (a 2 x 3000 strip stays small)
+
+
+def enlarge_for_viewing(pixels: np.ndarray, min_side: int = VIEW_MIN_SIDE) -> np.ndarray:
+    """An image (H, W, ...) enlarged nearest-neighbour by the smallest integer factor that brings its shorter side to
+    at least `min_side` px, each pixel an exact factor x factor block; never shrunk, so a larger image comes back as
+    it is. The exact-size files (class-map PNGs) are for programs; this is for people."""
+    height, width = pixels.shape[:2]
+    factor = max(1, min(-(-min_side // min(height, width)), VIEW_MAX_SIDE // max(height, width)))
+    return pixels if factor == 1 else pixels.repeat(factor, axis=0).repeat(factor, axis=1)

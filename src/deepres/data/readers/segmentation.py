@@ -12,6 +12,8 @@ Layouts, relative to the root each reader takes:
   the SBD masks read from benchmark_RELEASE/dataset/cls/<id>.mat (GTcls.Segmentation) where VOC has no PNG.
 - cityscapes: leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png with gtFine/<split>/<city>/<stem>_gtFine_labelIds
   .png (train_extra: gtCoarse/train_extra/.../<stem>_gtCoarse_labelIds.png); label ids mapped to the 19 train ids.
+  Beside each gtFine labelIds file, <stem>_gtFine_instanceIds.png (16-bit: label id * 1000 + instance number, or a
+  label id below 1000 where a region has no instance) is read only by evaluation (`with_instances`), for iIoU.
 - ade20k (ADEChallengeData2016): images/{training,validation}/<stem>.jpg, annotations/.../<stem>.png (0..150,
   reduced here, once, to 0..149 with 0 -> 255); class names from objectInfo150.txt when present.
 """
@@ -20,11 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..images import BadImageError, is_image_file, load_image, pil_to_tensor
+from ..images import BadImageError, is_image_file, load_image, open_image, pil_to_tensor
 from .folders import ImageFileDataset
 from .matfiles import MatFileError, load_mat
-from .seg_labels import (ADE20K_CLASSES, ADE_REDUCE_ZERO, CITYSCAPES_CLASSES, CITYSCAPES_MASK_TABLE, IGNORE_INDEX,
-                         NOT_STORED, VOC_CLASSES, read_ade_class_names, read_mask_png)
+from .seg_labels import (ADE20K_CLASSES, ADE_REDUCE_ZERO, CITYSCAPES_CLASSES, CITYSCAPES_LABELS, CITYSCAPES_MASK_TABLE,
+                         IGNORE_INDEX, NOT_STORED, VOC_CLASSES, read_ade_class_names, read_mask_png)
+
+FINE_LABEL_IDS, FINE_INSTANCE_IDS = "_gtFine_labelIds.png", "_gtFine_instanceIds.png"
+INSTANCE_MODES = ("I;16", "I;16B", "I;16L", "I", "L")  # how Pillow opens a 16-bit (or 8/32-bit) gray instanceIds PNG
+MAX_LABEL_ID = max(label_id for label_id, _, _ in CITYSCAPES_LABELS)
 
 
 class SegmentationDataset(ImageFileDataset):
@@ -34,12 +40,16 @@ class SegmentationDataset(ImageFileDataset):
     mask_table: stored mask value -> class index (256 entries; NOT_STORED for a value the dataset's masks never
     hold), None when stored values are the indices. Bad images (and undecodable masks) follow on_bad_image like an
     ImageFileDataset's; a mask value that is no class index (or NOT_STORED), or a mask whose size differs from its
-    image's, is a ValueError naming the file and the value as stored."""
+    image's, is a ValueError naming the file and the value as stored.
+
+    instances (with_instances; evaluation only): item i's mask is int32 (2, H, W), the class indices and the
+    Cityscapes instanceIds map of the image."""
 
     def __init__(self, samples: list[tuple[str, str]], classes, *, mask_table: np.ndarray | None = None,
-                 **options):
+                 instances: bool = False, **options):
         super().__init__(samples, classes, **options)
         self.mask_table = mask_table
+        self.instances = instances
 
     @property
     def image_paths(self) -> list[str]:
@@ -56,7 +66,42 @@ class SegmentationDataset(ImageFileDataset):
     def subset(self, n: int) -> "SegmentationDataset":
         """The first n samples (all if n <= 0)."""
         samples = self.samples[:n] if n > 0 else self.samples
-        return SegmentationDataset(samples, self.classes, mask_table=self.mask_table, **self._options())
+        return SegmentationDataset(samples, self.classes, mask_table=self.mask_table, instances=self.instances,
+                                   **self._options())
+
+    def instance_paths(self) -> list[str] | None:
+        """Each mask's Cityscapes instanceIds file (<stem>_gtFine_instanceIds.png beside <stem>_gtFine_labelIds.png,
+        the file cityscapesScripts' evaluator reads), or None unless the masks are Cityscapes gtFine labelIds files
+        read as the 19 train ids. The names only: whether the files exist is the caller's question."""
+        masks = self.mask_paths
+        if self.mask_table is not CITYSCAPES_MASK_TABLE or not all(mask.endswith(FINE_LABEL_IDS) for mask in masks):
+            return None
+        return [mask[:-len(FINE_LABEL_IDS)] + FINE_INSTANCE_IDS for mask in masks]
+
+    def with_instances(self) -> "SegmentationDataset":
+        """This dataset with each mask as int32 (2, H, W): class indices and the instanceIds map (read_instances)."""
+        if self.instance_paths() is None:
+            raise ValueError("only Cityscapes gtFine masks (*_gtFine_labelIds.png) have instanceIds files")
+        return SegmentationDataset(self.samples, self.classes, mask_table=self.mask_table, instances=True,
+                                   **self._options())
+
+    def read_instances(self, index: int) -> np.ndarray:
+        """Mask `index`'s Cityscapes instanceIds as int32 (H, W): label id * 1000 + instance number for an instance,
+        a label id (< 1000) elsewhere. A value naming no label id is a ValueError naming the file."""
+        paths = self.instance_paths()
+        if paths is None:
+            raise ValueError(f"{self.samples[index][1]} has no instanceIds file (only Cityscapes gtFine masks do)")
+        path = paths[index]
+        image = open_image(path, max_pixels=self.max_pixels)
+        if image.mode not in INSTANCE_MODES:
+            raise ValueError(f"{path}: an instanceIds map must be a 16-bit grayscale image, got mode {image.mode}")
+        ids = np.array(image, dtype=np.int32)
+        label_ids = np.where(ids >= 1000, ids // 1000, ids)
+        if ids.size and (ids.min() < 0 or label_ids.max() > MAX_LABEL_ID):
+            value = int(ids[(ids < 0) | (label_ids > MAX_LABEL_ID)][0])
+            raise ValueError(f"{path}: instance id {value} names no label id (0..{MAX_LABEL_ID}, times 1000 plus an "
+                             f"instance number)")
+        return ids
 
     def read_mask(self, index: int) -> np.ndarray:
         """Mask `index` as class indices (H, W) uint8, checked against num_classes."""
@@ -84,7 +129,14 @@ class SegmentationDataset(ImageFileDataset):
         if tuple(image.shape[-2:]) != mask.shape:
             raise ValueError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
                              f"{image.shape[-1]}x{image.shape[-2]}")
-        return image, torch.from_numpy(mask)
+        if not self.instances:
+            return image, torch.from_numpy(mask)
+        instances = self.read_instances(index)
+        if instances.shape != mask.shape:
+            raise ValueError(f"{self.instance_paths()[index]}: instanceIds map is {instances.shape[1]}x"
+                             f"{instances.shape[0]} but its labelIds mask {mask_path} is {mask.shape[1]}x"
+                             f"{mask.shape[0]}")
+        return image, torch.from_numpy(np.stack([mask.astype(np.int32), instances]))
 
 
 def read_sbd_mask(path) -> np.ndarray:
@@ -111,10 +163,18 @@ def read_sbd_mask(path) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+def not_found(message: str, path: Path) -> FileNotFoundError:
+    """A FileNotFoundError saying `message`, with the missing path as its .missing_path (for a caller that names the
+    split folders that do exist; .filename would change the message)."""
+    error = FileNotFoundError(message)
+    error.missing_path = str(path)
+    return error
+
+
 def _stems(folder: Path, keep) -> dict[str, Path]:
     """stem -> file for the visible files of `folder` that `keep(name)`; a stem twice is an error."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"folder not found: {folder}")
+        raise not_found(f"folder not found: {folder}", folder)
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file() or not keep(path.name):
@@ -151,7 +211,7 @@ def _read_ids(path: Path) -> list[str]:
     """The ids of a VOC / SBD split list, one per line; an id names files (JPEGImages/<id>.jpg), so one that is
     a path ('/', '..') is refused: it would send the reader outside the dataset."""
     if not path.is_file():
-        raise FileNotFoundError(f"split list not found: {path}")
+        raise not_found(f"split list not found: {path}", path)
     ids = []
     for line_no, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
@@ -231,7 +291,7 @@ def cityscapes_dataset(root, split: str, **options) -> SegmentationDataset:
     annotation = "gtCoarse" if split == "train_extra" else "gtFine"
     image_dir = root / "leftImg8bit" / split
     if not image_dir.is_dir():
-        raise FileNotFoundError(f"Cityscapes image folder not found: {image_dir}")
+        raise not_found(f"Cityscapes image folder not found: {image_dir}", image_dir)
     samples = []
     for city in sorted(d for d in image_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
         for image in sorted(city.glob("*_leftImg8bit.png")):
