@@ -1,5 +1,5 @@
 """Grad-CAM: it points at the evidence, has the image's shape and range, reads any named stage, and `deepres predict
---cam DIR` writes overlays."""
+--cam DIR` writes overlays enlarged for viewing."""
 import numpy as np
 import pytest
 import torch
@@ -11,8 +11,10 @@ from deepres.cli import main
 from deepres.core.checkpoint import save_checkpoint
 from deepres.core.config import Config, config_to_dict
 from deepres.core.preprocess import Preprocess
-from deepres.inference.cam import grad_cam, overlay_cam
+from deepres.inference.cam import cam_picture, grad_cam, overlay_cam
 from deepres.models import create_model
+from deepres.tasks.segmentation import enlarge_for_viewing
+from serve_helpers import fashion_run
 
 CLASSES = ["cat", "dog", "cow", "owl"]
 
@@ -114,6 +116,40 @@ def test_predict_cli_writes_cam_overlays(tmp_path, capsys):
     assert "2 Grad-CAM overlays (layer2)" in capsys.readouterr().err
     for i in range(2):
         with Image.open(tmp_path / "cams" / f"img{i}_cam.jpg") as picture:
-            assert picture.size == (16, 16) and picture.mode == "RGB"
+            assert picture.size == (256, 256) and picture.mode == "RGB"  # the 16-px crop, 16 x 16 blocks
     assert main([*args, "--cam-stage", "layer7"]) == 2
     assert "--cam-stage 'layer7'" in capsys.readouterr().err
+
+
+def test_cam_picture_is_the_overlay_with_each_pixel_a_block():
+    image = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cam = torch.rand(28, 28, generator=torch.Generator().manual_seed(1))
+    small = overlay_cam(image, cam)
+    big = cam_picture(image, cam)
+    assert big.shape == (280, 280, 3)  # 28 px x 10: the smallest integer factor reaching 256
+    assert np.array_equal(big, small.repeat(10, axis=0).repeat(10, axis=1))
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((28, 28, 3), (280, 280, 3)), ((20, 36), (260, 468)), ((256, 300, 3), (256, 300, 3)),
+    ((600, 400, 3), (600, 400, 3)), ((2, 3000), (2, 3000))])
+def test_enlarge_for_viewing_by_an_integer_factor_never_shrinking(shape, expected):
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    big = enlarge_for_viewing(pixels)
+    assert big.shape == expected  # large images as they are; a 2 x 3000 strip is not blown up to 512 x 768000
+    factor = expected[0] // shape[0]
+    assert np.array_equal(big[::factor, ::factor], pixels) and np.array_equal(big[factor - 1::factor], big[::factor])
+
+
+def test_predict_cli_cam_of_a_28px_model_is_280px(tmp_path, capsys):
+    run = fashion_run(tmp_path / "run")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert main(["predict", str(tmp_path / "a.png"), "--model", str(run), "--cam", str(tmp_path / "cams"),
+                 "--precision", "eager"]) == 0
+    with Image.open(tmp_path / "cams" / "a_cam.jpg") as picture:
+        assert picture.size == (280, 280)
+        written = np.asarray(picture.convert("RGB"), dtype=np.float32)
+    predictor = init_model(str(run), precision="eager")
+    result = predictor.cam(str(tmp_path / "a.png"))
+    expected = cam_picture(result["image"], result["cam"]).astype(np.float32)
+    assert np.abs(written - expected).mean() < 4  # JPEG quality 90 of the same picture

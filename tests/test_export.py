@@ -9,8 +9,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import re
+
+import torch.nn.functional as F
+
+from deepres import init_model
 from deepres.cli import main
-from deepres.inference.export import export_model, preprocess_from_metadata, preprocessing_metadata, read_metadata
+from deepres.core.preprocess import IMAGENET_MEAN, Preprocess
+from deepres.inference.export import (export_model, preprocess_from_metadata, preprocessing_formula,
+                                      preprocessing_metadata, read_metadata)
 from deepres.tasks.build import load_model
 from deepres.models import create_model
 from deepres.core.checkpoint import save_checkpoint
@@ -155,3 +162,57 @@ def test_exported_file_honours_the_umask(run_dir, tmp_path, umask_027):
     metadata = preprocessing_metadata(load_model(run_dir[0]))
     export_model(run_dir[1], tmp_path / "m.pt", format="torchscript", metadata=metadata, log=lambda s: None)
     assert oct((tmp_path / "m.pt").stat().st_mode & 0o777) == "0o640"
+
+
+def test_preprocessing_formula_states_this_models_numbers():
+    assert preprocessing_formula(Preprocess()) == (
+        "decode to 8-bit RGB (alpha dropped, gray repeated); shorter side to 256 px, longer side int(256 * longer / "
+        "shorter), antialiased bilinear (torch F.interpolate antialias=True, align_corners=False), clamped to 0..255 "
+        "and rounded to uint8; an image already that size is not resampled; centre crop 224x224 at top = "
+        "round((H - 224) / 2), left = round((W - 224) / 2) (half to even); x = (pixel / 255 - [0.485, 0.456, 0.406]) "
+        "/ [0.229, 0.224, 0.225] (R, G, B), in float32; float32 NCHW [N, 3, 224, 224]")
+    caffe = preprocessing_formula(Preprocess(resize=320, crop_size=320, interpolation="bicubic", normalize="mean",
+                                             mean=IMAGENET_MEAN))
+    assert "shorter side to 320 px" in caffe and "antialiased bicubic" in caffe and "centre crop 320x320" in caffe
+    assert "x = pixel - [123.675, 116.28, 103.53] (R, G, B; 255 * mean), in float32, on the 0-255 scale" in caffe
+    assert "/ 255" not in caffe and "std" not in caffe  # plain mean subtraction: nothing else
+    gray = preprocessing_formula(Preprocess(resize=28, crop_size=28, in_chans=1))  # ImageNet mean on a gray model
+    assert "gray = (19595 R + 38470 G + 7471 B + 32768) >> 16" in gray and "(pixel / 255 - [0.449]) / [0.226]" in gray
+
+
+def _by_hand(formula: str, image: torch.Tensor) -> torch.Tensor:
+    """The formula's steps on a uint8 RGB image (3, H, W), with the numbers read from the formula itself."""
+    side, crop = (int(v) for v in re.search(r"shorter side to (\d+) px.*centre crop (\d+)x", formula).groups())
+    mode = re.search(r"antialiased (\w+)", formula).group(1)
+    h, w = image.shape[-2:]
+    size = (side, int(side * w / h)) if h <= w else (int(side * h / w), side)
+    resized = F.interpolate(image[None].float(), size=size, mode=mode, antialias=True, align_corners=False)[0]
+    resized = resized.clamp(0, 255).round().to(torch.uint8)
+    top, left = round((size[0] - crop) / 2), round((size[1] - crop) / 2)
+    pixel = resized[:, top:top + crop, left:left + crop].int()
+    if "gray = " in formula:
+        r, g, b = pixel
+        pixel = ((19595 * r + 38470 * g + 7471 * b + 32768) >> 16)[None]
+    pixel = pixel.float()
+
+    def numbers(text):
+        return torch.tensor([float(v) for v in text.split(", ")], dtype=torch.float32).view(-1, 1, 1)
+
+    meanstd = re.search(r"x = \(pixel / 255 - \[(.*?)\]\) / \[(.*?)\]", formula)
+    if meanstd:
+        return (pixel / 255 - numbers(meanstd.group(1))) / numbers(meanstd.group(2))
+    return pixel - numbers(re.search(r"x = pixel - \[(.*?)\]", formula).group(1))
+
+
+@pytest.mark.parametrize("preprocess", [
+    Preprocess(resize=16, crop_size=12, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)),
+    Preprocess(resize=16, crop_size=12, in_chans=1, interpolation="bicubic", normalize="mean", mean=IMAGENET_MEAN),
+], ids=["rgb-meanstd-bilinear", "gray-mean-bicubic"])
+def test_the_stated_formula_reproduces_what_the_predictor_feeds(preprocess):
+    image = torch.randint(0, 256, (3, 24, 30), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    model = create_model("resnet20", num_classes=4, in_chans=preprocess.in_chans)
+    fed = []
+    model.register_forward_pre_hook(lambda module, args: fed.append(args[0][0].clone()))
+    init_model(model, preprocess=preprocess, class_names=list("abcd"), precision="eager").predict(image)
+    assert len(fed) == 1 and fed[0].shape == (preprocess.in_chans, 12, 12)
+    assert torch.equal(_by_hand(preprocessing_formula(preprocess), image), fed[0])  # exactly, not approximately

@@ -1,15 +1,19 @@
-"""`deepres predict`: one line per image, the CSV file, bad images, and never overwriting --out."""
+"""`deepres predict`: one line per image, the CSV file, bad images, never overwriting --out, and a segmentation
+model's files: class-map PNGs at the image's exact size, overlay JPEGs enlarged for viewing."""
 import csv
 
+import numpy as np
 import pytest
 import torch
 from data_helpers import write_image
+from PIL import Image
 
 from deepres import inference_model, init_model
 from deepres.cli import main
 from deepres.models import create_model
 from deepres.core.checkpoint import save_checkpoint
 from deepres.core.config import Config, config_to_dict
+from deepres.tasks.segmentation import overlay_pixels
 
 CLASSES = ["cat", "dog", "cow", "owl"]
 
@@ -117,3 +121,36 @@ def test_predict_user_errors_are_one_line(run_dir, images, tmp_path, capsys):
     assert "resnet50.tv_in1k" in capsys.readouterr().err
     assert main(["predict", str(images), "--model", str(run_dir), "--device", "toaster"]) == 2
     assert "--device 'toaster'" in capsys.readouterr().err
+
+
+def test_segmentation_pngs_keep_the_exact_size_and_overlays_are_enlarged(tmp_path, capsys):
+    """A 28-px model: its class-map PNG is 28 x 28 for programs, its overlay 280 x 280 for people; a non-square image
+    is enlarged by one integer factor; a large image's overlay keeps the image's own resolution."""
+    cfg = Config()
+    cfg.model.name, cfg.model.num_classes, cfg.model.in_chans = "fcn_resnet20", 3, 1
+    cfg.model.kwargs = {"widths": [8, 16, 32]}
+    cfg.data.name, cfg.data.image_size = "pairs", 28
+    torch.manual_seed(0)
+    model = create_model("fcn_resnet20", num_classes=3, in_chans=1, widths=[8, 16, 32])
+    save_checkpoint(tmp_path / "run" / "checkpoints", "last", model=model, state={"step": 1, "epoch": 1},
+                    config=config_to_dict(cfg), classes=["background", "shirt", "bag"])
+    sizes = {"small": (28, 28), "strip": (20, 36), "photo": (300, 260)}  # (height, width)
+    for name, (height, width) in sizes.items():
+        pixels = np.random.default_rng(height).integers(0, 256, (height, width), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+    out = tmp_path / "pred"
+    assert main(["predict", *(str(tmp_path / f"{name}.png") for name in sizes), "--model", str(tmp_path / "run"),
+                 "--out", str(out), "--precision", "eager"]) == 0
+    for name, (height, width), (view_height, view_width) in zip(sizes, sizes.values(),
+                                                                [(280, 280), (260, 468), (300, 260)]):
+        with Image.open(out / f"{name}.png") as png, Image.open(out / f"{name}_overlay.jpg") as jpeg:
+            assert png.size == (width, height) and png.mode == "P"
+            assert jpeg.size == (view_width, view_height)
+            class_map, palette = torch.from_numpy(np.array(png)), np.array(png.getpalette()).reshape(-1, 3)
+            written = np.asarray(jpeg.convert("RGB"), dtype=np.float32)
+        with Image.open(tmp_path / f"{name}.png") as image:
+            rgb = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+        factor = view_height // height
+        small = overlay_pixels(rgb, class_map, palette)
+        expected = small.repeat(factor, axis=0).repeat(factor, axis=1).astype(np.float32)
+        assert np.abs(written - expected).mean() < 6, name  # the same picture, through JPEG quality 90

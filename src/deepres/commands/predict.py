@@ -10,7 +10,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from deepres.core.files import atomic_write
-from deepres.inference.cam import overlay_cam
+from deepres.inference.cam import cam_picture
 from deepres.inference.predictor import Predictor
 from deepres.inference.preprocess import at_test_size
 from deepres.tasks import TASKS, PredictOptions
@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     if info is not None:
         print(f"precision path: {info.dtype} on {info.device} ({', '.join(info.steps)}); largest logit difference "
               f"from fp32 on {info.check_batch} {info.max_abs_error:.3g}; why: {info.reason}", file=sys.stderr)
+    elif done or failed:  # eager: no runner was built, but the line still says what ran
+        print(f"precision path: eager fp32 on {model.device} (the model as it is); why: {model.plan.reason}",
+              file=sys.stderr)
     wrote = writer.close()
     if wrote:
         print(wrote, file=sys.stderr)
@@ -111,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_cams(model: Predictor, paths: list[str], folder: Path, stage: str | None, batch_size: int) -> None:
-    """DIR/<stem>_cam.jpg for each image: its top class's Grad-CAM over the image the model saw."""
+    """DIR/<stem>_cam.jpg for each image: its top class's Grad-CAM over the image the model saw, enlarged for viewing
+    (cam_picture: a 28-px crop becomes a 280-px JPEG)."""
     stems: dict[str, str] = {}
     for path in paths:
         stem = Path(path).stem
@@ -121,7 +125,7 @@ def write_cams(model: Predictor, paths: list[str], folder: Path, stage: str | No
         stems[stem] = path
     folder.mkdir(parents=True, exist_ok=True)
     for result in model.cam(paths, stage=stage, batch_size=batch_size):
-        picture = Image.fromarray(overlay_cam(result["image"], result["cam"]))
+        picture = Image.fromarray(cam_picture(result["image"], result["cam"]))
         atomic_write(folder / f"{Path(result['path']).stem}_cam.jpg", lambda f: picture.save(f, format="JPEG",
                                                                                            quality=90))
     print(f"wrote {len(paths)} Grad-CAM overlays ({stage or model.cam_stages[-1]}) to {folder}", file=sys.stderr)

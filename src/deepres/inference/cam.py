@@ -4,7 +4,8 @@ For a stage's output maps A_k (k = channels) and a class score y_c (the logit), 
 over its pixels of dy_c/dA_k, and CAM = ReLU(sum_k w_k A_k), upsampled bilinearly to the model's input and scaled
 to 0..1 per image. The stage is read with a forward hook on the stage module (`model.stage_names`: layer1..layer4
 for ResNets), so any deepres network works without changes; the last stage is the default, as in the paper.
-The fp32 model runs (gradients are needed; the fast path is inference-only).
+The fp32 model runs (gradients are needed; the fast path is inference-only). `cam_picture` is the overlay enlarged
+for a person to look at (a 28-px input becomes 280 px), as `deepres predict --cam` writes it.
 """
 import threading
 
@@ -13,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from matplotlib import colormaps
+
+from deepres.tasks.segmentation import enlarge_for_viewing
 
 # One hook at a time per model: two threads computing CAMs of one model would read each other's activations.
 _hook_lock = threading.Lock()
@@ -76,3 +79,9 @@ def overlay_cam(image: torch.Tensor, cam: torch.Tensor, *, alpha: float = 0.5, c
     rgb = image.float().expand(3, -1, -1).permute(1, 2, 0).numpy()
     blended = rgb * (1 - alpha) + heatmap_rgb(cam, colormap).astype(np.float32) * alpha
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def cam_picture(image: torch.Tensor, cam: torch.Tensor, *, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
+    """overlay_cam enlarged for viewing (enlarge_for_viewing: nearest-neighbour by an integer factor until the shorter
+    side is >= 256 px, so each pixel the model saw is a visible block; larger crops as they are): uint8 HxWx3."""
+    return enlarge_for_viewing(overlay_cam(image, cam, alpha=alpha, colormap=colormap))
