@@ -26,7 +26,8 @@ STEPS = ("resnet50", "resnet50d", "assemble_r50d_se", "assemble_r50d_sk", "assem
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(STEPS))
     parser.add_argument("--size", type=int, default=256, help="image side, pixels (the paper evaluates at 256)")
     parser.add_argument("--batch", type=int, default=16)

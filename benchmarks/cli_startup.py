@@ -55,7 +55,8 @@ def time_command(argv: list[str], repeats: int, env: dict | None) -> list[float]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per command (default 15)")
     parser.add_argument("--baseline-src", metavar="DIR", help="also time `python -m deepres --help` from this src/")
     args = parser.parse_args()

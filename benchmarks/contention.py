@@ -69,7 +69,8 @@ def measure(entries: list[dict], key: str, timing: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", action="append", metavar="MODEL:SIZE:BATCH",
                         help="repeatable (default: resnet20:32:64 and resnet50:224:16)")
     parser.add_argument("--paths", default=",".join(DEFAULT_PATHS),

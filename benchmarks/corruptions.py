@@ -39,7 +39,8 @@ def images_per_second(images: torch.Tensor, name: str, repeats: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 corruptions, one batch of 4 at 32 px, 1 repeat")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per cell (the best counts)")
     parser.add_argument("--cpu-only", action="store_true", help="skip CUDA even when it is available")

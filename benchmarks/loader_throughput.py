@@ -90,7 +90,8 @@ def best_rates(configs: dict[str, DataConfig], repeats: int) -> dict[str, tuple[
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000, help="training photos to write")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="DataLoader workers to try")
     parser.add_argument("--size", type=int, default=160, help="pack size: shorter side, pixels")

@@ -60,7 +60,8 @@ def measure(model: str, label: str, requests: int, images: int, body: bytes, fir
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inflight", type=int, nargs="+", default=[1, 2, 4, 8],
                         help="requests at once, a row each (classifier)")
     parser.add_argument("--seg-inflight", type=int, nargs="*", default=[1, 4],

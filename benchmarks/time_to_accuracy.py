@@ -46,7 +46,8 @@ def mean_std(values, digits: int = 1) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe")
     parser.add_argument("--target", type=float, default=94.0, help="test top-1 accuracy (%%) to reach")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])

@@ -129,7 +129,8 @@ def sgemm_gflops(size: int = 2048, repeats: int = 10) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100, help="ResNet-20 timed steps (default %(default)s)")
     parser.add_argument("--batch", type=int, default=128, help="ResNet-20 batch size (default %(default)s)")
     parser.add_argument("--r50-steps", type=int, default=5, help="ResNet-50 timed steps (default %(default)s)")

@@ -23,10 +23,12 @@ SUBCOMMANDS = {
     "robustness": ("robustness", "corruption error (mCE) and flip rate (mFR) of a classifier: corruptions made on the "
                                  "fly, or an ImageNet-C folder"),
     "score": ("score", "score a folder of prediction PNGs from any tool against a segmentation dataset's ground truth"),
-    "data": ("data", "get MNIST / Fashion-MNIST, verify that every image decodes, or pack a dataset"),
+    "data": ("data", "datasets: get MNIST / Fashion-MNIST, verify that every image decodes, pack one into shards, "
+                     "make fashion-mnist-scenes, make-corrupted (a corrupted copy in the ImageNet-C layout)"),
     "study": ("study", "train every (variant, seed) of a study file, resumably; report mean ± std"),
     "compare": ("compare", "compare finished runs: table (mean ± std over seeds) and curves"),
-    "predict": ("predict", "run a trained or published model on images or folders: classes (CSV) or class maps (PNG)"),
+    "predict": ("predict", "classify or segment images or folders with a trained or published model: top classes "
+                           "(CSV) or class maps (PNG)"),
     "export": ("export", "export a checkpoint to ONNX, TorchScript, torch.export or a Triton model repository, "
                          "checked against PyTorch"),
     "serve": ("serve", "serve a model over HTTP: JSON API, Grad-CAM, dynamic batching, a browser page, Prometheus "
@@ -45,19 +47,27 @@ def _command(name: str):
     return module.add_arguments, module.run
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def build_parser(chosen: str | None = None) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and each subcommand's; only `chosen` gets its arguments (and its module imported)."""
     parser = argparse.ArgumentParser(prog="deepres", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parsers = {}
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        parsers[name] = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            _command(name)[0](parsers[name])
+    return parser, parsers
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     # only the command being run (the first word that names one) gets its arguments, and its module imported
     chosen = next((word for word in argv if not word.startswith("-")), None)
-    runner = None
-    for name, (_, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        if name == chosen:
-            add_arguments, runner = _command(name)
-            add_arguments(p)
-    args = parser.parse_args(argv)
+    parser, parsers = build_parser(chosen)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # parse_args would print the top level's usage; the subcommand's is the one that helps
+        parsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    runner = _command(args.command)[1]
     try:
         return runner(args) or 0
     except (RunFailedError, DownloadError) as e:

@@ -17,8 +17,9 @@ MODEL_HELP = ("a deepres run directory or .safetensors checkpoint, published wei
               "a registered model name (with --checkpoint), or a recipe")
 
 
-def add_model_options(parser: argparse.ArgumentParser, *, positional: bool = False) -> None:
-    """MODEL (positional, or --model), --checkpoint, --device, --precision, --calibration and --backend."""
+def add_model_options(parser: argparse.ArgumentParser, *, positional: bool = False, compile: bool = True) -> None:
+    """MODEL (positional, or --model), --checkpoint, --device, --precision, --calibration and --backend. compile:
+    whether the command has its own --compile (the --backend help then says how the two go together)."""
     if positional:
         parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     else:
@@ -36,7 +37,8 @@ def add_model_options(parser: argparse.ArgumentParser, *, positional: bool = Fal
                              "evenly spaced)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="what runs an fp32 path on the CPU (default auto: ONNX Runtime, the model exported "
-                             "once and cached in $DEEPRES_CACHE/onnx, unless --compile; torch: PyTorch/oneDNN)")
+                             f"once and cached in $DEEPRES_CACHE/onnx{', unless --compile' if compile else ''}; "
+                             "torch: PyTorch/oneDNN)")
 
 
 def parse_device(text: str | None) -> torch.device:

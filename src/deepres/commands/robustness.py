@@ -38,10 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--perturbation-images", type=int, default=1000, metavar="N",
                         help="sequences are made from the first N images (default 1000)")
     parser.add_argument("--frames", type=int, help="frames per sequence (default: each perturbation's published)")
-    parser.add_argument("--baseline", default="auto", metavar="alexnet|none|RUN",
-                        help="what CE and flip rates divide by: AlexNet's published numbers (ImageNet-1k "
-                             "classifiers only), nothing, or a run measured on as many images at the same severities "
-                             "(its robustness.json); auto = AlexNet for ImageNet-1k models, else none")
+    parser.add_argument("--baseline", default="auto", metavar="auto|alexnet|none|RUN",
+                        help="what CE and flip rates divide by: auto (default) = AlexNet for ImageNet-1k models, "
+                             "else none; alexnet = AlexNet's published numbers (ImageNet-1k classifiers only); none "
+                             "= nothing; RUN = a run measured on as many images at the same severities (its "
+                             "robustness.json)")
     parser.add_argument("--seed", type=int, default=0, help="corruption seed: (image, corruption, severity, seed) "
                                                             "always gives the same image")
     add_evaluation_options(parser)

@@ -33,7 +33,7 @@ LIMIT_OPTIONS = {"max_batch": "images per model call (1 turns batching off)",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_options(parser, positional=True)
+    add_model_options(parser, positional=True, compile=False)  # serving compiles nothing: no --compile
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; put a TLS and "
                              "authenticating reverse proxy in front before listening on others)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from pathlib import Path
 
 import yaml
@@ -12,9 +13,9 @@ from deepres.core.errors import TrainingInterrupted
 from deepres.core.runs import METRICS_FILE
 
 from deepres.studies.report import RunResult, read_run, text_table, write_report
-from deepres.studies.runner import run_state, run_study
+from deepres.studies.runner import DIVERGED, FINISHED, run_state, run_study
 from deepres.studies.spec import (DATA_PRESETS, PlannedRun, StudyConfig, common_overrides, default_study_dir, load_study,
-                   plan_study, resolved_study_dict, with_selection)
+                                  missing_files, plan_study, resolved_study_dict, with_selection)
 
 STUDY_FILE = "study.yaml"  # the resolved study, in the study's output folder
 REPORT_DIR = "report"
@@ -38,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="T", help="torch threads per run (default: cores/N)")
     parser.add_argument("--max-runs", type=int, metavar="N",
                         help="train at most N unfinished runs in this call; a later call does the rest")
-    parser.add_argument("--dry-run", action="store_true", help="check every run's config and list what would run")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check every run's config and the files it reads (model.pretrained, train.kd_teacher, "
+                             "train.kd_logits, data.root), list what would run, and exit 2 if a run would fail on a "
+                             "missing file (marked MISSING)")
     parser.add_argument("--report-only", action="store_true", help="train nothing; write the report from the runs "
                                                                    "that exist")
 
@@ -60,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
     study_dir = Path(args.out) if args.out else default_study_dir(study)
     runs = plan_study(study, study_dir, args.overrides)  # every config is checked before anything trains
     if args.dry_run:
-        print_plan(study, study_dir, runs, args.overrides, run_state)
-        return 0
+        return print_plan(study, study_dir, runs, args.overrides, run_state)
     if not args.report_only:
         write_resolved_study(study_dir, study, args.overrides)
         try:
@@ -137,11 +140,24 @@ def write_resolved_study(study_dir: Path, study: StudyConfig, cli_overrides: lis
 
 
 def print_plan(study: StudyConfig, study_dir: Path, runs: list[PlannedRun], cli_overrides: list[str],
-               run_state) -> None:
+               run_state) -> int:
+    """The dry run: every run with its state and overrides, and MISSING for each file a run still to train would
+    not find; 2 (with one line on stderr) when any run would fail on one, else 0."""
     common = [*common_overrides(study), *study.set, *cli_overrides]
     print(f"study {study.path}: base {study.base}, {len(study.variants)} variants x {len(study.seeds)} seeds "
           f"= {len(runs)} runs in {study_dir}")
     print("every run: " + (" ".join(common) or "(no overrides)"))
+    failing = 0
     for run in runs:
         own = " ".join(study.variants[run.variant]) or "(base)"
-        print(f"  {run_state(run.run_dir):<11} {run.variant}/seed{run.seed}: {own}")
+        state = run_state(run.run_dir)
+        # a finished or diverged run is not trained again; another run of this study may make what this one reads
+        made = tuple(other.run_dir for other in runs if other is not run)
+        missing = [] if state in (FINISHED, DIVERGED) else missing_files(run.config, made)
+        failing += bool(missing)
+        print(f"  {state:<11} {run.variant}/seed{run.seed}: {own}" + "".join(f"  MISSING {m}" for m in missing))
+    if failing:
+        print(f"deepres study: error: {failing} of {len(runs)} runs would fail on a missing file (marked MISSING)",
+              file=sys.stderr)
+        return 2
+    return 0

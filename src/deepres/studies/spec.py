@@ -18,8 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
 
+from deepres.core.checkpoint import resolve_checkpoint
 from deepres.core.config import RECIPES_DIR, Config, load_config, resolve_recipe
 from deepres.core.typed import Schema, read_yaml_mapping
+from deepres.data import get_format, resolve_root
+from deepres.models import list_models
+from deepres.models.pretrained import is_pretrained_name
 
 # Studies shipped with the repository: <repo>/studies/<name>.yaml (DEEPRES_STUDIES overrides)
 STUDIES_DIR = Path(os.environ.get("DEEPRES_STUDIES") or RECIPES_DIR.parent / "studies")
@@ -246,6 +250,62 @@ def plan_study(study: StudyConfig, study_dir: str | os.PathLike, cli_overrides: 
                 raise type(e)(f"{where}: variant {variant!r}: {msg}") from None
             runs.append(PlannedRun(variant, seed, overrides, cfg, study_dir / variant / f"seed{seed}"))
     return runs
+
+
+# Format options that name a file or folder (relative to data.root): checked by missing_files when set
+DATA_PATH_OPTIONS = ("val_ground_truth", "synset_map", "image_root", "class_names", "sbd_root")
+
+
+def missing_files(cfg: Config, made: tuple[Path, ...] = ()) -> list[str]:
+    """What training `cfg` would read and cannot find, one `key=value (why)` each: model.pretrained,
+    train.kd_teacher (a run directory, checkpoint, published weights, model or recipe name), train.kd_logits,
+    data.root (or the format's default location) and its format's file options. Cheap: nothing is opened or
+    downloaded (published weights count as present). A path at or below one of `made` (run folders an earlier run
+    of the same study writes) counts as present."""
+    def absent(value: str) -> str | None:
+        """Why the run directory, checkpoint or file `value` cannot be read; None if it can."""
+        path = Path(value).expanduser()
+        if any(path.resolve().is_relative_to(folder.resolve()) for folder in made):
+            return None
+        if not path.exists():
+            return "does not exist"
+        try:
+            resolve_checkpoint(str(path))
+        except FileNotFoundError:
+            return "no checkpoints/best.safetensors or last.safetensors in this folder"
+        return None
+
+    missing = []
+    pretrained = cfg.model.pretrained
+    if pretrained and not is_pretrained_name(pretrained) and (why := absent(pretrained)):
+        missing.append(f"model.pretrained={pretrained} ({why})")
+    teacher = cfg.train.kd_teacher
+    if teacher and not (is_pretrained_name(teacher) or teacher in list_models() or _is_recipe(teacher)) and \
+            (why := absent(teacher)):
+        missing.append(f"train.kd_teacher={teacher} ({why})")
+    logits = cfg.train.kd_logits
+    if logits and not Path(logits).expanduser().is_file():
+        missing.append(f"train.kd_logits={logits} (no such file)")
+    if get_format(cfg.data.name).needs_root:
+        try:
+            root = resolve_root(cfg.data)
+        except FileNotFoundError:
+            missing.append(f"data.root={cfg.data.root} (does not exist)")
+        except ValueError as e:  # not set, and the format's default location holds nothing
+            missing.append(f"data.root ({e})")
+        else:
+            missing += [f"data.{key}={getattr(cfg.data, key)} ({root / getattr(cfg.data, key)} does not exist)"
+                        for key in DATA_PATH_OPTIONS
+                        if getattr(cfg.data, key) and not (root / Path(getattr(cfg.data, key)).expanduser()).exists()]
+    return missing
+
+
+def _is_recipe(name: str) -> bool:
+    try:
+        resolve_recipe(name)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _resolve_base(study: StudyConfig) -> Path:
