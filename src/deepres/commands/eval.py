@@ -24,9 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", metavar="ROOT", help="data.root: the dataset directory")
     parser.add_argument("--split", help="data.val_split: the split to evaluate (e.g. test, val)")
     parser.add_argument("--eval-preset", help="data.eval_preset: none, crop224_resize256, crop256_resize257, crop256_resize292, "
-                        "crop320_resize320, crop_pct:0.875")
+                        "crop320_resize320, crop128_resize128, crop_pct:0.875")
     parser.add_argument("--test-scales", default="", metavar="S1,S2,...",
-                        help="average softmax over these square test sizes, pixels (e.g. 224,256,320)")
+                        help="average softmax over these square test sizes, pixels (e.g. 224,256,320): the image the "
+                             "eval preset gives, resized to each, through the model's global pool (= its classifier "
+                             "as a 1x1 conv, scores averaged over positions); the neon Mini-Places2 test: "
+                             "--eval-preset crop128_resize128 --test-scales 112,128,160,240")
     parser.add_argument("--flip", action="store_true", help="also average over horizontally flipped images")
     add_view_arguments(parser)
     add_evaluation_options(parser)

@@ -79,6 +79,10 @@ class DataConfig:
     # Training-time augmentation
     image_size: int = setting(224, ge=1)  # train crop side, pixels
     random_resized_crop: bool = False  # Inception-style crop (scale 0.08-1, ratio 3/4-4/3) instead of pad-and-crop
+    # Scale jitter: the shorter side resized to a random whole number of pixels in [low, high], then a random
+    # image_size crop (neon's ImageLoader scale_range: Mini-Places2 128-240 for 112 crops); [0, 0] = off
+    short_side_range: tuple[int, int] = setting((0, 0), test=lambda r: tuple(r) == (0, 0) or 0 < r[0] <= r[1],
+                                                text="must be [low, high] pixels with 0 < low <= high, or [0, 0]")
     crop_padding: int = setting(0, ge=0)  # pad-and-random-crop padding, pixels (4 for CIFAR); 0 = off
     hflip: bool = True  # random horizontal flip, p=0.5
     color_jitter: float = setting(0.0, ge=0)  # brightness/contrast/saturation strength; 0 = off
@@ -92,7 +96,8 @@ class DataConfig:
     auto_augment_convention: Literal["torchvision", "tf"] = "torchvision"
     # Evaluation transform: "none" (use images as stored), "cropC_resizeR" (shorter side R, centre C):
     # crop224_resize256, crop256_resize257 (Assemble-ResNet's imagenet_224_256a), crop256_resize292 (their Big-Little
-    # models), crop320_resize320 (ademxapp's ILSVRC test), or "crop_pct:0.875" (resize image_size/crop_pct); the old
+    # models), crop320_resize320 (ademxapp's ILSVRC test), crop128_resize128 (the whole Mini-Places2 image, for neon's
+    # multi-scale test), or "crop_pct:0.875" (resize image_size/crop_pct); the old
     # names 224_256, 224_256a and 256_292 still load
     eval_preset: str = "none"
     # Normalisation: "meanstd" ((x/255 - mean)/std) or "mean" (x - mean*255, neon-style plain mean subtraction)
@@ -156,6 +161,9 @@ class DataConfig:
 
     def cross_check(self):
         parse_eval_preset(self.eval_preset, self.image_size)  # raises for an unknown preset
+        if self.short_side_range[1] and (self.random_resized_crop or self.short_side_range[0] < self.image_size):
+            yield "short_side_range", (f"{list(self.short_side_range)}: needs data.random_resized_crop off and a low "
+                                       f"end >= data.image_size ({self.image_size}, the crop)")
         parse_auto_augment(self.auto_augment, self.auto_augment_convention)  # raises for an unknown policy
         formats = DATASET_FORMATS.known() or {}
         reads = formats.get(self.name)  # None: the format has not declared its options

@@ -60,6 +60,8 @@ EVAL_PRESETS = {
     "crop256_resize257": (257, 256),  # Assemble-ResNet's "imagenet_224_256a" (their ResNet-152)
     "crop256_resize292": (292, 256),  # Assemble-ResNet's "imagenet_224_256" (Big-Little models; crop_pct 0.875)
     "crop320_resize320": (320, 320),  # ademxapp's ILSVRC test (iclass/ilsvrc.py: Scale(320), CenterCrop(320))
+    # the whole 128-px Mini-Places2 image, for the neon multi-scale test (--test-scales 112,128,160,240 resizes it)
+    "crop128_resize128": (128, 128),
 }
 # Names stored configs and runs used before the presets said their crop; they load and mean the same.
 EVAL_PRESET_ALIASES = {

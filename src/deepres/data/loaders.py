@@ -62,14 +62,22 @@ def shard_indices(num_samples: int, *, train: bool, epoch: int, seed: int, rank:
 
 @dataclass(frozen=True)
 class ItemTransform:
-    """Per-image geometry to a fixed square: random resized crop, or shorter side to `resize_to` + centre crop."""
+    """Per-image geometry to a fixed square: random resized crop, shorter side to a random size in
+    `short_side_range` + random crop, or shorter side to `resize_to` + centre crop."""
 
     size: int  # output side, pixels
     resize_to: int = 0  # shorter side before the centre crop, pixels (unused with random_crop)
-    random_crop: bool = False  # Inception-style random resized crop instead
+    random_crop: bool = False  # a random crop (needs the per-item generator): Inception-style, or see below
     interpolation: str = "bilinear"  # of the resize before the centre crop: "bilinear" or "bicubic" (antialiased)
+    short_side_range: tuple[int, int] = (0, 0)  # with random_crop: scale jitter (data.short_side_range), pixels
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.random_crop and self.short_side_range[1]:
+            low, high = self.short_side_range
+            image = T.resize_shorter(image, int(torch.randint(low, high + 1, (1,), generator=generator)))
+            top, left = (int(torch.randint(0, side - self.size + 1, (1,), generator=generator))
+                         for side in image.shape[-2:])
+            return T.crop(image, top, left, self.size, self.size)
         if self.random_crop:
             return T.random_resized_crop(image, self.size, generator)
         return T.resize_center_crop(image, self.resize_to, self.size, self.interpolation)
@@ -503,12 +511,15 @@ def build_loaders(cfg: DataConfig, device, *, seed: int = 0, rank: int = 0, worl
         if cfg.auto_augment:
             raise ValueError(f"data.auto_augment moves the image without its mask; data.name={cfg.name} is a "
                              f"segmentation format")
-        if cfg.random_resized_crop or cfg.crop_padding:
+        if cfg.random_resized_crop or cfg.crop_padding or cfg.short_side_range[1]:
             raise ValueError(f"data.name={cfg.name} is a segmentation format: use data.scale_range and "
-                             f"data.image_size (the crop) instead of data.random_resized_crop / crop_padding")
+                             f"data.image_size (the crop) instead of data.random_resized_crop / crop_padding / "
+                             f"short_side_range")
         train_items = PairTransform(SegTrainTransform.from_config(cfg), random_crop=True)
     elif cfg.random_resized_crop:
         train_items = ItemTransform(size=cfg.image_size, random_crop=True)
+    elif cfg.short_side_range[1]:
+        train_items = ItemTransform(size=cfg.image_size, random_crop=True, short_side_range=tuple(cfg.short_side_range))
     else:
         train_items = None if fmt.in_memory else ItemTransform(size=cfg.image_size, resize_to=cfg.image_size)
     common = dict(in_chans=in_chans, normalize=cfg.normalize, mean=tuple(cfg.mean), std=tuple(cfg.std))

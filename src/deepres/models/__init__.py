@@ -4,4 +4,5 @@ from .weights import load_pretrained, read_state_dict
 from . import resnet  # noqa: F401  (importing a family registers its variants)
 from . import preact_resnet  # noqa: F401
 from . import resnet38  # noqa: F401
+from . import neon  # noqa: F401
 from . import segmentation  # noqa: F401

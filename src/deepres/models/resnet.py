@@ -71,6 +71,7 @@ class _PostActivationUnit(nn.Module):
     # off: no Identity in the graph, so conv-BN-ReLU fusion patterns stay intact. (Not class attributes: they would
     # hide nn.Module's lookup.)
     drop_block_placement = "assemble"
+    residual = True  # False: a plain network's unit, nothing added (ResNet(residual=False))
 
     def dropped(self, x, middle: bool = False):
         if self.drop_block is None or (self.drop_block_placement == "timm" and not middle):
@@ -83,10 +84,13 @@ class _PostActivationUnit(nn.Module):
     def add_shortcut(self, out, shortcut):
         bn = getattr(self, self.last_bn)
         if self.bn_after_add:
-            out = self.dropped(bn(self.gated(out) + shortcut))
+            out = self.dropped(bn(self.plus(self.gated(out), shortcut)))
         else:
-            out = self.gated(self.dropped(bn(out))) + shortcut
+            out = self.plus(self.gated(self.dropped(bn(out))), shortcut)
         return F.relu(out) if self.relu_after_add else out
+
+    def plus(self, out, shortcut):
+        return out + shortcut if self.residual else out
 
     def zero_init_last(self):
         # With BN after the addition, zeroing it would zero the shortcut too: leave that variant alone.
@@ -198,15 +202,21 @@ class ResNet(ResidualNetwork):
     Assemble-ResNet options (models/assemble.py): `sk` SK units for every 3x3 conv; `aa` anti-aliased downsampling
     with a blur of `aa_size` taps in the strided blocks ("conv"), after a stride-1 stem max-pool ("stem") or both;
     `big_little=(alpha, beta)` Big-Little stages for all but the last stage and Big-Little module 0 for the stem pool
-    (a Big-Little stage's shortcuts get no DropBlock)."""
+    (a Big-Little stage's shortcuts get no DropBlock).
+    residual=False: the plain network of He et al. 2015 (§4.1-4.2, "plain-20/32/44/56"): the same layers without
+    shortcuts (and without the projection ones' parameters)."""
 
     def __init__(self, block, layers, num_classes=1000, in_chans=3, *, widths=(64, 128, 256, 512),
                  strides=None, stem="imagenet", shortcut="B", groups=1, width_per_group=64, output_stride=None,
                  stride_in_1x1=False, bn_after_add=False, relu_after_add=True, drop_rate=0.0,
                  zero_init_last=False, se=False, se_ratio=1 / 16, se_divisor=8, se_bias=True, dropblock=False,
                  dropblock_size=None, dropblock_mode="assemble", dropblock_placement="assemble", sk=False, aa=None,
-                 aa_size=3, big_little=None):
+                 aa_size=3, big_little=None, residual=True):
         super().__init__(num_classes, drop_rate)
+        if not residual and (big_little or sk or zero_init_last
+                             or block not in ("basic", "bottleneck", BasicBlock, Bottleneck)):
+            raise ValueError("residual=False (a plain network) takes basic or bottleneck blocks without big_little, sk "
+                             "or zero_init_last (which would zero its only path)")
         if len(layers) != len(widths):
             raise ValueError(f"layers {layers} and widths {widths} must have the same length")
         if aa not in (None, "conv", "stem", "both"):
@@ -253,7 +263,7 @@ class ResNet(ResidualNetwork):
                 in_chs = out_chs
                 continue
             downsample = None
-            if stride != 1 or in_chs != out_chs:
+            if residual and (stride != 1 or in_chs != out_chs):
                 downsample = make_shortcut(shortcut, in_chs, out_chs, stride, dilation)
                 if drop_block and dropblock_placement == "assemble" and isinstance(downsample, nn.Sequential):
                     # after the shortcut's BN: no new keys
@@ -262,6 +272,8 @@ class ResNet(ResidualNetwork):
                           drop_block=drop_block)]
             units += [unit(out_chs, planes, dilation=dilation, first_dilation=dilation, drop_block=drop_block)
                       for _ in range(1, n)]
+            for u in units:
+                u.residual = residual
             setattr(self, name, nn.Sequential(*units))
             in_chs = out_chs
         self.stage_channels = tuple(planes * block.expansion for planes in widths)
@@ -316,6 +328,15 @@ for _depth in _CIFAR_DEPTHS:
                      doc=f"resnet{_depth}: CIFAR ResNet, 3 stages of {_n} basic units, option A shortcuts",
                      block="basic", layers=(_n, _n, _n), num_classes=10, widths=(16, 32, 64), stem="cifar",
                      shortcut="A")
+
+# Their plain counterparts (He et al. 2015, §4.2 and Fig. 6: plain-20/32/44/56; 110 for the same comparison): the
+# same layers, no shortcuts; option A has no parameters, so each has its ResNet's parameter count.
+for _depth in (20, 32, 44, 56, 110):
+    _n = (_depth - 2) // 6
+    register_variant(f"plain{_depth}", ResNet, input_size=(3, 32, 32),
+                     doc=f"plain{_depth}: resnet{_depth} without shortcuts (residual=False)",
+                     block="basic", layers=(_n, _n, _n), num_classes=10, widths=(16, 32, 64), stem="cifar",
+                     shortcut="A", residual=False)
 
 # The ImageNet ResNets with a CIFAR stem (mmcls/mmpretrain's ResNet_CIFAR): one 3x3/1 conv of 64 channels, no
 # max-pool, then the four ImageNet stages (64-512 planes, projection shortcuts, stride on the 3x3): 32 px in, 4x4
