@@ -149,3 +149,24 @@ def test_big_branch_ends_without_relu_and_merges_at_the_little_resolution():
     assert (big < 0).any()  # the big branch's last block drops its final ReLU (official last_relu=False)
     assert big.shape[-1] * 2 == little.shape[-1] == x.shape[-1]
     assert out.shape[-1] == x.shape[-1] // 2 and (out >= 0).all()  # layer1's merge block carries stride 2
+
+
+def test_big_little_shortcut_is_their_padded_3x3_average_pool():
+    """The published checkpoints' `bl_projection_shortcut` (nets/resnet_model.py): fixed_padding(x, 3) adds one row
+    and column of zeros on every side, then a 3x3 stride-2 VALID average pool, so the zeros count in the border
+    windows (a corner averages 4 pixels over 9); "D"'s 2x2 pool is a different function of the same weights."""
+    from deepres.models.resnet import make_shortcut
+
+    x = torch.arange(1.0, 37.0).reshape(1, 1, 6, 6)
+    shortcut = make_shortcut("BL", 1, 1, 2, 1)
+    pool = shortcut[0]
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    expected = torch.stack([torch.stack([padded[0, 0, i:i + 3, j:j + 3].sum() / 9 for j in (0, 2, 4)])
+                            for i in (0, 2, 4)])
+    assert torch.allclose(pool(x)[0, 0], expected)
+    assert pool(x)[0, 0, 0, 0].item() == pytest.approx((1 + 2 + 7 + 8) / 9)
+    assert isinstance(make_shortcut("BL", 4, 8, 1, 1)[0], torch.nn.Identity)
+    assert not torch.allclose(make_shortcut("D", 1, 1, 2, 1)[0](x), pool(x))
+    model = create_model("assemble_resnet50")
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.AvgPool2d)]
+    assert pools and all(p.kernel_size == 3 and p.padding == 1 and p.count_include_pad for p in pools)

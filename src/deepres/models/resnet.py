@@ -39,7 +39,9 @@ class ZeroPadShortcut(nn.Module):
 
 
 def make_shortcut(kind: str, in_chs: int, out_chs: int, stride: int, dilation: int):
-    """The shortcut of a unit whose shape changes: 'A' zero-pad, 'B' 1x1 projection, 'D' avg-pool then 1x1."""
+    """The shortcut of a unit whose shape changes: 'A' zero-pad, 'B' 1x1 projection, 'D' avg-pool then 1x1, 'BL'
+    Big-Little's 3x3 avg-pool then 1x1 (assembled-cnn's `bl_projection_shortcut`: pad 1 with zeros that count, then
+    a 3x3 stride-2 pool; no pool at stride 1)."""
     if kind == "A":
         return ZeroPadShortcut(out_chs, stride)
     if kind == "B":
@@ -48,7 +50,10 @@ def make_shortcut(kind: str, in_chs: int, out_chs: int, stride: int, dilation: i
         # Index 0 is the pool even when it is a no-op, so keys stay downsample.1 (conv) and .2 (bn) as in timm.
         pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
         return nn.Sequential(pool, conv1x1(in_chs, out_chs), nn.BatchNorm2d(out_chs))
-    raise ValueError(f"shortcut must be 'A', 'B' or 'D', got {kind!r}")
+    if kind == "BL":
+        pool = nn.AvgPool2d(3, stride, padding=1, count_include_pad=True) if stride > 1 else nn.Identity()
+        return nn.Sequential(pool, conv1x1(in_chs, out_chs), nn.BatchNorm2d(out_chs))
+    raise ValueError(f"shortcut must be 'A', 'B', 'D' or 'BL', got {kind!r}")
 
 
 DROP_BLOCK_PLACEMENTS = {"assemble": ((7, 7), (0.25, 1.0)), "timm": ((5, 3), (0.25, 1.0))}  # sizes, gamma scales
@@ -350,13 +355,15 @@ for _name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
 
 # Assemble-ResNet (Lee et al. 2020) and the timm models built from its parts (models/assemble.py). They are listed
 # here, not in assemble.py, because this file imports assemble.py's modules for the `sk` / `aa` options.
-# assemble_resnet50 follows the Keras model of clovaai/assembled-cnn that printed "Trainable params: 41,848,489"
-# (1001 classes; script/ctl_r50zc_bldskaa_*.sh: --use_bl --use_resnet_d --use_sk_block --anti_alias_type=sconv):
-# 7x7 stem (its code skips the deep stem when use_bl is set); --use_resnet_d gives every first block of a
-# branch a 2x2 avg-pool + 1x1 conv shortcut (`tweakD`, "D"); Big-Little alpha 2, beta 4 with stage strides
+# assemble_resnet50 has the layers of the Keras model of clovaai/assembled-cnn that printed "Trainable params:
+# 41,848,489" (1001 classes; script/ctl_r50zc_bldskaa_*.sh) and the shortcuts of the code that made their published
+# checkpoints (master's nets/resnet_model.py, run with use_resnet_d=False as their README's eval_only commands say):
+# 7x7 stem (its code skips the deep stem when use_bl is set); every first block of a branch gets
+# `bl_projection_shortcut`, a 3x3/2 avg-pool (zero padding counted) + 1x1 conv ("BL"; the 2x2 pool of "D" loads
+# the same weights but computes something else); Big-Little alpha 2, beta 4 with stage strides
 # 2, 2, 1, 2 (`block_strides` when use_bl) and module 0 for the stem pool; SK units; anti-aliasing `sconv`, filter 3;
 # --zero_gamma (zero_init_last: without it a deep big branch at 1x1 resolution overflows its gradients).
-_ASSEMBLE_R = {"stem": "imagenet", "shortcut": "D", "sk": True, "aa": "conv", "aa_size": 3, "strides": (2, 2, 1, 2),
+_ASSEMBLE_R = {"stem": "imagenet", "shortcut": "BL", "sk": True, "aa": "conv", "aa_size": 3, "strides": (2, 2, 1, 2),
                "zero_init_last": True}
 _ASSEMBLE = {
     "assemble_resnet50": ("bottleneck", (3, 4, 6, 3), {**_ASSEMBLE_R, "big_little": (2, 4)}),
