@@ -97,7 +97,7 @@ def test_predict_writes_palette_pngs_that_score_like_eval(trained, capsys):
 
 
 @needs_fashion_mnist
-def test_api_and_onnx_export_of_a_segmentation_run(trained):
+def test_api_and_onnx_export_of_a_segmentation_run(trained, capsys):
     tmp, scenes, run = trained
     predictor = init_model(str(run), precision="eager")
     image = scenes / "test" / "images" / "000000.png"
@@ -105,8 +105,10 @@ def test_api_and_onnx_export_of_a_segmentation_run(trained):
     assert result["class_map"].shape == (32, 32) and result["class_map"].dtype == torch.uint8
     assert torch.allclose(result["probabilities"].sum(0), torch.ones(32, 32), atol=1e-5)
     assert sum(result["class_shares"].values()) == pytest.approx(1.0)
+    capsys.readouterr()
     assert main(["export", str(run), "--format", "onnx", "--out", str(tmp / "seg.onnx")]) == 0
     assert (tmp / "seg.onnx").is_file()
+    assert "input [batch, 1, H, W] (any height and width), onnx)" in capsys.readouterr().out
 
 
 def _pairs(root, sizes):

@@ -55,15 +55,16 @@ def run(args: argparse.Namespace) -> int:
         result = export_triton(loaded, Path(args.out or "model_repository"), name=args.name, max_batch=args.max_batch,
                                max_wait_ms=args.max_wait_ms, force=args.force, opset=args.opset,
                                exporter=args.exporter, tolerance=args.tolerance)
-        print(f"wrote the Triton model {result['model_dir']} (config.pbtxt, 1/model.onnx); max abs logit error vs "
-              f"PyTorch {result['max_abs_error']:.3g}")
+        print(f"wrote the Triton model {result['model_dir']} (config.pbtxt, labels.txt, 1/model.onnx); max abs logit "
+              f"error vs PyTorch {result['max_abs_error']:.3g}")
         return 0
     metadata = preprocessing_metadata(loaded)
     out = Path(args.out) if args.out else default_output(args.checkpoint, args.format)
     result = export_model(loaded.model, out, format=args.format, metadata=metadata, opset=args.opset,
                           exporter=args.exporter, force=args.force, tolerance=args.tolerance)
     c, h, w = metadata["input_size"]
-    print(f"wrote {result['path']} ({metadata['model']}, input [batch, {c}, {h}, {w}], {args.format}); max abs "
+    size = f"[batch, {c}, H, W] (any height and width)" if result.get("dynamic_size") else f"[batch, {c}, {h}, {w}]"
+    print(f"wrote {result['path']} ({metadata['model']}, input {size}, {args.format}); max abs "
           f"logit error vs PyTorch {result['max_abs_error']:.3g} on batches "
           f"{', '.join(map(str, result['errors']))}")
     return 0
