@@ -92,6 +92,10 @@ def test_study_report_statistics_and_files(tiny_study):
         total_time = [sum(json.loads(line).get("epoch_time_s", 0.0) for line in
                           (out / variant / f"seed{s}" / "metrics.jsonl").read_text().splitlines()) for s in (0, 1)]
         assert float(row["train_time_s"]) == pytest.approx(statistics.mean(total_time), abs=0.06)
+        last_losses = [[json.loads(line) for line in (out / variant / f"seed{s}" / "metrics.jsonl").read_text()
+                        .splitlines() if json.loads(line)["kind"] == "epoch"][-1]["train_loss"] for s in (0, 1)]
+        assert float(row["train_loss_mean"]) == pytest.approx(statistics.mean(last_losses), abs=1e-4)
+        assert float(row["train_loss_std"]) == pytest.approx(statistics.stdev(last_losses), abs=1e-4)
     # the diverged runs are reported, and kept out of the statistics
     assert rows["diverges"]["n"] == "0" and rows["diverges"]["top1_error_mean"] == ""
     assert rows["diverges"]["left_out"] == "2 diverged"

@@ -49,6 +49,7 @@ class RunResult:
     epochs: int  # epochs completed
     steps: int  # optimizer steps taken
     train_time_s: float  # sum of epoch_time_s (training only; evaluation excluded)
+    final_train_loss: float | None  # the last epoch's mean training loss
     loss_curve: tuple[list[float], list[float]]  # (x in epochs, training loss)
     error_curve: tuple[list[float], list[float]]  # (epoch, test error %)
     env: dict = field(default_factory=dict)
@@ -72,6 +73,7 @@ class VariantSummary:
     epochs: list[int]
     steps: list[int]
     robustness: dict = field(default_factory=dict)  # key -> (mean, std or None, runs with it)
+    train_loss: tuple = (None, None, 0)  # the last epoch's training loss: (mean, std or None, runs with it)
 
     @property
     def excluded(self) -> str:
@@ -116,6 +118,8 @@ def read_run(run_dir: str | os.PathLike, *, variant: str = "", seed: int | None 
         epochs=int(epochs[-1]["epoch"]) if epochs else 0,
         steps=int(epochs[-1].get("step", 0)) if epochs else 0,
         train_time_s=sum(float(r.get("epoch_time_s") or 0.0) for r in epochs),
+        final_train_loss=next((float(r["train_loss"]) for r in reversed(epochs)
+                               if isinstance(r.get("train_loss"), (int, float))), None),
         loss_curve=_loss_curve(steps, epochs), error_curve=([float(e) for e, _ in evaluated],
                                                             [err for _, err in evaluated]),
         env=env, robustness=robustness)
@@ -169,7 +173,8 @@ def summarize(name: str, runs: list[RunResult]) -> VariantSummary:
         train_time_s=float(np.mean([r.train_time_s for r in used])) if used else None,
         epochs=sorted({r.epochs for r in used}), steps=sorted({r.steps for r in used}),
         robustness={key: _mean_std([r.robustness[key] for r in used if key in r.robustness])
-                    for key in ("corruption_error", "mce")})
+                    for key in ("corruption_error", "mce")},
+        train_loss=_mean_std([r.final_train_loss for r in used if r.final_train_loss is not None]))
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
@@ -227,12 +232,12 @@ def _duration(seconds: float | None) -> str:
         f"{seconds / 3600:.2f} h"
 
 
-def _mean_pm(stat: tuple[float | None, float | None, int], runs: int) -> str:
+def _mean_pm(stat: tuple[float | None, float | None, int], runs: int, digits: int = 2) -> str:
     """'mean ± std', with '(k of n runs)' when only some runs have the number."""
     mean, std, n = stat
     if mean is None:
         return DASH
-    return f"{_num(mean)} ± {_num(std)}" + (f" ({n} of {runs} runs)" if n != runs else "")
+    return f"{_num(mean, digits)} ± {_num(std, digits)}" + (f" ({n} of {runs} runs)" if n != runs else "")
 
 
 def _spread(values: list[int]) -> str:
@@ -259,6 +264,7 @@ def table_rows(summaries: list[VariantSummary], metric: str, columns: list[str],
             row.append({"params": lambda: _params(s.params), "gmacs": lambda: _num(s.gmacs, 4),
                         "epochs": lambda: _spread(s.epochs), "steps": lambda: _spread(s.steps),
                         "train_time": lambda: _duration(s.train_time_s),
+                        "train_loss": lambda: _mean_pm(s.train_loss, len(s.used), 3),
                         "corruption_error": lambda: _mean_pm(s.robustness["corruption_error"], len(s.used)),
                         "mce": lambda: _mean_pm(s.robustness["mce"], len(s.used))}[c]())
         row.append(s.excluded or DASH)
@@ -272,7 +278,7 @@ def write_results_csv(path: Path, summaries: list[VariantSummary], metric: str, 
               f"{metric}_error_max", f"{metric}_errors"]
     fields += [f"{metric}_best_epoch_error_mean_optimistic"] if best_epoch else []
     fields += ["params", "gmacs", "epochs", "steps", "train_time_s", "corruption_error_mean", "corruption_error_std",
-               "mce_mean", "mce_std", "left_out"]
+               "mce_mean", "mce_std", "train_loss_mean", "train_loss_std", "left_out"]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(fields)
@@ -282,7 +288,8 @@ def write_results_csv(path: Path, summaries: list[VariantSummary], metric: str, 
             row += [_csv(s.best_mean)] if best_epoch else []
             row += [s.params if s.params is not None else "", _csv(s.gmacs, 6), ";".join(map(str, s.epochs)),
                     ";".join(map(str, s.steps)), _csv(s.train_time_s, 1),
-                    *(_csv(x) for key in ("corruption_error", "mce") for x in s.robustness[key][:2]), s.excluded]
+                    *(_csv(x) for key in ("corruption_error", "mce") for x in s.robustness[key][:2]),
+                    *(_csv(x, 4) for x in s.train_loss[:2]), s.excluded]
             writer.writerow(row)
 
 

@@ -51,6 +51,7 @@ COLUMNS = {
     "epochs": ("epochs", "epochs"),
     "steps": ("steps", "steps"),
     "train_time": ("train time / run", "train_time_s"),
+    "train_loss": ("final training loss (last epoch's mean)", "train_loss"),
     # From RUN/robustness/robustness.json (`deepres robustness RUN`), mean ± std over the runs that have one:
     "corruption_error": ("corruption error (%): mean over corruptions and severities", "corruption_error"),
     "mce": ("mCE (%) vs the robustness baseline", "mce"),
