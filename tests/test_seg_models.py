@@ -174,3 +174,18 @@ def test_models_cli_lists_segmentation_models(capsys, monkeypatch, tmp_path):
                          "fcn_resnet101"}
     assert rows["fcn_resnet50"][1:] == ["35.32", "142.73", "3x520x520"]
     assert rows["fcn_resnet38_a1"][3] == "3x500x500"
+
+
+def test_head_rates_scale_the_heads_dilations_to_a_small_map():
+    """head_rates: ASPP's three rates and the two-conv head's one dilation, for 16x16 maps instead of 65x65."""
+    kwargs = dict(widths=[16, 32, 64], strides=[2, 2, 2], output_stride=4, in_chans=1)
+    aspp = create_model("fcn_resnet20", head="aspp", head_rates=[3, 6, 9], **kwargs)
+    assert [branch[0].dilation for branch in aspp.classifier[0].convs[1:4]] == [(3, 3), (6, 6), (9, 9)]
+    two = create_model("fcn_resnet20", head="two_conv", head_rates=[3], **kwargs)
+    assert two.classifier[0].dilation == two.classifier[2].dilation == (3, 3) and two.classifier[0].padding == (3, 3)
+    assert two(torch.randn(2, 1, 64, 64)).shape == (2, 11, 64, 64)
+    assert create_model("fcn_resnet20", head="aspp", **kwargs).classifier[0].convs[1][0].dilation == (12, 12)
+    for head, rates, match in (("fcn", [3], "the fcn head has no dilation"), ("two_conv", [3, 6], "one dilation"),
+                               ("aspp", [0], "dilations >= 1"), ("aspp", 3, "a list of dilations")):
+        with pytest.raises(ValueError, match=match):
+            create_model("fcn_resnet20", head=head, head_rates=rates, **kwargs)

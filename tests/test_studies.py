@@ -373,3 +373,26 @@ def test_wider_deeper_study_pairs_networks_of_matched_parameter_counts(tmp_path)
                                                        "resnet110", "resnet38_a1"]
     for deep, wide in zip(counts[::2], counts[1::2]):
         assert abs(wide / deep - 1) < 0.05, counts
+
+
+def test_a_segmentation_study_reports_100_minus_miou(tmp_path):
+    """report.metric: miou reads each epoch record's mIoU (what a segmentation run writes) as the error's complement."""
+    from deepres.studies import read_run, summarize
+
+    for seed, mious in ((0, [40.0, 61.5]), (1, [42.0, 63.5])):
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("".join(
+            json.dumps({"kind": "epoch", "epoch": e + 1, "miou": m, "pixel_acc": 90.0, "train_loss": 1.0 / (e + 1),
+                        "epoch_time_s": 2.0}) + "\n" for e, m in enumerate(mious)))
+    runs = [read_run(tmp_path / f"seed{s}", variant="fcn", seed=s, metric="miou") for s in (0, 1)]
+    assert [r.final_error for r in runs] == [38.5, 36.5] and [r.final_train_loss for r in runs] == [0.5, 0.5]
+    summary = summarize("fcn", runs)
+    assert summary.mean == pytest.approx(37.5) and summary.train_loss[:2] == (0.5, 0.0)
+    assert load_study_text_metric(tmp_path) == "miou"
+
+
+def load_study_text_metric(directory):
+    write_recipe(directory)
+    study = write_study(directory, "base: tiny.yaml\nvariants: {a: []}\nreport: {metric: miou}\n")
+    return load_study(study).report.metric

@@ -48,22 +48,28 @@ class ASPP(nn.Module):
         return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
 
 
-def fcn_head(in_chs: int, num_classes: int) -> nn.Sequential:
+def fcn_head(in_chs: int, num_classes: int, rates=None) -> nn.Sequential:
     """torchvision's FCNHead: 3x3 conv to in/4, BN, ReLU, dropout 0.1, 1x1 conv to the classes."""
+    if rates is not None:
+        raise ValueError("head_rates is for the aspp and two_conv heads; the fcn head has no dilation")
     mid = in_chs // 4
     return nn.Sequential(*conv_bn_relu(in_chs, mid, 3), nn.Dropout(0.1), nn.Conv2d(mid, num_classes, 1))
 
 
-def aspp_head(in_chs: int, num_classes: int) -> nn.Sequential:
+def aspp_head(in_chs: int, num_classes: int, rates=None) -> nn.Sequential:
     """torchvision's DeepLabHead: ASPP (rates 12, 24, 36; 256 channels), 3x3 conv-BN-ReLU, 1x1 conv to the classes."""
-    return nn.Sequential(ASPP(in_chs), *conv_bn_relu(256, 256, 3), nn.Conv2d(256, num_classes, 1))
+    return nn.Sequential(ASPP(in_chs, tuple(rates or (12, 24, 36))), *conv_bn_relu(256, 256, 3),
+                         nn.Conv2d(256, num_classes, 1))
 
 
-def two_conv_head(in_chs: int, num_classes: int) -> nn.Sequential:
+def two_conv_head(in_chs: int, num_classes: int, rates=None) -> nn.Sequential:
     """ademxapp's fcrna_model_a1 classifier: two 3x3 convs of dilation 12 with biases (conv6a: 512, then the
-    classes), a ReLU between them; no BN, no dropout."""
-    return nn.Sequential(nn.Conv2d(in_chs, 512, 3, padding=12, dilation=12), nn.ReLU(),
-                         nn.Conv2d(512, num_classes, 3, padding=12, dilation=12))
+    classes), a ReLU between them; no BN, no dropout. `rates` = [d]: dilation d instead of 12."""
+    if rates is not None and len(rates) != 1:
+        raise ValueError(f"head_rates of the two_conv head is one dilation, e.g. [3], got {list(rates)}")
+    d = rates[0] if rates else 12
+    return nn.Sequential(nn.Conv2d(in_chs, 512, 3, padding=d, dilation=d), nn.ReLU(),
+                         nn.Conv2d(512, num_classes, 3, padding=d, dilation=d))
 
 
 HEADS = {"fcn": fcn_head, "aspp": aspp_head, "two_conv": two_conv_head}
@@ -73,13 +79,14 @@ class SegmentationModel(nn.Module):
     """A registered backbone with a segmentation head (`classifier`) and an optional aux FCN head (`aux_classifier`).
 
     forward(x) returns logits (N, num_classes, H, W) at the input size; in training mode with an aux head,
-    {"out": logits, "aux": aux logits}, both at the input size. Other keywords go to the backbone's constructor
-    (e.g. block_dropout)."""
+    {"out": logits, "aux": aux logits}, both at the input size. `head_rates` scales the head's dilations to a small
+    feature map (ASPP's three rates instead of 12, 24, 36; the two-conv head's one instead of 12). Other keywords
+    go to the backbone's constructor (e.g. block_dropout)."""
 
     task = "segmentation"  # what the model's outputs label (inference asks: classifiers have no `task`)
 
     def __init__(self, backbone: str = "resnet50", num_classes: int = 21, in_chans: int = 3, *, head: str = "fcn",
-                 aux: bool = False, output_stride: int | None = 8, **backbone_kwargs):
+                 aux: bool = False, output_stride: int | None = 8, head_rates=None, **backbone_kwargs):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
@@ -88,7 +95,10 @@ class SegmentationModel(nn.Module):
         self.backbone = create_model(backbone, num_classes=0, in_chans=in_chans, output_stride=output_stride,
                                      **backbone_kwargs)
         channels = self.backbone.stage_channels
-        self.classifier = HEADS[head](channels[-1], num_classes)
+        if head_rates is not None and not (isinstance(head_rates, (list, tuple)) and head_rates
+                                           and all(isinstance(r, int) and r >= 1 for r in head_rates)):
+            raise ValueError(f"head_rates must be a list of dilations >= 1, got {head_rates!r}")
+        self.classifier = HEADS[head](channels[-1], num_classes, head_rates)
         self.aux_classifier = fcn_head(channels[-2], num_classes) if aux else None
         self.num_classes, self.in_chans = num_classes, in_chans
         self.output_stride = self.backbone.output_stride  # the real one: a shallow backbone may never reach 8

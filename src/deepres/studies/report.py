@@ -33,7 +33,7 @@ from .runner import DIVERGED_FILE, reached_length
 from .spec import COLUMNS
 
 DASH = "–"
-METRIC_NAMES = {"top1": "top-1", "top5": "top-5"}
+METRIC_NAMES = {"top1": "top-1", "top5": "top-5", "miou": "mIoU"}  # error = 100 - the metric (%)
 
 
 @dataclass
@@ -315,7 +315,8 @@ def method_notes(summaries: list[VariantSummary], metric: str, band: str) -> lis
     envs = [r.env for s in summaries for r in s.used if r.env]
     devices = sorted({f"{e.get('device', '?')} ({e.get('num_threads', '?')} torch threads)" for e in envs})
     notes = [
-        f"Final error = 100 − {METRIC_NAMES.get(metric, metric)} accuracy (%) on the test split after the last "
+        f"Final error = 100 − {METRIC_NAMES.get(metric, metric)}{'' if metric == 'miou' else ' accuracy'} (%) on the "
+        f"test split after the last "
         f"epoch of each run, not the best epoch. Mean ± sample standard deviation (ddof=1; {DASH} when n = 1), "
         f"min and max over the n finished runs (one per seed) of each variant; every run is listed (runs.csv), "
         f"none was selected.",

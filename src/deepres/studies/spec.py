@@ -63,7 +63,7 @@ STUDY_OWNED_KEYS = ("train.seed", "run.out_dir", "run.name")
 @dataclass
 class ReportConfig:
     # Final error = 100 - this accuracy (%), read after the LAST epoch (never the best one)
-    metric: Literal["top1", "top5"] = "top1"
+    metric: Literal["top1", "top5", "miou"] = "top1"  # miou: a segmentation study (error = 100 - mIoU)
     # Shaded band around the seed mean in curves.png: min-max over seeds, or mean ± sample std
     band: Literal["minmax", "std"] = "minmax"
     # Extra columns after variant, n, mean ± std, min, max, per-seed errors (see report.COLUMNS)
