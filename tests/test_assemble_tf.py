@@ -1,7 +1,10 @@
 """clovaai/assembled-cnn TensorFlow checkpoints -> deepres: the V2 checkpoint reader (models/tf_checkpoint.py) on a
 checkpoint real TensorFlow wrote, the name mapping (models/assemble_tf.py) against the variables their own graph
 creates (tests/data/assemble_tf, written by make_fixture.py there), and `deepres convert assemble` on a full-shape
-Assemble-ResNet50 checkpoint written here in TF's format without TensorFlow."""
+Assemble-ResNet50 checkpoint written here in TF's format without TensorFlow; the converted model's forward pass
+against the logits THEIR TensorFlow graph computed (*_forward.npz, written by make_forward_fixture.py there), and
+`deepres eval` of a converted checkpoint."""
+import json
 import shutil
 import struct
 import subprocess
@@ -12,8 +15,11 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+from data_helpers import write_image
+from PIL import Image
 
 from deepres.cli import main as cli_main
+from deepres.data.imagenet_classes import imagenet_synsets
 from deepres.models import create_model
 from deepres.models.assemble_tf import convert_assemble, tf_names
 from deepres.models.tf_checkpoint import TABLE_MAGIC, crc32c, list_tf_checkpoint, mask_crc, read_tf_checkpoint
@@ -94,7 +100,8 @@ def random_arrays(shapes: dict) -> dict[str, np.ndarray]:
 
 def load_strict(model_name: str, state: dict, **kwargs) -> torch.nn.Module:
     """create_model(model_name) with `state` loaded strict (built on the meta device and given the tensors: no
-    random init of 42M parameters first)."""
+    random init of 42M parameters first). For keys and values only: BlurPool2d's filter, a non-persistent buffer,
+    stays on the meta device, so such a model must not run a forward pass (`built_model` does)."""
     with torch.device("meta"):
         model = create_model(model_name, **kwargs)
     model.load_state_dict(state, strict=True, assign=True)
@@ -324,3 +331,111 @@ def test_convert_assemble_end_to_end(tmp_path, r50_arrays, capsys):
     err = capsys.readouterr().err
     assert "small.index" in err and "missing" in err and err.count("\n") == 1
     assert not other.exists()
+
+
+# ---- the forward pass against their TensorFlow graph -----------------------------------------------------------
+
+PROBES = ("stem", "pool", "stage1", "stage2", "stage3", "stage4")
+
+
+def forward_weights(shapes: list, rng: np.random.Generator) -> list:
+    """make_forward_fixture.py's rule (stored in its *_forward.npz as `rule`), without TensorFlow: each (name,
+    shape) in the variable list's order from one generator."""
+    values = []
+    for name, shape in shapes:
+        kind = name.rsplit("/", 1)[-1]
+        if kind == "kernel" and len(shape) == 4:
+            value = rng.standard_normal(shape) * np.sqrt(1.5 / np.prod(shape[:3]))
+        elif kind == "kernel":
+            value = rng.standard_normal(shape) * np.sqrt(1.0 / shape[0])
+        elif kind == "gamma":
+            value = 1 + 0.1 * rng.standard_normal(shape)
+        elif kind == "moving_variance":
+            value = 1 + 0.5 * rng.random(shape)
+        else:  # beta, bias, moving_mean
+            value = 0.1 * rng.standard_normal(shape)
+        values.append(value.astype(np.float32))
+    return values
+
+
+def forward_case(model_name: str):
+    """(the results their graph computed, the regenerated variables by TF name, the input NCHW float32)."""
+    stored = dict(np.load(DATA / f"{model_name}_forward.npz"))
+    shapes = [(name, shape) for name, shape in their_variables(model_name).items()
+              if name != "global_step" and not name.endswith("/Momentum")]
+    rng = np.random.default_rng(int(stored["seed"]))
+    values = forward_weights(shapes, rng)
+    pixels = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    # the same weights and pixels as make_forward_fixture.py drew, or the comparison below means nothing
+    np.testing.assert_allclose([v.astype(np.float64).sum() for v in values], stored["weight_sums"], rtol=1e-12)
+    np.testing.assert_array_equal(pixels, stored["pixels"])
+    image = torch.from_numpy((pixels.astype(np.float32) - 128) / 64).permute(0, 3, 1, 2)  # NHWC -> NCHW
+    return stored, {name: value for (name, _), value in zip(shapes, values)}, image
+
+
+def built_model(model_name: str, state: dict, **kwargs) -> torch.nn.Module:
+    """create_model on the CPU (buffers such as the blur filters made), `state` loaded strict, in eval mode."""
+    model = create_model(model_name, **kwargs)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+@pytest.mark.parametrize("model_name", ["assemble_resnet50", "assemble_resnet152"])
+def test_converted_checkpoint_computes_their_tensorflow_logits(model_name):
+    stored, arrays, image = forward_case(model_name)
+    model = built_model(model_name, convert_assemble(arrays, model_name, keep_background=True), num_classes=1001)
+    outputs = {}  # the probes make_forward_fixture.py stored (per-channel spatial means, (2, C)), caught by hooks
+    model.maxpool.register_forward_hook(lambda _, args, out: outputs.update(stem=args[0], pool=out))
+    for probe, stage in zip(PROBES[2:], model.stage_names):
+        getattr(model, stage).register_forward_hook(lambda _, args, out, probe=probe: outputs.update({probe: out}))
+    with torch.no_grad():
+        logits = model(image)
+    # Tolerance 2e-5 of the largest value: float32 rounding, TF (oneDNN) against PyTorch, measured 6e-7 of it
+    # (ResNet-50: 1.2e-6 of 1.95) and 9e-7 (ResNet-152: 1.6e-5 of 17.9). A 2x2 instead of 3x3 shortcut pool, a blur
+    # without reflect padding, bilinear Big-Little upsampling or BN eps 1e-3 each move ResNet-50's logits by 0.01
+    # to 1.4, 260 to 36,000 times the tolerance.
+    for probe in PROBES:  # in network order, so the first failure says where the computations part
+        theirs = stored[f"mean_{probe}"]
+        ours = outputs[probe].mean((2, 3)).numpy()
+        assert np.abs(ours - theirs).max() <= 2e-5 * np.abs(theirs).max(), probe
+    theirs = stored["logits"]
+    tolerance = 2e-5 * np.abs(theirs).max()
+    assert theirs.shape == (2, 1001)
+    assert np.abs(theirs[0] - theirs[1]).max() > 100 * tolerance  # the logits depend on the image
+    assert np.abs(logits.numpy() - theirs).max() <= tolerance
+
+
+def test_deepres_eval_runs_a_converted_checkpoint(tmp_path, capsys):
+    """A converted checkpoint (1000 classes, as `deepres convert assemble` writes it; the command itself is
+    test_convert_assemble_end_to_end's) through `deepres eval` with their published eval preprocessing, on two
+    uniform-colour JPEGs in the ImageNet val layout: resizing and cropping keep each one colour, so the class the
+    model gives each is known beforehand; one is filed under that class, one under another: top-1 50%."""
+    _, arrays, _ = forward_case("assemble_resnet50")
+    state = convert_assemble(arrays, "assemble_resnet50")
+    checkpoint = tmp_path / "converted.safetensors"
+    safetensors.torch.save_file(state, checkpoint, metadata={"format": "pt", "model": "assemble_resnet50"})
+    mean = np.array([0.48502, 0.45796, 0.40761], dtype=np.float32)  # their _R_MEAN.. / 255 (normalize=mean)
+    paths, colours = [], []
+    for number, colour in enumerate(((200, 30, 90), (20, 180, 240)), start=1):
+        path = write_image(tmp_path / f"ILSVRC2012_val_{number:08d}.JPEG", np.full((300, 340, 3), colour, np.uint8))
+        decoded = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+        assert np.ptp(decoded, axis=0).max() == 0  # JPEG kept it uniform
+        paths.append(path)
+        colours.append(decoded[0].astype(np.float32) - 255 * mean)  # normalize=mean: pixel - 255 * mean
+    images = torch.from_numpy(np.stack(colours))[:, :, None, None].expand(2, 3, 256, 256)  # the 256 crop
+    with torch.no_grad():
+        top2 = built_model("assemble_resnet50", state)(images).topk(2)
+    assert (top2.values[:, 0] - top2.values[:, 1] > 1e-3 * top2.values[:, 0].abs()).all()  # no near-tie
+    synsets = imagenet_synsets()  # the classes of `imagenet` without a train/ folder: their sorted synsets
+    for path, label in zip(paths, (top2.indices[0, 0], top2.indices[1, 1])):  # predicted, then not predicted
+        target = tmp_path / "imagenet" / "val" / synsets[int(label)] / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)  # both may be the same class
+        shutil.copy(path, target)
+    out = tmp_path / "eval"
+    assert cli_main(["eval", str(checkpoint), "--model", "assemble_resnet50", "--dataset", "imagenet", "--data",
+                     str(tmp_path / "imagenet"), "--eval-preset", "crop256_resize292", "--set", "data.normalize=mean",
+                     "--set", "data.mean=[0.48502,0.45796,0.40761]", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "assemble_resnet50 on imagenet val (2 images" in printed and "top-1 50.00%" in printed, printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 2 and metrics["top1"] == 50.0
