@@ -52,9 +52,10 @@ def main() -> int:
     warning = load_warning()  # a busy machine makes every figure below slower
     if warning:
         print(warning)
+    sides = sorted({size for *_, size in builds.values()})
     print(f"CPU: {cpu_model_name()}, class {cpu_class_label()}, capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}; batch {args.batch}, {args.size}x{args.size}, "
-          f"fast path = {fast}")
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; batch {args.batch}, "
+          f"{'/'.join(f'{side}x{side}' for side in sides)}, fast path = {fast}")
     rows = []
     names = list(builds)
     # The first model is timed first and again last: the machine's speed drifts over a run (measured: resnet50's

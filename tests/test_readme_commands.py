@@ -34,7 +34,7 @@ NOT_RUN = {
     ".venv/bin/deepres study block_variants --set data.root=$HOME/cifar": (
         "trains (CIFAR-10, Fashion-MNIST); its --dry-run line needs Fashion-MNIST at data.root's default location, "
         "which a fresh clone lacks (the dry run then marks MISSING data.root and exits 2: test_what_ran.py)"),
-    ".venv/bin/deepres study block_variants --data fashion_mnist --budget cpu --seeds 0,1 --out": "trains 8 runs",
+    ".venv/bin/deepres study block_variants --data fashion_mnist --budget cpu --seeds 0,1,2 --out": "trains 12 runs",
     ".venv/bin/deepres predict examples/fashion_mnist/": "needs `make demo`'s run (runs/demo-XXXXXXXX-XXXXXX stands "
                                                          "for its name) and published weights",
     ".venv/bin/deepres serve": "a server that runs until stopped, on a trained run",
