@@ -37,6 +37,19 @@ def fashion_run(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+def seg_run(directory):
+    """A deepres run directory: an (untrained) 3-class FCN-ResNet-20 for 1-channel images, seen at their own size."""
+    cfg = Config()
+    cfg.model.name, cfg.model.num_classes, cfg.model.in_chans = "fcn_resnet20", 3, 1
+    cfg.model.kwargs = {"widths": [8, 16, 32]}
+    cfg.data.name, cfg.data.image_size = "pairs", 28
+    torch.manual_seed(0)
+    model = create_model("fcn_resnet20", num_classes=3, in_chans=1, widths=[8, 16, 32])
+    save_checkpoint(directory / "checkpoints", "last", model=model, config=config_to_dict(cfg),
+                    state={"step": 1, "epoch": 1}, classes=["background", "shirt", "bag"])
+    return directory
+
+
 def checkout_env() -> dict:
     """This process's environment with this checkout's src/ first on the path."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),

@@ -24,6 +24,9 @@ from deepres.models import create_model
 from deepres.models.assemble_tf import convert_assemble, tf_names
 from deepres.models.tf_checkpoint import TABLE_MAGIC, crc32c, list_tf_checkpoint, mask_crc, read_tf_checkpoint
 
+sys.path.insert(0, str(Path(__file__).resolve().parent / "data" / "assemble_tf"))
+from weight_rule import forward_weights  # noqa: E402  (the fixture script's rule, numpy only)
+
 DATA = Path(__file__).parent / "data" / "assemble_tf"
 SMALL = DATA / "small"
 DTYPE_ENUM = {np.dtype("float32"): 1, np.dtype("int32"): 3, np.dtype("int64"): 9, np.dtype("float16"): 19}
@@ -336,26 +339,6 @@ def test_convert_assemble_end_to_end(tmp_path, r50_arrays, capsys):
 # ---- the forward pass against their TensorFlow graph -----------------------------------------------------------
 
 PROBES = ("stem", "pool", "stage1", "stage2", "stage3", "stage4")
-
-
-def forward_weights(shapes: list, rng: np.random.Generator) -> list:
-    """make_forward_fixture.py's rule (stored in its *_forward.npz as `rule`), without TensorFlow: each (name,
-    shape) in the variable list's order from one generator."""
-    values = []
-    for name, shape in shapes:
-        kind = name.rsplit("/", 1)[-1]
-        if kind == "kernel" and len(shape) == 4:
-            value = rng.standard_normal(shape) * np.sqrt(1.5 / np.prod(shape[:3]))
-        elif kind == "kernel":
-            value = rng.standard_normal(shape) * np.sqrt(1.0 / shape[0])
-        elif kind == "gamma":
-            value = 1 + 0.1 * rng.standard_normal(shape)
-        elif kind == "moving_variance":
-            value = 1 + 0.5 * rng.random(shape)
-        else:  # beta, bias, moving_mean
-            value = 0.1 * rng.standard_normal(shape)
-        values.append(value.astype(np.float32))
-    return values
 
 
 def forward_case(model_name: str):

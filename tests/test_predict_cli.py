@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from data_helpers import write_image
+from serve_helpers import seg_run
 from PIL import Image
 
 from deepres import inference_model, init_model
@@ -126,14 +127,7 @@ def test_predict_user_errors_are_one_line(run_dir, images, tmp_path, capsys):
 def test_segmentation_pngs_keep_the_exact_size_and_overlays_are_enlarged(tmp_path, capsys):
     """A 28-px model: its class-map PNG is 28 x 28 for programs, its overlay 280 x 280 for people; a non-square image
     is enlarged by one integer factor; a large image's overlay keeps the image's own resolution."""
-    cfg = Config()
-    cfg.model.name, cfg.model.num_classes, cfg.model.in_chans = "fcn_resnet20", 3, 1
-    cfg.model.kwargs = {"widths": [8, 16, 32]}
-    cfg.data.name, cfg.data.image_size = "pairs", 28
-    torch.manual_seed(0)
-    model = create_model("fcn_resnet20", num_classes=3, in_chans=1, widths=[8, 16, 32])
-    save_checkpoint(tmp_path / "run" / "checkpoints", "last", model=model, state={"step": 1, "epoch": 1},
-                    config=config_to_dict(cfg), classes=["background", "shirt", "bag"])
+    seg_run(tmp_path / "run")
     sizes = {"small": (28, 28), "strip": (20, 36), "photo": (300, 260)}  # (height, width)
     for name, (height, width) in sizes.items():
         pixels = np.random.default_rng(height).integers(0, 256, (height, width), dtype=np.uint8)

@@ -9,13 +9,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from serve_helpers import FASHION_CLASSES, fashion_run
+from serve_helpers import FASHION_CLASSES, fashion_run, seg_run
 from deepres.cli import main
-from deepres.core.checkpoint import save_checkpoint
-from deepres.core.config import Config, config_to_dict
 from deepres.inference.export import read_metadata
 from deepres.inference.triton import labels_text, triton_model_name
-from deepres.models import create_model
 from deepres.tasks.build import load_model
 
 
@@ -61,19 +58,6 @@ def test_triton_repository_layout_config_and_onnx(tmp_path, capsys):
 @pytest.mark.parametrize("name, expected", [("resnet50.tv_in1k", "resnet50.tv_in1k"), ("a/b c", "a_b_c")])
 def test_triton_model_names_are_folder_safe(name, expected):
     assert triton_model_name(name) == expected
-
-
-def seg_run(directory):
-    """A deepres run directory: an (untrained) 3-class FCN-ResNet-20 for 1-channel images, seen at their own size."""
-    cfg = Config()
-    cfg.model.name, cfg.model.num_classes, cfg.model.in_chans = "fcn_resnet20", 3, 1
-    cfg.model.kwargs = {"widths": [8, 16, 32]}
-    cfg.data.name, cfg.data.image_size = "pairs", 28
-    torch.manual_seed(0)
-    model = create_model("fcn_resnet20", num_classes=3, in_chans=1, widths=[8, 16, 32])
-    save_checkpoint(directory / "checkpoints", "last", model=model, config=config_to_dict(cfg),
-                    state={"step": 1, "epoch": 1}, classes=["background", "shirt", "bag"])
-    return directory
 
 
 def test_triton_segmentation_model_takes_any_image_size(tmp_path, capsys):

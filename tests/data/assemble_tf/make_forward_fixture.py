@@ -43,6 +43,7 @@ import tensorflow as tf  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from make_fixture import PUBLISHED, import_their_model_fns  # noqa: E402
+from weight_rule import forward_weights  # noqa: E402  (shared with the test, which has no TensorFlow)
 
 v1 = tf.compat.v1
 SEED = 20260407
@@ -52,30 +53,6 @@ RULE = ("for each variable in MODEL_variables.txt order (global_step skipped), f
         "N(0,1) * sqrt(1 / 2048); dense/bias 0.1 N(0,1); gamma 1 + 0.1 N(0,1); beta 0.1 N(0,1); moving_mean "
         "0.1 N(0,1); moving_variance 1 + 0.5 U(0,1); then pixels = rng.integers(0, 256, (2, 64, 64, 3), uint8), "
         "input = (pixels - 128) / 64")
-
-
-def forward_weights(shapes: list, rng: np.random.Generator) -> list:
-    """The value of each (name, shape), in order (RULE). The conv gain 1.5 (not He's 2) keeps the residual sums of
-    the 50-block ResNet-152 at a few units: BN with fixed random statistics does not renormalise, so with gain 2
-    its stage-3 activations reached 1e4 and float32 itself (PyTorch float32 vs float64) differed by 2% in the
-    logits; with 1.5 float32 is within 4e-7 of float64 for both depths."""
-    values = []
-    for name, shape in shapes:
-        kind = name.rsplit("/", 1)[-1]
-        if kind == "kernel" and len(shape) == 4:
-            value = rng.standard_normal(shape) * np.sqrt(1.5 / np.prod(shape[:3]))
-        elif kind == "kernel":
-            value = rng.standard_normal(shape) * np.sqrt(1.0 / shape[0])
-        elif kind == "gamma":
-            value = 1 + 0.1 * rng.standard_normal(shape)
-        elif kind == "moving_variance":
-            value = 1 + 0.5 * rng.random(shape)
-        elif kind in ("beta", "bias", "moving_mean"):
-            value = 0.1 * rng.standard_normal(shape)
-        else:
-            raise ValueError(f"no rule for {name}")
-        values.append(value.astype(np.float32))
-    return values
 
 
 def listed_variables(name: str) -> list:
