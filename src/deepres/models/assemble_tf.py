@@ -56,7 +56,7 @@ class _Scope:
 
 def _block(scope: _Scope, key: str, block: nn.Module) -> None:
     """_bottleneck_block_v1: shortcut (first block of a layer), conv1, the SK unit (or conv2), conv3."""
-    if block.downsample is not None:  # deepres "D" shortcut: pool, conv, BN
+    if block.downsample is not None:  # deepres "BL" shortcut: pool, conv, BN
         scope.conv(f"{key}.downsample.1")
         scope.bn(f"{key}.downsample.2")
     scope.conv(f"{key}.conv1")
