@@ -285,6 +285,13 @@ class Loader:
                 # DataLoader draws its workers' base seed from this, not from the global RNG.
                 generator=torch.Generator().manual_seed(seed))
 
+    def over(self, dataset: Dataset) -> "Loader":
+        """The same loader (batching, sharding, transforms, workers) over another dataset of the same images, e.g.
+        one that also returns Cityscapes instance maps."""
+        return Loader(dataset, batch_size=self.batch_size, device=self.device, train=self.train, seed=self.seed,
+                      rank=self.rank, world_size=self.world_size, item_transform=self.item_transform,
+                      batch_transform=self.batch_transform, on_device=self.on_device, workers=self.workers)
+
     @property
     def shard_size(self) -> int:
         """Samples this rank sees per epoch before batching."""

@@ -194,10 +194,7 @@ def instance_loader(loader) -> tuple[Loader | None, str]:
     missing = next((path for path in paths if not Path(path).is_file()), None)  # one stat per image
     if missing is not None:
         return None, missing
-    return Loader(dataset.with_instances(), batch_size=loader.batch_size, device=loader.device, train=False,
-                  seed=loader.seed, rank=loader.rank, world_size=loader.world_size,
-                  item_transform=loader.item_transform, batch_transform=loader.batch_transform, on_device=False,
-                  workers=loader.workers), ""
+    return loader.over(dataset.with_instances()), ""
 
 
 # ------------------------------------------------------------------------------------ what is printed and kept
