@@ -70,3 +70,16 @@ def test_serve_load_counts_the_cpu_time_of_its_child_processes():
     finally:
         child.kill()
         child.wait()
+
+
+def test_serve_load_quick_serves_the_demo_model_and_prints_its_table():
+    """benchmarks/serve_load.py --quick end to end: its raw HTTP/1.1 client gets every answer from a real `deepres
+    serve` (a non-200 would end the run) and the table has a row per cell with what was measured."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "serve_load.py"), "--quick"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| demo |")]
+    assert [(r[1].strip(), r[2].strip()) for r in rows] == [("on", "1"), ("on", "8"), ("off", "1"), ("off", "8")]
+    for row in rows:
+        requests_per_s, server_ms, client_ms = float(row[3]), float(row[10]), float(row[11])
+        assert requests_per_s > 0 and server_ms > 0 and 0 <= client_ms < server_ms

@@ -14,7 +14,8 @@ from .options import add_model_options, predictor_from_args
 
 # Limits' fields as options: field -> help
 LIMIT_OPTIONS = {"max_batch": "images per model call (1 turns batching off)",
-                 "max_wait_ms": "how long a batch waits for more images after its first, ms",
+                 "max_wait_ms": "how long a batch waits for more images after its first, ms (then also for the images "
+                                "being decoded, at most 100 ms more)",
                  "workers": "model copies in this process, each with its own queue",
                  "max_upload_mb": "largest request body, MiB",
                  "max_images": "images per request",

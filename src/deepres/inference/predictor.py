@@ -189,14 +189,24 @@ class Predictor:
         """`run` on to_image_tensor's images ((C, H, W), 0-255)."""
         if not decoded:
             return []
-        inputs = [preprocess_tensor(image, self.preprocess).to(self.device, non_blocking=True) for image in decoded]
-        with eval_mode(self.model), torch.inference_mode():
-            results = self.task.predict(self.forward, inputs, [tuple(image.shape[-2:]) for image in decoded],
-                                        model=self.model, class_names=self.class_names, options=options)
+        results = self.run_inputs([preprocess_tensor(image, self.preprocess) for image in decoded],
+                                  [tuple(image.shape[-2:]) for image in decoded], options)
         if options.images:
             for result, image in zip(results, decoded):
                 result["image"] = image
         return results
+
+    def run_inputs(self, inputs: list[torch.Tensor], sizes: list[tuple[int, int]],
+                   options: PredictOptions = PredictOptions()) -> list[dict]:
+        """`run` on images preprocessed already (preprocess_tensor's model inputs), each with the (height, width) of
+        the decoded image it was made from (where a segmentation class map is brought back to): `deepres serve`
+        preprocesses each upload as it decodes it, so the model's thread only runs the model."""
+        if not inputs:
+            return []
+        inputs = [x.to(self.device, non_blocking=True) for x in inputs]
+        with eval_mode(self.model), torch.inference_mode():
+            return self.task.predict(self.forward, inputs, sizes, model=self.model, class_names=self.class_names,
+                                     options=options)
 
     def iter_results(self, inputs, options: PredictOptions = PredictOptions(), *, batch_size: int = 32,
                      skip_bad: bool = False, progress: bool | None = False):

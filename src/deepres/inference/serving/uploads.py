@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect
 from deepres.core.preprocess import Preprocess
 from deepres.data.images import BadImageError
 
-from ..preprocess import decode_for_model, model_input_size, resized_size
+from ..preprocess import decode_for_model, model_input_size, preprocess_tensor, resized_size
 from .budget import Ticket
 from .limits import Limits, RequestError, option
 
@@ -31,11 +31,13 @@ logging.getLogger("python_multipart").addHandler(logging.NullHandler())
 
 @dataclass
 class Upload:
-    """One decoded image of a request: its name, uint8 (3, H, W) pixels at the model's size, its size as stored."""
+    """One decoded image of a request: its name, uint8 (3, H, W) pixels at the model's size, its size as stored,
+    and its model input."""
 
     name: str
     pixels: torch.Tensor
     size: tuple[int, int]  # (height, width) as uploaded
+    input: torch.Tensor  # the model input made from the pixels (preprocess_tensor), float32 pp.input_size
 
 
 async def read_images(request: Request, limits: Limits, ticket: Ticket) -> tuple[list[tuple[str, bytes]], int]:
@@ -170,7 +172,7 @@ def decode(files: list[tuple[str, bytes]], limits: Limits, pp: Preprocess, ticke
     """Decode every upload for the model (decode_for_model) to an Upload; RequestError names the first bad one and
     why. Each image's pixels at the model's size count on --max-request-pixels (checked on its header, before it
     is decoded); while it decodes it holds its pixels as stored on `ticket`, then its decoded pixels and model input
-    until the request ends."""
+    (made here, preprocess_tensor: the model's thread then only runs the model) until the request ends."""
     uploads, pixels, names, stored = [], 0, [], []
     channels = pp.in_chans
 
@@ -200,5 +202,5 @@ def decode(files: list[tuple[str, bytes]], limits: Limits, pp: Preprocess, ticke
                                              if kind == "too_many_pixels" else "")) from None
         height, width = model_input_size(*image.shape[-2:], pp)
         ticket.hold(image.numel() + FLOAT_BYTES * channels * height * width, f"{name} decoded")
-        uploads.append(Upload(name, image, stored[-1]))
+        uploads.append(Upload(name, image, stored[-1], preprocess_tensor(image, pp)))
     return uploads
