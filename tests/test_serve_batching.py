@@ -1,9 +1,11 @@
 """How `deepres serve` shares the CPU between decoding and the model (inference/serving/batching.py): decodes and
 model calls take turns, a model call takes what the decodes under way queued, every batch runs on the worker's one
 thread, the model inputs are made as the uploads are decoded, the server runs on uvloop and keeps what it loaded out
-of the garbage collector's full collections."""
+of the garbage collector's full collections, and allocates every thread's memory from one malloc arena."""
 import asyncio
 import gc
+import subprocess
+import sys
 import threading
 import time
 
@@ -155,3 +157,43 @@ def test_the_server_keeps_what_it_loaded_out_of_full_collections(run_dir):
 
 def test_the_server_runs_on_uvloop():
     assert event_loop() == "uvloop"  # a dependency where uvloop runs (pyproject.toml)
+
+
+ARENAS = """
+import ctypes, os, re, sys, tempfile, threading
+if sys.argv[1] == "serve":
+    import deepres.commands.serve  # noqa: F401 - what `deepres serve` imports first
+import torch
+
+def work():
+    x = torch.empty(8 * 2**20)  # 32 MB
+    x.fill_(1.0)
+    del x
+
+threads = [threading.Thread(target=work) for _ in range(3)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+libc = ctypes.CDLL(None)
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+path = tempfile.mktemp()
+stream = libc.fopen(path.encode(), b"w")
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.malloc_info(0, stream)
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.fclose(stream)
+print(len(re.findall(r'<heap nr="', open(path).read())))
+os.remove(path)
+"""
+
+
+@pytest.mark.parametrize("importing,arenas", [("serve", "one"), ("torch", "several")])
+def test_deepres_serve_allocates_every_threads_memory_from_one_arena(importing, arenas):
+    """`deepres serve` runs the model on a worker thread: glibc's malloc_info lists one heap (arena) after three
+    threads allocated 32 MB each, where torch alone gets an arena per thread (whose freed blocks are unmapped)."""
+    done = subprocess.run([sys.executable, "-c", ARENAS, importing], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    heaps = int(done.stdout.strip().splitlines()[-1])
+    assert heaps == 1 if arenas == "one" else heaps > 1

@@ -5,12 +5,16 @@ import argparse
 import socket
 import sys
 
-from deepres.inference.serving import Limits, create_app
-from deepres.inference.serving.app import SHOW_PATHS
-from deepres.inference.serving.connections import serve_on
-from deepres.inference.serving.limits import machine_memory, option
+from deepres.core.malloc import one_arena
 
-from .options import add_model_options, predictor_from_args
+one_arena()  # before torch loads: the model runs on a worker thread, whose activations would not be reused
+
+from deepres.inference.serving import Limits, create_app  # noqa: E402 - after one_arena
+from deepres.inference.serving.app import SHOW_PATHS  # noqa: E402
+from deepres.inference.serving.connections import serve_on  # noqa: E402
+from deepres.inference.serving.limits import machine_memory, option  # noqa: E402
+
+from .options import add_model_options, predictor_from_args  # noqa: E402
 
 # Limits' fields as options: field -> help
 LIMIT_OPTIONS = {"max_batch": "images per model call (1 turns batching off)",

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepres.core.malloc import KEEP_FREED_MEMORY, M_MMAP_MAX, M_TRIM_THRESHOLD, glibc_mallopt
+
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.amp / --amp -> autocast dtype
 
 
@@ -375,7 +377,6 @@ def reset_thread_governor(*, ceiling: int | None = None, reserved: float = 0.0) 
     _GOVERNOR.ceiling = ceiling
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
 _HEAP_KEPT: bool | None = None
 
 
@@ -388,23 +389,13 @@ def keep_freed_memory() -> bool:
     of BN-folded fp32's time (23.8 -> 32.9 img/s without them) and 24% of bf16's (93.0 -> 122.3). Here malloc
     stops using mmap and keeps up to 1 GiB of freed heap, so the process holds on to its peak memory, as ORT's
     arena does. Once per process; glibc on Linux only (elsewhere False); DEEPRES_KEEP_FREED_MEMORY=0 turns it off.
+    Blocks freed by a thread with an arena of its own are unmapped all the same (core.malloc.one_arena).
     """
     global _HEAP_KEPT
     if _HEAP_KEPT is None:
-        _HEAP_KEPT = os.environ.get("DEEPRES_KEEP_FREED_MEMORY", "1") != "0" and _glibc_mallopt(
-            (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 1 << 30))
+        _HEAP_KEPT = os.environ.get(KEEP_FREED_MEMORY, "1") != "0" and glibc_mallopt(
+            (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 1 << 30))
     return _HEAP_KEPT
-
-
-def _glibc_mallopt(*settings: tuple[int, int]) -> bool:
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - AttributeError on musl, macOS and Windows: not glibc
-        return all(libc.mallopt(param, value) == 1 for param, value in settings)
-    except (AttributeError, OSError):
-        return False
 
 
 def cpu_mhz() -> float | None:
