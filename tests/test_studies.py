@@ -375,6 +375,22 @@ def test_wider_deeper_study_pairs_networks_of_matched_parameter_counts(tmp_path)
         assert abs(wide / deep - 1) < 0.05, counts
 
 
+def test_wider_deeper_seg_study_pairs_fcns_of_matched_parameter_counts(tmp_path):
+    """studies/wider_deeper_seg.yaml: each ResNet-38-shaped FCN (its kwargs replacing the base recipe's CIFAR ones)
+    is within 2% of the parameters of the FCN-ResNet it is listed after, on the scenes (1 channel, 11 classes), and
+    every network keeps the recipe's output stride 4."""
+    from deepres.models import create_model
+
+    plan = plan_study(load_study("wider_deeper_seg"), tmp_path)
+    models = [create_model(run.config.model.name, num_classes=11, in_chans=1, **run.config.model.kwargs)
+              for run in plan if run.seed == 0]
+    assert [type(m.backbone).__name__ for m in models] == ["ResNet", "ResNet38", "ResNet", "ResNet38"]
+    assert [m.output_stride for m in models] == [4, 4, 4, 4]
+    counts = [sum(p.numel() for p in m.parameters()) for m in models]
+    for deep, wide in zip(counts[::2], counts[1::2]):
+        assert abs(wide / deep - 1) < 0.02, counts
+
+
 def test_a_segmentation_study_reports_100_minus_miou(tmp_path):
     """report.metric: miou reads each epoch record's mIoU (what a segmentation run writes) as the error's complement."""
     from deepres.studies import read_run, summarize

@@ -184,6 +184,20 @@ def test_base_inheritance_merges_and_reports_child_file(tmp_path):
         load_config(tmp_path / "a.yaml")
 
 
+def test_a_mapping_with_delete_replaces_the_one_it_lands_on_instead_of_merging(recipe, tmp_path):
+    """mmengine's `_delete_: true`: in a --set value or a derived recipe, the mapping replaces the base's (another
+    backbone's model.kwargs) instead of being merged into it; without it, mappings merge as before."""
+    merged = load_config(recipe, ["model.kwargs={width: 0.5}"])
+    assert merged.model.kwargs == {"shortcut": "A", "width": 0.5}
+    replaced = load_config(recipe, ["model.kwargs={_delete_: true, width: 0.5}"])
+    assert replaced.model.kwargs == {"width": 0.5}
+    assert load_config(recipe, ["model.kwargs={_delete_: true}"]).model.kwargs == {}
+    child = write(tmp_path / "child.yaml", f"base: {recipe.name}\nmodel: {{kwargs: {{_delete_: true, se: true}}}}\n")
+    assert load_config(child).model.kwargs == {"se": True}
+    orphan = write(tmp_path / "orphan.yaml", "model: {name: resnet20, kwargs: {_delete_: true, se: true}}\n")
+    assert load_config(orphan).model.kwargs == {"se": True}  # nothing to replace: the mapping as written
+
+
 def test_missing_recipe_is_file_not_found():
     with pytest.raises(FileNotFoundError, match="no/such/recipe"):
         load_config("no/such/recipe")

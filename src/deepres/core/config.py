@@ -410,7 +410,9 @@ def _load_recipe_tree(path: Path, chain: tuple[Path, ...]) -> dict:
     base = raw.pop("base", None)
     SCHEMA.check(raw, str(path))  # unknown keys and bad types name this file
     if base is None:
-        return raw
+        merged = {}
+        deep_merge(merged, raw)  # as over a base: `_delete_` keys of free mappings (model.kwargs) go
+        return merged
     if not isinstance(base, str):
         raise ValueError(f"{path}: 'base' must be a recipe path or name, got {base!r}")
     base_path = path.parent / base

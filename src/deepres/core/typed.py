@@ -243,9 +243,10 @@ class Schema:
             raise ValueError(f"--set {item}: the value of {key} is not valid YAML ({e.problem or e})") from None
         if tp is str and not isinstance(value, str) and value is not None:
             value = text  # a str field takes the text as typed (run.name=2024 stays "2024")
+        replace = isinstance(value, dict) and value.pop(REPLACE_KEY, False) is True
         if tp is not None:
             self.enforce(f, self.coerce(value, tp, key, f"--set {item}"), key, f"--set {item}")
-        return key, value
+        return key, Replacement(value) if replace else value
 
     def apply_overrides(self, raw: dict, overrides) -> dict:
         for item in overrides:
@@ -270,22 +271,34 @@ class Schema:
         return out
 
 
+REPLACE_KEY = "_delete_"  # in a mapping: replace the mapping it lands on instead of merging into it (mmengine's)
+
+
+class Replacement(dict):
+    """A mapping that replaces the one at its key (it was written with `_delete_: true`) instead of merging into it."""
+
+
 def set_path(raw: dict, parts: list[str], value: Any) -> None:
     node = raw
     for name in parts[:-1]:
         if not isinstance(node.get(name), dict):
             node[name] = {}
         node = node[name]
-    if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+    if isinstance(value, dict) and not isinstance(value, Replacement) and isinstance(node.get(parts[-1]), dict):
         deep_merge(node[parts[-1]], value)
     else:
-        node[parts[-1]] = value
+        node[parts[-1]] = dict(value) if isinstance(value, Replacement) else value
 
 
 def deep_merge(into: dict, new: dict) -> None:
+    """Merge `new` into `into`, mappings key by key; a mapping of `new` with `_delete_: true` replaces `into`'s
+    instead (as in mmengine's configs: a base recipe's model.kwargs for one backbone, a derived recipe's for
+    another)."""
     for k, v in new.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            deep_merge(into[k], v)
+        if isinstance(v, dict):
+            if v.get(REPLACE_KEY) is True or not isinstance(into.get(k), dict):
+                into[k] = {}
+            deep_merge(into[k], {key: value for key, value in v.items() if key != REPLACE_KEY})
         else:
             into[k] = copy.deepcopy(v)
 
