@@ -243,10 +243,10 @@ class Schema:
             raise ValueError(f"--set {item}: the value of {key} is not valid YAML ({e.problem or e})") from None
         if tp is str and not isinstance(value, str) and value is not None:
             value = text  # a str field takes the text as typed (run.name=2024 stays "2024")
-        replace = isinstance(value, dict) and value.pop(REPLACE_KEY, False) is True
         if tp is not None:
-            self.enforce(f, self.coerce(value, tp, key, f"--set {item}"), key, f"--set {item}")
-        return key, Replacement(value) if replace else value
+            checked = {k: v for k, v in value.items() if k != REPLACE_KEY} if isinstance(value, dict) else value
+            self.enforce(f, self.coerce(checked, tp, key, f"--set {item}"), key, f"--set {item}")
+        return key, value
 
     def apply_overrides(self, raw: dict, overrides) -> dict:
         for item in overrides:
@@ -274,20 +274,16 @@ class Schema:
 REPLACE_KEY = "_delete_"  # in a mapping: replace the mapping it lands on instead of merging into it (mmengine's)
 
 
-class Replacement(dict):
-    """A mapping that replaces the one at its key (it was written with `_delete_: true`) instead of merging into it."""
-
-
 def set_path(raw: dict, parts: list[str], value: Any) -> None:
     node = raw
     for name in parts[:-1]:
         if not isinstance(node.get(name), dict):
             node[name] = {}
         node = node[name]
-    if isinstance(value, dict) and not isinstance(value, Replacement) and isinstance(node.get(parts[-1]), dict):
-        deep_merge(node[parts[-1]], value)
+    if isinstance(value, dict):
+        deep_merge(node, {parts[-1]: value})  # merged into a mapping there, or replacing it with `_delete_: true`
     else:
-        node[parts[-1]] = dict(value) if isinstance(value, Replacement) else value
+        node[parts[-1]] = value
 
 
 def deep_merge(into: dict, new: dict) -> None:
